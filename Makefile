@@ -1,0 +1,56 @@
+# The README's commands. CI calls `make test` unchanged (see .ci/run).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+DEBIAN_PACKAGES := redis-server prometheus prometheus-alertmanager
+
+.PHONY: all venv system-deps demo test test-fast lint bench stack dashboards clean
+
+all: test
+
+$(BIN)/churnwatch: pyproject.toml
+	@$(PYTHON) -m venv --help >/dev/null 2>&1 || ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq python3-venv)
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	@touch $@
+
+venv: $(BIN)/churnwatch
+
+# The real servers the tests start on free loopback ports.
+system-deps:
+	@missing=""; \
+	for b in redis-server prometheus promtool alertmanager amtool; do \
+	  command -v $$b >/dev/null 2>&1 || missing="$$missing $$b"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages for:$$missing"; \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $(DEBIAN_PACKAGES); \
+	fi
+
+demo: venv
+	$(BIN)/churnwatch demo
+
+test: venv system-deps
+	$(BIN)/pytest
+
+test-fast: venv
+	$(BIN)/pytest -m "not slow"
+
+lint: venv
+	$(BIN)/ruff check churnwatch dataflows state metrics dashboards tests bench
+	$(BIN)/mypy churnwatch/core
+
+bench: venv system-deps
+	$(BIN)/python -m bench.run
+
+dashboards: venv
+	$(BIN)/python -m churnwatch.dashboards.build
+
+stack: venv system-deps
+	$(BIN)/churnwatch stack
+
+clean:
+	rm -rf $(VENV) build *.egg-info var
