@@ -1,0 +1,327 @@
+"""The TOML configuration: defaults, per-segment overrides, and validation.
+
+Every key is checked before any event is read; an error names the key and the file.
+The reference with every key and its default is ``docs/configuration.md``.
+
+>>> cfg = parse_config({"segments": {"skincare": {"horizon_days": 90}}}, source="shop.toml")
+>>> cfg.policy("skincare").horizon_days, cfg.policy("fashion").horizon_days
+(90.0, 180.0)
+>>> parse_config({"tiers": {"healthy": "high"}}, source="shop.toml")
+Traceback (most recent call last):
+...
+churnwatch.core.config.ConfigError: shop.toml: tiers.healthy must be a number, got 'high'
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+COMPONENTS = ("recency", "trend", "engagement", "service")
+TIERS = ("healthy", "watch", "at_risk", "churned")
+UNASSIGNED_SEGMENT = "unassigned"
+OTHER_SEGMENT = "other"
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, of the wrong type or out of range."""
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentPolicy:
+    """Everything that may differ per segment: horizon, weights, tier thresholds."""
+
+    horizon_days: float = 180.0
+    weights: Mapping[str, float] = field(
+        default_factory=lambda: {"recency": 0.6, "trend": 0.15, "engagement": 0.15,
+                                 "service": 0.1})
+    healthy: float = 60.0
+    watch: float = 45.0
+    at_risk: float = 32.0
+    hysteresis: float = 3.0
+    churn_rate_objective: float = 0.05
+
+    @property
+    def boundaries(self) -> tuple[float, float, float]:
+        """Lower bounds of healthy, watch and at_risk, best tier first."""
+        return (self.healthy, self.watch, self.at_risk)
+
+
+@dataclass(frozen=True, slots=True)
+class RecencyModel:
+    """Population priors of the return-probability model (see docs/scoring.md)."""
+
+    default_gap_days: float = 30.0
+    default_gap_weight: float = 10.0
+    cadence_shrinkage: float = 3.0
+    dropout_prior_a: float = 1.0
+    dropout_prior_b: float = 2.0
+    tail_shape: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class ChurnwatchConfig:
+    """The whole configuration, validated."""
+
+    default_policy: SegmentPolicy = field(default_factory=SegmentPolicy)
+    segment_policies: Mapping[str, SegmentPolicy] = field(default_factory=dict)
+    recency: RecencyModel = field(default_factory=RecencyModel)
+    trend_short_half_life_days: float = 60.0
+    trend_long_half_life_days: float = 365.0
+    engagement_half_life_days: float = 90.0
+    service_half_life_days: float = 90.0
+    sudden_drop_points: float = 20.0
+    sudden_drop_window_days: float = 7.0
+    high_value_tier: str = "high"
+    high_value_top_share: float = 0.1
+    shards: int = 16
+    key_prefix: str = "cw"
+    max_future_seconds: float = 86400.0
+    allowed_lateness_days: float = 3650.0
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 9464
+    score_history_length: int = 30
+    source: str = "redis"
+    stream_partitions: int = 4
+    stream_prefix: str = "churnwatch:events"
+    kafka_brokers: str = "127.0.0.1:9092"
+    kafka_topic: str = "churnwatch-events"
+    batch_size: int = 5000
+    batch_timeout_seconds: float = 0.2
+    source_file: str = "<defaults>"
+
+    @property
+    def segments(self) -> tuple[str, ...]:
+        """Every segment label value: the configured ones plus ``other`` and ``unassigned``."""
+        return tuple(self.segment_policies) + (OTHER_SEGMENT, UNASSIGNED_SEGMENT)
+
+    def policy(self, segment: str | None) -> SegmentPolicy:
+        """The policy of a segment, falling back to the defaults."""
+        if segment is None:
+            return self.default_policy
+        return self.segment_policies.get(segment, self.default_policy)
+
+    def segment_label(self, segment: str | None) -> str:
+        """The bounded label value for a customer's declared segment."""
+        if not segment:
+            return UNASSIGNED_SEGMENT
+        return segment if segment in self.segment_policies else OTHER_SEGMENT
+
+
+def load_config(path: str | Path | None) -> ChurnwatchConfig:
+    """Read and validate a TOML file; ``None`` gives the defaults."""
+    if path is None:
+        return ChurnwatchConfig()
+    source = str(path)
+    try:
+        with open(path, "rb") as handle:
+            data = tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"{source}: configuration file not found") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: not valid TOML: {exc}") from None
+    return parse_config(data, source=source)
+
+
+_POLICY_KEYS = {"horizon_days", "weights", "tiers", "churn_rate_objective"}
+
+
+def parse_config(data: Mapping[str, Any], *, source: str) -> ChurnwatchConfig:
+    """Validate an already-parsed TOML document."""
+    reader = _Reader(source)
+    reader.only(data, "", {"scoring", "tiers", "segments", "recency", "windows", "alerts",
+                            "value", "state", "input", "metrics", "source"})
+    scoring = reader.table(data, "scoring")
+    reader.only(scoring, "scoring", {"horizon_days", "weights", "churn_rate_objective"})
+    tiers = reader.table(data, "tiers")
+    default = _policy(reader, SegmentPolicy(), scoring, "scoring", tiers, "tiers")
+
+    policies: dict[str, SegmentPolicy] = {}
+    for name, table in reader.table(data, "segments").items():
+        where = f"segments.{name}"
+        if name in (OTHER_SEGMENT, UNASSIGNED_SEGMENT):
+            raise ConfigError(f"{source}: {where}: '{name}' is reserved")
+        if not isinstance(table, Mapping):
+            raise ConfigError(f"{source}: {where} must be a table")
+        reader.only(table, where, _POLICY_KEYS)
+        policies[name] = _policy(reader, default, table, where, reader.table(table, "tiers",
+                                 where), f"{where}.tiers")
+
+    rec = reader.table(data, "recency")
+    base = RecencyModel()
+    recency = RecencyModel(
+        default_gap_days=reader.number(rec, "recency", "default_gap_days",
+                                       base.default_gap_days, low=0.01),
+        default_gap_weight=reader.number(rec, "recency", "default_gap_weight",
+                                         base.default_gap_weight, low=0.0),
+        cadence_shrinkage=reader.number(rec, "recency", "cadence_shrinkage",
+                                        base.cadence_shrinkage, low=0.01),
+        dropout_prior_a=reader.number(rec, "recency", "dropout_prior_a",
+                                      base.dropout_prior_a, low=0.01),
+        dropout_prior_b=reader.number(rec, "recency", "dropout_prior_b",
+                                      base.dropout_prior_b, low=0.01),
+        tail_shape=reader.number(rec, "recency", "tail_shape", base.tail_shape, low=0.05),
+    )
+    reader.only(rec, "recency", set(RecencyModel.__dataclass_fields__))
+
+    d = ChurnwatchConfig()
+    win = reader.table(data, "windows")
+    alerts = reader.table(data, "alerts")
+    value = reader.table(data, "value")
+    state = reader.table(data, "state")
+    inp = reader.table(data, "input")
+    met = reader.table(data, "metrics")
+    src = reader.table(data, "source")
+    reader.only(win, "windows", {"trend_short_half_life_days", "trend_long_half_life_days",
+                                 "engagement_half_life_days", "service_half_life_days"})
+    reader.only(alerts, "alerts", {"sudden_drop_points", "sudden_drop_window_days"})
+    reader.only(value, "value", {"high_value_tier", "high_value_top_share"})
+    reader.only(state, "state", {"shards", "key_prefix", "score_history_length"})
+    reader.only(inp, "input", {"max_future_seconds", "allowed_lateness_days", "batch_size",
+                               "batch_timeout_seconds"})
+    reader.only(met, "metrics", {"host", "port"})
+    reader.only(src, "source", {"kind", "stream_partitions", "stream_prefix", "kafka_brokers",
+                                "kafka_topic"})
+    short = reader.number(win, "windows", "trend_short_half_life_days",
+                          d.trend_short_half_life_days, low=1.0)
+    long = reader.number(win, "windows", "trend_long_half_life_days",
+                         d.trend_long_half_life_days, low=1.0)
+    if long <= short:
+        raise ConfigError(f"{source}: windows.trend_long_half_life_days ({long:g}) must be "
+                          f"greater than windows.trend_short_half_life_days ({short:g})")
+    shards = reader.integer(state, "state", "shards", d.shards, low=1, high=4096)
+    partitions = reader.integer(src, "source", "stream_partitions", d.stream_partitions, low=1,
+                                high=4096)
+    if shards % partitions:
+        raise ConfigError(f"{source}: state.shards ({shards}) must be a multiple of "
+                          f"source.stream_partitions ({partitions}) so that every shard reads "
+                          "one partition")
+    kind = reader.string(src, "source", "kind", d.source)
+    if kind not in ("redis", "kafka", "simulator"):
+        raise ConfigError(f"{source}: source.kind is {kind!r}; expected redis, kafka or "
+                          "simulator")
+    return ChurnwatchConfig(
+        default_policy=default,
+        segment_policies=policies,
+        recency=recency,
+        trend_short_half_life_days=short,
+        trend_long_half_life_days=long,
+        engagement_half_life_days=reader.number(win, "windows", "engagement_half_life_days",
+                                                d.engagement_half_life_days, low=1.0),
+        service_half_life_days=reader.number(win, "windows", "service_half_life_days",
+                                             d.service_half_life_days, low=1.0),
+        sudden_drop_points=reader.number(alerts, "alerts", "sudden_drop_points",
+                                         d.sudden_drop_points, low=1.0, high=100.0),
+        sudden_drop_window_days=reader.number(alerts, "alerts", "sudden_drop_window_days",
+                                              d.sudden_drop_window_days, low=0.0001),
+        high_value_tier=reader.string(value, "value", "high_value_tier", d.high_value_tier),
+        high_value_top_share=reader.number(value, "value", "high_value_top_share",
+                                           d.high_value_top_share, low=0.0, high=1.0),
+        shards=shards,
+        key_prefix=reader.string(state, "state", "key_prefix", d.key_prefix),
+        score_history_length=reader.integer(state, "state", "score_history_length",
+                                            d.score_history_length, low=0, high=1000),
+        max_future_seconds=reader.number(inp, "input", "max_future_seconds",
+                                         d.max_future_seconds, low=0.0),
+        allowed_lateness_days=reader.number(inp, "input", "allowed_lateness_days",
+                                            d.allowed_lateness_days, low=0.0),
+        batch_size=reader.integer(inp, "input", "batch_size", d.batch_size, low=1,
+                                  high=1_000_000),
+        batch_timeout_seconds=reader.number(inp, "input", "batch_timeout_seconds",
+                                            d.batch_timeout_seconds, low=0.001),
+        metrics_host=reader.string(met, "metrics", "host", d.metrics_host),
+        metrics_port=reader.integer(met, "metrics", "port", d.metrics_port, low=0, high=65535),
+        source=kind,
+        stream_partitions=partitions,
+        stream_prefix=reader.string(src, "source", "stream_prefix", d.stream_prefix),
+        kafka_brokers=reader.string(src, "source", "kafka_brokers", d.kafka_brokers),
+        kafka_topic=reader.string(src, "source", "kafka_topic", d.kafka_topic),
+        source_file=source,
+    )
+
+
+def _policy(reader: _Reader, base: SegmentPolicy, table: Mapping[str, Any], where: str,
+            tiers: Mapping[str, Any], tiers_where: str) -> SegmentPolicy:
+    reader.only(tiers, tiers_where, {"healthy", "watch", "at_risk", "hysteresis"})
+    weights = dict(base.weights)
+    given = reader.table(table, "weights", where)
+    reader.only(given, f"{where}.weights", set(COMPONENTS))
+    for name in given:
+        weights[name] = reader.number(given, f"{where}.weights", name, 0.0, low=0.0)
+    if weights["recency"] <= 0:
+        raise ConfigError(f"{reader.source}: {where}.weights.recency must be > 0")
+    policy = replace(
+        base,
+        horizon_days=reader.number(table, where, "horizon_days", base.horizon_days, low=1.0),
+        weights=weights,
+        healthy=reader.number(tiers, tiers_where, "healthy", base.healthy, low=0, high=100),
+        watch=reader.number(tiers, tiers_where, "watch", base.watch, low=0, high=100),
+        at_risk=reader.number(tiers, tiers_where, "at_risk", base.at_risk, low=0, high=100),
+        hysteresis=reader.number(tiers, tiers_where, "hysteresis", base.hysteresis, low=0,
+                                 high=20),
+        churn_rate_objective=reader.number(table, where, "churn_rate_objective",
+                                           base.churn_rate_objective, low=0.0, high=1.0),
+    )
+    if not policy.healthy > policy.watch > policy.at_risk:
+        raise ConfigError(f"{reader.source}: {tiers_where}: thresholds must satisfy healthy > "
+                          f"watch > at_risk, got {policy.healthy:g}, {policy.watch:g}, "
+                          f"{policy.at_risk:g}")
+    return policy
+
+
+class _Reader:
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def only(self, table: Mapping[str, Any], where: str, allowed: set[str]) -> None:
+        for key in table:
+            if key not in allowed:
+                name = f"{where}.{key}" if where else key
+                raise ConfigError(f"{self.source}: unknown key {name} (expected one of "
+                                  f"{', '.join(sorted(allowed))})")
+
+    def table(self, table: Mapping[str, Any], key: str, where: str = "") -> Mapping[str, Any]:
+        value = table.get(key, {})
+        if not isinstance(value, Mapping):
+            name = f"{where}.{key}" if where else key
+            raise ConfigError(f"{self.source}: {name} must be a table")
+        return value
+
+    def number(self, table: Mapping[str, Any], where: str, key: str, default: float,
+               low: float | None = None, high: float | None = None) -> float:
+        if key not in table:
+            return float(default)
+        value = table[key]
+        name = f"{where}.{key}"
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{self.source}: {name} must be a number, got {value!r}")
+        if low is not None and value < low:
+            raise ConfigError(f"{self.source}: {name} must be >= {low:g}, got {value!r}")
+        if high is not None and value > high:
+            raise ConfigError(f"{self.source}: {name} must be <= {high:g}, got {value!r}")
+        return float(value)
+
+    def integer(self, table: Mapping[str, Any], where: str, key: str, default: int,
+                low: int, high: int) -> int:
+        if key not in table:
+            return default
+        value = table[key]
+        name = f"{where}.{key}"
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{self.source}: {name} must be an integer, got {value!r}")
+        if not low <= value <= high:
+            raise ConfigError(f"{self.source}: {name} must be within {low}..{high}, got "
+                              f"{value!r}")
+        return value
+
+    def string(self, table: Mapping[str, Any], where: str, key: str, default: str) -> str:
+        if key not in table:
+            return default
+        value = table[key]
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"{self.source}: {where}.{key} must be a non-empty string, got "
+                              f"{value!r}")
+        return value

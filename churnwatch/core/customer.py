@@ -1,0 +1,269 @@
+"""Per-customer state: the rolling windows that the health score is computed from.
+
+Windows are exponentially decayed counters (a half-life instead of a hard edge): constant memory,
+one multiply per update, and the result does not depend on the order events arrive in, so a late
+event is applied exactly as if it had come on time. Every counter is kept "as of" a reference
+time (the newest event of its kind) and decayed to any later instant on read.
+
+>>> from churnwatch.core.events import Event
+>>> c = CustomerState(first_seen=0.0)
+>>> c.apply(Event("c1", "order", 0.0, amount=20.0), windows=Windows.default())
+>>> c.apply(Event("c1", "order", 30 * 86400.0, amount=40.0), windows=Windows.default())
+>>> c.orders, c.spend, c.mean_gap_days()
+(2, 60.0, 30.0)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from churnwatch.core import events as ev
+
+LN2 = math.log(2.0)
+DAY = 86400.0
+
+# Per-channel engagement counters, in this order.
+SENT, OPENED, CLICKED, MSG_SENT, REPLIED = range(5)
+
+
+@dataclass(frozen=True, slots=True)
+class Windows:
+    """Half-lives of the decayed windows, in seconds."""
+
+    trend_short: float
+    trend_long: float
+    engagement: float
+    service: float
+
+    @classmethod
+    def default(cls) -> Windows:
+        """60 and 365 days for the trend, 90 days for engagement and service."""
+        return cls(60 * DAY, 365 * DAY, 90 * DAY, 90 * DAY)
+
+
+def decay(value: float, elapsed: float, half_life: float) -> float:
+    """``value`` decayed over ``elapsed`` seconds; negative elapsed does not grow it.
+
+    >>> decay(8.0, 2 * 86400.0, 86400.0)
+    2.0
+    """
+    if elapsed <= 0.0 or value == 0.0:
+        return value
+    return value * math.exp(-LN2 * elapsed / half_life)
+
+
+def _add(value: float, ref: float, ts: float, amount: float, half_life: float) -> tuple[float,
+                                                                                        float]:
+    """Add ``amount`` at time ``ts`` to a counter kept as of ``ref``; returns (value, ref)."""
+    if ts >= ref:
+        return decay(value, ts - ref, half_life) + amount, ts
+    return value + amount * math.exp(-LN2 * (ref - ts) / half_life), ref
+
+
+class CustomerState:
+    """Everything churnwatch remembers about one customer.
+
+    Fields are public for the scoring functions; only :meth:`apply` changes the windows, and the
+    engine (``churnwatch.core.engine``) owns the scoring fields and the idempotence bookkeeping.
+    """
+
+    __slots__ = (
+        "first_seen", "last_event_ts", "segment", "declared_value_tier",
+        "orders", "first_order", "last_order", "spend", "refunds",
+        "ord_short", "ord_long", "val_short", "val_long", "trend_ref",
+        "channels", "eng_ref", "tickets", "fb_sum", "fb_weight", "svc_ref",
+        "visits", "last_visit",
+        "score", "tier", "components", "scored_at", "next_review_at", "tier_since",
+        "peak_score", "peak_at", "drop_counted", "high_value",
+        "offsets", "recent_ids",
+    )
+
+    def __init__(self, first_seen: float) -> None:
+        self.first_seen = first_seen
+        self.last_event_ts = first_seen
+        self.segment: str | None = None
+        self.declared_value_tier: str | None = None
+        self.orders = 0
+        self.first_order: float | None = None
+        self.last_order: float | None = None
+        self.spend = 0.0
+        self.refunds = 0.0
+        self.ord_short = 0.0
+        self.ord_long = 0.0
+        self.val_short = 0.0
+        self.val_long = 0.0
+        self.trend_ref = 0.0
+        self.channels: dict[str, list[float]] = {}
+        self.eng_ref = 0.0
+        self.tickets = 0.0
+        self.fb_sum = 0.0
+        self.fb_weight = 0.0
+        self.svc_ref = 0.0
+        self.visits = 0.0
+        self.last_visit: float | None = None
+        # Scoring, owned by the engine.
+        self.score: float | None = None
+        self.tier = -1
+        self.components: list[int] = []
+        self.scored_at = 0.0
+        self.next_review_at: float | None = None
+        self.tier_since = 0.0
+        self.peak_score = 0.0
+        self.peak_at = 0.0
+        self.drop_counted = False
+        self.high_value = False
+        # Idempotence: the last applied offset per source partition, recent event ids.
+        self.offsets: dict[int, int] = {}
+        self.recent_ids: list[int] = []
+
+    # -- windows -------------------------------------------------------------------------------
+
+    def apply(self, event: ev.Event, windows: Windows) -> None:
+        """Fold one valid event into the windows (idempotence is the engine's job)."""
+        ts = event.ts
+        kind = event.type
+        if ts > self.last_event_ts:
+            self.last_event_ts = ts
+        if ts < self.first_seen:
+            self.first_seen = ts
+        if kind == ev.ORDER:
+            self.orders += 1
+            self.spend += event.amount
+            if self.first_order is None or ts < self.first_order:
+                self.first_order = ts
+            if self.last_order is None or ts > self.last_order:
+                self.last_order = ts
+            ref = self.trend_ref
+            self.ord_short, _ = _add(self.ord_short, ref, ts, 1.0, windows.trend_short)
+            self.ord_long, _ = _add(self.ord_long, ref, ts, 1.0, windows.trend_long)
+            self.val_short, _ = _add(self.val_short, ref, ts, event.amount, windows.trend_short)
+            self.val_long, self.trend_ref = _add(self.val_long, ref, ts, event.amount,
+                                                 windows.trend_long)
+        elif kind == ev.REFUND:
+            self.refunds += event.amount
+            self.spend = max(self.spend - event.amount, 0.0)
+        elif kind in _ENGAGEMENT_SLOT:
+            self._engage(str(event.channel), _ENGAGEMENT_SLOT[kind], ts, windows.engagement)
+        elif kind == ev.SUPPORT_TICKET:
+            self._service(ts, windows.service, tickets=event.severity)
+        elif kind == ev.FEEDBACK:
+            self._service(ts, windows.service, feedback=event.score)
+        elif kind == ev.VISIT:
+            self.visits, _ = _add(self.visits, self.last_visit or ts, ts, 1.0,
+                                  windows.engagement)
+            if self.last_visit is None or ts > self.last_visit:
+                self.last_visit = ts
+        elif kind == ev.PROFILE:
+            segment = event.attributes.get("segment")
+            if segment:
+                self.segment = segment
+            value_tier = event.attributes.get("value_tier")
+            if value_tier:
+                self.declared_value_tier = value_tier
+
+    def _engage(self, channel: str, slot: int, ts: float, half_life: float) -> None:
+        counters = self.channels.get(channel)
+        if counters is None:
+            counters = self.channels[channel] = [0.0] * 5
+        if ts > self.eng_ref:
+            elapsed = ts - self.eng_ref
+            for row in self.channels.values():
+                for i in range(5):
+                    row[i] = decay(row[i], elapsed, half_life)
+            self.eng_ref = ts
+            counters[slot] += 1.0
+        else:
+            counters[slot] += math.exp(-LN2 * (self.eng_ref - ts) / half_life)
+
+    def _service(self, ts: float, half_life: float, tickets: float = 0.0,
+                 feedback: float | None = None) -> None:
+        if ts > self.svc_ref:
+            elapsed = ts - self.svc_ref
+            self.tickets = decay(self.tickets, elapsed, half_life)
+            self.fb_sum = decay(self.fb_sum, elapsed, half_life)
+            self.fb_weight = decay(self.fb_weight, elapsed, half_life)
+            self.svc_ref = ts
+            weight = 1.0
+        else:
+            weight = math.exp(-LN2 * (self.svc_ref - ts) / half_life)
+        self.tickets += tickets * weight
+        if feedback is not None:
+            self.fb_sum += feedback * weight
+            self.fb_weight += weight
+
+    # -- derived -------------------------------------------------------------------------------
+
+    def mean_gap_days(self) -> float | None:
+        """The customer's own mean gap between orders, in days (``None`` before a repeat)."""
+        if self.orders < 2 or self.first_order is None or self.last_order is None:
+            return None
+        return (self.last_order - self.first_order) / DAY / (self.orders - 1)
+
+    def engagement_totals(self, at: float, half_life: float) -> tuple[float, float, float, float]:
+        """Decayed (sent, responses, campaign sends, message sends) as of ``at``."""
+        sent = responses = campaigns = messages = 0.0
+        elapsed = at - self.eng_ref
+        for row in self.channels.values():
+            c_sent, opened, clicked, m_sent, replied = row
+            campaigns += c_sent
+            messages += m_sent
+            sent += c_sent + m_sent
+            responses += min(c_sent, 0.6 * opened + 0.4 * clicked) + min(m_sent, replied)
+        return (decay(sent, elapsed, half_life), decay(responses, elapsed, half_life),
+                decay(campaigns, elapsed, half_life), decay(messages, elapsed, half_life))
+
+    # -- wire format ---------------------------------------------------------------------------
+
+    def to_wire(self) -> list[object]:
+        """A compact list for msgpack: timestamps as whole seconds, counters as floats."""
+        return [
+            _t(self.first_seen), _t(self.last_event_ts), self.segment, self.declared_value_tier,
+            self.orders, _ot(self.first_order), _ot(self.last_order), self.spend, self.refunds,
+            self.ord_short, self.ord_long, self.val_short, self.val_long, _t(self.trend_ref),
+            self.channels or None, _t(self.eng_ref), self.tickets, self.fb_sum, self.fb_weight,
+            _t(self.svc_ref), self.visits, _ot(self.last_visit),
+            None if self.score is None else round(self.score * 100), self.tier,
+            self.components, _t(self.scored_at),
+            None if self.next_review_at is None else math.ceil(self.next_review_at), _t(self.tier_since),
+            round(self.peak_score * 100), _t(self.peak_at), self.drop_counted, self.high_value,
+            self.offsets or None, self.recent_ids or None,
+        ]
+
+    @classmethod
+    def from_wire(cls, data: list[object]) -> CustomerState:
+        """Inverse of :meth:`to_wire`."""
+        state = cls.__new__(cls)
+        (state.first_seen, state.last_event_ts, state.segment, state.declared_value_tier,
+         state.orders, state.first_order, state.last_order, state.spend, state.refunds,
+         state.ord_short, state.ord_long, state.val_short, state.val_long, state.trend_ref,
+         channels, state.eng_ref, state.tickets, state.fb_sum, state.fb_weight,
+         state.svc_ref, state.visits, state.last_visit, state.score, state.tier,
+         state.components, state.scored_at, state.next_review_at, state.tier_since,
+         state.peak_score, state.peak_at, state.drop_counted, state.high_value,
+         offsets, recent_ids) = data  # type: ignore[misc]
+        state.channels = channels or {}  # type: ignore[assignment]
+        if state.score is not None:
+            state.score = state.score / 100.0
+        state.peak_score = state.peak_score / 100.0
+        state.offsets = {int(k): v for k, v in (offsets or {}).items()}  # type: ignore[attr-defined]
+        state.recent_ids = list(recent_ids or [])  # type: ignore[call-overload]
+        return state
+
+
+def _t(ts: float) -> int:
+    # Whole seconds fit msgpack's 5-byte integers; counters go out as 4-byte floats.
+    return math.floor(ts)
+
+
+def _ot(ts: float | None) -> int | None:
+    return None if ts is None else math.floor(ts)
+
+
+_ENGAGEMENT_SLOT = {
+    ev.CAMPAIGN_SENT: SENT,
+    ev.CAMPAIGN_OPENED: OPENED,
+    ev.CAMPAIGN_CLICKED: CLICKED,
+    ev.MESSAGE_SENT: MSG_SENT,
+    ev.MESSAGE_REPLIED: REPLIED,
+}

@@ -1,0 +1,344 @@
+"""The scoring engine of one shard: events in, states, transitions and aggregates out.
+
+A shard is the unit of ownership: one worker owns it at a time, so the engine may hold the
+shard's learned priors and running aggregates in memory and write them back whole with the
+customers it changed (the store does that in one transaction, which is what makes a replay after
+a crash harmless). The engine reads no clock and does no I/O; the dataflow loads the customers a
+batch touches, calls :meth:`ShardEngine.process`, and stores what comes back.
+
+>>> from churnwatch.core.config import ChurnwatchConfig
+>>> from churnwatch.core.events import Event
+>>> engine = ShardEngine(0, ChurnwatchConfig(), ShardState())
+>>> batch = [Incoming(Event("c1", "order", 0.0, amount=10.0), partition=1, offset=1),
+...          Incoming(Event("c1", "order", 0.0, amount=10.0), partition=1, offset=1)]
+>>> result = engine.process(batch, {"c1": None}, now=0.0)
+>>> result.scored, result.duplicates, result.changed["c1"].orders
+(1, 1, 1)
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from churnwatch.core import events as ev
+from churnwatch.core.config import COMPONENTS, TIERS, ChurnwatchConfig
+from churnwatch.core.customer import DAY, CustomerState
+from churnwatch.core.priors import PopulationPriors
+from churnwatch.core.scoring import (
+    AT_RISK,
+    CHURNED,
+    HEALTHY,
+    assess,
+    component_values,
+    next_review_at,
+    reasons,
+    tier_for,
+    tier_name,
+    windows_of,
+)
+
+RECENT_IDS_KEPT = 8
+SCORE_BANDS = tuple(f"{lo:02d}-{lo + 10}" for lo in range(0, 100, 10))
+
+
+@dataclass(frozen=True, slots=True)
+class Incoming:
+    """A valid event with where it came from: a source partition (a stable 32-bit id) and the
+    offset in it. ``partition`` 0 means "no replayable position" (only ``event_id`` dedupes)."""
+
+    event: ev.Event
+    partition: int = 0
+    offset: int = 0
+    position: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class TierTransition:
+    """A customer moved from one risk tier to another, and why."""
+
+    customer_id: str
+    segment: str
+    from_tier: str
+    to_tier: str
+    old_score: float | None
+    new_score: float
+    at: float
+    reasons: tuple[str, ...]
+    cause: str  # "event" or "silence"
+
+    def as_dict(self) -> dict[str, object]:
+        """The record as plain data (for streams, files and the API)."""
+        return {"customer_id": self.customer_id, "segment": self.segment,
+                "from": self.from_tier, "to": self.to_tier,
+                "old_score": None if self.old_score is None else round(self.old_score, 1),
+                "new_score": round(self.new_score, 1), "at": self.at,
+                "reasons": list(self.reasons), "cause": self.cause}
+
+
+@dataclass(frozen=True, slots=True)
+class SuddenDrop:
+    """A score fell by more than the configured points within the configured window."""
+
+    customer_id: str
+    segment: str
+    from_score: float
+    to_score: float
+    at: float
+
+
+class ShardState:
+    """What a shard keeps besides its customers: learned priors, event-time watermark, and the
+    running aggregates the metrics are read from (absolute values, so rewriting them is
+    idempotent)."""
+
+    __slots__ = ("priors", "watermark", "gauges", "counters")
+
+    def __init__(self) -> None:
+        self.priors = PopulationPriors()
+        self.watermark = 0.0
+        self.gauges: dict[str, float] = {}
+        self.counters: dict[str, float] = {}
+
+    def to_wire(self) -> list[object]:
+        """A compact msgpack-able form."""
+        return [self.priors.to_wire(), self.watermark, self.gauges, self.counters]
+
+    @classmethod
+    def from_wire(cls, data: list[object] | None) -> ShardState:
+        """Inverse of :meth:`to_wire`; ``None`` gives a fresh shard."""
+        state = cls()
+        if data:
+            priors, watermark, gauges, counters = data
+            state.priors = PopulationPriors.from_wire(priors)  # type: ignore[arg-type]
+            state.watermark = float(watermark)  # type: ignore[arg-type]
+            state.gauges = dict(gauges)  # type: ignore[call-overload]
+            state.counters = dict(counters)  # type: ignore[call-overload]
+        return state
+
+
+@dataclass(slots=True)
+class BatchResult:
+    """What one call to the engine produced, for the store and the outputs."""
+
+    changed: dict[str, CustomerState] = field(default_factory=dict)
+    transitions: list[TierTransition] = field(default_factory=list)
+    drops: list[SuddenDrop] = field(default_factory=list)
+    dead_letters: list[ev.InvalidEvent] = field(default_factory=list)
+    scored: int = 0
+    duplicates: int = 0
+    late: int = 0
+    rescored_silent: int = 0
+    last_event_ts: float = 0.0
+
+
+class ShardEngine:
+    """Applies events to the customers of one shard, in arrival order."""
+
+    def __init__(self, shard: int, config: ChurnwatchConfig, state: ShardState) -> None:
+        self.shard = shard
+        self.config = config
+        self.state = state
+        self.windows = windows_of(config)
+        self._lateness = config.allowed_lateness_days * DAY
+
+    # -- entry points -------------------------------------------------------------------------
+
+    def process(self, items: Iterable[Incoming], customers: Mapping[str, CustomerState | None],
+                now: float) -> BatchResult:
+        """Apply a batch of events; ``customers`` holds the loaded state of every customer the
+        batch names (``None`` for a new one). ``now`` is the instant silent customers are due by:
+        the event-time watermark in replay, the wall clock live."""
+        result = BatchResult()
+        touched: dict[str, CustomerState] = {}
+        before: dict[str, dict[str, float]] = {}
+        for item in items:
+            event = item.event
+            cid = event.customer_id
+            state = touched.get(cid)
+            if state is None:
+                state = customers.get(cid)
+                if state is not None:
+                    before[cid] = self._contribution(state)
+            if state is None:
+                state = CustomerState(first_seen=event.ts)
+                before[cid] = {}
+            touched[cid] = state
+            if self._is_duplicate(state, item):
+                result.duplicates += 1
+                continue
+            if state.score is not None and event.ts < state.last_event_ts:
+                if event.ts < state.last_event_ts - self._lateness:
+                    result.dead_letters.append(ev.InvalidEvent(
+                        "too_late", f"event time {event.ts:.0f} is more than "
+                        f"{self.config.allowed_lateness_days:g} days before the customer's "
+                        f"latest event", item.position, b"", cid))
+                    continue
+                result.late += 1
+            self._advance(cid, state, event.ts, result)
+            self._apply(state, event)
+            self._remember(state, item)
+            at = max(event.ts, state.scored_at)
+            self._score(cid, state, at, result, cause="event")
+            result.scored += 1
+            if event.ts > result.last_event_ts:
+                result.last_event_ts = event.ts
+            if event.ts > self.state.watermark:
+                self.state.watermark = event.ts
+        for cid, state in touched.items():
+            self._advance(cid, state, now, result)
+            result.changed[cid] = state
+        self._account(before, touched)
+        return result
+
+    def review(self, customers: Mapping[str, CustomerState], now: float) -> BatchResult:
+        """Re-score silent customers whose review time has come (from the due-time index)."""
+        result = BatchResult()
+        before = {cid: self._contribution(state) for cid, state in customers.items()}
+        for cid, state in customers.items():
+            self._advance(cid, state, now, result)
+            result.changed[cid] = state
+        self._account(before, dict(customers))
+        return result
+
+    # -- steps --------------------------------------------------------------------------------
+
+    def _is_duplicate(self, state: CustomerState, item: Incoming) -> bool:
+        if item.partition and item.offset <= state.offsets.get(item.partition, -1):
+            return True
+        if item.event.event_id is not None:
+            return _id_hash(item.event.event_id) in state.recent_ids
+        return False
+
+    def _remember(self, state: CustomerState, item: Incoming) -> None:
+        if item.partition:
+            state.offsets[item.partition] = item.offset
+        if item.event.event_id is not None:
+            ids = state.recent_ids
+            ids.append(_id_hash(item.event.event_id))
+            if len(ids) > RECENT_IDS_KEPT:
+                del ids[0]
+
+    def _apply(self, state: CustomerState, event: ev.Event) -> None:
+        priors = self.state.priors
+        kind = event.type
+        if kind == ev.ORDER and state.last_order is not None and event.ts > state.last_order:
+            priors.observe_gap(event.ts - state.last_order)
+        old_spend = state.spend if state.orders or state.refunds else -1.0
+        state.apply(event, self.windows)
+        if kind in (ev.ORDER, ev.REFUND):
+            priors.move_spend(old_spend, state.spend)
+        elif kind in (ev.CAMPAIGN_SENT, ev.MESSAGE_SENT):
+            priors.observe_engagement(1.0, 0.0)
+        elif kind == ev.CAMPAIGN_OPENED:
+            priors.observe_engagement(0.0, 0.6)
+        elif kind in (ev.CAMPAIGN_CLICKED,):
+            priors.observe_engagement(0.0, 0.4)
+        elif kind == ev.MESSAGE_REPLIED:
+            priors.observe_engagement(0.0, 1.0)
+
+    def _advance(self, cid: str, state: CustomerState, until: float, result: BatchResult) -> None:
+        """Re-score at every review time up to ``until``: tier changes of silence, on time."""
+        guard = 0
+        while state.next_review_at is not None and state.next_review_at <= until and guard < 8:
+            at = max(state.next_review_at, state.scored_at)
+            self._score(cid, state, at, result, cause="silence")
+            result.rescored_silent += 1
+            guard += 1
+
+    def _score(self, cid: str, state: CustomerState, now: float, result: BatchResult,
+               cause: str) -> None:
+        config = self.config
+        priors = self.state.priors
+        policy = config.policy(state.segment)
+        assessment = assess(state, now, config, priors)
+        score = round(assessment.score, 2)
+        old_tier = state.tier
+        old_score = state.score
+        new_tier = tier_for(score, old_tier, policy)
+        previous = state.components
+        state.components = component_values(assessment)
+        state.high_value = (state.declared_value_tier == config.high_value_tier
+                            or state.spend >= priors.spend_quantile_floor(
+                                config.high_value_top_share) > 0)
+        segment = config.segment_label(state.segment)
+        if new_tier != old_tier:
+            why = tuple(reasons(state, assessment, now, config, priors, previous))
+            transition = TierTransition(cid, segment, tier_name(old_tier), tier_name(new_tier),
+                                        old_score, score, now, why, cause)
+            result.transitions.append(transition)
+            if old_tier >= 0:
+                key = f"transitions|{segment}|{TIERS[old_tier]}|{TIERS[new_tier]}"
+                self.state.counters[key] = self.state.counters.get(key, 0.0) + 1.0
+                if new_tier == HEALTHY and old_tier >= AT_RISK:
+                    key = f"recoveries|{segment}|{TIERS[old_tier]}"
+                    self.state.counters[key] = self.state.counters.get(key, 0.0) + 1.0
+            state.tier = new_tier
+            state.tier_since = now
+        # Sudden drops: against the highest score within the configured window.
+        window = config.sudden_drop_window_days * DAY
+        if now - state.peak_at > window or score >= state.peak_score:
+            state.peak_score = score
+            state.peak_at = now
+            state.drop_counted = False
+        elif state.peak_score - score >= config.sudden_drop_points and not state.drop_counted:
+            state.drop_counted = True
+            result.drops.append(SuddenDrop(cid, segment, state.peak_score, score, now))
+            key = f"sudden_drops|{segment}"
+            self.state.counters[key] = self.state.counters.get(key, 0.0) + 1.0
+        state.score = score
+        state.scored_at = now
+        due = next_review_at(state, assessment, now, config, priors)
+        if due is not None and due <= now:
+            due = now + 60.0  # already past the threshold but held by hysteresis: look again
+        state.next_review_at = due
+
+    # -- aggregates ---------------------------------------------------------------------------
+
+    def _contribution(self, state: CustomerState) -> dict[str, float]:
+        if state.score is None or state.tier < 0:
+            return {}
+        segment = self.config.segment_label(state.segment)
+        band = SCORE_BANDS[min(int(state.score // 10), 9)]
+        out = {
+            f"customers|{segment}|{TIERS[state.tier]}": 1.0,
+            f"band|{segment}|{band}": 1.0,
+            f"score_sum|{segment}": state.score,
+            f"scored|{segment}": 1.0,
+        }
+        for name, value in zip(COMPONENTS, state.components, strict=False):
+            if value >= 0:
+                out[f"component_sum|{segment}|{name}"] = float(value)
+                out[f"component_n|{segment}|{name}"] = 1.0
+        if state.high_value and state.tier in (AT_RISK, CHURNED):
+            out[f"high_value_at_risk|{segment}"] = 1.0
+        return out
+
+    def _account(self, before: Mapping[str, dict[str, float]],
+                 after: Mapping[str, CustomerState]) -> None:
+        gauges = self.state.gauges
+        for cid, state in after.items():
+            old = before.get(cid, {})
+            new = self._contribution(state)
+            for key, value in old.items():
+                gauges[key] = gauges.get(key, 0.0) - value
+            for key, value in new.items():
+                gauges[key] = gauges.get(key, 0.0) + value
+        for key in [k for k, v in gauges.items() if abs(v) < 1e-9]:
+            del gauges[key]
+
+
+def _id_hash(event_id: str) -> int:
+    return int.from_bytes(hashlib.blake2b(event_id.encode(), digest_size=4).digest(), "big")
+
+
+def partition_id(name: str) -> int:
+    """A stable non-zero 32-bit id for a source partition name (a file, a stream, a topic
+    partition).
+
+    >>> partition_id("file:/data/orders.jsonl") == partition_id("file:/data/orders.jsonl")
+    True
+    """
+    digest = hashlib.blake2b(name.encode(), digest_size=4).digest()
+    return int.from_bytes(digest, "big") or 1

@@ -1,0 +1,346 @@
+"""The Customer Health Score: components, tiers with hysteresis, reasons, next review time.
+
+The score (0..100) is a weighted mean of four components, each 0..100 with a confidence 0..1
+(how much evidence stands behind it); a component without evidence drops out instead of
+pretending to be average:
+
+- ``recency``: the probability that the customer orders again within the segment's horizon,
+  given their silence, their own cadence and how many times they came back (see
+  :func:`return_probability`), as ``100 * sqrt(p)``.
+- ``trend``: purchase frequency and value in recent months against the customer's earlier months.
+- ``engagement``: their answer rate to campaigns and messages against the population's.
+- ``service``: support tickets and feedback.
+
+Only ``recency`` moves while a customer is silent; the others are taken as of their last event.
+So a score never rises with silence, and the instant of the next tier change absent events has a
+direct solution (:func:`next_review_at`).
+
+>>> from churnwatch.core.config import ChurnwatchConfig
+>>> from churnwatch.core.customer import CustomerState
+>>> from churnwatch.core.events import Event
+>>> from churnwatch.core.priors import PopulationPriors
+>>> cfg, priors = ChurnwatchConfig(), PopulationPriors()
+>>> c = CustomerState(first_seen=0.0)
+>>> for day in range(0, 200, 20):
+...     c.apply(Event("c1", "order", day * 86400.0, amount=30.0), windows=windows_of(cfg))
+>>> fresh = assess(c, now=181 * 86400.0, config=cfg, priors=priors)
+>>> silent = assess(c, now=260 * 86400.0, config=cfg, priors=priors)
+>>> fresh.score > silent.score, tier_name(tier_for(fresh.score, -1, cfg.policy(None)))
+(True, 'healthy')
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from churnwatch.core.config import COMPONENTS, TIERS, ChurnwatchConfig, SegmentPolicy
+from churnwatch.core.customer import DAY, LN2, CustomerState, Windows
+from churnwatch.core.priors import PopulationPriors
+
+RECENCY, TREND, ENGAGEMENT, SERVICE = range(4)
+HEALTHY, WATCH, AT_RISK, CHURNED = range(4)
+_MAX_SILENCE_DAYS = 36500.0
+
+
+@dataclass(frozen=True, slots=True)
+class Component:
+    """One component of the score: its value (0..100) and the confidence behind it (0..1)."""
+
+    value: float
+    confidence: float
+
+
+@dataclass(frozen=True, slots=True)
+class Assessment:
+    """The score of one customer at one instant, with what it is made of."""
+
+    score: float
+    components: tuple[Component, Component, Component, Component]
+    return_probability: float
+    # Parts of the weighted mean that do not move with silence, for next_review_at.
+    fixed_weighted_sum: float
+    fixed_weight: float
+    recency_weight: float
+
+
+@dataclass(frozen=True, slots=True)
+class RecencyInputs:
+    """What the return-probability model needs, in days."""
+
+    repeats: int
+    span_days: float
+    silence_days: float
+    population_gap_days: float
+
+
+def windows_of(config: ChurnwatchConfig) -> Windows:
+    """The decayed-window half-lives of a configuration, in seconds."""
+    return Windows(config.trend_short_half_life_days * DAY, config.trend_long_half_life_days * DAY,
+                   config.engagement_half_life_days * DAY, config.service_half_life_days * DAY)
+
+
+def return_probability(inputs: RecencyInputs, horizon_days: float, config: ChurnwatchConfig
+                       ) -> float:
+    """P(the customer orders again within ``horizon_days``), given their history.
+
+    Two things can explain a silence: the customer is still with us and simply has not needed to
+    order yet, or they left. Leaving is a dropout after any order with a probability that starts
+    at ``a / (a + b)`` and shrinks with every return (a Beta prior, so ``a / (a + b + repeats)``);
+    unlike BG/NBD this includes the first order, so one-time buyers are not rated certainly
+    alive. A customer who stayed orders after waiting times with a heavy (Lomax) tail around
+    their own mean gap, shrunk towards the population's while they have few orders.
+
+    >>> from churnwatch.core.config import ChurnwatchConfig
+    >>> cfg = ChurnwatchConfig()
+    >>> regular = RecencyInputs(repeats=9, span_days=180, silence_days=10, population_gap_days=40)
+    >>> once = RecencyInputs(repeats=0, span_days=0, silence_days=10, population_gap_days=40)
+    >>> p_regular = return_probability(regular, 180, cfg)
+    >>> p_once = return_probability(once, 180, cfg)
+    >>> 0 < p_once < p_regular < 1
+    True
+    """
+    model = config.recency
+    k = model.cadence_shrinkage
+    mean_gap = (k * inputs.population_gap_days + inputs.span_days) / (k + inputs.repeats)
+    shape = model.tail_shape
+    scale = shape * max(mean_gap, 1e-6)
+    silence = min(max(inputs.silence_days, 0.0), _MAX_SILENCE_DAYS)
+    still_waiting = (scale / (scale + silence)) ** shape
+    dropout = model.dropout_prior_a / (model.dropout_prior_a + model.dropout_prior_b
+                                       + inputs.repeats)
+    alive = (1.0 - dropout) * still_waiting
+    p_alive = alive / (alive + dropout)
+    p_order_if_alive = 1.0 - ((scale + silence) / (scale + silence + horizon_days)) ** shape
+    return p_alive * p_order_if_alive
+
+
+def recency_inputs(state: CustomerState, now: float, priors: PopulationPriors,
+                   config: ChurnwatchConfig) -> RecencyInputs:
+    """The model's inputs for a customer at ``now``.
+
+    A customer with no order yet is taken as if their first contact were a first order: a
+    registered customer who never buys is as doubtful as a one-time buyer.
+    """
+    gap = priors.mean_gap_days(config.recency.default_gap_days, config.recency.default_gap_weight)
+    if state.orders == 0 or state.first_order is None or state.last_order is None:
+        return RecencyInputs(0, 0.0, (now - state.first_seen) / DAY, gap)
+    return RecencyInputs(state.orders - 1, (state.last_order - state.first_order) / DAY,
+                         (now - state.last_order) / DAY, gap)
+
+
+def assess(state: CustomerState, now: float, config: ChurnwatchConfig,
+           priors: PopulationPriors) -> Assessment:
+    """Score one customer at ``now`` (event time in replay, wall clock live)."""
+    policy = config.policy(state.segment)
+    weights = policy.weights
+    inputs = recency_inputs(state, now, priors, config)
+    probability = return_probability(inputs, policy.horizon_days, config)
+    recency = Component(100.0 * math.sqrt(probability), 1.0)
+    trend = _trend(state, config)
+    engagement = _engagement(state, config, priors)
+    service = _service(state)
+    fixed_sum = fixed_weight = 0.0
+    for name, comp in (("trend", trend), ("engagement", engagement), ("service", service)):
+        w = weights[name] * comp.confidence
+        fixed_sum += w * comp.value
+        fixed_weight += w
+    w_recency = weights["recency"]
+    score = (fixed_sum + w_recency * recency.value) / (fixed_weight + w_recency)
+    return Assessment(min(max(score, 0.0), 100.0), (recency, trend, engagement, service),
+                      probability, fixed_sum, fixed_weight, w_recency)
+
+
+def _trend(state: CustomerState, config: ChurnwatchConfig) -> Component:
+    """Recent purchase rate and value against the customer's longer history.
+
+    Both windows are read at the last order and corrected for a tenure shorter than the window,
+    so a steady customer sits at 100 whatever their age; buying half as often scores about 60.
+    """
+    if state.orders < 3 or state.first_order is None or state.last_order is None:
+        return Component(100.0, 0.0)
+    tenure = state.last_order - state.first_order
+    short = config.trend_short_half_life_days * DAY
+    long = config.trend_long_half_life_days * DAY
+    if tenure < short:
+        return Component(100.0, 0.0)
+    fill_short = 1.0 - math.exp(-LN2 * tenure / short)
+    fill_long = 1.0 - math.exp(-LN2 * tenure / long)
+    rate_short = state.ord_short / (short * fill_short)
+    rate_long = state.ord_long / (long * fill_long)
+    value_short = state.val_short / (short * fill_short)
+    value_long = state.val_long / (long * fill_long)
+    freq = rate_short / rate_long if rate_long > 0 else 1.0
+    value = value_short / value_long if value_long > 0 else freq
+    ratio = 0.7 * min(freq, 1.0) + 0.3 * min(value, 1.0)
+    confidence = min(1.0, (state.orders - 2) / 3.0) * min(1.0, tenure / (2.0 * short))
+    return Component(100.0 * ratio ** 0.7, confidence)
+
+
+def _engagement(state: CustomerState, config: ChurnwatchConfig, priors: PopulationPriors
+                ) -> Component:
+    """Answers to campaigns and messages against the population's usual answer rate."""
+    if not state.channels:
+        return Component(100.0, 0.0)
+    sent, responses, _, _ = state.engagement_totals(state.eng_ref,
+                                                    config.engagement_half_life_days * DAY)
+    usual = priors.response_rate()
+    rate = (responses + 2.0 * usual) / (sent + 2.0)
+    value = 100.0 * (1.0 - math.exp(-1.4 * rate / usual))
+    return Component(value, min(1.0, sent / 4.0))
+
+
+def _service(state: CustomerState) -> Component:
+    """Support tickets (by severity) and feedback scores, recent ones weighing most."""
+    if state.tickets <= 0.0 and state.fb_weight <= 0.0:
+        return Component(100.0, 0.0)
+    tickets = 100.0 * math.exp(-0.4 * state.tickets)
+    if state.fb_weight > 0:
+        feedback = 10.0 * state.fb_sum / state.fb_weight
+        value = min(tickets, feedback) if state.tickets > 0.5 else feedback
+    else:
+        value = tickets
+    return Component(value, min(1.0, state.tickets + state.fb_weight))
+
+
+# -- tiers ---------------------------------------------------------------------------------------
+
+
+def tier_name(tier: int) -> str:
+    """``0`` -> ``healthy`` ... ``3`` -> ``churned``; ``-1`` (not yet scored) -> ``none``."""
+    return TIERS[tier] if tier >= 0 else "none"
+
+
+def tier_for(score: float, current: int, policy: SegmentPolicy) -> int:
+    """The tier for ``score``, given the ``current`` tier (``-1`` for none), with hysteresis.
+
+    A boundary is crossed downwards only ``hysteresis`` points below it and upwards only that
+    far above it, so a score hovering at a boundary does not flap.
+
+    >>> from churnwatch.core.config import SegmentPolicy
+    >>> p = SegmentPolicy()  # healthy >= 60, watch >= 45, at_risk >= 32, hysteresis 3
+    >>> tier_for(59.0, HEALTHY, p), tier_for(56.0, HEALTHY, p), tier_for(61.0, WATCH, p)
+    (0, 1, 1)
+    >>> tier_for(10.0, HEALTHY, p), tier_for(59.0, -1, p)
+    (3, 1)
+    """
+    bounds = policy.boundaries
+    if current < 0:
+        return sum(1 for b in bounds if score < b)
+    margin = policy.hysteresis
+    tier = current
+    while tier < CHURNED and score < bounds[tier] - margin:
+        tier += 1
+    if tier == current:
+        while tier > HEALTHY and score >= bounds[tier - 1] + margin:
+            tier -= 1
+    return tier
+
+
+def next_review_at(state: CustomerState, assessment: Assessment, now: float,
+                   config: ChurnwatchConfig, priors: PopulationPriors) -> float | None:
+    """When the customer's tier would next fall if no new event arrives (``None``: never).
+
+    Only recency moves with silence, so the score crossing the current tier's exit threshold is
+    a crossing of the return probability, found by bisection on the silence.
+    """
+    tier = state.tier
+    if tier < 0 or tier >= CHURNED:
+        return None
+    policy = config.policy(state.segment)
+    threshold = policy.boundaries[tier] - policy.hysteresis
+    w = assessment.recency_weight
+    needed = (threshold * (assessment.fixed_weight + w) - assessment.fixed_weighted_sum) / w
+    if needed <= 0.0:
+        return None
+    target = (needed / 100.0) ** 2
+    if assessment.return_probability < target:
+        return now
+    inputs = recency_inputs(state, now, priors, config)
+    anchor = now - inputs.silence_days * DAY
+    horizon = policy.horizon_days
+
+    def probability(silence: float) -> float:
+        return return_probability(RecencyInputs(inputs.repeats, inputs.span_days, silence,
+                                                inputs.population_gap_days), horizon, config)
+
+    low = inputs.silence_days
+    high = max(low, 1.0) * 2.0
+    while probability(high) >= target:
+        if high >= _MAX_SILENCE_DAYS:
+            return None
+        high = min(high * 2.0, _MAX_SILENCE_DAYS)
+    for _ in range(60):
+        if high - low < 1.0 / 1440.0:  # one minute
+            break
+        mid = 0.5 * (low + high)
+        if probability(mid) >= target:
+            low = mid
+        else:
+            high = mid
+    return max(anchor + high * DAY, now)
+
+
+# -- reasons -------------------------------------------------------------------------------------
+
+
+def reasons(state: CustomerState, assessment: Assessment, now: float, config: ChurnwatchConfig,
+            priors: PopulationPriors, previous: list[int] | None = None) -> list[str]:
+    """Plain-language reasons, the biggest drops first, for a CS agent to read.
+
+    ``previous`` are the components (0..100) at the last scoring; components that fell most
+    come first.
+    """
+    comps = assessment.components
+    inputs = recency_inputs(state, now, priors, config)
+    out: list[tuple[float, str]] = []
+    silence = inputs.silence_days
+    own_gap = state.mean_gap_days()
+    if state.orders == 0:
+        text = f"no order yet, first seen {silence:.0f} days ago"
+    elif own_gap is not None:
+        text = (f"no order for {silence:.0f} days, usually orders every {own_gap:.0f}"
+                f" ({state.orders} orders)")
+    else:
+        text = (f"one order, {silence:.0f} days ago; customers typically reorder within "
+                f"{inputs.population_gap_days:.0f} days")
+    text += f"; chance of ordering within {config.policy(state.segment).horizon_days:.0f} days " \
+            f"{100 * assessment.return_probability:.0f}%"
+    out.append((_drop(previous, RECENCY, comps[RECENCY].value), text))
+
+    if comps[TREND].confidence > 0 and comps[TREND].value < 90:
+        out.append((_drop(previous, TREND, comps[TREND].value),
+                    f"buying less often lately: trend {comps[TREND].value:.0f}/100 against their "
+                    "earlier months"))
+    if comps[ENGAGEMENT].confidence > 0 and comps[ENGAGEMENT].value < 70:
+        sent, responses, campaigns, messages = state.engagement_totals(
+            state.eng_ref, config.engagement_half_life_days * DAY)
+        channels = ", ".join(sorted(state.channels))
+        out.append((_drop(previous, ENGAGEMENT, comps[ENGAGEMENT].value),
+                    f"not answering outreach: about {responses:.0f} answers to {sent:.0f} recent "
+                    f"messages and campaigns ({channels})"))
+    if comps[SERVICE].confidence > 0 and comps[SERVICE].value < 70:
+        parts = []
+        if state.tickets > 0.3:
+            parts.append(f"{state.tickets:.1f} weighted support tickets recently")
+        if state.fb_weight > 0:
+            parts.append(f"feedback {state.fb_sum / state.fb_weight:.1f}/10")
+        out.append((_drop(previous, SERVICE, comps[SERVICE].value),
+                    "service problems: " + ", ".join(parts)))
+    out.sort(key=lambda item: -item[0])
+    return [text for _, text in out]
+
+
+def _drop(previous: list[int] | None, index: int, value: float) -> float:
+    if not previous or len(previous) <= index:
+        return 0.0
+    return previous[index] - value
+
+
+def component_values(assessment: Assessment) -> list[int]:
+    """Components rounded to whole points for storage (``-1`` where there is no evidence)."""
+    return [round(c.value) if c.confidence > 0 else -1 for c in assessment.components]
+
+
+__all__ = ["COMPONENTS", "Assessment", "Component", "assess", "next_review_at", "reasons",
+           "return_probability", "tier_for", "tier_name"]

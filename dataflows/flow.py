@@ -1,0 +1,334 @@
+"""The churnwatch dataflow: source -> decode -> route by shard -> score -> Redis -> outputs.
+
+Where things happen, for a newcomer:
+
+- parsed:   ``_decode_batch`` calls ``churnwatch.core.events.decode_event``
+- scored:   ``ShardLogic.on_batch`` calls ``churnwatch.core.engine.ShardEngine``
+- stored:   ``ShardLogic`` commits through a ``churnwatch.state`` store, one transaction a batch
+- exported: ``FlowHooks`` (metrics, the live summary) and the transition / dead-letter sinks
+
+The stateful step is keyed by shard, not by customer: a batch of a shard's events costs one
+read and one write round trip to Redis whatever its size.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import bytewax.operators as op
+from bytewax.dataflow import Dataflow
+from bytewax.inputs import Source
+from bytewax.operators import StatefulBatchLogic
+from bytewax.outputs import DynamicSink, StatelessSinkPartition
+
+from churnwatch.core.config import ChurnwatchConfig
+from churnwatch.core.engine import BatchResult, Incoming, ShardEngine, TierTransition, partition_id
+from churnwatch.core.events import Event, InvalidEvent, decode_event
+from churnwatch.dataflows.messages import RawMessage
+from churnwatch.state.base import StateStore, shard_of
+
+log = logging.getLogger("churnwatch.flow")
+DUE_BATCH = 2000
+
+
+class FlowHooks:
+    """Callbacks for what the flow does; the metrics exporter and the live summary implement
+    them. Called from the worker threads, so implementations must be thread-safe."""
+
+    def decoded(self, source: str, received: int, invalid: Sequence[InvalidEvent],
+                newest_published_at: float | None) -> None:
+        """A batch of raw messages was decoded."""
+
+    def committed(self, source: str, result: BatchResult, oldest_received_at: float) -> None:
+        """A shard batch's effects were committed to the store."""
+
+    def transitions(self, transitions: Sequence[TierTransition]) -> None:
+        """Tier transitions were committed."""
+
+
+@dataclass(frozen=True)
+class FlowSettings:
+    """How a flow runs. ``clock="event"``: silent customers are due by event time (replay, the
+    simulator); ``clock="wall"``: by the wall clock (live)."""
+
+    config: ChurnwatchConfig
+    store_factory: Callable[[], StateStore]
+    clock: str = "event"
+    hooks: FlowHooks = FlowHooks()
+    transitions_path: str | None = None
+    dead_letters_path: str | None = None
+
+
+_stores: dict[int, StateStore] = {}
+_stores_lock = threading.Lock()
+
+
+def _store(settings: FlowSettings) -> StateStore:
+    """One store (one connection pool) per process and settings."""
+    key = id(settings)
+    with _stores_lock:
+        store = _stores.get(key)
+        if store is None:
+            store = _stores[key] = settings.store_factory()
+        return store
+
+
+def _decode_batch(settings: FlowSettings, batch: list[RawMessage]) -> list[tuple[str, Any]]:
+    """Decode raw messages: valid ones keyed by shard, invalid ones under the key ``"dead"``."""
+    config = settings.config
+    shards = config.shards
+    now = time.time()
+    out: list[tuple[str, Any]] = []
+    invalid: list[InvalidEvent] = []
+    partitions: dict[str, int] = {}
+    newest_published: float | None = None
+    source = batch[0].source if batch else "file"
+    for raw in batch:
+        decoded = decode_event(raw.payload, position=raw.position, now=now,
+                               max_future_seconds=config.max_future_seconds)
+        if isinstance(decoded, Event):
+            pid = partitions.get(raw.partition)
+            if pid is None:
+                pid = partitions[raw.partition] = partition_id(raw.partition)
+            out.append((str(shard_of(decoded.customer_id, shards)),
+                        (Incoming(decoded, pid, raw.offset, raw.position), raw.received_at)))
+        else:
+            invalid.append(decoded)
+            out.append(("dead", decoded))
+        if raw.published_at is not None and (newest_published is None
+                                             or raw.published_at > newest_published):
+            newest_published = raw.published_at
+    settings.hooks.decoded(source, len(batch), invalid, newest_published)
+    return out
+
+
+class ShardLogic(StatefulBatchLogic[tuple[Incoming, float], Any, None]):
+    """Scores one shard. Bytewax builds one per shard on the worker that owns the shard; on
+    resume it is rebuilt empty and reloads the shard from the store, which is the source of
+    truth (the snapshot is ``None``: nothing to carry in Bytewax's recovery store)."""
+
+    def __init__(self, shard: int, settings: FlowSettings, source: str) -> None:
+        self.shard = shard
+        self.settings = settings
+        self.source = source
+        self.store = _store(settings)
+        self.engine = ShardEngine(shard, settings.config, self.store.load_shard(shard))
+        self._next_due = self.store.next_due(shard)
+
+    def _now(self) -> float:
+        if self.settings.clock == "wall":
+            return time.time()
+        return self.engine.state.watermark
+
+    def on_batch(self, values: list[tuple[Incoming, float]]) -> tuple[Iterable[Any], bool]:
+        """Called by Bytewax with the shard's items of one activation, in arrival order."""
+        items = [v[0] for v in values]
+        oldest = min(v[1] for v in values)
+        ids = list(dict.fromkeys(i.event.customer_id for i in items))
+        customers = self.store.load_customers(self.shard, ids)
+        result = self.engine.process(items, customers, self._now())
+        self._commit(result, oldest)
+        outputs = self._outputs(result)
+        outputs.extend(self._review_due())
+        return outputs, StatefulBatchLogic.RETAIN
+
+    def on_notify(self) -> tuple[Iterable[Any], bool]:
+        """Called by Bytewax at :meth:`notify_at` (live mode): silent customers are due."""
+        outputs = self._review_due()
+        self._next_due = self.store.next_due(self.shard)
+        return outputs, StatefulBatchLogic.RETAIN
+
+    def notify_at(self) -> datetime | None:
+        """Wall-clock mode only: wake up when the earliest customer of the shard is due."""
+        if self.settings.clock != "wall" or self._next_due is None:
+            return None
+        return datetime.fromtimestamp(max(self._next_due, time.time()), tz=timezone.utc)
+
+    def snapshot(self) -> None:
+        return None
+
+    def _review_due(self) -> list[Any]:
+        """Re-score the shard's customers whose review time has passed, a chunk at a time; each
+        chunk is committed on its own (a customer held by hysteresis is pushed a minute on, so
+        no chunk repeats)."""
+        now = self._now()
+        outputs: list[Any] = []
+        while True:
+            due = self.store.due_customers(self.shard, now, DUE_BATCH)
+            if not due:
+                break
+            loaded = {c: s for c, s in self.store.load_customers(self.shard, due).items()
+                      if s is not None}
+            reviewed = self.engine.review(loaded, now)
+            self._commit(reviewed, time.time())
+            outputs.extend(self._outputs(reviewed))
+            if len(due) < DUE_BATCH:
+                break
+        return outputs
+
+    def _commit(self, result: BatchResult, oldest_received_at: float) -> None:
+        self.store.commit(self.shard, self.engine.state, result.changed, result.transitions,
+                          result.drops)
+        dues = [s.next_review_at for s in result.changed.values() if s.next_review_at]
+        if self._next_due is not None:
+            dues.append(self._next_due)
+        self._next_due = min(dues) if dues else None
+        self.settings.hooks.committed(self.source, result, oldest_received_at)
+        if result.transitions:
+            self.settings.hooks.transitions(result.transitions)
+
+    def _outputs(self, result: BatchResult) -> list[Any]:
+        out: list[Any] = list(result.transitions)
+        out.extend(result.dead_letters)
+        return out
+
+
+def build_flow(settings: FlowSettings, source: Source[RawMessage], source_name: str = "file",
+               flow_id: str = "churnwatch") -> Dataflow:
+    """The whole dataflow around ``source``."""
+    flow = Dataflow(flow_id)
+    raw = op.input("input", flow, source)
+    decoded = op.flat_map_batch("decode", raw, lambda batch: _decode_batch(settings, batch))
+    split = op.branch("split_dead", decoded, lambda kv: kv[0] != "dead")
+    scored = op.stateful_batch(
+        "score", split.trues,
+        lambda resume: _build_logic(settings, source_name))
+    outputs = op.map("unkey", scored, lambda kv: kv[1])
+    dead = op.merge("dead_letters", op.map("dead_values", split.falses, lambda kv: kv[1]),
+                    op.filter("late_dead", outputs, lambda x: isinstance(x, InvalidEvent)))
+    op.output("dead_letter_sink", dead, DeadLetterSink(settings, source_name))
+    transitions = op.filter("transitions", outputs, lambda x: isinstance(x, TierTransition))
+    if settings.transitions_path:
+        op.output("transition_sink", transitions, JsonLinesSink(settings.transitions_path))
+    return flow
+
+
+def _build_logic(settings: FlowSettings, source_name: str) -> StatefulBatchLogic[Any, Any, Any]:
+    return _LazyShardLogic(settings, source_name)
+
+
+class _LazyShardLogic(StatefulBatchLogic[tuple[Incoming, float], Any, None]):
+    """Defers building :class:`ShardLogic` until the first item names the shard: Bytewax calls
+    the builder with the resume state only, not the key."""
+
+    def __init__(self, settings: FlowSettings, source_name: str) -> None:
+        self.settings = settings
+        self.source_name = source_name
+        self.inner: ShardLogic | None = None
+
+    def on_batch(self, values: list[tuple[Incoming, float]]) -> tuple[Iterable[Any], bool]:
+        if self.inner is None:
+            cid = values[0][0].event.customer_id
+            self.inner = ShardLogic(shard_of(cid, self.settings.config.shards), self.settings,
+                                    self.source_name)
+        return self.inner.on_batch(values)
+
+    def on_notify(self) -> tuple[Iterable[Any], bool]:
+        if self.inner is None:
+            return (), StatefulBatchLogic.RETAIN
+        return self.inner.on_notify()
+
+    def notify_at(self) -> datetime | None:
+        return None if self.inner is None else self.inner.notify_at()
+
+    def snapshot(self) -> None:
+        return None
+
+
+class DeadLetterSink(DynamicSink[InvalidEvent]):
+    """Dead letters go to the store's dead-letter stream (and a JSONL file when configured)."""
+
+    def __init__(self, settings: FlowSettings, source_name: str) -> None:
+        self.settings = settings
+        self.source_name = source_name
+
+    def build(self, step_id: str, worker_index: int, worker_count: int
+              ) -> StatelessSinkPartition[InvalidEvent]:
+        """Called by Bytewax once per worker."""
+        path = self.settings.dead_letters_path
+        if path and worker_count > 1:
+            path = f"{path}.{worker_index}"
+        return _DeadLetterPartition(self.settings, path)
+
+
+class _DeadLetterPartition(StatelessSinkPartition[InvalidEvent]):
+    def __init__(self, settings: FlowSettings, path: str | None) -> None:
+        self.settings = settings
+        self.file = open(path, "a", encoding="utf-8") if path else None  # noqa: SIM115
+
+    def write_batch(self, items: list[InvalidEvent]) -> None:
+        records = [dead_letter_record(i) for i in items]
+        _store(self.settings).add_dead_letters(records)
+        if self.file:
+            for record in records:
+                self.file.write(json.dumps(record) + "\n")
+            self.file.flush()
+
+    def close(self) -> None:
+        if self.file:
+            self.file.close()
+
+
+def dead_letter_record(item: InvalidEvent) -> dict[str, object]:
+    """A dead letter as plain data: the original payload, the reason and where it came from."""
+    return {"reason": item.reason, "detail": item.detail, "position": item.position,
+            "payload": item.payload.decode("utf-8", errors="backslashreplace"),
+            "customer_id": item.customer_id}
+
+
+class JsonLinesSink(DynamicSink[TierTransition]):
+    """Appends transition records to a JSON Lines file (one file per worker)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def build(self, step_id: str, worker_index: int, worker_count: int
+              ) -> StatelessSinkPartition[TierTransition]:
+        """Called by Bytewax once per worker."""
+        path = self.path if worker_count == 1 else f"{self.path}.{worker_index}"
+        return _JsonLinesPartition(Path(path))
+
+
+class _JsonLinesPartition(StatelessSinkPartition[TierTransition]):
+    def __init__(self, path: Path) -> None:
+        self.file = open(path, "a", encoding="utf-8")  # noqa: SIM115
+
+    def write_batch(self, items: list[TierTransition]) -> None:
+        for item in items:
+            self.file.write(json.dumps(item.as_dict()) + "\n")
+        self.file.flush()
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def advance_all(store: StateStore, config: ChurnwatchConfig, now: float,
+                hooks: FlowHooks | None = None) -> list[TierTransition]:
+    """Bring every shard's silent customers to ``now`` (``replay --as-of``), through the same
+    engine and commit as the flow."""
+    out: list[TierTransition] = []
+    for shard in range(config.shards):
+        engine = ShardEngine(shard, config, store.load_shard(shard))
+        for _ in range(100_000):
+            due = store.due_customers(shard, now, DUE_BATCH)
+            if not due:
+                break
+            loaded = {c: s for c, s in store.load_customers(shard, due).items() if s}
+            result = engine.review(loaded, now)
+            if now > engine.state.watermark:
+                engine.state.watermark = now
+            store.commit(shard, engine.state, result.changed, result.transitions, result.drops)
+            out.extend(result.transitions)
+            if hooks and result.transitions:
+                hooks.transitions(result.transitions)
+            if len(due) < DUE_BATCH:
+                break
+    return out

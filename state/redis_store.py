@@ -1,0 +1,259 @@
+"""The Redis state store: the source of truth for customers, due times and aggregates.
+
+Key layout (``P`` is ``[state] key_prefix``, ``N`` the shard; the ``{sN}`` hash tag keeps one
+shard's keys in one Redis Cluster slot, so a batch commits in one MULTI/EXEC):
+
+- ``P:{sN}:c:<customer_id>``  msgpack customer state (see ``CustomerState.to_wire``)
+- ``P:{sN}:shard``            msgpack shard state: learned priors, watermark, aggregates
+- ``P:{sN}:due``              sorted set, customer -> next review time (epoch seconds)
+- ``P:{sN}:transitions``      stream of tier transitions (capped), for a CRM or WhatsApp tool
+- ``P:{sN}:h:<customer_id>``  list of the customer's newest transitions (capped)
+- ``P:deadletters``           stream of dead letters (capped)
+
+Every call goes through :meth:`RedisStore._call`, which retries with exponential backoff while
+Redis is unreachable, logging and reporting each failure to the observer, so an outage pauses
+the flow instead of crashing it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Protocol, TypeVar
+
+import msgpack
+import redis
+
+from churnwatch.core.customer import CustomerState
+from churnwatch.core.engine import ShardState, SuddenDrop, TierTransition
+from churnwatch.state.base import shard_of
+
+log = logging.getLogger("churnwatch.state")
+T = TypeVar("T")
+
+TRANSITIONS_KEPT = 100_000
+HISTORY_KEPT = 30
+DEAD_LETTERS_KEPT = 100_000
+
+
+class RedisObserver(Protocol):
+    """Told about every round trip and failure (the metrics module implements it)."""
+
+    def roundtrip(self, operation: str, seconds: float) -> None:
+        """A call of ``operation`` took ``seconds``."""
+
+    def error(self, operation: str, exc: BaseException) -> None:
+        """A call of ``operation`` failed and will be retried."""
+
+
+class _Quiet:
+    def roundtrip(self, operation: str, seconds: float) -> None:
+        pass
+
+    def error(self, operation: str, exc: BaseException) -> None:
+        pass
+
+
+class RedisStore:
+    """The production store. ``max_wait`` bounds how long one call keeps retrying before giving
+    up (``None``: forever, what a live monitor wants)."""
+
+    def __init__(self, url: str, shards: int, prefix: str = "cw",
+                 observer: RedisObserver | None = None, max_wait: float | None = None,
+                 client: redis.Redis | None = None) -> None:
+        self.url = url
+        self.shards = shards
+        self.prefix = prefix
+        self.observer: RedisObserver = observer or _Quiet()
+        self.max_wait = max_wait
+        self.client = client or redis.Redis.from_url(url, socket_connect_timeout=5,
+                                                     socket_timeout=30, health_check_interval=10)
+
+    # -- keys ---------------------------------------------------------------------------------
+
+    def _tag(self, shard: int) -> str:
+        return f"{self.prefix}:{{s{shard}}}"
+
+    def customer_key(self, customer_id: str, shard: int | None = None) -> str:
+        """The key of a customer's state."""
+        if shard is None:
+            shard = shard_of(customer_id, self.shards)
+        return f"{self._tag(shard)}:c:{customer_id}"
+
+    # -- resilience ---------------------------------------------------------------------------
+
+    def _call(self, operation: str, fn: Callable[[], T]) -> T:
+        delay = 0.1
+        started = time.monotonic()
+        while True:
+            t0 = time.perf_counter()
+            try:
+                result = fn()
+            except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError,
+                    redis.ReadOnlyError) as exc:
+                self.observer.error(operation, exc)
+                waited = time.monotonic() - started
+                if self.max_wait is not None and waited >= self.max_wait:
+                    raise
+                log.warning("redis %s failed (%s); retrying in %.1f s", operation, exc, delay)
+                time.sleep(delay)
+                delay = min(delay * 2.0, 5.0)
+                continue
+            self.observer.roundtrip(operation, time.perf_counter() - t0)
+            return result
+
+    # -- StateStore ---------------------------------------------------------------------------
+
+    def load_shard(self, shard: int) -> ShardState:
+        raw = self._call("read_state", lambda: self.client.get(f"{self._tag(shard)}:shard"))
+        return ShardState.from_wire(msgpack.unpackb(raw, strict_map_key=False) if raw else None)
+
+    def load_customers(self, shard: int, customer_ids: Sequence[str]
+                       ) -> dict[str, CustomerState | None]:
+        if not customer_ids:
+            return {}
+        tag = self._tag(shard)
+        keys = [f"{tag}:c:{cid}" for cid in customer_ids]
+        raws = self._call("read_state", lambda: self.client.mget(keys))
+        unpack = msgpack.unpackb
+        return {cid: CustomerState.from_wire(unpack(raw, strict_map_key=False)) if raw else None
+                for cid, raw in zip(customer_ids, raws, strict=True)}
+
+    def due_customers(self, shard: int, until: float, limit: int) -> list[str]:
+        key = f"{self._tag(shard)}:due"
+        members = self._call("due_index", lambda: self.client.zrangebyscore(
+            key, "-inf", until, start=0, num=limit))
+        return [m.decode() for m in members]
+
+    def next_due(self, shard: int) -> float | None:
+        key = f"{self._tag(shard)}:due"
+        first = self._call("due_index", lambda: self.client.zrange(key, 0, 0, withscores=True))
+        return float(first[0][1]) if first else None
+
+    def commit(self, shard: int, shard_state: ShardState, changed: Mapping[str, CustomerState],
+               transitions: Sequence[TierTransition], drops: Sequence[SuddenDrop]) -> None:
+        tag = self._tag(shard)
+        blobs: dict[str, bytes] = {}
+        due_add: dict[str, float] = {}
+        due_remove: list[str] = []
+        for cid, state in changed.items():
+            blobs[f"{tag}:c:{cid}"] = msgpack.packb(state.to_wire(), use_single_float=True)
+            if state.next_review_at is None:
+                due_remove.append(cid)
+            else:
+                due_add[cid] = float(state.next_review_at)
+        shard_blob = msgpack.packb(shard_state.to_wire())
+
+        def write() -> None:
+            pipe = self.client.pipeline(transaction=True)
+            if blobs:
+                pipe.mset(blobs)
+            if due_add:
+                pipe.zadd(f"{tag}:due", due_add)
+            if due_remove:
+                pipe.zrem(f"{tag}:due", *due_remove)
+            pipe.set(f"{tag}:shard", shard_blob)
+            for transition in transitions:
+                record = transition.as_dict()
+                fields = {k: json.dumps(v) if isinstance(v, list) else str(v)
+                          for k, v in record.items() if v is not None}
+                pipe.xadd(f"{tag}:transitions", fields, maxlen=TRANSITIONS_KEPT,
+                          approximate=True)
+                history = f"{tag}:h:{transition.customer_id}"
+                pipe.lpush(history, json.dumps(record))
+                pipe.ltrim(history, 0, HISTORY_KEPT - 1)
+            pipe.execute()
+
+        self._call("write_state", write)
+
+    def customer(self, customer_id: str) -> CustomerState | None:
+        return self.load_customers(shard_of(customer_id, self.shards), [customer_id])[
+            customer_id]
+
+    def iter_customers(self) -> Iterator[tuple[str, CustomerState]]:
+        for shard in range(self.shards):
+            tag = self._tag(shard)
+            prefix_len = len(tag) + 3
+            keys = [k for k in self._call("read_state", lambda t=tag: list(  # type: ignore[misc]
+                self.client.scan_iter(match=f"{t}:c:*", count=5000)))]
+            for start in range(0, len(keys), 2000):
+                chunk = keys[start:start + 2000]
+                raws = self._call("read_state", lambda c=chunk: self.client.mget(c))  # type: ignore[misc]
+                for key, raw in zip(chunk, raws, strict=True):
+                    if raw:
+                        yield (key.decode()[prefix_len:],
+                               CustomerState.from_wire(msgpack.unpackb(raw, strict_map_key=False)))
+
+    def shard_states(self) -> list[ShardState]:
+        keys = [f"{self._tag(s)}:shard" for s in range(self.shards)]
+        raws = self._call("scrape", lambda: self.client.mget(keys))
+        return [ShardState.from_wire(msgpack.unpackb(raw, strict_map_key=False))
+                for raw in raws if raw]
+
+    def recent_transitions(self, count: int) -> list[dict[str, object]]:
+        def read() -> list[Any]:
+            pipe = self.client.pipeline(transaction=False)
+            for shard in range(self.shards):
+                pipe.xrevrange(f"{self._tag(shard)}:transitions", count=count)
+            return pipe.execute()
+
+        records = [_transition_from_fields(fields) for entries in self._call("read_state", read)
+                   for _, fields in entries]
+        records.sort(key=lambda r: -float(r["at"]))  # type: ignore[arg-type]
+        return records[:count]
+
+    def customer_transitions(self, customer_id: str, count: int) -> list[dict[str, object]]:
+        key = f"{self._tag(shard_of(customer_id, self.shards))}:h:{customer_id}"
+        raws = self._call("read_state", lambda: self.client.lrange(key, 0, count - 1))
+        return [json.loads(r) for r in raws]
+
+    def add_dead_letters(self, records: Iterable[Mapping[str, object]]) -> None:
+        items = list(records)
+        if not items:
+            return
+
+        def write() -> None:
+            pipe = self.client.pipeline(transaction=False)
+            for record in items:
+                fields = {k: v if isinstance(v, bytes) else str(v) for k, v in record.items()
+                          if v is not None}
+                pipe.xadd(f"{self.prefix}:deadletters", fields, maxlen=DEAD_LETTERS_KEPT,
+                          approximate=True)
+            pipe.execute()
+
+        self._call("dead_letter", write)
+
+    def dead_letters(self, count: int) -> list[dict[str, object]]:
+        entries = self._call("read_state", lambda: self.client.xrevrange(
+            f"{self.prefix}:deadletters", count=count))
+        return [{k.decode(): v.decode(errors="replace") for k, v in fields.items()}
+                for _, fields in entries]
+
+    def customer_count(self) -> int:
+        return sum(int(s.gauges.get(k, 0)) for s in self.shard_states() for k in s.gauges
+                   if k.startswith("scored|"))
+
+    def memory_bytes(self) -> int:
+        """Redis ``used_memory``."""
+        info = self._call("scrape", lambda: self.client.info("memory"))
+        return int(info["used_memory"])
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def _transition_from_fields(fields: Mapping[bytes, bytes]) -> dict[str, object]:
+    record: dict[str, object] = {}
+    for key, value in fields.items():
+        name = key.decode()
+        text = value.decode()
+        if name == "reasons":
+            record[name] = json.loads(text)
+        elif name in ("old_score", "new_score", "at"):
+            record[name] = float(text)
+        else:
+            record[name] = text
+    record.setdefault("old_score", None)
+    return record
