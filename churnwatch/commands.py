@@ -1,4 +1,4 @@
-"""Further subcommands (demo, simulate, run, top, explain, dashboards), each in its module."""
+"""Further subcommands, each registered by the module that implements it."""
 
 from __future__ import annotations
 
@@ -9,3 +9,9 @@ from collections.abc import Callable
 def register(sub: argparse._SubParsersAction,  # type: ignore[type-arg]
              common: Callable[[argparse.ArgumentParser], None]) -> None:
     """Add the subcommands that are not defined in ``churnwatch.cli``."""
+    from churnwatch import live, simulator
+    from churnwatch.metrics import cli as metrics_cli
+
+    simulator.register(sub, common)
+    live.register(sub, common)
+    metrics_cli.register(sub, common)
