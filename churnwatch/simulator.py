@@ -1,7 +1,222 @@
-"""(being written)"""
+"""A built-in simulator of a small shop, for the demo, tests and benchmarks.
+
+Customers of three segments order at their own cadence; some stay loyal, some drift (orders
+thin out, campaigns go unopened, a complaint or two) until they stop, some stop abruptly, some
+come back after a long silence, some buy once and never again. Everything is drawn from one
+seeded random generator, so a seed reproduces the same stream.
+
+>>> sim = ShopSimulator(customers=20, seed=7, start=1_700_000_000.0, days=120)
+>>> events = list(sim.events())
+>>> all(a["ts"] <= b["ts"] for a, b in zip(events, events[1:]))
+True
+>>> events == list(ShopSimulator(customers=20, seed=7, start=1_700_000_000.0, days=120).events())
+True
+"""
 
 from __future__ import annotations
 
+import argparse
+import heapq
+import json
+import math
+import random
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
-def register(sub, common):  # noqa: ANN001, D103
-    pass
+DAY = 86400.0
+SEGMENTS = {"skincare": 30.0, "fashion": 60.0, "electronics": 120.0}
+PERSONAS = (("loyal", 0.40), ("drifting", 0.2), ("stopping", 0.12), ("returning", 0.1),
+            ("one_time", 0.18))
+
+
+@dataclass(frozen=True)
+class SimulatedCustomer:
+    """Who a simulated customer is (kept so tests can check the score against the truth)."""
+
+    customer_id: str
+    segment: str
+    persona: str
+    cadence_days: float
+    joined: float
+    change_at: float  # when drifting starts, stopping happens, or a return begins
+
+
+class ShopSimulator:
+    """Generates a time-ordered event stream for ``customers`` customers over ``days`` days."""
+
+    def __init__(self, customers: int = 300, seed: int = 1, start: float = 1_700_000_000.0,
+                 days: float = 365.0, with_engagement: bool = True) -> None:
+        self.count = customers
+        self.seed = seed
+        self.start = start
+        self.days = days
+        self.with_engagement = with_engagement
+        rng = random.Random(seed)
+        self.customers: list[SimulatedCustomer] = []
+        names, weights = zip(*PERSONAS, strict=True)
+        for index in range(customers):
+            segment = rng.choice(list(SEGMENTS))
+            persona = rng.choices(names, weights)[0]
+            cadence = SEGMENTS[segment] * math.exp(rng.gauss(0.0, 0.35))
+            joined = start + rng.random() * days * DAY * 0.5
+            change = joined + (0.3 + rng.random() * 0.6) * (start + days * DAY - joined)
+            self.customers.append(SimulatedCustomer(f"cust-{seed}-{index:06d}", segment,
+                                                    persona, cadence, joined, change))
+
+    def events(self) -> Iterator[dict[str, object]]:
+        """Every event, in time order (``ts`` as epoch seconds)."""
+        streams = [self._customer_events(c, random.Random(f"{self.seed}:{c.customer_id}"))
+                   for c in self.customers]
+        for _, _, event in heapq.merge(*streams, key=lambda item: (item[0], item[1])):
+            yield event
+
+    def _customer_events(self, c: SimulatedCustomer, rng: random.Random
+                         ) -> Iterator[tuple[float, int, dict[str, object]]]:
+        end = self.start + self.days * DAY
+        out: list[tuple[float, int, dict[str, object]]] = []
+        seq = 0
+
+        def emit(ts: float, event_type: str, **fields: object) -> None:
+            nonlocal seq
+            if ts > end:
+                return
+            seq += 1
+            event: dict[str, object] = {"customer_id": c.customer_id, "type": event_type,
+                                        "ts": round(ts, 3),
+                                        "event_id": f"{c.customer_id}-{seq}"}
+            event.update(fields)
+            out.append((ts, seq, event))
+
+        value_tier = "high" if rng.random() < 0.1 else "standard"
+        emit(c.joined, "profile", segment=c.segment, value_tier=value_tier)
+        basket = (120.0 if value_tier == "high" else 40.0) * math.exp(rng.gauss(0, 0.3))
+        t = c.joined
+        while t < end:
+            active, cadence = self._state_at(c, t)
+            if active:
+                emit(t, "order", amount=round(basket * math.exp(rng.gauss(0, 0.25)), 2),
+                     currency="EUR", order_id=f"o-{c.customer_id}-{seq}")
+                if rng.random() < 0.3:
+                    emit(t - rng.random() * DAY, "visit")
+            if c.persona == "one_time":
+                break
+            t += rng.expovariate(1.0 / cadence) + 0.5 * DAY
+            if c.persona == "returning" and c.change_at <= t < c.change_at + 150 * DAY:
+                t = c.change_at + 150 * DAY
+        if self.with_engagement:
+            t = c.joined + rng.random() * 7 * DAY
+            while t < end:
+                active, _ = self._state_at(c, t)
+                engaged = 0.45 if active else 0.05
+                if c.persona == "drifting" and t > c.change_at:
+                    engaged = 0.1
+                channel = rng.choice(("email", "whatsapp", "email", "sms"))
+                emit(t, "campaign_sent", channel=channel, campaign_id=f"cmp-{int(t // DAY)}")
+                if rng.random() < engaged:
+                    emit(t + 3600 * rng.random() * 12, "campaign_opened", channel=channel)
+                    if rng.random() < 0.4:
+                        emit(t + 3600 * 13, "campaign_clicked", channel=channel)
+                if rng.random() < 0.15:
+                    emit(t + 600, "message_sent", channel="whatsapp")
+                    if rng.random() < engaged * 1.5:
+                        emit(t + 7200, "message_replied", channel="whatsapp")
+                troubled = c.persona in ("drifting", "stopping") and t > c.change_at - 30 * DAY
+                if rng.random() < (0.12 if troubled else 0.01):
+                    emit(t + DAY, "support_ticket", severity=rng.choice(("normal", "high")),
+                         topic=rng.choice(("delivery", "quality", "refund")))
+                if rng.random() < 0.05:
+                    emit(t + 2 * DAY, "feedback", kind="nps",
+                         score=rng.randint(0, 5) if troubled else rng.randint(7, 10))
+                t += 7 * DAY * (0.5 + rng.random())
+        out.sort(key=lambda item: (item[0], item[1]))
+        yield from out
+
+    def _state_at(self, c: SimulatedCustomer, t: float) -> tuple[bool, float]:
+        """(still buying, current cadence) of a customer at ``t``."""
+        if c.persona == "stopping":
+            return t < c.change_at, c.cadence_days * DAY
+        if c.persona == "drifting":
+            if t < c.change_at:
+                return True, c.cadence_days * DAY
+            stretch = 1.0 + (t - c.change_at) / (c.cadence_days * DAY)
+            return stretch < 4.0, c.cadence_days * DAY * stretch
+        return True, c.cadence_days * DAY
+
+
+def write_jsonl(path: str, simulator: ShopSimulator) -> int:
+    """Write the simulator's events to a JSON Lines file; returns how many."""
+    count = 0
+    with (open(path, "w", encoding="utf-8") if path != "-" else sys.stdout) as out:
+        for event in simulator.events():
+            out.write(json.dumps(event, separators=(",", ":")) + "\n")
+            count += 1
+    return count
+
+
+def paced(events: Iterator[dict[str, object]], seconds_per_day: float,
+          sleep: Callable[[float], None] = time.sleep) -> Iterator[dict[str, object]]:
+    """Yield events at the pace of ``seconds_per_day`` wall seconds per simulated day."""
+    started = time.monotonic()
+    first_ts: float | None = None
+    for event in events:
+        ts = float(event["ts"])  # type: ignore[arg-type]
+        if first_ts is None:
+            first_ts = ts
+        due = started + (ts - first_ts) / DAY * seconds_per_day
+        wait = due - time.monotonic()
+        if wait > 0:
+            sleep(wait)
+        yield event
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    """``churnwatch simulate``: write the stream to a file, or publish it live."""
+    sim = ShopSimulator(customers=args.customers, seed=args.seed,
+                        start=args.start if args.start is not None else time.time() - args.days
+                        * DAY, days=args.days)
+    if args.publish:
+        from churnwatch.cli import _config
+        from churnwatch.embedded import redis_url_or_embedded
+        from churnwatch.publish import Publisher
+
+        config = _config(args)
+        with redis_url_or_embedded(args.redis_url) as url:
+            publisher = Publisher(url, config)
+            events = paced(sim.events(), args.seconds_per_day) if args.seconds_per_day else \
+                sim.events()
+            batch: list[dict[str, object]] = []
+            for event in events:
+                batch.append(event)
+                if len(batch) >= 500 or args.seconds_per_day:
+                    publisher.publish(batch)
+                    batch = []
+            if batch:
+                publisher.publish(batch)
+        return 0
+    count = write_jsonl(args.out, sim)
+    print(f"wrote {count} events for {args.customers} customers to {args.out}", file=sys.stderr)
+    return 0
+
+
+def register(sub: argparse._SubParsersAction,  # type: ignore[type-arg]
+             common: Callable[[argparse.ArgumentParser], None]) -> None:
+    """Add ``simulate`` and ``demo``."""
+    p = sub.add_parser("simulate", help="generate a simulated shop's event stream")
+    p.add_argument("--out", default="-", help="JSON Lines file to write ('-': stdout)")
+    p.add_argument("--customers", type=int, default=300)
+    p.add_argument("--days", type=float, default=365.0)
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--start", type=float, default=None,
+                   help="epoch seconds of the first day (default: DAYS ago)")
+    p.add_argument("--publish", action="store_true", help="publish to the Redis streams that "
+                   "`churnwatch run` reads instead of writing a file")
+    p.add_argument("--seconds-per-day", type=float, default=0.0,
+                   help="with --publish: pace the stream, wall seconds per simulated day")
+    common(p)
+    p.set_defaults(func=cmd_simulate)
+
+    from churnwatch import demo
+
+    demo.register(sub, common)

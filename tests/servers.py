@@ -338,6 +338,7 @@ def running_prometheus(
     alertmanager_urls: Iterable[str] = (),
     scrape_self: bool = False,
     interval: str = "1s",
+    alert_resend_delay: str = "1s",
     lifecycle: bool = False,
     extra_scrape_configs: Iterable[Mapping[str, Any]] = (),
     extra_args: Iterable[str] = (),
@@ -350,6 +351,10 @@ def running_prometheus(
     `scrape_self` adds a job `prometheus` scraping this server. Rules are evaluated and
     targets scraped every `interval`; alerts go to `alertmanager_urls`. `lifecycle` enables
     `POST /-/reload`. Files (config, TSDB, log) go to `workdir` or a temporary directory.
+
+    `alert_resend_delay` (Prometheus' default: 1m) is short because Prometheus learns its
+    Alertmanagers through service discovery a few seconds after start: an alert that fires
+    before that is dropped and, with the default, only sent again a minute later.
     """
     binary = find_binary(*PROMETHEUS_BINARIES)
     targets, rule_files = list(targets), list(rule_files)
@@ -373,6 +378,7 @@ def running_prometheus(
                 f"--config.file={config_file}",
                 f"--storage.tsdb.path={directory / 'data'}",
                 f"--web.listen-address=127.0.0.1:{port}",
+                f"--rules.alert.resend-delay={alert_resend_delay}",
                 *(["--web.enable-lifecycle"] if lifecycle else []),
                 *extra_args,
             ]

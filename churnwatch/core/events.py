@@ -123,16 +123,16 @@ def decode_event(
     """
     raw = payload if isinstance(payload, bytes) else str(payload).encode() if isinstance(
         payload, str) else b""
+    obj: Mapping[str, Any] | None = None
     try:
         obj = _to_mapping(payload)
         return _validate(obj, now=now, max_future_seconds=max_future_seconds)
     except _Reject as rejected:
         if isinstance(payload, Mapping):
             raw = json.dumps(payload, default=str, sort_keys=True).encode()
-        customer = None
-        if isinstance(payload, Mapping) and isinstance(payload.get("customer_id"), str):
-            customer = payload["customer_id"]
-        return InvalidEvent(rejected.reason, rejected.detail, position, raw, customer)
+        customer = obj.get("customer_id") if obj is not None else None
+        return InvalidEvent(rejected.reason, rejected.detail, position, raw,
+                            customer if isinstance(customer, str) else None)
 
 
 def _to_mapping(payload: bytes | str | Mapping[str, Any]) -> Mapping[str, Any]:
