@@ -107,7 +107,9 @@ def wait_until(
         if value:
             return value
         if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}; last: {value!r}")
+            raise AssertionError(
+                f"timed out after {timeout:g}s waiting for {what}; last: {value!r}"
+            )
         time.sleep(interval)
 
 

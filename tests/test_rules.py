@@ -14,18 +14,18 @@ from typing import Any
 
 import pytest
 import yaml
-from servers import (  # noqa: F401 (fixtures are used by name)
+from servers import (
     ALERTMANAGER_CONFIG,
     REPO_ROOT,
     RULE_FILES,
     RULES_DIR,
     AlertmanagerServer,
-    alertmanager,
-    alertmanager_factory,
     find_binary,
     wait_until,
-    webhook_receiver,
 )
+
+# The fixtures (alertmanager, webhook_receiver, ...) live in servers.py.
+pytest_plugins = ["servers"]
 
 RULE_TESTS = sorted((RULES_DIR / "tests").glob("*.yml"))
 ROUTES_TEST = ALERTMANAGER_CONFIG.parent / "routes_test.yml"
@@ -205,11 +205,12 @@ def routing_cases() -> list[dict[str, Any]]:
     return list(load_yaml(ROUTES_TEST)["cases"])
 
 
-@pytest.mark.parametrize(
-    "case",
-    routing_cases(),
-    ids=lambda c: "-".join(str(c["labels"].get(k, "none")) for k in ("alertname", "team", "severity")),
-)
+def routing_case_id(case: dict[str, Any]) -> str:
+    labels = case["labels"]
+    return "-".join(str(labels.get(k, "none")) for k in ("alertname", "team", "severity"))
+
+
+@pytest.mark.parametrize("case", routing_cases(), ids=routing_case_id)
 def test_alert_is_routed_to_the_expected_receivers(case: dict[str, Any]):
     receivers = ",".join(case["receivers"])
     labels = [f"{key}={value}" for key, value in case["labels"].items()]
@@ -238,8 +239,13 @@ def test_every_alert_has_a_routing_case_with_its_labels():
 # ----------------------------------------------------------------- inhibition, for real
 
 
-def alert(name: str, severity: str, team: str, **labels: str) -> dict[str, Any]:
-    return {"labels": {"alertname": name, "severity": severity, "team": team, **labels}}
+def cs_alert(name: str, severity: str, segment: str) -> dict[str, Any]:
+    labels = {"alertname": name, "severity": severity, "team": "customer-success"}
+    return {"labels": {**labels, "segment": segment}}
+
+
+def platform_alert(name: str, severity: str, **labels: str) -> dict[str, Any]:
+    return {"labels": {"alertname": name, "severity": severity, "team": "platform", **labels}}
 
 
 def test_a_page_holds_back_the_tickets_of_its_segment_or_source(
@@ -248,13 +254,13 @@ def test_a_page_holds_back_the_tickets_of_its_segment_or_source(
     # Inhibition does not depend on receivers: any Alertmanager with this config will do.
     alertmanager.post_alerts(
         [
-            alert("ChurnwatchHighValueCustomersAtRiskBurst", "page", "customer-success", segment="smb"),
-            alert("ChurnwatchHighValueCustomerAtRisk", "ticket", "customer-success", segment="smb"),
-            alert("ChurnwatchHighValueCustomerAtRisk", "ticket", "customer-success", segment="retail"),
-            alert("ChurnwatchPipelineStalled", "page", "platform", source="kafka", instance="a"),
-            alert("ChurnwatchSourceLagHigh", "ticket", "platform", source="kafka"),
-            alert("ChurnwatchTargetDown", "page", "platform", instance="b", job="churnwatch"),
-            alert("ChurnwatchRedisErrors", "ticket", "platform", operation="write_state"),
+            cs_alert("ChurnwatchHighValueCustomersAtRiskBurst", "page", segment="smb"),
+            cs_alert("ChurnwatchHighValueCustomerAtRisk", "ticket", segment="smb"),
+            cs_alert("ChurnwatchHighValueCustomerAtRisk", "ticket", segment="retail"),
+            platform_alert("ChurnwatchPipelineStalled", "page", source="kafka", instance="a"),
+            platform_alert("ChurnwatchSourceLagHigh", "ticket", source="kafka"),
+            platform_alert("ChurnwatchTargetDown", "page", instance="b", job="churnwatch"),
+            platform_alert("ChurnwatchRedisErrors", "ticket", operation="write_state"),
         ]
     )
 
@@ -285,4 +291,3 @@ def test_a_page_holds_back_the_tickets_of_its_segment_or_source(
         ("ChurnwatchTargetDown", ""): "active",
         ("ChurnwatchRedisErrors", "write_state"): "active",
     }
-

@@ -6,17 +6,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from servers import (  # noqa: F401 (fixtures are used by name)
-    AlertmanagerServer,
-    PrometheusServer,
-    PromQLError,
-    WebhookReceiver,
-    alertmanager,
-    alertmanager_factory,
-    prometheus_factory,
-    wait_until,
-    webhook_receiver,
-)
+from servers import AlertmanagerServer, PrometheusServer, PromQLError, WebhookReceiver, wait_until
+
+# The fixtures (prometheus_factory, alertmanager, webhook_receiver, ...) live in servers.py.
+pytest_plugins = ["servers"]
 
 
 def test_prometheus_scrapes_itself_and_answers_instant_queries(prometheus_factory):

@@ -253,10 +253,10 @@ class ShardEngine:
         priors = self.state.priors
         policy = config.policy(state.segment)
         assessment = assess(state, now, config, priors)
-        score = round(assessment.score, 2)
         old_tier = state.tier
         old_score = state.score
-        new_tier = tier_for(score, old_tier, policy)
+        new_tier = tier_for(assessment.score, old_tier, policy)
+        score = round(assessment.score, 2)
         previous = state.components
         state.components = component_values(assessment)
         state.high_value = (state.declared_value_tier == config.high_value_tier

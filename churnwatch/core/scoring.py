@@ -248,7 +248,8 @@ def next_review_at(state: CustomerState, assessment: Assessment, now: float,
     if tier < 0 or tier >= CHURNED:
         return None
     policy = config.policy(state.segment)
-    threshold = policy.boundaries[tier] - policy.hysteresis
+    # Aim a hair below the exit so the review lands past it despite rounding.
+    threshold = policy.boundaries[tier] - policy.hysteresis - 0.01
     w = assessment.recency_weight
     needed = (threshold * (assessment.fixed_weight + w) - assessment.fixed_weighted_sum) / w
     if needed <= 0.0:
