@@ -133,8 +133,13 @@ class ShardLogic(StatefulBatchLogic[tuple[Incoming, float], Any, None]):
         items = [v[0] for v in values]
         oldest = min(v[1] for v in values)
         ids = list(dict.fromkeys(i.event.customer_id for i in items))
-        customers = self.store.load_customers(self.shard, ids)
-        result = self.engine.process(items, customers, self._now())
+        due: list[str] = []
+        if self.settings.clock == "event":
+            # Silent customers the batch's event time will pass, reviewed in event order.
+            until = max(self.engine.state.watermark, max(i.event.ts for i in items))
+            due = self.store.due_customers(self.shard, until, 100_000)
+        customers = self.store.load_customers(self.shard, list(dict.fromkeys(ids + due)))
+        result = self.engine.process(items, customers, self._now(), due)
         self._commit(result, oldest)
         outputs = self._outputs(result)
         outputs.extend(self._review_due())

@@ -1,7 +1,144 @@
-"""(being written)"""
+"""``churnwatch top`` and ``churnwatch explain``: the worklist on the command line.
+
+Both read the state a running (or finished) churnwatch left in Redis: pass ``--redis-url`` or
+set ``CHURNWATCH_REDIS_URL``, and the same ``--config`` the monitor runs with (segments,
+shards and key prefix must match).
+"""
 
 from __future__ import annotations
 
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from typing import Any
 
-def register(sub, common):  # noqa: ANN001, D103
-    pass
+from churnwatch.metrics.worklist import (
+    DEFAULT_TIERS,
+    MAX_LIMIT,
+    URGENCY,
+    BadRequest,
+    customer_detail,
+    parse_worklist_query,
+    worklist,
+)
+
+
+def register(sub: argparse._SubParsersAction,  # type: ignore[type-arg]
+             common: Callable[[argparse.ArgumentParser], None]) -> None:
+    """Add ``top`` and ``explain`` to the ``churnwatch`` command."""
+    p = sub.add_parser("top", help="the customers to act on first (the CS worklist)",
+                       description=f"Customers in the given tiers, most urgent first: {URGENCY}.")
+    p.add_argument("--tier", default=",".join(DEFAULT_TIERS),
+                   help="comma-separated tiers: healthy, watch, at_risk, churned "
+                   "(default: %(default)s)")
+    p.add_argument("--segment", help="comma-separated segments (default: all)")
+    p.add_argument("--value-tier", choices=("high", "standard"),
+                   help="only high-value customers, or only the others")
+    p.add_argument("--limit", type=int, default=20, help=f"1..{MAX_LIMIT} (default: 20)")
+    p.add_argument("--offset", type=int, default=0, help="skip this many (default: 0)")
+    p.add_argument("--json", action="store_true", help="print the API's JSON instead of a table")
+    common(p)
+    p.set_defaults(func=cmd_top)
+
+    p = sub.add_parser("explain", help="one customer's score, components, reasons and history")
+    p.add_argument("customer_id", metavar="CUSTOMER_ID")
+    p.add_argument("--json", action="store_true", help="print the API's JSON instead of text")
+    common(p)
+    p.set_defaults(func=cmd_explain)
+
+
+def _open_store(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    """The configuration and a context manager yielding the store, as churnwatch.cli does."""
+    from churnwatch.cli import _config, _store_factory
+
+    config = _config(args)
+    return config, _store_factory(args, config, max_wait=5.0)
+
+
+def cmd_top(args: argparse.Namespace) -> int:
+    """``churnwatch top``."""
+    from churnwatch.cli import UsageError
+
+    config, opened = _open_store(args)
+    params = {"tier": [args.tier], "limit": [str(args.limit)], "offset": [str(args.offset)]}
+    if args.segment:
+        params["segment"] = [args.segment]
+    if args.value_tier:
+        params["value_tier"] = [args.value_tier]
+    try:
+        query = parse_worklist_query(params, config)
+    except BadRequest as exc:
+        raise UsageError(f"--{exc.parameter.replace('_', '-')}: {exc.message}") from None
+    with opened as (factory, _url):
+        store = factory()
+        page = worklist(store.iter_customers(), config, query)
+    if args.json:
+        print(json.dumps(page.as_dict(), indent=2))
+        return 0
+    print(render_top(page.as_dict()))
+    return 0
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    """``churnwatch explain CUSTOMER_ID``; exit code 1 for an unknown customer."""
+    config, opened = _open_store(args)
+    with opened as (factory, _url):
+        detail = customer_detail(factory(), config, args.customer_id)
+    if detail is None:
+        print(f"churnwatch: unknown customer {args.customer_id!r}", file=sys.stderr)
+        return 1
+    print(json.dumps(detail, indent=2) if args.json else render_explain(detail))
+    return 0
+
+
+def render_top(page: dict[str, Any]) -> str:
+    """The worklist page as a fixed-width table."""
+    rows = page["customers"]
+    if not rows:
+        return "no customer matches (is --redis-url the monitor's Redis?)"
+    header = ("#", "customer", "segment", "tier", "score", "value", "tier since", "last order")
+    lines = [header]
+    for number, row in enumerate(rows, page["offset"] + 1):
+        lines.append((str(number), row["customer_id"], row["segment"], row["tier"],
+                      f"{row['health_score']:.1f}", "high" if row["high_value"] else "",
+                      _date(row["tier_since"]), _date(row["last_order"])))
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    text = ["  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip()
+            for line in lines]
+    shown = f"{page['offset'] + 1}-{page['offset'] + len(rows)}"
+    text.append(f"{shown} of {page['total']} ({page['order']})")
+    return "\n".join(text)
+
+
+def render_explain(detail: dict[str, Any]) -> str:
+    """One customer, for a person."""
+    value = " (high value)" if detail["high_value"] else ""
+    lines = [
+        f"{detail['customer_id']}: {detail['tier']}, health score {_score(detail)}{value}",
+        f"  segment {detail['segment']}, {detail['orders']} orders, spend "
+        f"{detail['spend']:.2f}, last order {detail['last_order'] or 'none'}",
+        f"  scored at {detail['scored_at']}, in this tier since {detail['tier_since']}"
+        + (f", next review {detail['next_review_at']}" if detail["next_review_at"] else ""),
+        "  components: " + ", ".join(
+            f"{name} {'-' if v is None else v}" for name, v in detail["components"].items()),
+    ]
+    if detail["reasons"]:
+        lines.append("  why:")
+        lines.extend(f"    - {reason}" for reason in detail["reasons"])
+    if detail["transitions"]:
+        lines.append("  tier changes (newest first):")
+        for t in detail["transitions"]:
+            old = "-" if t.get("old_score") is None else f"{t['old_score']:.1f}"
+            lines.append(f"    {t['at']}  {t['from']} -> {t['to']}  score {old} -> "
+                         f"{t['new_score']:.1f}  ({t.get('cause', '')})")
+    return "\n".join(lines)
+
+
+def _score(detail: dict[str, Any]) -> str:
+    score = detail["health_score"]
+    return "none" if score is None else f"{score:.1f}"
+
+
+def _date(text: str | None) -> str:
+    return text[:10] if text else "-"

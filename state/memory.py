@@ -26,14 +26,14 @@ class MemoryStore:
 
     def load_shard(self, shard: int) -> ShardState:
         raw = self._shards.get(shard)
-        return ShardState.from_wire(msgpack.unpackb(raw) if raw else None)
+        return ShardState.from_wire(msgpack.unpackb(raw, strict_map_key=False) if raw else None)
 
     def load_customers(self, shard: int, customer_ids: Sequence[str]
                        ) -> dict[str, CustomerState | None]:
         out: dict[str, CustomerState | None] = {}
         for cid in customer_ids:
             raw = self._customers.get(cid)
-            out[cid] = CustomerState.from_wire(msgpack.unpackb(raw)) if raw else None
+            out[cid] = CustomerState.from_wire(msgpack.unpackb(raw, strict_map_key=False)) if raw else None
         return out
 
     def due_customers(self, shard: int, until: float, limit: int) -> list[str]:
@@ -47,7 +47,7 @@ class MemoryStore:
     def commit(self, shard: int, shard_state: ShardState, changed: Mapping[str, CustomerState],
                transitions: Sequence[TierTransition], drops: Sequence[SuddenDrop]) -> None:
         for cid, state in changed.items():
-            self._customers[cid] = msgpack.packb(state.to_wire(), use_single_float=True)
+            self._customers[cid] = msgpack.packb(state.to_wire())
             if state.next_review_at is None:
                 self._due[shard].pop(cid, None)
             else:
@@ -62,7 +62,7 @@ class MemoryStore:
 
     def iter_customers(self) -> Iterator[tuple[str, CustomerState]]:
         for cid, raw in list(self._customers.items()):
-            yield cid, CustomerState.from_wire(msgpack.unpackb(raw))
+            yield cid, CustomerState.from_wire(msgpack.unpackb(raw, strict_map_key=False))
 
     def shard_states(self) -> list[ShardState]:
         return [self.load_shard(s) for s in sorted(self._shards)]

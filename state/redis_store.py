@@ -139,7 +139,7 @@ class RedisStore:
         due_add: dict[str, float] = {}
         due_remove: list[str] = []
         for cid, state in changed.items():
-            blobs[f"{tag}:c:{cid}"] = msgpack.packb(state.to_wire(), use_single_float=True)
+            blobs[f"{tag}:c:{cid}"] = msgpack.packb(state.to_wire())
             if state.next_review_at is None:
                 due_remove.append(cid)
             else:

@@ -16,9 +16,10 @@ Helpers: `query(url, expr)` runs an instant PromQL query, `wait_until(...)` poll
 whose receivers all post to a `WebhookReceiver`, with short group timers.
 
 pytest fixtures: `webhook_receiver`, `alertmanager` (churnwatch's configuration routed to
-`webhook_receiver`), `prometheus_factory` and `alertmanager_factory`. Import them into a test
-module (`from servers import alertmanager, webhook_receiver`) or list this module in a
-conftest.py: `pytest_plugins = ["servers"]`.
+`webhook_receiver`), `prometheus_factory` and `alertmanager_factory`. The functions are named
+`<fixture>_fixture`, so that importing them into a test module
+(`from servers import alertmanager_fixture  # noqa: F401`) does not clash with the test's
+argument names; or list this module once in a conftest.py: `pytest_plugins = ["servers"]`.
 """
 
 from __future__ import annotations
@@ -596,15 +597,15 @@ def running_webhook_receiver() -> Iterator[WebhookReceiver]:
 # ---------------------------------------------------------------------------- pytest fixtures
 
 
-@pytest.fixture
-def webhook_receiver() -> Iterator[WebhookReceiver]:
+@pytest.fixture(name="webhook_receiver")
+def webhook_receiver_fixture() -> Iterator[WebhookReceiver]:
     """A `WebhookReceiver` for the test, stopped after it."""
     with running_webhook_receiver() as receiver:
         yield receiver
 
 
-@pytest.fixture
-def alertmanager_factory(tmp_path: Path) -> Iterator[Callable[..., AlertmanagerServer]]:
+@pytest.fixture(name="alertmanager_factory")
+def alertmanager_factory_fixture(tmp_path: Path) -> Iterator[Callable[..., AlertmanagerServer]]:
     """Start Alertmanagers with `running_alertmanager`'s arguments; all stopped after."""
     with contextlib.ExitStack() as stack:
         count = 0
@@ -618,8 +619,8 @@ def alertmanager_factory(tmp_path: Path) -> Iterator[Callable[..., AlertmanagerS
         yield start
 
 
-@pytest.fixture
-def alertmanager(
+@pytest.fixture(name="alertmanager")
+def alertmanager_fixture(
     tmp_path: Path,
     webhook_receiver: WebhookReceiver,
     alertmanager_factory: Callable[..., AlertmanagerServer],
@@ -631,8 +632,8 @@ def alertmanager(
     return alertmanager_factory(config)
 
 
-@pytest.fixture
-def prometheus_factory(tmp_path: Path) -> Iterator[Callable[..., PrometheusServer]]:
+@pytest.fixture(name="prometheus_factory")
+def prometheus_factory_fixture(tmp_path: Path) -> Iterator[Callable[..., PrometheusServer]]:
     """Start Prometheus servers with `running_prometheus`'s arguments; all stopped after.
 
     For churnwatch's rules pass `rule_files=RULE_FILES`.

@@ -94,7 +94,8 @@ def test_a_silent_customer_changes_tier_at_its_review_time_with_reasons() -> Non
 
 def test_aggregates_follow_customers_between_tiers() -> None:
     engine, store = ShardEngine(0, CONFIG, ShardState()), {}
-    run(engine, store, regular_history("a") + regular_history("b"), T0 + 220 * DAY)
+    both = sorted(regular_history("a") + regular_history("b"), key=lambda i: i.event.ts)
+    run(engine, store, both, T0 + 220 * DAY)
     assert engine.state.gauges["customers|unassigned|healthy"] == 2
     engine.review({"a": store["a"]}, T0 + 5000 * DAY)
     gauges = engine.state.gauges
@@ -105,7 +106,7 @@ def test_aggregates_follow_customers_between_tiers() -> None:
 
 def test_one_time_buyers_are_not_rated_certainly_alive() -> None:
     engine, store = ShardEngine(0, CONFIG, ShardState()), {}
-    run(engine, store, regular_history("regular") + [order("once", 0, offset=50)],
+    run(engine, store, [order("once", 0, offset=50)] + regular_history("regular"),
         T0 + 220 * DAY)
     once = engine.review({"once": store["once"]}, T0 + 400 * DAY)
     assert store["once"].tier == 3, once.transitions

@@ -14,18 +14,18 @@ from typing import Any
 
 import pytest
 import yaml
-from servers import (
+from servers import (  # noqa: F401 (fixtures, requested by name)
     ALERTMANAGER_CONFIG,
     REPO_ROOT,
     RULE_FILES,
     RULES_DIR,
     AlertmanagerServer,
+    alertmanager_factory_fixture,
+    alertmanager_fixture,
     find_binary,
     wait_until,
+    webhook_receiver_fixture,
 )
-
-# The fixtures (alertmanager, webhook_receiver, ...) live in servers.py.
-pytest_plugins = ["servers"]
 
 RULE_TESTS = sorted((RULES_DIR / "tests").glob("*.yml"))
 ROUTES_TEST = ALERTMANAGER_CONFIG.parent / "routes_test.yml"
@@ -178,6 +178,20 @@ def test_counter_functions_read_counters_and_deriv_reads_gauges(name: str, expr:
         assert re.search(r"_(total|bucket|count|sum)$", metric), f"{name}: rate of gauge {metric}"
     for metric in re.findall(r"\b(?:deriv|delta|predict_linear)\(\s*([\w:]+)", expr):
         assert not metric.endswith("_total"), f"{name}: deriv/delta of counter {metric}"
+
+
+def test_rules_read_only_metrics_of_the_catalog():
+    catalog = set(
+        re.findall(r"`(churnwatch_[a-z0-9_]+)`", (REPO_ROOT / "docs/metrics.md").read_text())
+    )
+    read = set()
+    for _, expr in all_expressions():
+        # Raw metric names only: recorded series contain colons.
+        for name in re.findall(r"(?<![\w:])(churnwatch_[a-z0-9_]+)(?![\w:])", expr):
+            read.add(re.sub(r"_(bucket|count|sum)$", "", name))
+
+    assert read, "no metric found in the rules"
+    assert sorted(read - catalog) == [], "metrics missing from docs/metrics.md"
 
 
 # ------------------------------------------------------------------------------ amtool

@@ -6,10 +6,17 @@ from pathlib import Path
 
 import pytest
 import yaml
-from servers import AlertmanagerServer, PrometheusServer, PromQLError, WebhookReceiver, wait_until
-
-# The fixtures (prometheus_factory, alertmanager, webhook_receiver, ...) live in servers.py.
-pytest_plugins = ["servers"]
+from servers import (  # noqa: F401 (fixtures, requested by name)
+    AlertmanagerServer,
+    PrometheusServer,
+    PromQLError,
+    WebhookReceiver,
+    alertmanager_factory_fixture,
+    alertmanager_fixture,
+    prometheus_factory_fixture,
+    wait_until,
+    webhook_receiver_fixture,
+)
 
 
 def test_prometheus_scrapes_itself_and_answers_instant_queries(prometheus_factory):

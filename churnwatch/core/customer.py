@@ -252,7 +252,7 @@ class CustomerState:
 
 
 def _t(ts: float) -> int:
-    # Whole seconds fit msgpack's 5-byte integers; counters go out as 4-byte floats.
+    # Whole seconds fit msgpack's 5-byte integers.
     return math.floor(ts)
 
 

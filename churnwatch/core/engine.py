@@ -19,6 +19,8 @@ batch touches, calls :meth:`ShardEngine.process`, and stores what comes back.
 from __future__ import annotations
 
 import hashlib
+import heapq
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -146,13 +148,27 @@ class ShardEngine:
     # -- entry points -------------------------------------------------------------------------
 
     def process(self, items: Iterable[Incoming], customers: Mapping[str, CustomerState | None],
-                now: float) -> BatchResult:
-        """Apply a batch of events; ``customers`` holds the loaded state of every customer the
-        batch names (``None`` for a new one). ``now`` is the instant silent customers are due by:
-        the event-time watermark in replay, the wall clock live."""
+                now: float, due: Iterable[str] = ()) -> BatchResult:
+        """Apply a batch of events in arrival order.
+
+        ``customers`` holds the loaded state of every customer the batch names (``None`` for a
+        new one) and of the silent customers listed in ``due`` (those whose review time is at or
+        before the batch's newest event). A silent customer is reviewed right after the event
+        that carries the shard's watermark past its review time, so where batches happen to
+        start and end never changes the result. ``now`` is the instant everyone touched is
+        brought to at the end: the watermark in replay, the wall clock live.
+        """
         result = BatchResult()
+        now = float(math.floor(now))
         touched: dict[str, CustomerState] = {}
         before: dict[str, dict[str, float]] = {}
+        pending: list[tuple[float, str]] = []
+        for cid in due:
+            state = customers.get(cid)
+            if state is not None and state.next_review_at is not None:
+                touched[cid] = state
+                before[cid] = self._contribution(state)
+                heapq.heappush(pending, (state.next_review_at, cid))
         for item in items:
             event = item.event
             cid = event.customer_id
@@ -181,11 +197,17 @@ class ShardEngine:
             self._remember(state, item)
             at = max(event.ts, state.scored_at)
             self._score(cid, state, at, result, cause="event")
+            if state.next_review_at is not None:
+                heapq.heappush(pending, (state.next_review_at, cid))
             result.scored += 1
             if event.ts > result.last_event_ts:
                 result.last_event_ts = event.ts
             if event.ts > self.state.watermark:
                 self.state.watermark = event.ts
+            mark = self.state.watermark
+            while pending and pending[0][0] <= mark:
+                _, silent = heapq.heappop(pending)
+                self._advance(silent, touched[silent], mark, result)
         for cid, state in touched.items():
             self._advance(cid, state, now, result)
             result.changed[cid] = state
@@ -195,6 +217,7 @@ class ShardEngine:
     def review(self, customers: Mapping[str, CustomerState], now: float) -> BatchResult:
         """Re-score silent customers whose review time has come (from the due-time index)."""
         result = BatchResult()
+        now = float(math.floor(now))
         before = {cid: self._contribution(state) for cid, state in customers.items()}
         for cid, state in customers.items():
             self._advance(cid, state, now, result)
@@ -292,7 +315,8 @@ class ShardEngine:
         due = next_review_at(state, assessment, now, config, priors)
         if due is not None and due <= now:
             due = now + 60.0  # already past the threshold but held by hysteresis: look again
-        state.next_review_at = due
+        # Whole seconds, as stored: the due index must read back exactly as written.
+        state.next_review_at = None if due is None else float(math.ceil(due))
 
     # -- aggregates ---------------------------------------------------------------------------
 

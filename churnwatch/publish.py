@@ -1,0 +1,224 @@
+"""Publishing events to the Redis streams that ``churnwatch run`` reads.
+
+An event goes to partition ``crc32(customer_id) % P`` (``P`` = ``[source] stream_partitions``),
+the hash :func:`churnwatch.state.base.shard_of` uses for shards; shards are a multiple of ``P``,
+so shard ``s`` reads only partition ``s % P`` and a customer's events stay in order. Each stream
+entry holds the encoded event in its field ``e``.
+
+Lines that are not valid events are published all the same, unchanged: the flow dead-letters
+them with their position, which is where an operator looks for them. A line whose
+``customer_id`` cannot be read goes to partition 0.
+
+>>> from churnwatch.core.config import ChurnwatchConfig
+>>> partition_for({"customer_id": "c-42"}, 4) == partition_for(b'{"customer_id": "c-42"}', 4)
+True
+>>> partition_for(b"not json", 4)
+0
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any
+
+import msgpack
+import redis
+
+from churnwatch.core.config import ChurnwatchConfig, load_config
+from churnwatch.dataflows.redis_source import PAYLOAD_FIELD, stream_names
+from churnwatch.state.base import shard_of
+
+FORMATS = ("json", "msgpack")
+PIPELINE_SIZE = 1000
+
+
+def customer_of(event: Mapping[str, Any] | bytes | str) -> str | None:
+    """The customer id of an event as the flow will read it (``None`` when it has none)."""
+    obj: Any = event
+    if isinstance(event, str):
+        event = event.encode()
+    if isinstance(event, bytes):
+        obj = _loads(event)
+    if not isinstance(obj, Mapping):
+        return None
+    cid = obj.get("customer_id")
+    if isinstance(cid, int) and not isinstance(cid, bool):
+        return str(cid)  # the flow reads integer ids as their decimal text
+    return cid if isinstance(cid, str) and cid else None
+
+
+def partition_for(event: Mapping[str, Any] | bytes | str, partitions: int) -> int:
+    """The stream partition of an event (0 when its customer cannot be read)."""
+    cid = customer_of(event)
+    return 0 if cid is None else shard_of(cid, partitions)
+
+
+def _loads(data: bytes) -> Any:
+    head = data.lstrip()[:1]
+    try:
+        if head in (b"{", b"["):
+            return json.loads(data)
+        return msgpack.unpackb(data, raw=False, strict_map_key=False)
+    except Exception:  # any undecodable line is published as it is
+        return None
+
+
+class Publisher:
+    """Appends events to the partition streams, ``pipeline_size`` XADDs per round trip.
+
+    ``maxlen`` caps each stream approximately (``XADD MAXLEN ~``); leave it ``None`` unless the
+    flow keeps up, since entries trimmed before they are read are lost to it.
+    """
+
+    def __init__(self, url: str, config: ChurnwatchConfig | None = None, *,
+                 format: str = "json", pipeline_size: int = PIPELINE_SIZE,
+                 maxlen: int | None = None, client: redis.Redis | None = None) -> None:
+        if format not in FORMATS:
+            raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
+        self.config = config or ChurnwatchConfig()
+        self.format = format
+        self.pipeline_size = max(1, pipeline_size)
+        self.maxlen = maxlen
+        self.client = client or redis.Redis.from_url(url, socket_connect_timeout=5,
+                                                     socket_timeout=30)
+        self.streams = stream_names(self.config.stream_prefix, self.config.stream_partitions)
+
+    def encode(self, event: Mapping[str, Any] | bytes | str) -> tuple[int, bytes]:
+        """The partition and the payload of one event.
+
+        A mapping is encoded in the publisher's format; a line (bytes or text) is published as
+        it is, except that a valid JSON object is re-encoded when the format is msgpack.
+        """
+        partitions = self.config.stream_partitions
+        if isinstance(event, Mapping):
+            obj: Any = event
+            raw = None
+        else:
+            raw = event.encode() if isinstance(event, str) else bytes(event)
+            raw = raw.strip()
+            obj = _loads(raw)
+        cid = None
+        if isinstance(obj, Mapping):
+            value = obj.get("customer_id")
+            if isinstance(value, int) and not isinstance(value, bool):
+                cid = str(value)
+            elif isinstance(value, str) and value:
+                cid = value
+        partition = 0 if cid is None else shard_of(cid, partitions)
+        if raw is not None and (self.format == "json" or not isinstance(obj, Mapping)):
+            return partition, raw
+        if self.format == "msgpack":
+            return partition, msgpack.packb(obj, default=str)
+        return partition, json.dumps(obj, separators=(",", ":"), default=str).encode()
+
+    def publish(self, events: Iterable[Mapping[str, Any] | bytes | str],
+                on_batch: Callable[[int], None] | None = None) -> int:
+        """Publish every event in order; returns how many. ``on_batch(n)`` is called after each
+        round trip with the number just written (pacing, progress)."""
+        total = 0
+        pipe = self.client.pipeline(transaction=False)
+        pending = 0
+        streams = self.streams
+        field = PAYLOAD_FIELD
+        maxlen = self.maxlen
+        for event in events:
+            partition, payload = self.encode(event)
+            pipe.xadd(streams[partition], {field: payload}, maxlen=maxlen,
+                      approximate=maxlen is not None)
+            pending += 1
+            if pending >= self.pipeline_size:
+                pipe.execute()
+                total += pending
+                if on_batch is not None:
+                    on_batch(pending)
+                pending = 0
+        if pending:
+            pipe.execute()
+            total += pending
+            if on_batch is not None:
+                on_batch(pending)
+        return total
+
+    def close(self) -> None:
+        """Release the connection."""
+        self.client.close()
+
+
+def read_lines(paths: Iterable[str]) -> Iterator[bytes]:
+    """Non-empty lines of files in order (``-`` is standard input)."""
+    for path in paths:
+        handle = sys.stdin.buffer if path == "-" else open(path, "rb")  # noqa: SIM115
+        try:
+            for line in handle:
+                if line.strip():
+                    yield line
+        finally:
+            if handle is not sys.stdin.buffer:
+                handle.close()
+
+
+class Pacer:
+    """Holds a publisher to ``rate`` events per second on average (``None``: flat out)."""
+
+    def __init__(self, rate: float | None) -> None:
+        self.rate = rate
+        self.sent = 0
+        self.started = time.monotonic()
+
+    def __call__(self, count: int) -> None:
+        self.sent += count
+        if self.rate:
+            ahead = self.sent / self.rate - (time.monotonic() - self.started)
+            if ahead > 0:
+                time.sleep(ahead)
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    """``churnwatch publish FILE...``."""
+    import os
+
+    from churnwatch.cli import UsageError
+
+    url = args.redis_url or os.environ.get("CHURNWATCH_REDIS_URL")
+    if not url:
+        raise UsageError("publish: give --redis-url (or set CHURNWATCH_REDIS_URL): the Redis "
+                         "that `churnwatch run` reads")
+    for path in args.files:
+        if path != "-" and not os.path.isfile(path):
+            raise UsageError(f"publish: no such file: {path}")
+    if args.rate is not None and args.rate <= 0:
+        raise UsageError(f"--rate must be a positive number of events per second, got "
+                         f"{args.rate}")
+    config = load_config(args.config or os.environ.get("CHURNWATCH_CONFIG"))
+    publisher = Publisher(url, config, format=args.format, maxlen=args.maxlen)
+    started = time.perf_counter()
+    try:
+        count = publisher.publish(read_lines(args.files), on_batch=Pacer(args.rate))
+    except redis.RedisError as exc:
+        raise UsageError(f"publish: Redis at {url}: {exc}") from None
+    finally:
+        publisher.close()
+    elapsed = time.perf_counter() - started
+    print(f"published {count} events to {config.stream_prefix}:0..{config.stream_partitions - 1}"
+          f" in {elapsed:.1f} s", file=sys.stderr)
+    return 0
+
+
+def register(sub: argparse._SubParsersAction,  # type: ignore[type-arg]
+             common: Callable[[argparse.ArgumentParser], None]) -> None:
+    """Add ``publish`` to the ``churnwatch`` command."""
+    p = sub.add_parser("publish", help="append JSON Lines events to the Redis streams that "
+                       "`churnwatch run` reads")
+    p.add_argument("files", nargs="+", metavar="FILE", help="JSON Lines files ('-': stdin)")
+    p.add_argument("--format", choices=FORMATS, default="json",
+                   help="encoding of each stream entry (default: json)")
+    p.add_argument("--rate", type=float, metavar="EVENTS_PER_S",
+                   help="publish at this average rate instead of flat out")
+    p.add_argument("--maxlen", type=int, metavar="N",
+                   help="cap each stream at about N entries (XADD MAXLEN ~)")
+    common(p)
+    p.set_defaults(func=cmd_publish)

@@ -1,0 +1,199 @@
+"""Redis Streams as a replayable Bytewax source: one partition per stream.
+
+Publishers (``churnwatch publish``, :class:`churnwatch.publish.Publisher`) append events to the
+streams ``{stream_prefix}:{p}`` for ``p`` in ``range(stream_partitions)``, each entry holding the
+encoded event (JSON or msgpack) in its field ``e``. Every stream is a partition of this source.
+
+Entries are read with plain ``XREAD`` from the last id read, not with consumer groups: the
+snapshot Bytewax keeps for a partition *is* that id, so a resumed flow reads on exactly from its
+last snapshot, and nothing needs acknowledging in Redis. Entries read twice around a resume are
+harmless, because the engine remembers the last offset applied per customer and partition.
+
+``XREAD`` is sent without ``BLOCK``: a worker owns several partitions and other steps, so an
+empty stream must not hold its thread. When a stream has nothing new the partition asks Bytewax
+to come back a few milliseconds later (``next_awake``). When Redis cannot be reached the
+partition logs, reports to the observer and backs off (up to five seconds), returning empty
+batches meanwhile: the flow waits for Redis instead of crashing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta, timezone
+from typing import Any, Protocol
+
+import redis
+from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
+
+from churnwatch.dataflows.messages import RawMessage
+
+log = logging.getLogger("churnwatch.redis_source")
+
+PAYLOAD_FIELD = b"e"
+MAX_BACKOFF_SECONDS = 5.0
+_SEQ_SPAN = 1_000_000
+
+
+class SourceObserver(Protocol):
+    """Told about reads and failures (``churnwatch.state.redis_store.RedisObserver`` fits)."""
+
+    def roundtrip(self, operation: str, seconds: float) -> None:
+        """A read took ``seconds``."""
+
+    def error(self, operation: str, exc: BaseException) -> None:
+        """A read failed and will be retried."""
+
+
+def stream_names(prefix: str, partitions: int) -> list[str]:
+    """The stream keys of a configuration, partition order.
+
+    >>> stream_names("churnwatch:events", 2)
+    ['churnwatch:events:0', 'churnwatch:events:1']
+    """
+    return [f"{prefix}:{p}" for p in range(partitions)]
+
+
+def id_offset(entry_id: str) -> int:
+    """A stream entry id as an increasing integer: ``ms * 1_000_000 + seq``.
+
+    Redis gives entries of one stream strictly increasing ids; the integer keeps that order as
+    long as a stream holds fewer than a million entries in one millisecond, which ids that Redis
+    generates never reach (it appends at most a few hundred thousand entries a second). Only a
+    producer choosing its own ids could go beyond: such sequences are clamped (and logged by the
+    source), so the engine would take a second entry of that millisecond for a duplicate.
+
+    >>> id_offset("1714557600000-3")
+    1714557600000000003
+    >>> id_offset("1-999999") < id_offset("2-0")
+    True
+    """
+    ms, _, seq = entry_id.partition("-")
+    return int(ms) * _SEQ_SPAN + min(int(seq or 0), _SEQ_SPAN - 1)
+
+
+class RedisStreamSource(FixedPartitionedSource[RawMessage, str]):
+    """Reads the churnwatch event streams; each stream key is a partition.
+
+    ``batch_size`` is XREAD's ``COUNT``. ``stop_at_end`` makes a partition finish when it finds
+    its stream exhausted (a backfill, a test); by default partitions tail their streams forever.
+    ``start_id`` is where a partition without a snapshot begins (``"0"``: the oldest entry).
+    """
+
+    def __init__(self, url: str, streams: Sequence[str], batch_size: int = 5000,
+                 poll_interval: float = 0.005, stop_at_end: bool = False, start_id: str = "0",
+                 observer: SourceObserver | None = None,
+                 client_factory: Callable[[], redis.Redis] | None = None) -> None:
+        self.url = url
+        self.streams = list(streams)
+        self.batch_size = batch_size
+        self.poll_interval = poll_interval
+        self.stop_at_end = stop_at_end
+        self.start_id = start_id
+        self.observer = observer
+        self.client_factory = client_factory
+
+    def list_parts(self) -> list[str]:
+        """Called by Bytewax on every worker at start: one partition per stream key."""
+        return list(self.streams)
+
+    def build_part(self, step_id: str, for_part: str, resume_state: str | None
+                   ) -> RedisStreamPartition:
+        """Called once per stream on the worker that owns it; ``resume_state`` is the last id
+        read as of the snapshot the flow resumes from (``None`` on a fresh start)."""
+        client = (self.client_factory() if self.client_factory else
+                  redis.Redis.from_url(self.url, socket_connect_timeout=5, socket_timeout=10))
+        return RedisStreamPartition(client, for_part, self.batch_size, self.poll_interval,
+                                    self.stop_at_end, resume_state or self.start_id,
+                                    self.observer)
+
+
+class RedisStreamPartition(StatefulSourcePartition[RawMessage, str]):
+    """One stream: reads on from ``last_id`` (exclusive)."""
+
+    def __init__(self, client: redis.Redis, stream: str, batch_size: int, poll_interval: float,
+                 stop_at_end: bool, last_id: str, observer: SourceObserver | None) -> None:
+        self._client = client
+        self._stream = stream
+        self._partition = f"redis:{stream}"
+        self._batch_size = batch_size
+        self._poll = poll_interval
+        self._stop_at_end = stop_at_end
+        self._last_id = last_id
+        self._observer = observer
+        self._awake: datetime | None = None
+        self._backoff = 0.0
+        self._failing_since: float | None = None
+
+    def next_batch(self) -> list[RawMessage]:
+        """Called by Bytewax whenever the worker is free and ``next_awake`` has passed."""
+        started = time.perf_counter()
+        try:
+            reply = self._client.xread({self._stream: self._last_id}, count=self._batch_size)
+        except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError) as exc:
+            self._failed(exc)
+            return []
+        if self._observer is not None:
+            self._observer.roundtrip("source_read", time.perf_counter() - started)
+        if self._failing_since is not None:
+            log.warning("redis stream %s readable again after %.1f s", self._stream,
+                        time.monotonic() - self._failing_since)
+            self._failing_since = None
+        self._backoff = 0.0
+        entries: list[Any] = reply[0][1] if reply else []
+        if not entries:
+            if self._stop_at_end:
+                raise StopIteration
+            self._awake = _after(self._poll)
+            return []
+        self._awake = None
+        now = time.time()
+        batch = []
+        partition = self._partition
+        stream = self._stream
+        for raw_id, fields in entries:
+            entry_id = raw_id.decode()
+            ms, _, seq = entry_id.partition("-")
+            sequence = int(seq)
+            if sequence >= _SEQ_SPAN:
+                log.warning("stream %s entry %s: sequence beyond the offset encoding; entries "
+                            "after it in the same millisecond count as duplicates", stream,
+                            entry_id)
+                sequence = _SEQ_SPAN - 1
+            offset = int(ms) * _SEQ_SPAN + sequence
+            payload = fields.get(PAYLOAD_FIELD)
+            if payload is None:  # not written by a churnwatch publisher: keep what it holds
+                payload = json.dumps({k.decode(errors="replace"): v.decode(errors="replace")
+                                      for k, v in fields.items()}).encode()
+            batch.append(RawMessage(partition, offset, payload, f"{stream}:{entry_id}", now,
+                                    int(ms) / 1000.0, "redis"))
+        self._last_id = entries[-1][0].decode()
+        return batch
+
+    def next_awake(self) -> datetime | None:
+        """Called by Bytewax after each batch: when to call :meth:`next_batch` again."""
+        return self._awake
+
+    def snapshot(self) -> str:
+        """Called by Bytewax at each epoch close: the last id read."""
+        return self._last_id
+
+    def close(self) -> None:
+        """Called by Bytewax when the partition finishes or the flow stops."""
+        self._client.close()
+
+    def _failed(self, exc: BaseException) -> None:
+        if self._observer is not None:
+            self._observer.error("source_read", exc)
+        self._backoff = min(max(self._backoff * 2.0, 0.1), MAX_BACKOFF_SECONDS)
+        if self._failing_since is None:
+            self._failing_since = time.monotonic()
+        log.warning("redis stream %s unreadable (%s); retrying in %.1f s", self._stream, exc,
+                    self._backoff)
+        self._awake = _after(self._backoff)
+
+
+def _after(seconds: float) -> datetime:
+    return datetime.now(timezone.utc) + timedelta(seconds=seconds)

@@ -1,0 +1,377 @@
+"""The customer-success worklist: which customers to call first, and why.
+
+Read-only views over the state store, shared by the HTTP API (served beside ``/metrics`` by
+:func:`churnwatch.metrics.exporter.start_metrics_server`) and the ``churnwatch top`` and
+``churnwatch explain`` commands. The reference is docs/worklist.md.
+
+Every figure is the customer's stored assessment: the score, tier and components computed at
+``scored_at``, the customer's last event or the last time the due-time index re-scored them
+because their silence was about to change their tier. So the tier is always current; the score
+of a silent customer may be a little higher than it would be this instant, never enough to
+change the tier.
+
+Urgency, the order of the list: high-value customers first; then the lowest health score;
+then the most recent tier change; then the customer id, so that paging is stable.
+
+>>> from churnwatch.core.config import ChurnwatchConfig
+>>> q = parse_worklist_query({"tier": ["at_risk"], "limit": ["10"]}, ChurnwatchConfig())
+>>> sorted(q.tiers), q.limit, q.offset
+([2], 10, 0)
+>>> parse_worklist_query({"tier": ["lost"]}, ChurnwatchConfig())
+Traceback (most recent call last):
+...
+churnwatch.metrics.worklist.BadRequest: tier: unknown tier 'lost'; expected healthy, watch, at_risk or churned
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+from urllib.parse import parse_qs, unquote
+
+from churnwatch.core.config import COMPONENTS, TIERS, ChurnwatchConfig
+from churnwatch.core.customer import CustomerState
+from churnwatch.core.scoring import assess, reasons, tier_name
+from churnwatch.state.base import StateStore, shard_of
+
+log = logging.getLogger("churnwatch.worklist")
+
+DEFAULT_TIERS = ("at_risk", "churned")
+DEFAULT_LIMIT = 50
+MAX_LIMIT = 1000
+MAX_OFFSET = 10_000_000
+DEFAULT_TRANSITIONS = 100
+#: ``value_tier`` filter values: ``high`` is what ``churnwatch_high_value_at_risk_customers``
+#: counts (the configured top value tier, or spend within the configured top share).
+VALUE_TIERS = ("high", "standard")
+URGENCY = ("high value first, then lowest health score, then most recent tier change, then "
+           "customer id")
+
+
+class BadRequest(ValueError):
+    """A query parameter is missing, unknown or out of range; ``parameter`` names it."""
+
+    def __init__(self, parameter: str, message: str) -> None:
+        super().__init__(f"{parameter}: {message}")
+        self.parameter = parameter
+        self.message = message
+
+
+@dataclass(frozen=True)
+class WorklistQuery:
+    """A validated worklist request."""
+
+    tiers: frozenset[int] = frozenset(TIERS.index(t) for t in DEFAULT_TIERS)
+    segments: frozenset[str] | None = None
+    value_tier: str | None = None
+    limit: int = DEFAULT_LIMIT
+    offset: int = 0
+
+
+@dataclass(frozen=True)
+class WorklistPage:
+    """One page of the worklist and how many customers match in all."""
+
+    customers: list[dict[str, Any]]
+    total: int
+    query: WorklistQuery
+
+    def as_dict(self) -> dict[str, Any]:
+        """The page as the API answers it."""
+        q = self.query
+        end = q.offset + len(self.customers)
+        return {
+            "customers": self.customers,
+            "total": self.total,
+            "limit": q.limit,
+            "offset": q.offset,
+            "next_offset": end if end < self.total else None,
+            "order": URGENCY,
+        }
+
+
+# -- parsing ------------------------------------------------------------------------------------
+
+
+def _single(params: Mapping[str, list[str]], name: str) -> str | None:
+    values = params.get(name)
+    if not values:
+        return None
+    if len(values) > 1:
+        raise BadRequest(name, "given more than once; separate several values with commas")
+    return values[0]
+
+
+def _list(text: str, name: str) -> list[str]:
+    items = [item.strip() for item in text.split(",")]
+    if not all(items):
+        raise BadRequest(name, f"empty value in {text!r}")
+    return items
+
+
+def parse_int(text: str | None, name: str, default: int, low: int, high: int) -> int:
+    """An integer parameter within ``low..high``."""
+    if text is None:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        raise BadRequest(name, f"must be an integer, got {text!r}") from None
+    if not low <= value <= high:
+        raise BadRequest(name, f"must be within {low}..{high}, got {value}")
+    return value
+
+
+def parse_worklist_query(params: Mapping[str, list[str]], config: ChurnwatchConfig
+                         ) -> WorklistQuery:
+    """Validate the parameters of ``GET /api/v1/customers`` (as ``parse_qs`` gives them)."""
+    allowed = {"tier", "segment", "value_tier", "limit", "offset"}
+    for name in params:
+        if name not in allowed:
+            raise BadRequest(name, f"unknown parameter; expected {', '.join(sorted(allowed))}")
+    tiers = frozenset(TIERS.index(t) for t in DEFAULT_TIERS)
+    text = _single(params, "tier")
+    if text is not None:
+        names = _list(text, "tier")
+        for name in names:
+            if name not in TIERS:
+                raise BadRequest("tier", f"unknown tier {name!r}; expected "
+                                 f"{', '.join(TIERS[:-1])} or {TIERS[-1]}")
+        tiers = frozenset(TIERS.index(n) for n in names)
+    segments = None
+    text = _single(params, "segment")
+    if text is not None:
+        names = _list(text, "segment")
+        for name in names:
+            if name not in config.segments:
+                raise BadRequest("segment", f"unknown segment {name!r}; expected one of "
+                                 f"{', '.join(config.segments)}")
+        segments = frozenset(names)
+    value_tier = _single(params, "value_tier")
+    if value_tier is not None and value_tier not in VALUE_TIERS:
+        raise BadRequest("value_tier", f"unknown value tier {value_tier!r}; expected "
+                         f"{' or '.join(VALUE_TIERS)}")
+    limit = parse_int(_single(params, "limit"), "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
+    offset = parse_int(_single(params, "offset"), "offset", 0, 0, MAX_OFFSET)
+    return WorklistQuery(tiers, segments, value_tier, limit, offset)
+
+
+# -- views --------------------------------------------------------------------------------------
+
+
+def iso(ts: float | None) -> str | None:
+    """RFC 3339 in UTC, whole seconds (``None`` stays ``None``).
+
+    >>> iso(0)
+    '1970-01-01T00:00:00Z'
+    """
+    if ts is None:
+        return None
+    moment = datetime.fromtimestamp(int(ts), tz=timezone.utc)
+    return moment.isoformat().replace("+00:00", "Z")
+
+
+def urgency_key(customer_id: str, state: CustomerState) -> tuple[bool, float, float, str]:
+    """Sort key of the worklist: smaller is more urgent (see the module docstring)."""
+    score = state.score if state.score is not None else 100.0
+    return (not state.high_value, score, -state.tier_since, customer_id)
+
+
+def customer_summary(customer_id: str, state: CustomerState, config: ChurnwatchConfig
+                     ) -> dict[str, Any]:
+    """One line of the worklist."""
+    return {
+        "customer_id": customer_id,
+        "segment": config.segment_label(state.segment),
+        "tier": tier_name(state.tier),
+        "health_score": None if state.score is None else round(state.score, 1),
+        "high_value": bool(state.high_value),
+        "value_tier": state.declared_value_tier,
+        "tier_since": iso(state.tier_since),
+        "scored_at": iso(state.scored_at),
+        "last_event": iso(state.last_event_ts),
+        "last_order": iso(state.last_order),
+        "orders": state.orders,
+        "spend": round(state.spend, 2),
+    }
+
+
+def matches(state: CustomerState, query: WorklistQuery, config: ChurnwatchConfig) -> bool:
+    """Whether a customer belongs on the worklist ``query`` asks for."""
+    if state.tier not in query.tiers:
+        return False
+    if query.segments is not None and config.segment_label(state.segment) not in query.segments:
+        return False
+    if query.value_tier is not None and state.high_value != (query.value_tier == "high"):
+        return False
+    return True
+
+
+def worklist(customers: Iterable[tuple[str, CustomerState]], config: ChurnwatchConfig,
+             query: WorklistQuery) -> WorklistPage:
+    """The page of the worklist ``query`` asks for, from every customer (one pass, keeping only
+    the ``offset + limit`` most urgent in memory)."""
+    total = 0
+    wanted = query.offset + query.limit
+
+    def selected() -> Iterable[tuple[tuple[bool, float, float, str], str, CustomerState]]:
+        nonlocal total
+        for cid, state in customers:
+            if matches(state, query, config):
+                total += 1
+                yield urgency_key(cid, state), cid, state
+
+    chosen = heapq.nsmallest(wanted, selected(), key=lambda item: item[0])
+    page = chosen[query.offset:wanted]
+    return WorklistPage([customer_summary(cid, state, config) for _, cid, state in page], total,
+                        query)
+
+
+def score_history(state: CustomerState, transitions: list[dict[str, object]]
+                  ) -> list[dict[str, Any]]:
+    """The score at each tier change (from the customer's stored transitions, newest first),
+    then the current score, oldest first."""
+    points = [{"at": iso(float(t["at"])), "health_score": t.get("new_score"),  # type: ignore[arg-type]
+               "tier": t.get("to")} for t in reversed(transitions)]
+    if state.score is not None:
+        current = {"at": iso(state.scored_at), "health_score": round(state.score, 1),
+                   "tier": tier_name(state.tier)}
+        if not points or points[-1] != current:
+            points.append(current)
+    return points
+
+
+def transition_view(record: Mapping[str, object]) -> dict[str, Any]:
+    """A stored transition record with its time as RFC 3339."""
+    view = dict(record)
+    at = view.get("at")
+    if isinstance(at, (int, float, str)) and str(at):
+        view["at"] = iso(float(at))
+    return view
+
+
+def customer_detail(store: StateStore, config: ChurnwatchConfig, customer_id: str
+                    ) -> dict[str, Any] | None:
+    """Everything about one customer a CS agent needs; ``None`` if the store does not know
+    them. Reasons are computed at ``scored_at`` with the shard's current priors."""
+    state = store.customer(customer_id)
+    if state is None:
+        return None
+    detail = customer_summary(customer_id, state, config)
+    detail["components"] = {name: (state.components[i] if i < len(state.components)
+                                   and state.components[i] >= 0 else None)
+                            for i, name in enumerate(COMPONENTS)}
+    detail["next_review_at"] = iso(state.next_review_at)
+    detail["first_seen"] = iso(state.first_seen)
+    if state.score is not None:
+        priors = store.load_shard(shard_of(customer_id, config.shards)).priors
+        assessment = assess(state, state.scored_at, config, priors)
+        detail["return_probability"] = round(assessment.return_probability, 4)
+        detail["reasons"] = reasons(state, assessment, state.scored_at, config, priors)
+    else:
+        detail["return_probability"] = None
+        detail["reasons"] = []
+    history = store.customer_transitions(customer_id, max(config.score_history_length, 1))
+    detail["transitions"] = [transition_view(t) for t in history]
+    detail["score_history"] = score_history(state, history)
+    return detail
+
+
+# -- HTTP API -----------------------------------------------------------------------------------
+
+
+class WorklistAPI:
+    """The JSON API, independent of the HTTP server: ``handle(path, query) -> (status, body)``.
+
+    ``store_factory`` is called once, at the first request; its store is shared by the
+    server's request threads (redis-py clients are thread-safe).
+    """
+
+    def __init__(self, config: ChurnwatchConfig, store_factory: Callable[[], StateStore]
+                 ) -> None:
+        self.config = config
+        self._factory = store_factory
+        self._store: StateStore | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def store(self) -> StateStore:
+        """The store, made at first use."""
+        with self._lock:
+            if self._store is None:
+                self._store = self._factory()
+            return self._store
+
+    def close(self) -> None:
+        """Close the store if one was made."""
+        with self._lock:
+            if self._store is not None:
+                self._store.close()
+                self._store = None
+
+    def handle(self, path: str, query_string: str) -> tuple[int, Any]:
+        """Answer ``GET path?query_string``."""
+        try:
+            params = parse_qs(query_string, keep_blank_values=True, strict_parsing=False)
+            if path == "/healthz":
+                return self._healthz()
+            if path in ("/api/v1/customers", "/api/v1/customers/"):
+                query = parse_worklist_query(params, self.config)
+                return 200, worklist(self.store.iter_customers(), self.config,
+                                     query).as_dict()
+            if path.startswith("/api/v1/customers/"):
+                _no_params(params)
+                customer_id = unquote(path[len("/api/v1/customers/"):])
+                detail = customer_detail(self.store, self.config, customer_id)
+                if detail is None:
+                    return 404, {"error": f"unknown customer {customer_id!r}",
+                                 "parameter": "customer_id"}
+                return 200, detail
+            if path == "/api/v1/transitions":
+                for name in params:
+                    if name != "limit":
+                        raise BadRequest(name, "unknown parameter; expected limit")
+                limit = parse_int(_single(params, "limit"), "limit", DEFAULT_TRANSITIONS, 1,
+                                  MAX_LIMIT)
+                records = self.store.recent_transitions(limit)
+                return 200, {"transitions": [transition_view(r) for r in records]}
+            return 404, {"error": f"no such endpoint: {path}"}
+        except BadRequest as exc:
+            return 400, {"error": exc.message, "parameter": exc.parameter}
+        except Exception as exc:  # noqa: BLE001 - Redis down, or a bug: answer, keep serving
+            if _is_redis_outage(exc):
+                log.warning("worklist API: Redis unavailable: %s", exc)
+                return 503, {"error": "the state store (Redis) is unavailable, retry later"}
+            log.exception("worklist API: %s failed", path)
+            return 500, {"error": "internal error, see the churnwatch log"}
+
+    def _healthz(self) -> tuple[int, Any]:
+        """Liveness: the server answers. Redis's state is reported, not required, since the
+        dataflow rides out an outage by retrying."""
+        client = getattr(self.store, "client", None)
+        redis_state = "unknown"
+        if client is not None:
+            try:
+                client.ping()
+                redis_state = "ok"
+            except Exception:  # noqa: BLE001
+                redis_state = "unreachable"
+        return 200, {"status": "ok", "redis": redis_state}
+
+
+def _no_params(params: Mapping[str, list[str]]) -> None:
+    for name in params:
+        raise BadRequest(name, "unknown parameter; this endpoint takes none")
+
+
+def _is_redis_outage(exc: BaseException) -> bool:
+    try:
+        import redis
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(exc, redis.RedisError)

@@ -1,0 +1,91 @@
+"""One contract, every store: MemoryStore and RedisStore (against a real redis-server)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from redis_server import redis_server, redis_url  # noqa: F401
+
+from churnwatch.core.config import ChurnwatchConfig
+from churnwatch.core.customer import DAY
+from churnwatch.core.engine import Incoming, ShardEngine, ShardState
+from churnwatch.core.events import Event
+from churnwatch.state.base import StateStore, shard_of
+from churnwatch.state.memory import MemoryStore
+from churnwatch.state.redis_store import RedisStore
+
+CONFIG = ChurnwatchConfig(shards=4, stream_partitions=2)
+T0 = 1_700_000_000.0
+
+
+@pytest.fixture(params=["memory", "redis"])
+def store(request: pytest.FixtureRequest) -> Iterator[StateStore]:
+    if request.param == "memory":
+        yield MemoryStore(CONFIG.shards)
+        return
+    url = request.getfixturevalue("redis_url")
+    s = RedisStore(url, CONFIG.shards, "t", max_wait=5)
+    yield s
+    s.close()
+
+
+def _commit_orders(store: StateStore, customers: list[str], now: float) -> ShardEngine:
+    engines = {}
+    for cid in customers:
+        shard = shard_of(cid, CONFIG.shards)
+        engine = engines.setdefault(shard, ShardEngine(shard, CONFIG, store.load_shard(shard)))
+        items = [Incoming(Event(cid, "order", T0 + d * DAY, amount=10.0), 3, d + 1)
+                 for d in range(0, 100, 10)]
+        loaded = store.load_customers(shard, [cid])
+        result = engine.process(items, loaded, now)
+        store.commit(shard, engine.state, result.changed, result.transitions, result.drops)
+    return engines
+
+
+def test_committed_customers_read_back_equal(store: StateStore) -> None:
+    _commit_orders(store, ["a", "b", "c"], T0 + 100 * DAY)
+    a = store.customer("a")
+    assert a is not None and a.orders == 10 and a.tier == 0
+    assert store.customer("zzz") is None
+    assert sorted(cid for cid, _ in store.iter_customers()) == ["a", "b", "c"]
+    loaded = store.load_customers(shard_of("a", 4), ["a", "nobody"])
+    assert loaded["nobody"] is None and loaded["a"].to_wire() == a.to_wire()
+
+
+def test_due_index_returns_customers_in_review_order(store: StateStore) -> None:
+    _commit_orders(store, ["a", "b", "c", "d", "e"], T0 + 100 * DAY)
+    for shard in range(CONFIG.shards):
+        first = store.next_due(shard)
+        due = store.due_customers(shard, float("inf"), 100)
+        if not due:
+            assert first is None
+            continue
+        times = [store.customer(c).next_review_at for c in due]
+        assert times == sorted(times) and first == pytest.approx(times[0], abs=1)
+        assert store.due_customers(shard, times[0] - 10, 100) == []
+
+
+def test_shard_state_and_transitions_round_trip(store: StateStore) -> None:
+    engines = _commit_orders(store, ["a", "b"], T0 + 100 * DAY)
+    for shard, engine in engines.items():
+        loaded = store.load_shard(shard)
+        assert loaded.gauges == engine.state.gauges
+        assert loaded.priors.gap_count == engine.state.priors.gap_count
+    transitions = store.recent_transitions(10)
+    assert {t["customer_id"] for t in transitions} == {"a", "b"}
+    assert store.customer_transitions("a", 5)[0]["to"] == "healthy"
+    assert len(store.shard_states()) == len(engines)
+
+
+def test_dead_letters_keep_payload_reason_and_position(store: StateStore) -> None:
+    store.add_dead_letters([{"reason": "invalid_json", "detail": "x", "position": "f:3",
+                             "payload": "{oops"}])
+    [record] = store.dead_letters(5)
+    assert (record["reason"], record["position"], record["payload"]) == (
+        "invalid_json", "f:3", "{oops")
+
+
+def test_fresh_shard_is_empty(store: StateStore) -> None:
+    state = store.load_shard(3)
+    assert isinstance(state, ShardState) and state.gauges == {} and state.watermark == 0.0
