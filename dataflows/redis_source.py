@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta, timezone
@@ -80,11 +81,15 @@ class RedisStreamSource(FixedPartitionedSource[RawMessage, str]):
     ``batch_size`` is XREAD's ``COUNT``. ``stop_at_end`` makes a partition finish when it finds
     its stream exhausted (a backfill, a test); by default partitions tail their streams forever.
     ``start_id`` is where a partition without a snapshot begins (``"0"``: the oldest entry).
+    ``lag_reporter`` is called about once a second with the number of entries not yet read in
+    the streams this process reads (known once a partition started from the oldest entry or
+    caught up with its stream; needs Redis 7 for ``entries-added``).
     """
 
     def __init__(self, url: str, streams: Sequence[str], batch_size: int = 5000,
                  poll_interval: float = 0.005, stop_at_end: bool = False, start_id: str = "0",
                  observer: SourceObserver | None = None,
+                 lag_reporter: Callable[[int], None] | None = None,
                  client_factory: Callable[[], redis.Redis] | None = None) -> None:
         self.url = url
         self.streams = list(streams)
@@ -93,7 +98,18 @@ class RedisStreamSource(FixedPartitionedSource[RawMessage, str]):
         self.stop_at_end = stop_at_end
         self.start_id = start_id
         self.observer = observer
+        self.lag_reporter = lag_reporter
         self.client_factory = client_factory
+        self._lags: dict[str, int] = {}
+        self._lags_lock = threading.Lock()
+
+    def _report_lag(self, stream: str, entries: int) -> None:
+        if self.lag_reporter is None:
+            return
+        with self._lags_lock:
+            self._lags[stream] = entries
+            total = sum(self._lags.values())
+        self.lag_reporter(total)
 
     def list_parts(self) -> list[str]:
         """Called by Bytewax on every worker at start: one partition per stream key."""
@@ -107,14 +123,16 @@ class RedisStreamSource(FixedPartitionedSource[RawMessage, str]):
                   redis.Redis.from_url(self.url, socket_connect_timeout=5, socket_timeout=10))
         return RedisStreamPartition(client, for_part, self.batch_size, self.poll_interval,
                                     self.stop_at_end, resume_state or self.start_id,
-                                    self.observer)
+                                    self.observer,
+                                    self._report_lag if self.lag_reporter else None)
 
 
 class RedisStreamPartition(StatefulSourcePartition[RawMessage, str]):
     """One stream: reads on from ``last_id`` (exclusive)."""
 
     def __init__(self, client: redis.Redis, stream: str, batch_size: int, poll_interval: float,
-                 stop_at_end: bool, last_id: str, observer: SourceObserver | None) -> None:
+                 stop_at_end: bool, last_id: str, observer: SourceObserver | None,
+                 lag_reporter: Callable[[str, int], None] | None = None) -> None:
         self._client = client
         self._stream = stream
         self._partition = f"redis:{stream}"
@@ -126,12 +144,31 @@ class RedisStreamPartition(StatefulSourcePartition[RawMessage, str]):
         self._awake: datetime | None = None
         self._backoff = 0.0
         self._failing_since: float | None = None
+        self._lag_reporter = lag_reporter
+        self._next_lag_check = 0.0
+        # Index of the last entry read among all entries ever added (``entries-added``), once
+        # known: from the start of the stream, or after catching up with it.
+        self._position: int | None = None
+        self._from_oldest = last_id in ("0", "0-0")
+        self._read = 0
 
     def next_batch(self) -> list[RawMessage]:
         """Called by Bytewax whenever the worker is free and ``next_awake`` has passed."""
         started = time.perf_counter()
+        info: Any = None
         try:
-            reply = self._client.xread({self._stream: self._last_id}, count=self._batch_size)
+            if self._lag_reporter is not None and time.monotonic() >= self._next_lag_check:
+                # One transaction, so nothing is appended between the read and the count.
+                pipe = self._client.pipeline(transaction=True)
+                pipe.xread({self._stream: self._last_id}, count=self._batch_size)
+                pipe.xinfo_stream(self._stream)
+                reply, info = pipe.execute(raise_on_error=False)
+                if isinstance(reply, Exception):
+                    raise reply
+                self._next_lag_check = time.monotonic() + 1.0
+            else:
+                reply = self._client.xread({self._stream: self._last_id},
+                                           count=self._batch_size)
         except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError) as exc:
             self._failed(exc)
             return []
@@ -143,6 +180,11 @@ class RedisStreamPartition(StatefulSourcePartition[RawMessage, str]):
             self._failing_since = None
         self._backoff = 0.0
         entries: list[Any] = reply[0][1] if reply else []
+        self._read += len(entries)
+        if self._position is not None:
+            self._position += len(entries)
+        if isinstance(info, dict) and "entries-added" in info:
+            self._lag(info, caught_up=len(entries) < self._batch_size)
         if not entries:
             if self._stop_at_end:
                 raise StopIteration
@@ -183,6 +225,15 @@ class RedisStreamPartition(StatefulSourcePartition[RawMessage, str]):
     def close(self) -> None:
         """Called by Bytewax when the partition finishes or the flow stops."""
         self._client.close()
+
+    def _lag(self, info: dict[str, Any], caught_up: bool) -> None:
+        added = int(info["entries-added"])
+        if caught_up:
+            self._position = added
+        elif self._position is None and self._from_oldest:
+            self._position = added - int(info["length"]) + self._read
+        if self._position is not None and self._lag_reporter is not None:
+            self._lag_reporter(self._stream, max(added - self._position, 0))
 
     def _failed(self, exc: BaseException) -> None:
         if self._observer is not None:

@@ -68,6 +68,11 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
 ROUNDTRIP_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
                      5.0)
 
+# How long a scrape, or an API request, keeps retrying Redis before it gives up (and the scrape
+# leaves the business families out, the request answers 503).
+SCRAPE_MAX_WAIT_SECONDS = 1.0
+API_MAX_WAIT_SECONDS = 2.0
+
 API_TOKEN_ENV = "CHURNWATCH_API_TOKEN"
 API_TOKEN_FILE_ENV = "CHURNWATCH_API_TOKEN_FILE"
 
@@ -259,7 +264,8 @@ class BusinessCollector:
 
     def __init__(self, store: StateStore | None = None, config: ChurnwatchConfig | None = None,
                  *, store_factory: Callable[[], StateStore] | None = None,
-                 observer: PipelineMetrics | None = None, max_wait: float = 1.0) -> None:
+                 observer: PipelineMetrics | None = None,
+                 max_wait: float = SCRAPE_MAX_WAIT_SECONDS) -> None:
         if (store is None) == (store_factory is None):
             raise ValueError("BusinessCollector needs exactly one of store or store_factory")
         self.config = config or ChurnwatchConfig()
@@ -509,7 +515,8 @@ def start_metrics_server(host: str | None, port: int, config: ChurnwatchConfig,
         collector = BusinessCollector(config=config, store_factory=store_factory,
                                       observer=pipeline_metrics)
         registry.register(collector)
-    api = WorklistAPI(config, lambda: own_store(store_factory, pipeline_metrics, 5.0))
+    api = WorklistAPI(config, lambda: own_store(store_factory, pipeline_metrics,
+                                                      API_MAX_WAIT_SECONDS))
     handler = _make_handler(registry, api, token or None)
     try:
         httpd = ThreadingHTTPServer((host, port), handler)
