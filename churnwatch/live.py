@@ -1,7 +1,311 @@
-"""(being written)"""
+"""``churnwatch run``: the live monitor, one process of a Bytewax cluster or all of it.
+
+The same dataflow as ``replay`` (``churnwatch.dataflows.flow``) reads the event streams
+(Redis Streams by default, a Kafka topic, or the built-in simulator), scores in wall-clock time
+(a silent customer changes tier when their review time comes), keeps state in Redis, and serves
+``/metrics`` and the worklist API.
+
+Scaling and recovery are Bytewax's: ``--workers`` threads in a process, ``-i/-a`` to join
+several processes (on one host or many) into one cluster, ``--recovery-dir`` to resume after a
+crash from the last snapshot of the source positions. Redis is the source of truth for state and
+every commit is idempotent, so a resume repeats nothing (see docs/operations.md).
+"""
 
 from __future__ import annotations
 
+import argparse
+import fcntl
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
 
-def register(sub, common):  # noqa: ANN001, D103
-    pass
+from churnwatch.core.config import ChurnwatchConfig
+
+log = logging.getLogger("churnwatch.live")
+
+SOURCES = ("redis", "kafka", "simulator")
+CLOCKS = ("wall", "event")
+
+
+@dataclass
+class RunOptions:
+    """What ``churnwatch run`` was asked to do (also the Python entry point: :func:`run`)."""
+
+    config: ChurnwatchConfig
+    redis_url: str
+    source: str
+    clock: str = "wall"
+    workers: int = 1
+    process_id: int | None = None
+    addresses: list[str] | None = None
+    recovery_dir: str | None = None
+    recovery_partitions: int | None = None
+    snapshot_interval: float = 5.0
+    backup_interval: float = 0.0
+    metrics: bool = True
+    metrics_host: str | None = None
+    metrics_port: int | None = None
+    stop_at_end: bool = False
+    transitions_path: str | None = None
+    dead_letters_path: str | None = None
+    simulator_customers: int = 400
+    simulator_seed: int = 1
+    simulator_days: float = 365.0
+    seconds_per_day: float = 0.0
+
+    @property
+    def total_workers(self) -> int:
+        """Workers in the whole cluster."""
+        return self.workers * (len(self.addresses) if self.addresses else 1)
+
+
+def ensure_recovery_partitions(directory: str | Path, count: int) -> bool:
+    """Create ``count`` Bytewax recovery partitions in ``directory`` unless it has some.
+
+    Safe when several processes of one cluster start at once on a shared directory: the first
+    to take the lock creates them. Returns whether this call created them.
+    """
+    from bytewax.recovery import init_db_dir
+
+    path = Path(directory)
+    path.mkdir(parents=True, exist_ok=True)
+    with open(path / ".churnwatch-init.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if any(path.glob("part-*.sqlite3")):
+            return False
+        init_db_dir(path, count)
+        log.info("created %d recovery partitions in %s", count, path)
+        return True
+
+
+def build_source(options: RunOptions, metrics: Any = None) -> tuple[Any, str]:
+    """The Bytewax source for ``options.source`` and its label for metrics."""
+    config = options.config
+    if options.source == "redis":
+        from churnwatch.dataflows.redis_source import RedisStreamSource, stream_names
+
+        reporter = None
+        if metrics is not None and hasattr(metrics, "set_source_lag"):
+            def reporter(entries: int) -> None:
+                metrics.set_source_lag("redis", messages=entries)
+
+        return RedisStreamSource(options.redis_url,
+                                 stream_names(config.stream_prefix, config.stream_partitions),
+                                 batch_size=config.batch_size, stop_at_end=options.stop_at_end,
+                                 observer=metrics, lag_reporter=reporter), "redis"
+    if options.source == "kafka":
+        from churnwatch.dataflows.kafka_source import KafkaEventSource
+
+        return KafkaEventSource(config.kafka_brokers, config.kafka_topic,
+                                batch_size=config.batch_size,
+                                tail=not options.stop_at_end), "kafka"
+    if options.source == "simulator":
+        from churnwatch.dataflows.simulator_source import SimulatorSource
+        from churnwatch.simulator import DAY, ShopSimulator
+
+        sim = ShopSimulator(customers=options.simulator_customers, seed=options.simulator_seed,
+                            start=time.time() - options.simulator_days * DAY,
+                            days=options.simulator_days)
+        return SimulatorSource(sim, options.seconds_per_day,
+                               batch_size=config.batch_size), "simulator"
+    raise ValueError(f"unknown source {options.source!r}; expected one of {', '.join(SOURCES)}")
+
+
+@contextmanager
+def metrics_server(options: RunOptions, store_factory: Callable[[], Any]) -> Iterator[Any]:
+    """This process's metrics hooks, served on ``metrics_port + process_id`` while running.
+
+    Yields the hooks (``None`` when metrics are off). Only process 0 serves the business
+    metrics read from Redis, so a Prometheus job over every process counts customers once.
+    """
+    if not options.metrics:
+        yield None
+        return
+    from prometheus_client import CollectorRegistry
+
+    from churnwatch.metrics.exporter import PipelineMetrics, start_metrics_server
+
+    config = options.config
+    process = options.process_id or 0
+    port = options.metrics_port if options.metrics_port is not None else config.metrics_port
+    if port:
+        port += process
+    host = options.metrics_host or config.metrics_host
+    registry = CollectorRegistry()
+    hooks = PipelineMetrics(registry)
+    try:
+        server = start_metrics_server(host, port, config, store_factory, registry, hooks,
+                                      serve_business=process == 0)
+    except OSError as exc:
+        from churnwatch.cli import UsageError
+
+        raise UsageError(f"cannot serve metrics on {host}:{port} (process {process}): "
+                         f"{exc.strerror or exc}; pick another --metrics-port") from None
+    print(f"churnwatch run: process {process} serves metrics on {server.url}/metrics",
+          file=sys.stderr, flush=True)
+    try:
+        yield hooks
+    finally:
+        server.shutdown()
+
+
+def run(options: RunOptions, hooks: Any = None) -> None:
+    """Run the live dataflow until its source ends (``stop_at_end``) or the process is stopped.
+
+    ``hooks`` (a ``FlowHooks``) replace the metrics exporter's, for embedding and tests.
+    """
+    from bytewax.recovery import RecoveryConfig
+    from bytewax.run import cli_main
+
+    from churnwatch.dataflows.flow import FlowHooks, FlowSettings, build_flow
+    from churnwatch.state.redis_store import RedisStore
+
+    config = options.config
+    observers: list[Any] = []
+
+    def store_factory() -> RedisStore:
+        # A live monitor waits for Redis as long as it takes: max_wait=None.
+        return RedisStore(options.redis_url, config.shards, config.key_prefix,
+                          observer=observers[0] if observers else None, max_wait=None)
+
+    recovery = None
+    if options.recovery_dir:
+        ensure_recovery_partitions(options.recovery_dir,
+                                   options.recovery_partitions or options.total_workers)
+        recovery = RecoveryConfig(str(options.recovery_dir),
+                                  timedelta(seconds=options.backup_interval))
+    with metrics_server(options, store_factory) if hooks is None else _given(hooks) as active:
+        if active is not None and hasattr(active, "roundtrip"):
+            observers.append(active)
+        source, source_name = build_source(options, active)
+        settings = FlowSettings(config, store_factory, clock=options.clock,
+                                hooks=active or FlowHooks(),
+                                transitions_path=options.transitions_path,
+                                dead_letters_path=options.dead_letters_path)
+        flow = build_flow(settings, source, source_name)
+        cli_main(flow, workers_per_process=options.workers, process_id=options.process_id,
+                 addresses=options.addresses,
+                 epoch_interval=timedelta(seconds=options.snapshot_interval),
+                 recovery_config=recovery)
+
+
+@contextmanager
+def _given(hooks: Any) -> Iterator[Any]:
+    yield hooks
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    # Bytewax checks for Python signals between activations: SIGTERM stops the flow as Ctrl-C
+    # does (state is committed batch by batch, so nothing is lost either way).
+    raise KeyboardInterrupt
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """``churnwatch run``."""
+    from churnwatch.cli import UsageError, _config
+    from churnwatch.embedded import redis_url_or_embedded
+
+    config = _config(args)
+    source = args.source or config.source
+    clock = args.clock or ("event" if source == "simulator" else "wall")
+    addresses = [a.strip() for a in args.addresses.split(";") if a.strip()] \
+        if args.addresses else None
+    if (args.process_id is None) != (addresses is None):
+        raise UsageError("-i/--process-id and -a/--addresses go together: every process of a "
+                         "cluster gets the same address list and its own index in it")
+    if addresses is not None and not 0 <= args.process_id < len(addresses):
+        raise UsageError(f"--process-id {args.process_id} is not an index into the "
+                         f"{len(addresses)} --addresses")
+    if args.workers < 1:
+        raise UsageError(f"--workers must be at least 1, got {args.workers}")
+    if args.snapshot_interval <= 0:
+        raise UsageError(f"--snapshot-interval must be positive, got {args.snapshot_interval}")
+    url = args.redis_url or os.environ.get("CHURNWATCH_REDIS_URL")
+    if not url and not os.environ.get("CHURNWATCH_REDIS_URL_FILE") and source == "redis":
+        raise UsageError("run --source redis needs --redis-url (or CHURNWATCH_REDIS_URL): the "
+                         "Redis holding the event streams and the state")
+    signal.signal(signal.SIGTERM, _terminate)
+    with redis_url_or_embedded(url) as redis_url:
+        options = RunOptions(
+            config=config, redis_url=redis_url, source=source, clock=clock,
+            workers=args.workers, process_id=args.process_id, addresses=addresses,
+            recovery_dir=args.recovery_dir, recovery_partitions=args.recovery_partitions,
+            snapshot_interval=args.snapshot_interval, backup_interval=args.backup_interval,
+            metrics=not args.no_metrics, metrics_host=args.metrics_host,
+            metrics_port=args.metrics_port, stop_at_end=args.stop_at_end,
+            transitions_path=args.transitions_out, dead_letters_path=args.dead_letters_out,
+            simulator_customers=args.customers, simulator_seed=args.seed,
+            simulator_days=args.days, seconds_per_day=args.seconds_per_day)
+        print(f"churnwatch run: source {source}, clock {clock}, "
+              f"{options.total_workers} worker(s) in the cluster, state in {redis_url}",
+              file=sys.stderr, flush=True)
+        run(options)
+    return 0
+
+
+def register(sub: argparse._SubParsersAction,  # type: ignore[type-arg]
+             common: Callable[[argparse.ArgumentParser], None]) -> None:
+    """Add ``run`` (and ``publish``, which feeds it)."""
+    p = sub.add_parser("run", help="the live monitor: read the event stream, score, serve "
+                       "/metrics", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--source", choices=SOURCES, default=None,
+                   help="where events come from (default: [source] kind of the config, redis)")
+    p.add_argument("--clock", choices=CLOCKS, default=None,
+                   help="what 'now' is for silent customers: the wall clock (live, the "
+                   "default), or the newest event time (the simulator's default; also makes a "
+                   "run reproducible)")
+    scale = p.add_argument_group("scaling (Bytewax)")
+    scale.add_argument("-w", "--workers", type=int, default=1,
+                       help="worker threads in this process (prefer processes: the GIL)")
+    scale.add_argument("-i", "--process-id", type=int, default=None,
+                       help="this process's index in --addresses")
+    scale.add_argument("-a", "--addresses", default=None, metavar="HOST:PORT;HOST:PORT",
+                       help="every process of the cluster, ';'-separated, same list everywhere")
+    rec = p.add_argument_group("recovery (Bytewax)")
+    rec.add_argument("--recovery-dir", metavar="DIR",
+                     help="keep source positions here and resume from them after a crash "
+                     "(partitions are created when DIR has none)")
+    rec.add_argument("--recovery-partitions", type=int, metavar="N",
+                     help="partitions to create in an empty --recovery-dir (default: the "
+                     "cluster's worker count; use the most workers you will ever run)")
+    rec.add_argument("--snapshot-interval", type=float, default=5.0, metavar="SECS",
+                     help="seconds between snapshots (Bytewax epochs); a resume re-reads at "
+                     "most this much, harmlessly (default: 5)")
+    rec.add_argument("--backup-interval", type=float, default=0.0, metavar="SECS",
+                     help="keep older snapshots this long, for backups of DIR (default: 0)")
+    met = p.add_argument_group("metrics")
+    met.add_argument("--metrics-host", default=None,
+                     help="address to serve /metrics on (default: [metrics] host)")
+    met.add_argument("--metrics-port", type=int, default=None,
+                     help="port of process 0; process i uses this + i (default: [metrics] "
+                     "port; 0: any free port)")
+    met.add_argument("--no-metrics", action="store_true", help="serve no metrics")
+    out = p.add_argument_group("outputs")
+    out.add_argument("--transitions-out", metavar="PATH",
+                     help="also append tier transitions as JSONL (one file per worker)")
+    out.add_argument("--dead-letters-out", metavar="PATH",
+                     help="also append dead letters as JSONL")
+    p.add_argument("--stop-at-end", action="store_true",
+                   help="stop once every partition is read to its end (backfills, tests) "
+                   "instead of waiting for new events")
+    sim = p.add_argument_group("--source simulator")
+    sim.add_argument("--customers", type=int, default=400)
+    sim.add_argument("--seed", type=int, default=1)
+    sim.add_argument("--days", type=float, default=365.0)
+    sim.add_argument("--seconds-per-day", type=float, default=0.1,
+                     help="wall seconds per simulated day (0: as fast as possible)")
+    common(p)
+    p.set_defaults(func=cmd_run)
+
+    from churnwatch import publish
+
+    publish.register(sub, common)

@@ -516,7 +516,7 @@ def start_metrics_server(host: str | None, port: int, config: ChurnwatchConfig,
                                       observer=pipeline_metrics)
         registry.register(collector)
     api = WorklistAPI(config, lambda: own_store(store_factory, pipeline_metrics,
-                                                      API_MAX_WAIT_SECONDS))
+                                                API_MAX_WAIT_SECONDS))
     handler = _make_handler(registry, api, token or None)
     try:
         httpd = ThreadingHTTPServer((host, port), handler)

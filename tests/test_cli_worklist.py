@@ -1,0 +1,95 @@
+"""``churnwatch top`` and ``churnwatch explain`` against a real Redis holding a replayed shop."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from redis_server import redis_server  # noqa: F401
+from replayed_shop import ODD_ID, Shop, replayed_shop, write_config  # noqa: F401
+
+from churnwatch.cli import main
+
+
+@pytest.fixture(scope="module")
+def args(replayed_shop: Shop, tmp_path_factory: pytest.TempPathFactory  # noqa: F811
+         ) -> list[str]:
+    config = write_config(tmp_path_factory.mktemp("cli") / "churnwatch.toml")
+    return ["--config", str(config), "--redis-url", replayed_shop.url]
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_top_prints_the_worklist_most_urgent_first(args: list[str],
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "top", "--segment", "fashion", "--limit", "50", *args)
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0].split() == ["#", "customer", "segment", "tier", "score", "value",
+                                "tier", "since", "last", "order"]
+    rows = lines[1:-1]
+    assert rows and all(" fashion " in row for row in rows)
+    ids = [row.split("  ")[1].strip() for row in rows]
+    assert ODD_ID in ids and "plain-3" in ids
+    assert ids.index(ODD_ID) < ids.index("plain-3")
+    assert lines[-1].startswith(f"1-{len(rows)} of ")
+    assert "high value first" in lines[-1]
+
+
+def test_top_json_matches_the_api_and_filters_value_tier(
+        args: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "top", "--json", "--value-tier", "high", "--tier",
+                       "healthy,watch,at_risk,churned", "--limit", "5", *args)
+    assert code == 0
+    page = json.loads(out)
+    assert 0 < len(page["customers"]) <= 5
+    assert all(c["high_value"] for c in page["customers"])
+    assert page["limit"] == 5 and page["offset"] == 0
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (("--tier", "lost"), "--tier: unknown tier 'lost'"),
+    (("--limit", "0"), "--limit: must be within 1..1000"),
+    (("--segment", "garden"), "--segment: unknown segment 'garden'"),
+])
+def test_top_rejects_bad_arguments_with_exit_code_2(args: list[str], argv: tuple[str, ...],
+                                                    message: str,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(capsys, "top", *argv, *args)
+    assert code == 2
+    assert message in err
+
+
+def test_explain_prints_score_components_reasons_and_transitions(
+        args: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "explain", ODD_ID, *args)
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0].startswith(f"{ODD_ID}: ") and "(high value)" in lines[0]
+    assert "components: recency " in out
+    assert "why:" in out and "no order for" in out
+    assert "tier changes (newest first):" in out and " -> " in out
+
+
+def test_explain_json_and_unknown_customer(args: list[str],
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "explain", "vip-2", "--json", *args)
+    assert code == 0
+    detail = json.loads(out)
+    assert detail["customer_id"] == "vip-2" and detail["high_value"] is True
+    assert detail["score_history"][-1]["health_score"] == detail["health_score"]
+    code, out, err = run(capsys, "explain", "nobody", *args)
+    assert code == 1 and out == "" and "unknown customer 'nobody'" in err
+
+
+def test_top_on_an_empty_redis_says_so(capsys: pytest.CaptureFixture[str],
+                                       tmp_path: Path) -> None:
+    # No --redis-url and no CHURNWATCH_REDIS_URL: a private, empty embedded Redis.
+    code, out, _ = run(capsys, "top")
+    assert code == 0
+    assert out.startswith("no customer matches")

@@ -1,0 +1,248 @@
+"""The customer-success worklist API, served by a real metrics server over a real Redis holding a
+replayed shop: filters, urgency order, paging, and the 400/401/404/503 answers."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from urllib.parse import quote
+
+import pytest
+from prometheus_client import CollectorRegistry
+from redis_server import redis_server  # noqa: F401
+from replayed_shop import ODD_ID, Shop, replayed_shop  # noqa: F401
+
+from churnwatch.core.config import TIERS, ChurnwatchConfig
+from churnwatch.metrics.exporter import PipelineMetrics, start_metrics_server
+from churnwatch.state.redis_store import RedisStore
+
+TOKEN = "worklist-test-token"
+
+
+@pytest.fixture(scope="module")
+def api(replayed_shop: Shop) -> Iterator[str]:  # noqa: F811
+    config = replayed_shop.config
+    registry = CollectorRegistry()
+    metrics = PipelineMetrics(registry, process_collector=False)
+
+    def factory() -> RedisStore:
+        return RedisStore(replayed_shop.url, config.shards, config.key_prefix)
+
+    server = start_metrics_server(None, 0, config, factory, registry, metrics, api_token=TOKEN)
+    try:
+        yield server.url
+    finally:
+        server.shutdown()
+
+
+def get(url: str, token: str | None = TOKEN, method: str = "GET") -> tuple[int, dict]:
+    request = urllib.request.Request(url, method=method)
+    if token is not None:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as reply:
+            return reply.status, json.loads(reply.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def everyone(shop: Shop) -> dict[str, object]:
+    store = shop.store()
+    try:
+        return dict(store.iter_customers())
+    finally:
+        store.close()
+
+
+def reference_order(shop: Shop, tiers: set[str]) -> list[str]:
+    """The urgency order, computed the slow, obvious way."""
+    config = shop.config
+    rows = [(cid, s) for cid, s in everyone(shop).items() if TIERS[s.tier] in tiers]
+    high = sorted((r for r in rows if r[1].high_value), key=lambda r: (r[1].score,
+                                                                       -r[1].tier_since, r[0]))
+    rest = sorted((r for r in rows if not r[1].high_value), key=lambda r: (r[1].score,
+                                                                          -r[1].tier_since,
+                                                                          r[0]))
+    assert config.segments
+    return [cid for cid, _ in high + rest]
+
+
+# -- the list -------------------------------------------------------------------------------------
+
+
+def test_default_worklist_is_at_risk_and_churned_customers_most_urgent_first(
+        api: str, replayed_shop: Shop) -> None:  # noqa: F811
+    status, page = get(f"{api}/api/v1/customers?limit=1000")
+    assert status == 200
+    expected = reference_order(replayed_shop, {"at_risk", "churned"})
+    assert len(expected) >= 10
+    assert [c["customer_id"] for c in page["customers"]] == expected
+    assert page["total"] == len(expected) and page["next_offset"] is None
+    assert {c["tier"] for c in page["customers"]} <= {"at_risk", "churned"}
+    flags = [c["high_value"] for c in page["customers"]]
+    assert flags == sorted(flags, reverse=True), "high-value customers come first"
+    standard_scores = [c["health_score"] for c in page["customers"] if not c["high_value"]]
+    assert standard_scores == sorted(standard_scores)
+
+
+def test_high_value_silent_customers_come_before_a_standard_one_in_the_same_state(
+        api: str) -> None:
+    status, page = get(f"{api}/api/v1/customers?segment=fashion&limit=1000")
+    assert status == 200
+    ids = [c["customer_id"] for c in page["customers"]]
+    assert ODD_ID in ids and "vip-2" in ids and "plain-3" in ids
+    assert max(ids.index(ODD_ID), ids.index("vip-2")) < ids.index("plain-3")
+    odd = page["customers"][ids.index(ODD_ID)]
+    assert odd["high_value"] is True and odd["value_tier"] == "high"
+    assert odd["segment"] == "fashion" and odd["orders"] == 3
+
+
+def test_filters_by_tier_segment_and_value_tier(api: str, replayed_shop: Shop) -> None:  # noqa: F811
+    customers = everyone(replayed_shop)
+    config = replayed_shop.config
+    status, page = get(f"{api}/api/v1/customers?tier=healthy,watch&limit=1000")
+    assert status == 200
+    assert {c["tier"] for c in page["customers"]} == {"healthy", "watch"}
+    assert page["total"] == sum(1 for s in customers.values() if s.tier in (0, 1))
+
+    status, page = get(f"{api}/api/v1/customers?tier=healthy,watch,at_risk,churned"
+                       f"&segment=skincare,other&limit=1000")
+    assert status == 200
+    assert {c["segment"] for c in page["customers"]} == {"skincare", "other"}
+    assert page["total"] == sum(1 for s in customers.values()
+                                if config.segment_label(s.segment) in ("skincare", "other"))
+
+    all_tiers = "tier=healthy,watch,at_risk,churned"
+    _, high = get(f"{api}/api/v1/customers?{all_tiers}&value_tier=high&limit=1000")
+    _, standard = get(f"{api}/api/v1/customers?{all_tiers}&value_tier=standard&limit=1000")
+    assert high["total"] >= 2 and all(c["high_value"] for c in high["customers"])
+    assert not any(c["high_value"] for c in standard["customers"])
+    assert high["total"] + standard["total"] == len(customers)
+
+
+def test_pages_concatenate_to_the_whole_list(api: str) -> None:
+    _, whole = get(f"{api}/api/v1/customers?tier=healthy,watch,at_risk,churned&limit=1000")
+    ids: list[str] = []
+    offset: int | None = 0
+    pages = 0
+    while offset is not None:
+        status, page = get(f"{api}/api/v1/customers?tier=healthy,watch,at_risk,churned"
+                           f"&limit=7&offset={offset}")
+        assert status == 200 and page["total"] == whole["total"]
+        assert len(page["customers"]) <= 7
+        ids += [c["customer_id"] for c in page["customers"]]
+        offset = page["next_offset"]
+        pages += 1
+    assert ids == [c["customer_id"] for c in whole["customers"]]
+    assert pages == -(-whole["total"] // 7)
+    status, beyond = get(f"{api}/api/v1/customers?offset={whole['total'] + 5}")
+    assert status == 200 and beyond["customers"] == [] and beyond["next_offset"] is None
+
+
+@pytest.mark.parametrize(("query", "parameter"), [
+    ("tier=lost", "tier"),
+    ("tier=at_risk,", "tier"),
+    ("tier=at_risk&tier=churned", "tier"),
+    ("segment=garden", "segment"),
+    ("value_tier=gold", "value_tier"),
+    ("limit=0", "limit"),
+    ("limit=1001", "limit"),
+    ("limit=ten", "limit"),
+    ("offset=-1", "offset"),
+    ("offset=1.5", "offset"),
+    ("sort=score", "sort"),
+])
+def test_bad_list_requests_answer_400_naming_the_parameter(api: str, query: str,
+                                                           parameter: str) -> None:
+    status, body = get(f"{api}/api/v1/customers?{query}")
+    assert status == 400
+    assert body["parameter"] == parameter
+    assert body["error"]
+
+
+# -- one customer, transitions ---------------------------------------------------------------------
+
+
+def test_customer_detail_explains_score_and_history(api: str) -> None:
+    status, detail = get(f"{api}/api/v1/customers/{quote(ODD_ID, safe='')}")
+    assert status == 200
+    assert detail["customer_id"] == ODD_ID
+    assert detail["tier"] in ("at_risk", "churned")
+    assert set(detail["components"]) == {"recency", "trend", "engagement", "service"}
+    assert detail["components"]["recency"] is not None
+    assert detail["reasons"] and "no order for" in detail["reasons"][0]
+    assert 0 <= detail["return_probability"] < 0.5
+    transitions = detail["transitions"]
+    assert transitions and transitions[0]["to"] == detail["tier"]
+    assert [t["at"] for t in transitions] == sorted((t["at"] for t in transitions),
+                                                    reverse=True)
+    history = detail["score_history"]
+    assert [p["at"] for p in history] == sorted(p["at"] for p in history)
+    assert history[-1]["health_score"] == detail["health_score"]
+    assert history[-1]["tier"] == detail["tier"]
+
+
+def test_unknown_customer_is_404_and_unknown_endpoint_is_404(api: str) -> None:
+    status, body = get(f"{api}/api/v1/customers/nobody-here")
+    assert status == 404 and "nobody-here" in body["error"]
+    status, body = get(f"{api}/api/v2/customers")
+    assert status == 404
+
+
+def test_recent_transitions_newest_first(api: str) -> None:
+    status, body = get(f"{api}/api/v1/transitions?limit=5")
+    assert status == 200
+    records = body["transitions"]
+    assert len(records) == 5
+    assert [r["at"] for r in records] == sorted((r["at"] for r in records), reverse=True)
+    assert {"customer_id", "segment", "from", "to", "new_score", "reasons", "cause"} <= set(
+        records[0])
+    status, body = get(f"{api}/api/v1/transitions?limit=5000")
+    assert status == 400 and body["parameter"] == "limit"
+
+
+# -- access -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("token", [None, "wrong", ""])
+def test_api_needs_the_bearer_token(api: str, token: str | None) -> None:
+    for path in ("/api/v1/customers", f"/api/v1/customers/{quote(ODD_ID, safe='')}",
+                 "/api/v1/transitions"):
+        status, body = get(f"{api}{path}", token=token)
+        assert status == 401, path
+        assert "token" in body["error"]
+
+
+def test_metrics_and_healthz_stay_open(api: str) -> None:
+    status, body = get(f"{api}/healthz", token=None)
+    assert status == 200 and body == {"status": "ok", "redis": "ok"}
+    with urllib.request.urlopen(f"{api}/metrics", timeout=10) as reply:
+        assert reply.status == 200
+        assert b"churnwatch_customers{" in reply.read()
+
+
+def test_only_get_is_allowed(api: str) -> None:
+    status, _ = get(f"{api}/api/v1/customers", method="POST")
+    assert status == 405
+
+
+def test_api_answers_503_quickly_while_redis_is_down() -> None:
+    from redis_server import free_port
+
+    config = ChurnwatchConfig(shards=2, stream_partitions=1)
+    url = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    server = start_metrics_server(None, 0, config,
+                                  lambda: RedisStore(url, config.shards, config.key_prefix),
+                                  CollectorRegistry(), None, api_token="")
+    try:
+        started = time.monotonic()
+        status, body = get(f"{server.url}/api/v1/customers", token=None)
+        assert status == 503 and "unavailable" in body["error"]
+        assert time.monotonic() - started < 10
+        status, body = get(f"{server.url}/healthz", token=None)
+        assert status == 200 and body["redis"] == "unreachable"
+    finally:
+        server.shutdown()
