@@ -21,9 +21,11 @@ venv: $(BIN)/churnwatch
 # The real servers the tests start on free loopback ports.
 system-deps:
 	@missing=""; \
-	for b in redis-server prometheus promtool alertmanager amtool; do \
+	for b in redis-server prometheus promtool amtool; do \
 	  command -v $$b >/dev/null 2>&1 || missing="$$missing $$b"; \
 	done; \
+	command -v prometheus-alertmanager >/dev/null 2>&1 || command -v alertmanager >/dev/null 2>&1 \
+	  || missing="$$missing alertmanager"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages for:$$missing"; \
 	  $(SUDO) apt-get update -qq && \

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
-
 import pytest
 from redis_server import redis_server  # noqa: F401
 from replayed_shop import ODD_ID, Shop, replayed_shop, write_config  # noqa: F401
@@ -88,8 +86,11 @@ def test_explain_json_and_unknown_customer(args: list[str],
 
 
 def test_top_on_an_empty_redis_says_so(capsys: pytest.CaptureFixture[str],
-                                       tmp_path: Path) -> None:
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
     # No --redis-url and no CHURNWATCH_REDIS_URL: a private, empty embedded Redis.
+    monkeypatch.delenv("CHURNWATCH_REDIS_URL", raising=False)
+    monkeypatch.delenv("CHURNWATCH_REDIS_URL_FILE", raising=False)
+    monkeypatch.delenv("CHURNWATCH_CONFIG", raising=False)
     code, out, _ = run(capsys, "top")
     assert code == 0
     assert out.startswith("no customer matches")
