@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEBIAN_PACKAGES := redis-server prometheus prometheus-alertmanager
 
-.PHONY: all venv system-deps demo test test-fast lint bench stack dashboards clean
+.PHONY: all venv system-deps demo test test-fast lint bench dashboards clean
 
 all: test
 
@@ -50,9 +50,6 @@ bench: venv system-deps
 
 dashboards: venv
 	$(BIN)/python -m churnwatch.dashboards.build
-
-stack: venv system-deps
-	$(BIN)/churnwatch stack
 
 clean:
 	rm -rf $(VENV) build *.egg-info var

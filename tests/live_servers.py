@@ -89,7 +89,7 @@ class LiveRedis:
         args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
                 "--dir", self.dir, "--daemonize", "no", "--loglevel", "warning",
                 "--logfile", os.path.join(self.dir, "redis.log")]
-        args += ["--appendonly", "yes", "--appendfsync", "always"] if self.persist else \
+        args += ["--appendonly", "yes", "--appendfsync", "everysec"] if self.persist else \
             ["--appendonly", "no"]
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL,
                                         stderr=subprocess.DEVNULL)

@@ -207,7 +207,10 @@ class ShardEngine:
             mark = self.state.watermark
             while pending and pending[0][0] <= mark:
                 _, silent = heapq.heappop(pending)
-                self._advance(silent, touched[silent], mark, result)
+                quiet = touched[silent]
+                self._advance(silent, quiet, mark, result)
+                if quiet.next_review_at is not None:  # the next review may fall in this batch
+                    heapq.heappush(pending, (quiet.next_review_at, silent))
         for cid, state in touched.items():
             self._advance(cid, state, now, result)
             result.changed[cid] = state
