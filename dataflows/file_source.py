@@ -12,7 +12,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
-
 from churnwatch.dataflows.messages import RawMessage
 
 

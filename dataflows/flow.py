@@ -28,12 +28,12 @@ from bytewax.dataflow import Dataflow
 from bytewax.inputs import Source
 from bytewax.operators import StatefulBatchLogic
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
+from churnwatch.dataflows.messages import RawMessage
+from churnwatch.state.base import StateStore, shard_of
 
 from churnwatch.core.config import ChurnwatchConfig
 from churnwatch.core.engine import BatchResult, Incoming, ShardEngine, TierTransition, partition_id
 from churnwatch.core.events import Event, InvalidEvent, decode_event
-from churnwatch.dataflows.messages import RawMessage
-from churnwatch.state.base import StateStore, shard_of
 
 log = logging.getLogger("churnwatch.flow")
 DUE_BATCH = 2000

@@ -8,8 +8,8 @@ from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
-
 from churnwatch.dataflows.messages import RawMessage
+
 from churnwatch.simulator import DAY, ShopSimulator
 
 

@@ -499,17 +499,21 @@ def start_metrics_server(host: str | None, port: int, config: ChurnwatchConfig,
     ``host`` defaults to 127.0.0.1; ``port`` 0 picks a free port (see ``.port``).
     ``serve_business`` registers a :class:`BusinessCollector` on ``registry``; turn it off in
     all but one of several processes that share a Prometheus job if their scrapes should not
-    read Redis. ``api_token`` (default: :func:`api_token_from_env`) makes the API require
-    ``Authorization: Bearer <token>``; ``/metrics`` and ``/healthz`` stay open: they carry no
-    customer data, and Prometheus then needs no secret (see docs/worklist.md).
+    read Redis. ``api_token`` (default: :func:`api_token_from_env`; ``""``: none) makes the API
+    require ``Authorization: Bearer <token>``. Without a token the API is served on a loopback
+    ``host`` only: on any other address it answers 403, since it would hand customer data to
+    the network. ``/metrics`` and ``/healthz`` stay open: they carry no customer data, and
+    Prometheus then needs no secret (see docs/worklist.md).
 
     Called by ``churnwatch run`` once at start, before the dataflow; ``shutdown()`` on exit.
     """
     host = host or "127.0.0.1"
     token = api_token if api_token is not None else api_token_from_env()
-    if not token and not _is_loopback(host):
-        log.warning("the worklist API on %s:%s serves customer data without a token: set %s "
-                    "or %s", host, port, API_TOKEN_ENV, API_TOKEN_FILE_ENV)
+    api_off = not token and not _is_loopback(host)
+    if api_off:
+        log.warning("the worklist API is off: %s:%s is reachable beyond this host and no API "
+                    "token is set (%s or %s); /metrics and /healthz are served", host, port,
+                    API_TOKEN_ENV, API_TOKEN_FILE_ENV)
     collector = None
     if serve_business:
         collector = BusinessCollector(config=config, store_factory=store_factory,
@@ -517,7 +521,7 @@ def start_metrics_server(host: str | None, port: int, config: ChurnwatchConfig,
         registry.register(collector)
     api = WorklistAPI(config, lambda: own_store(store_factory, pipeline_metrics,
                                                 API_MAX_WAIT_SECONDS))
-    handler = _make_handler(registry, api, token or None)
+    handler = _make_handler(registry, api, token or None, api_off)
     try:
         httpd = ThreadingHTTPServer((host, port), handler)
     except OSError:
@@ -542,8 +546,8 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def _make_handler(registry: CollectorRegistry, api: WorklistAPI, token: str | None
-                  ) -> type[BaseHTTPRequestHandler]:
+def _make_handler(registry: CollectorRegistry, api: WorklistAPI, token: str | None,
+                  api_off: bool) -> type[BaseHTTPRequestHandler]:
     expected = f"Bearer {token}".encode() if token else None
 
     class Handler(BaseHTTPRequestHandler):
@@ -555,6 +559,11 @@ def _make_handler(registry: CollectorRegistry, api: WorklistAPI, token: str | No
             path = parts.path
             if path == "/metrics":
                 self._metrics()
+                return
+            if path.startswith("/api/") and api_off:
+                self._json(403, {"error": "the worklist API is off: churnwatch listens beyond "
+                                 f"loopback without a token; set {API_TOKEN_ENV} or "
+                                 f"{API_TOKEN_FILE_ENV}"})
                 return
             if path.startswith("/api/") and expected is not None:
                 given = self.headers.get("Authorization", "").encode()

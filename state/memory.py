@@ -6,10 +6,10 @@ from collections import defaultdict, deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 import msgpack
+from churnwatch.state.base import shard_of
 
 from churnwatch.core.customer import CustomerState
 from churnwatch.core.engine import ShardState, SuddenDrop, TierTransition
-from churnwatch.state.base import shard_of
 
 
 class MemoryStore:
@@ -33,7 +33,8 @@ class MemoryStore:
         out: dict[str, CustomerState | None] = {}
         for cid in customer_ids:
             raw = self._customers.get(cid)
-            out[cid] = CustomerState.from_wire(msgpack.unpackb(raw, strict_map_key=False)) if raw else None
+            out[cid] = (CustomerState.from_wire(msgpack.unpackb(raw, strict_map_key=False))
+                        if raw else None)
         return out
 
     def due_customers(self, shard: int, until: float, limit: int) -> list[str]:

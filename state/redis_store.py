@@ -25,10 +25,10 @@ from typing import Any, Protocol, TypeVar
 
 import msgpack
 import redis
+from churnwatch.state.base import shard_of
 
 from churnwatch.core.customer import CustomerState
 from churnwatch.core.engine import ShardState, SuddenDrop, TierTransition
-from churnwatch.state.base import shard_of
 
 log = logging.getLogger("churnwatch.state")
 T = TypeVar("T")

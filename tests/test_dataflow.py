@@ -6,13 +6,13 @@ import json
 
 import redis
 from bytewax.testing import TestingSource, cluster_main, run_main
+from churnwatch.dataflows.flow import FlowSettings, build_flow
+from churnwatch.dataflows.messages import RawMessage
+from churnwatch.state.redis_store import RedisStore
 from redis_server import redis_server, redis_url  # noqa: F401
 
 from churnwatch.core.config import ChurnwatchConfig
-from churnwatch.dataflows.flow import FlowSettings, build_flow
-from churnwatch.dataflows.messages import RawMessage
 from churnwatch.simulator import ShopSimulator
-from churnwatch.state.redis_store import RedisStore
 
 CONFIG = ChurnwatchConfig(shards=8, stream_partitions=2, batch_size=500)
 

@@ -5,15 +5,15 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+from churnwatch.state.base import StateStore, shard_of
+from churnwatch.state.memory import MemoryStore
+from churnwatch.state.redis_store import RedisStore
 from redis_server import redis_server, redis_url  # noqa: F401
 
 from churnwatch.core.config import ChurnwatchConfig
 from churnwatch.core.customer import DAY
 from churnwatch.core.engine import Incoming, ShardEngine, ShardState
 from churnwatch.core.events import Event
-from churnwatch.state.base import StateStore, shard_of
-from churnwatch.state.memory import MemoryStore
-from churnwatch.state.redis_store import RedisStore
 
 CONFIG = ChurnwatchConfig(shards=4, stream_partitions=2)
 T0 = 1_700_000_000.0

@@ -14,11 +14,12 @@ churnwatch.core.config.ConfigError: shop.toml: tiers.healthy must be a number, g
 
 from __future__ import annotations
 
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 COMPONENTS = ("recency", "trend", "engagement", "service")
 TIERS = ("healthy", "watch", "at_risk", "churned")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 from churnwatch.core import events as ev
 
@@ -225,13 +226,13 @@ class CustomerState:
             _t(self.svc_ref), self.visits, _ot(self.last_visit),
             None if self.score is None else round(self.score * 100), self.tier,
             self.components, _t(self.scored_at),
-            None if self.next_review_at is None else math.ceil(self.next_review_at), _t(self.tier_since),
+            _ot_up(self.next_review_at), _t(self.tier_since),
             round(self.peak_score * 100), _t(self.peak_at), self.drop_counted, self.high_value,
             self.offsets or None, self.recent_ids or None,
         ]
 
     @classmethod
-    def from_wire(cls, data: list[object]) -> CustomerState:
+    def from_wire(cls, data: list[Any]) -> CustomerState:
         """Inverse of :meth:`to_wire`."""
         state = cls.__new__(cls)
         (state.first_seen, state.last_event_ts, state.segment, state.declared_value_tier,
@@ -241,13 +242,13 @@ class CustomerState:
          state.svc_ref, state.visits, state.last_visit, state.score, state.tier,
          state.components, state.scored_at, state.next_review_at, state.tier_since,
          state.peak_score, state.peak_at, state.drop_counted, state.high_value,
-         offsets, recent_ids) = data  # type: ignore[misc]
-        state.channels = channels or {}  # type: ignore[assignment]
+         offsets, recent_ids) = data
+        state.channels = channels or {}
         if state.score is not None:
             state.score = state.score / 100.0
         state.peak_score = state.peak_score / 100.0
-        state.offsets = {int(k): v for k, v in (offsets or {}).items()}  # type: ignore[attr-defined]
-        state.recent_ids = list(recent_ids or [])  # type: ignore[call-overload]
+        state.offsets = {int(k): v for k, v in (offsets or {}).items()}
+        state.recent_ids = list(recent_ids or [])
         return state
 
 
@@ -258,6 +259,11 @@ def _t(ts: float) -> int:
 
 def _ot(ts: float | None) -> int | None:
     return None if ts is None else math.floor(ts)
+
+
+def _ot_up(ts: float | None) -> int | None:
+    # Review times round up: a review a moment late is harmless, one early would find nothing.
+    return None if ts is None else math.ceil(ts)
 
 
 _ENGAGEMENT_SLOT = {

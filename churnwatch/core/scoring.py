@@ -112,7 +112,7 @@ def return_probability(inputs: RecencyInputs, horizon_days: float, config: Churn
     alive = (1.0 - dropout) * still_waiting
     p_alive = alive / (alive + dropout)
     p_order_if_alive = 1.0 - ((scale + silence) / (scale + silence + horizon_days)) ** shape
-    return p_alive * p_order_if_alive
+    return float(p_alive * p_order_if_alive)
 
 
 def recency_inputs(state: CustomerState, now: float, priors: PopulationPriors,
