@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEBIAN_PACKAGES := redis-server prometheus prometheus-alertmanager
 
-.PHONY: all venv system-deps demo test test-fast lint bench dashboards clean
+.PHONY: all venv system-deps demo test test-fast lint bench stack dashboards clean
 
 all: test
 
@@ -47,6 +47,10 @@ lint: venv
 
 bench: venv system-deps
 	$(BIN)/python -m bench.run
+
+# The whole chain without Docker: redis, churnwatch run, the simulator, Prometheus, Alertmanager.
+stack: venv system-deps
+	$(BIN)/churnwatch stack
 
 dashboards: venv
 	$(BIN)/python -m churnwatch.dashboards.build

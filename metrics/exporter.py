@@ -44,7 +44,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Proc
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 
-from churnwatch.core.config import COMPONENTS, TIERS, ChurnwatchConfig
+from churnwatch.core.config import COMPONENTS, TIERS, ChurnwatchConfig, ConfigError
 from churnwatch.core.engine import SCORE_BANDS, BatchResult, ShardState, TierTransition
 from churnwatch.core.events import DEAD_LETTER_REASONS, InvalidEvent
 from churnwatch.dataflows.flow import FlowHooks
@@ -437,7 +437,9 @@ def own_store(factory: Callable[[], StateStore], observer: PipelineMetrics | Non
 
 def api_token_from_env(environ: dict[str, str] | None = None) -> str | None:
     """The worklist API's bearer token: ``$CHURNWATCH_API_TOKEN``, else the first line of the
-    file named by ``$CHURNWATCH_API_TOKEN_FILE``, else ``None`` (no token required)."""
+    file named by ``$CHURNWATCH_API_TOKEN_FILE``, else ``None`` (no token required). A named
+    file that is missing or empty is a :class:`ConfigError` (the command exits with code 2),
+    never a silently open API."""
     env = os.environ if environ is None else environ
     token = env.get(API_TOKEN_ENV)
     if token:
@@ -447,10 +449,10 @@ def api_token_from_env(environ: dict[str, str] | None = None) -> str | None:
         try:
             text = Path(path).read_text(encoding="utf-8").strip()
         except OSError as exc:
-            raise ValueError(f"{API_TOKEN_FILE_ENV}={path}: cannot read the API token: "
-                             f"{exc.strerror}") from None
+            raise ConfigError(f"{API_TOKEN_FILE_ENV}={path}: cannot read the API token: "
+                              f"{exc.strerror}") from None
         if not text:
-            raise ValueError(f"{API_TOKEN_FILE_ENV}={path}: the file is empty")
+            raise ConfigError(f"{API_TOKEN_FILE_ENV}={path}: the file is empty")
         return text.splitlines()[0].strip()
     return None
 
@@ -500,10 +502,10 @@ def start_metrics_server(host: str | None, port: int, config: ChurnwatchConfig,
     ``serve_business`` registers a :class:`BusinessCollector` on ``registry``; turn it off in
     all but one of several processes that share a Prometheus job if their scrapes should not
     read Redis. ``api_token`` (default: :func:`api_token_from_env`; ``""``: none) makes the API
-    require ``Authorization: Bearer <token>``. Without a token the API is served on a loopback
-    ``host`` only: on any other address it answers 403, since it would hand customer data to
-    the network. ``/metrics`` and ``/healthz`` stay open: they carry no customer data, and
-    Prometheus then needs no secret (see docs/worklist.md).
+    require ``Authorization: Bearer <token>``. Without a token, and ``host`` beyond loopback,
+    the API answers 403 to clients that do not connect from this host: it would hand customer
+    data to the network. ``/metrics`` and ``/healthz`` stay open: they carry no customer data,
+    and Prometheus then needs no secret (see docs/worklist.md).
 
     Called by ``churnwatch run`` once at start, before the dataflow; ``shutdown()`` on exit.
     """
@@ -511,9 +513,9 @@ def start_metrics_server(host: str | None, port: int, config: ChurnwatchConfig,
     token = api_token if api_token is not None else api_token_from_env()
     api_off = not token and not _is_loopback(host)
     if api_off:
-        log.warning("the worklist API is off: %s:%s is reachable beyond this host and no API "
-                    "token is set (%s or %s); /metrics and /healthz are served", host, port,
-                    API_TOKEN_ENV, API_TOKEN_FILE_ENV)
+        log.warning("no API token is set (%s or %s): the worklist API on %s:%s answers local "
+                    "clients only; /metrics and /healthz answer everyone", API_TOKEN_ENV,
+                    API_TOKEN_FILE_ENV, host, port)
     collector = None
     if serve_business:
         collector = BusinessCollector(config=config, store_factory=store_factory,
@@ -560,10 +562,10 @@ def _make_handler(registry: CollectorRegistry, api: WorklistAPI, token: str | No
             if path == "/metrics":
                 self._metrics()
                 return
-            if path.startswith("/api/") and api_off:
-                self._json(403, {"error": "the worklist API is off: churnwatch listens beyond "
-                                 f"loopback without a token; set {API_TOKEN_ENV} or "
-                                 f"{API_TOKEN_FILE_ENV}"})
+            if path.startswith("/api/") and api_off and not _is_loopback(
+                    str(self.client_address[0])):
+                self._json(403, {"error": "the worklist API answers only local clients when "
+                                 f"no token is set; set {API_TOKEN_ENV} or {API_TOKEN_FILE_ENV}"})
                 return
             if path.startswith("/api/") and expected is not None:
                 given = self.headers.get("Authorization", "").encode()

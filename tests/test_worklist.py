@@ -246,3 +246,58 @@ def test_api_answers_503_quickly_while_redis_is_down() -> None:
         assert status == 200 and body["redis"] == "unreachable"
     finally:
         server.shutdown()
+
+
+def _non_loopback_address() -> str | None:
+    """An address of this host that is not loopback (None on a host with loopback only)."""
+    import socket
+
+    for target in ("198.51.100.1", "10.254.254.254"):  # routing only: UDP connect sends nothing
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            try:
+                probe.connect((target, 9))
+            except OSError:
+                continue
+            address = str(probe.getsockname()[0])
+            if not address.startswith("127."):
+                return address
+    return None
+
+
+def test_without_a_token_a_server_beyond_loopback_serves_the_api_to_local_clients_only(
+        replayed_shop: Shop) -> None:  # noqa: F811
+    address = _non_loopback_address()
+    if address is None:
+        pytest.skip("this host has no non-loopback IPv4 address to connect from")
+    config = replayed_shop.config
+    server = start_metrics_server(
+        "0.0.0.0", 0, config,
+        lambda: RedisStore(replayed_shop.url, config.shards, config.key_prefix),
+        CollectorRegistry(), None, api_token="")
+    try:
+        status, body = get(f"http://{address}:{server.port}/api/v1/customers", token=None)
+        assert status == 403 and "CHURNWATCH_API_TOKEN" in body["error"]
+        status, _ = get(f"http://127.0.0.1:{server.port}/api/v1/customers", token=None)
+        assert status == 200
+        with urllib.request.urlopen(f"http://{address}:{server.port}/metrics",
+                                    timeout=10) as reply:
+            assert reply.status == 200
+    finally:
+        server.shutdown()
+
+
+def test_with_a_token_a_server_beyond_loopback_serves_the_api_to_anyone_with_it(
+        replayed_shop: Shop) -> None:  # noqa: F811
+    address = _non_loopback_address()
+    if address is None:
+        pytest.skip("this host has no non-loopback IPv4 address to connect from")
+    config = replayed_shop.config
+    server = start_metrics_server(
+        "0.0.0.0", 0, config,
+        lambda: RedisStore(replayed_shop.url, config.shards, config.key_prefix),
+        CollectorRegistry(), None, api_token=TOKEN)
+    try:
+        assert get(f"http://{address}:{server.port}/api/v1/transitions")[0] == 200
+        assert get(f"http://{address}:{server.port}/api/v1/transitions", token=None)[0] == 401
+    finally:
+        server.shutdown()
