@@ -89,7 +89,7 @@ def render(store: StateStore, summary: LiveSummary, config: ChurnwatchConfig) ->
     for t in recent:
         when = datetime.fromtimestamp(t.at, tz=timezone.utc).strftime("%Y-%m-%d")
         lines.append(f"  {when} {t.customer_id} ({t.segment}) {t.from_tier} -> {t.to_tier} "
-                     f"{t.old_score or 0:.0f} -> {t.new_score:.0f}")
+                     f"{t.old_score or 0:.1f} -> {t.new_score:.1f}")
         if t.reasons:
             lines.append(f"      {t.reasons[0]}")
     return "\n".join(lines)

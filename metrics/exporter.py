@@ -40,6 +40,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from churnwatch.dataflows.flow import FlowHooks
+from churnwatch.metrics.worklist import WorklistAPI
+from churnwatch.state.base import StateStore
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
@@ -47,9 +50,6 @@ from prometheus_client.exposition import choose_encoder
 from churnwatch.core.config import COMPONENTS, TIERS, ChurnwatchConfig, ConfigError
 from churnwatch.core.engine import SCORE_BANDS, BatchResult, ShardState, TierTransition
 from churnwatch.core.events import DEAD_LETTER_REASONS, InvalidEvent
-from churnwatch.dataflows.flow import FlowHooks
-from churnwatch.metrics.worklist import WorklistAPI
-from churnwatch.state.base import StateStore
 
 log = logging.getLogger("churnwatch.metrics")
 

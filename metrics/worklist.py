@@ -34,10 +34,11 @@ from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import parse_qs, unquote
 
+from churnwatch.state.base import StateStore, shard_of
+
 from churnwatch.core.config import COMPONENTS, TIERS, ChurnwatchConfig
 from churnwatch.core.customer import CustomerState
 from churnwatch.core.scoring import assess, reasons, tier_name
-from churnwatch.state.base import StateStore, shard_of
 
 log = logging.getLogger("churnwatch.worklist")
 

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 import redis
+from churnwatch.state.redis_store import RedisStore
 
 from churnwatch.core.config import ChurnwatchConfig, parse_config
 from churnwatch.core.customer import DAY
 from churnwatch.replay import replay
 from churnwatch.simulator import ShopSimulator, write_jsonl
-from churnwatch.state.redis_store import RedisStore
 
 START = 1_650_000_000.0
 DAYS = 300

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+
 import pytest
 from redis_server import redis_server  # noqa: F401
 from replayed_shop import ODD_ID, Shop, replayed_shop, write_config  # noqa: F401

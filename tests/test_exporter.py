@@ -10,14 +10,6 @@ from collections import Counter as Tally
 from collections.abc import Iterator
 
 import pytest
-from prometheus_client import CollectorRegistry
-from prometheus_client.parser import text_string_to_metric_families
-from redis_server import RedisServer, redis_server  # noqa: F401
-from replayed_shop import Shop, replayed_shop  # noqa: F401
-
-from churnwatch.core.config import COMPONENTS, TIERS, ChurnwatchConfig
-from churnwatch.core.engine import SCORE_BANDS, BatchResult, ShardState
-from churnwatch.core.events import DEAD_LETTER_REASONS, InvalidEvent
 from churnwatch.metrics.exporter import (
     REDIS_OPERATIONS,
     SOURCES,
@@ -26,9 +18,17 @@ from churnwatch.metrics.exporter import (
     api_token_from_env,
     start_metrics_server,
 )
-from churnwatch.replay import replay
 from churnwatch.state.memory import MemoryStore
 from churnwatch.state.redis_store import RedisStore
+from prometheus_client import CollectorRegistry
+from prometheus_client.parser import text_string_to_metric_families
+from redis_server import RedisServer, redis_server  # noqa: F401
+from replayed_shop import Shop, replayed_shop  # noqa: F401
+
+from churnwatch.core.config import COMPONENTS, TIERS, ChurnwatchConfig
+from churnwatch.core.engine import SCORE_BANDS, BatchResult, ShardState
+from churnwatch.core.events import DEAD_LETTER_REASONS, InvalidEvent
+from churnwatch.replay import replay
 
 BOUNDED_LABELS = {
     "tier": set(TIERS),

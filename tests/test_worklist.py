@@ -11,13 +11,13 @@ from collections.abc import Iterator
 from urllib.parse import quote
 
 import pytest
+from churnwatch.metrics.exporter import PipelineMetrics, start_metrics_server
+from churnwatch.state.redis_store import RedisStore
 from prometheus_client import CollectorRegistry
 from redis_server import redis_server  # noqa: F401
 from replayed_shop import ODD_ID, Shop, replayed_shop  # noqa: F401
 
 from churnwatch.core.config import TIERS, ChurnwatchConfig
-from churnwatch.metrics.exporter import PipelineMetrics, start_metrics_server
-from churnwatch.state.redis_store import RedisStore
 
 TOKEN = "worklist-test-token"
 

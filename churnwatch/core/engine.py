@@ -290,7 +290,8 @@ class ShardEngine:
                                 config.high_value_top_share) > 0)
         segment = config.segment_label(state.segment)
         if new_tier != old_tier:
-            why = tuple(reasons(state, assessment, now, config, priors, previous))
+            why = tuple(reasons(state, assessment, now, config, priors, previous)) + (
+                component_moves(previous, state.components),)
             transition = TierTransition(cid, segment, tier_name(old_tier), tier_name(new_tier),
                                         old_score, score, now, why, cause)
             result.transitions.append(transition)
@@ -354,6 +355,26 @@ class ShardEngine:
                 gauges[key] = gauges.get(key, 0.0) + value
         for key in [k for k, v in gauges.items() if abs(v) < 1e-9]:
             del gauges[key]
+
+
+def component_moves(previous: list[int], current: list[int]) -> str:
+    """Which components moved and by how much, for a transition record.
+
+    >>> component_moves([80, -1, 70, -1], [55, -1, 72, 40])
+    'components: recency 80 -> 55 (-25), engagement 70 -> 72 (+2), service 40 (new)'
+    """
+    parts = []
+    for index, name in enumerate(COMPONENTS):
+        new = current[index] if index < len(current) else -1
+        old = previous[index] if index < len(previous) else -1
+        if new < 0:
+            continue
+        if old < 0:
+            parts.append(f"{name} {new} (new)")
+        else:
+            parts.append(f"{name} {old} -> {new} ({new - old:+d})" if new != old else
+                         f"{name} {new}")
+    return "components: " + ", ".join(parts)
 
 
 def _id_hash(event_id: str) -> int:
