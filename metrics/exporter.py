@@ -31,6 +31,7 @@ import ipaddress
 import json
 import logging
 import os
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -254,18 +255,23 @@ class PipelineMetrics(FlowHooks):
 class BusinessCollector:
     """Customer metrics read from the shards' aggregates in Redis at every scrape.
 
-    ``store`` is used as given; ``store_factory`` is called once, at the first scrape, and the
-    store it returns is this collector's own: its retries are bounded by ``max_wait`` seconds
-    and reported to ``observer`` as operation ``scrape``, so a scrape while Redis is down
-    returns quickly. Then the business families are left out of that scrape (Prometheus keeps
-    the last values for a few minutes, dashboards show a gap) and the rest of ``/metrics``
-    is served as usual; a failure the store does not count itself is counted here.
+    ``store`` is used as given (a factory passed in its place is taken as ``store_factory``);
+    ``store_factory`` is called once, at the first scrape, and the store it returns is this
+    collector's own: its retries are bounded by ``max_wait`` seconds and reported to
+    ``observer`` as operation ``scrape``, so a scrape while Redis is down returns quickly.
+    Then the business families are left out of that scrape and the rest of ``/metrics`` is
+    served as usual: Prometheus marks the business series stale (a gap in the dashboards) while
+    ``churnwatch_redis_errors_total{operation="scrape"}`` and the platform alerts tell why. A
+    failure the store does not count itself is counted here.
     """
 
-    def __init__(self, store: StateStore | None = None, config: ChurnwatchConfig | None = None,
+    def __init__(self, store: StateStore | Callable[[], StateStore] | None = None,
+                 config: ChurnwatchConfig | None = None,
                  *, store_factory: Callable[[], StateStore] | None = None,
                  observer: PipelineMetrics | None = None,
                  max_wait: float = SCRAPE_MAX_WAIT_SECONDS) -> None:
+        if store is not None and store_factory is None and not hasattr(store, "shard_states"):
+            store, store_factory = None, store  # given a factory positionally
         if (store is None) == (store_factory is None):
             raise ValueError("BusinessCollector needs exactly one of store or store_factory")
         self.config = config or ChurnwatchConfig()
@@ -525,7 +531,8 @@ def start_metrics_server(host: str | None, port: int, config: ChurnwatchConfig,
                                                 API_MAX_WAIT_SECONDS))
     handler = _make_handler(registry, api, token or None, api_off)
     try:
-        httpd = ThreadingHTTPServer((host, port), handler)
+        httpd = (_ThreadingHTTPServerV6 if ":" in host else ThreadingHTTPServer)(
+            (host, port), handler)
     except OSError:
         if collector is not None:
             registry.unregister(collector)
@@ -537,6 +544,10 @@ def start_metrics_server(host: str | None, port: int, config: ChurnwatchConfig,
     server = MetricsServer(httpd, thread, registry, collector, api)
     log.info("serving /metrics and the worklist API on %s", server.url)
     return server
+
+
+class _ThreadingHTTPServerV6(ThreadingHTTPServer):
+    address_family = socket.AF_INET6
 
 
 def _is_loopback(host: str) -> bool:

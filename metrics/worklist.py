@@ -17,10 +17,11 @@ then the most recent tier change; then the customer id, so that paging is stable
 >>> q = parse_worklist_query({"tier": ["at_risk"], "limit": ["10"]}, ChurnwatchConfig())
 >>> sorted(q.tiers), q.limit, q.offset
 ([2], 10, 0)
->>> parse_worklist_query({"tier": ["lost"]}, ChurnwatchConfig())
-Traceback (most recent call last):
-...
-churnwatch.metrics.worklist.BadRequest: tier: unknown tier 'lost'; expected healthy, watch, at_risk or churned
+>>> try:
+...     parse_worklist_query({"tier": ["lost"], "limit": ["10"]}, ChurnwatchConfig())
+... except BadRequest as exc:
+...     print(exc.parameter, "|", exc.message)
+tier | unknown tier 'lost'; expected healthy, watch, at_risk or churned
 """
 
 from __future__ import annotations
@@ -237,11 +238,13 @@ def score_history(state: CustomerState, transitions: list[dict[str, object]]
                   ) -> list[dict[str, Any]]:
     """The score at each tier change (from the customer's stored transitions, newest first),
     then the current score, oldest first."""
-    points = [{"at": iso(float(t["at"])), "health_score": t.get("new_score"),  # type: ignore[arg-type]
-               "tier": t.get("to")} for t in reversed(transitions)]
+    points: list[dict[str, Any]] = [
+        {"at": iso(float(str(t["at"]))), "health_score": t.get("new_score"),
+         "tier": t.get("to")} for t in reversed(transitions)]
     if state.score is not None:
-        current = {"at": iso(state.scored_at), "health_score": round(state.score, 1),
-                   "tier": tier_name(state.tier)}
+        current: dict[str, Any] = {"at": iso(state.scored_at),
+                                   "health_score": round(state.score, 1),
+                                   "tier": tier_name(state.tier)}
         if not points or points[-1] != current:
             points.append(current)
     return points

@@ -11,12 +11,6 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from monitor_process import running_monitor
-from redis_server import RedisServer
-
-from churnwatch.core.config import load_config
-from churnwatch.publish import Publisher
-from churnwatch.simulator import DAY, ShopSimulator
 
 MONITOR_CONFIG = """\
 [segments.skincare]
@@ -33,6 +27,14 @@ MONITOR_CUSTOMERS = 120
 
 @pytest.fixture(scope="session")
 def monitor_metrics_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    # Imported here so that collecting any test never depends on these modules.
+    from monitor_process import running_monitor
+    from redis_server import RedisServer
+
+    from churnwatch.core.config import load_config
+    from churnwatch.publish import Publisher
+    from churnwatch.simulator import DAY, ShopSimulator
+
     workdir = tmp_path_factory.mktemp("monitor")
     config_file = workdir / "churnwatch.toml"
     config_file.write_text(MONITOR_CONFIG)

@@ -19,7 +19,7 @@ from churnwatch.state.redis_store import RedisStore
 from churnwatch.core.config import ChurnwatchConfig, parse_config
 from churnwatch.core.customer import DAY
 from churnwatch.replay import replay
-from churnwatch.simulator import ShopSimulator, write_jsonl
+from churnwatch.simulator import ShopSimulator
 
 START = 1_650_000_000.0
 DAYS = 300
@@ -89,14 +89,16 @@ def replay_shop(url: str, workdir: Path) -> Shop:
     redis.Redis.from_url(url).flushall()
     config = shop_config()
     events_file = workdir / "shop.jsonl"
-    valid = write_jsonl(str(events_file), ShopSimulator(customers=150, seed=11, start=START,
-                                                        days=DAYS))
-    with events_file.open("a") as handle:
-        for event in hand_made_events():
+    simulated = ShopSimulator(customers=150, seed=11, start=START, days=DAYS).events()
+    # In time order, as a shop would have sent them (sorted() is stable: the simulator's order
+    # is kept among equal times).
+    events = sorted([*simulated, *hand_made_events()], key=lambda e: float(e["ts"]))
+    with events_file.open("w") as handle:
+        for event in events:
             handle.write(json.dumps(event) + "\n")
-            valid += 1
         for line in INVALID_LINES:
             handle.write(line + "\n")
+    valid = len(events)
 
     def factory() -> RedisStore:
         return RedisStore(url, config.shards, config.key_prefix, max_wait=10.0)

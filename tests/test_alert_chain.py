@@ -173,6 +173,7 @@ def run_scenario(monitor: Monitor, prometheus, webhook, traffic: ShopTraffic  # 
     payload, alert = webhook.wait_for_alert("ChurnwatchSegmentSuddenDrops", segment="beauty",
                                             timeout=ALERT_TIMEOUT_SECONDS)
     took = time.monotonic() - collapsed_at
+    print(f"ChurnwatchSegmentSuddenDrops reached the webhook {took:.0f} s after the collapse")
     labels = alert["labels"]
     assert labels["severity"] == "page" and labels["team"] == "customer-success"
     assert payload["receiver"] == "customer-success-page"

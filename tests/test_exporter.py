@@ -361,3 +361,20 @@ def test_shutdown_unregisters_the_collector_so_a_new_server_can_start() -> None:
         assert 'churnwatch_state_customers 0.0' in scrape(f"{second.url}/metrics")
     finally:
         second.shutdown()
+
+
+def test_business_collector_takes_a_store_factory_in_place_of_a_store() -> None:
+    made: list[MemoryStore] = []
+
+    def factory() -> MemoryStore:
+        made.append(MemoryStore(16))
+        return made[-1]
+
+    registry = CollectorRegistry()
+    collector = BusinessCollector(factory, ChurnwatchConfig())
+    registry.register(collector)
+    assert made == []  # nothing is read before the first scrape
+    assert value(registry, "churnwatch_state_customers") == 0
+    assert value(registry, "churnwatch_state_customers") == 0
+    assert len(made) == 1
+    collector.close()

@@ -70,7 +70,7 @@ def reference_order(shop: Shop, tiers: set[str]) -> list[str]:
     return [cid for cid, _ in high + rest]
 
 
-# -- the list -------------------------------------------------------------------------------------
+# -- the list -----------------------------------------------------------------------------------
 
 
 def test_default_worklist_is_at_risk_and_churned_customers_most_urgent_first(
@@ -163,7 +163,7 @@ def test_bad_list_requests_answer_400_naming_the_parameter(api: str, query: str,
     assert body["error"]
 
 
-# -- one customer, transitions ---------------------------------------------------------------------
+# -- one customer, transitions -------------------------------------------------------------------
 
 
 def test_customer_detail_explains_score_and_history(api: str) -> None:
@@ -204,7 +204,7 @@ def test_recent_transitions_newest_first(api: str) -> None:
     assert status == 400 and body["parameter"] == "limit"
 
 
-# -- access -----------------------------------------------------------------------------------------
+# -- access ---------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("token", [None, "wrong", ""])
