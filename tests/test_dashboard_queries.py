@@ -23,7 +23,13 @@ from urllib.parse import urlencode, urlsplit
 
 import pytest
 import yaml
-from test_dashboards import ROOT, dashboard_queries, metric_names, recorded_metrics
+from test_dashboards import (
+    ROOT,
+    dashboard_queries,
+    metric_names,
+    recorded_metrics,
+    rule_groups,
+)
 
 PROMETHEUS = shutil.which("prometheus")
 pytestmark = pytest.mark.skipif(PROMETHEUS is None, reason="prometheus binary not on PATH")
@@ -144,6 +150,13 @@ def test_every_dashboard_query_returns_data(request: pytest.FixtureRequest, tmp_
 
         exposed = _exposed_metric_names(metrics_url)
         recorded = recorded_metrics()
+        used = {name for _, _, expr in dashboard_queries() for name in metric_names(expr)}
+        for _, rule in rule_groups():
+            used |= metric_names(str(rule.get("expr", "")))
+        builtin = {"ALERTS", "ALERTS_FOR_STATE", "up", "time", "vector", "scalar"}
+        missing = sorted(used - exposed - recorded - builtin)
+        assert not missing, f"metric names used in dashboards or rules but absent from a real " \
+                            f"/metrics scrape: {missing}"
         failed, empty = [], []
         for uid, title, expr in dashboard_queries():
             status, reply = server.query(expr)
