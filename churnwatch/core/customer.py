@@ -129,15 +129,19 @@ class CustomerState:
         if ts < self.first_seen:
             self.first_seen = ts
         if kind == ev.ORDER:
-            self.orders += 1
+            # Order lines sharing the time of the first or last order (the lines of one basket,
+            # same-day purchases in day-resolution logs) are one purchase occasion: they add
+            # value, not frequency.
+            occasion = 0.0 if ts in (self.first_order, self.last_order) else 1.0
+            self.orders += int(occasion)
             self.spend += event.amount
             if self.first_order is None or ts < self.first_order:
                 self.first_order = ts
             if self.last_order is None or ts > self.last_order:
                 self.last_order = ts
             ref = self.trend_ref
-            self.ord_short, _ = _add(self.ord_short, ref, ts, 1.0, windows.trend_short)
-            self.ord_long, _ = _add(self.ord_long, ref, ts, 1.0, windows.trend_long)
+            self.ord_short, _ = _add(self.ord_short, ref, ts, occasion, windows.trend_short)
+            self.ord_long, _ = _add(self.ord_long, ref, ts, occasion, windows.trend_long)
             self.val_short, _ = _add(self.val_short, ref, ts, event.amount, windows.trend_short)
             self.val_long, self.trend_ref = _add(self.val_long, ref, ts, event.amount,
                                                  windows.trend_long)
@@ -196,7 +200,8 @@ class CustomerState:
     # -- derived -------------------------------------------------------------------------------
 
     def mean_gap_days(self) -> float | None:
-        """The customer's own mean gap between orders, in days (``None`` before a repeat)."""
+        """The customer's own mean gap between purchase occasions, in days (``None`` before a
+        repeat)."""
         if self.orders < 2 or self.first_order is None or self.last_order is None:
             return None
         return (self.last_order - self.first_order) / DAY / (self.orders - 1)
