@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 
 from churnwatch.core.config import ChurnwatchConfig, ConfigError, load_config
-from churnwatch.core.events import _Reject, parse_timestamp
+from churnwatch.core.events import ContractViolation, parse_timestamp
 from churnwatch.embedded import redis_url_or_embedded
 from churnwatch.state.base import StateStore
 from churnwatch.state.redis_store import RedisStore
@@ -26,7 +26,7 @@ class UsageError(Exception):
 def _timestamp(text: str, option: str) -> float:
     try:
         return parse_timestamp(float(text) if _is_number(text) else text)
-    except _Reject as exc:
+    except ContractViolation as exc:
         raise UsageError(f"{option}: {exc.detail.replace('field ' + repr('ts'), 'value')}"
                          ) from None
 

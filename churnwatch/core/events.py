@@ -102,7 +102,9 @@ class InvalidEvent:
     customer_id: str | None = None
 
 
-class _Reject(Exception):
+class ContractViolation(Exception):
+    """An input breaks the event contract; ``reason`` is one of :data:`DEAD_LETTER_REASONS`."""
+
     def __init__(self, reason: str, detail: str) -> None:
         super().__init__(detail)
         self.reason = reason
@@ -127,7 +129,7 @@ def decode_event(
     try:
         obj = _to_mapping(payload)
         return _validate(obj, now=now, max_future_seconds=max_future_seconds)
-    except _Reject as rejected:
+    except ContractViolation as rejected:
         if isinstance(payload, Mapping):
             raw = json.dumps(payload, default=str, sort_keys=True).encode()
         customer = obj.get("customer_id") if obj is not None else None
@@ -145,56 +147,56 @@ def _to_mapping(payload: bytes | str | Mapping[str, Any]) -> Mapping[str, Any]:
         try:
             obj = json.loads(data)
         except (ValueError, UnicodeDecodeError) as exc:
-            raise _Reject("invalid_json", f"not valid JSON: {exc}") from None
+            raise ContractViolation("invalid_json", f"not valid JSON: {exc}") from None
     else:
         try:
             obj = msgpack.unpackb(payload, raw=False, strict_map_key=False)
         except Exception as exc:  # msgpack raises several unrelated types
-            raise _Reject("invalid_msgpack", f"neither JSON nor msgpack: {exc}") from None
+            raise ContractViolation("invalid_msgpack", f"neither JSON nor msgpack: {exc}") from None
     if not isinstance(obj, Mapping):
-        raise _Reject("not_an_object", f"an event must be an object, got {type(obj).__name__}")
+        raise ContractViolation("not_an_object", f"an event must be an object, got {type(obj).__name__}")
     return obj
 
 
 def _validate(obj: Mapping[str, Any], *, now: float | None, max_future_seconds: float) -> Event:
     customer_id = obj.get("customer_id")
     if customer_id is None:
-        raise _Reject("missing_field", "field 'customer_id' is required")
+        raise ContractViolation("missing_field", "field 'customer_id' is required")
     if isinstance(customer_id, int) and not isinstance(customer_id, bool):
         customer_id = str(customer_id)
     if not isinstance(customer_id, str) or not customer_id.strip():
-        raise _Reject("invalid_field", f"field 'customer_id' must be a non-empty string, got "
+        raise ContractViolation("invalid_field", f"field 'customer_id' must be a non-empty string, got "
                       f"{customer_id!r}")
     if len(customer_id) > MAX_CUSTOMER_ID_LENGTH:
-        raise _Reject("invalid_field", f"field 'customer_id' is longer than "
+        raise ContractViolation("invalid_field", f"field 'customer_id' is longer than "
                       f"{MAX_CUSTOMER_ID_LENGTH} characters")
     kind = obj.get("type")
     if kind is None:
-        raise _Reject("missing_field", "field 'type' is required")
+        raise ContractViolation("missing_field", "field 'type' is required")
     if kind not in EVENT_TYPES:
-        raise _Reject("unknown_type", f"field 'type' is {kind!r}; expected one of "
+        raise ContractViolation("unknown_type", f"field 'type' is {kind!r}; expected one of "
                       f"{', '.join(sorted(EVENT_TYPES))}")
     if "ts" not in obj:
-        raise _Reject("missing_field", "field 'ts' is required")
+        raise ContractViolation("missing_field", "field 'ts' is required")
     # Whole seconds: churn moves in days, and stored state then reads back bit for bit.
     ts = float(math.floor(parse_timestamp(obj["ts"])))
     if now is not None and ts > now + max_future_seconds:
-        raise _Reject("future_timestamp", f"field 'ts' ({obj['ts']!r}) is more than "
+        raise ContractViolation("future_timestamp", f"field 'ts' ({obj['ts']!r}) is more than "
                       f"{max_future_seconds:.0f} s in the future")
     event_id = obj.get("event_id")
     if event_id is not None:
         if isinstance(event_id, int) and not isinstance(event_id, bool):
             event_id = str(event_id)
         if not isinstance(event_id, str) or not event_id:
-            raise _Reject("invalid_field", f"field 'event_id' must be a non-empty string, got "
+            raise ContractViolation("invalid_field", f"field 'event_id' must be a non-empty string, got "
                           f"{event_id!r}")
 
     if kind in (ORDER, REFUND):
         if "amount" not in obj:
-            raise _Reject("missing_field", f"field 'amount' is required for type '{kind}'")
+            raise ContractViolation("missing_field", f"field 'amount' is required for type '{kind}'")
         amount = _number(obj["amount"], "amount")
         if amount < 0:
-            raise _Reject("invalid_field", f"field 'amount' must be >= 0, got {obj['amount']!r}")
+            raise ContractViolation("invalid_field", f"field 'amount' must be >= 0, got {obj['amount']!r}")
         return Event(customer_id, kind, ts, event_id, amount=amount)
     if kind in (CAMPAIGN_SENT, CAMPAIGN_OPENED, CAMPAIGN_CLICKED):
         return Event(customer_id, kind, ts, event_id,
@@ -204,20 +206,20 @@ def _validate(obj: Mapping[str, Any], *, now: float | None, max_future_seconds: 
                      channel=_channel(obj, kind, MESSAGE_CHANNELS))
     if kind == FEEDBACK:
         if "score" not in obj:
-            raise _Reject("missing_field", "field 'score' is required for type 'feedback'")
+            raise ContractViolation("missing_field", "field 'score' is required for type 'feedback'")
         score = _number(obj["score"], "score")
         if not 0 <= score <= 10:
-            raise _Reject("invalid_field", f"field 'score' must be within 0..10, got "
+            raise ContractViolation("invalid_field", f"field 'score' must be within 0..10, got "
                           f"{obj['score']!r}")
         fb_kind = obj.get("kind")
         if fb_kind is not None and fb_kind not in FEEDBACK_KINDS:
-            raise _Reject("invalid_field", f"field 'kind' is {fb_kind!r}; expected one of "
+            raise ContractViolation("invalid_field", f"field 'kind' is {fb_kind!r}; expected one of "
                           f"{', '.join(sorted(FEEDBACK_KINDS))}")
         return Event(customer_id, kind, ts, event_id, score=score)
     if kind == SUPPORT_TICKET:
         severity = obj.get("severity", "normal")
         if severity not in TICKET_SEVERITIES:
-            raise _Reject("invalid_field", f"field 'severity' is {severity!r}; expected one of "
+            raise ContractViolation("invalid_field", f"field 'severity' is {severity!r}; expected one of "
                           f"{', '.join(TICKET_SEVERITIES)}")
         return Event(customer_id, kind, ts, event_id, severity=TICKET_SEVERITIES[severity])
     if kind == PROFILE:
@@ -227,7 +229,7 @@ def _validate(obj: Mapping[str, Any], *, now: float | None, max_future_seconds: 
             if value is None:
                 continue
             if not isinstance(value, str) or not value:
-                raise _Reject("invalid_field", f"field '{key}' must be a non-empty string, got "
+                raise ContractViolation("invalid_field", f"field '{key}' must be a non-empty string, got "
                               f"{value!r}")
             attributes[key] = value
         return Event(customer_id, kind, ts, event_id, attributes=attributes)
@@ -243,45 +245,45 @@ def parse_timestamp(value: Any) -> float:
     1704067200.0
     """
     if isinstance(value, bool):
-        raise _Reject("invalid_field", f"field 'ts' must be RFC 3339 or epoch seconds, got "
+        raise ContractViolation("invalid_field", f"field 'ts' must be RFC 3339 or epoch seconds, got "
                       f"{value!r}")
     if isinstance(value, (int, float)):
         ts = float(value)
         if not math.isfinite(ts) or ts < 0:
-            raise _Reject("invalid_field", f"field 'ts' must be a finite epoch time >= 0, got "
+            raise ContractViolation("invalid_field", f"field 'ts' must be a finite epoch time >= 0, got "
                           f"{value!r}")
         if ts > 1e11:
-            raise _Reject("invalid_field", f"field 'ts' is {value!r}: epoch seconds expected "
+            raise ContractViolation("invalid_field", f"field 'ts' is {value!r}: epoch seconds expected "
                           "(this looks like milliseconds)")
         return ts
     if isinstance(value, str):
         try:
             moment = datetime.fromisoformat(value.strip())
         except ValueError:
-            raise _Reject("invalid_field", f"field 'ts' is not an RFC 3339 time: {value!r}"
+            raise ContractViolation("invalid_field", f"field 'ts' is not an RFC 3339 time: {value!r}"
                           ) from None
         if moment.tzinfo is None:
-            raise _Reject("invalid_field", f"field 'ts' has no time zone: {value!r} (add 'Z' or "
+            raise ContractViolation("invalid_field", f"field 'ts' has no time zone: {value!r} (add 'Z' or "
                           "an offset)")
         return moment.timestamp()
-    raise _Reject("invalid_field", f"field 'ts' must be RFC 3339 or epoch seconds, got "
+    raise ContractViolation("invalid_field", f"field 'ts' must be RFC 3339 or epoch seconds, got "
                   f"{type(value).__name__}")
 
 
 def _number(value: Any, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise _Reject("invalid_field", f"field '{name}' must be a number, got {value!r}")
+        raise ContractViolation("invalid_field", f"field '{name}' must be a number, got {value!r}")
     number = float(value)
     if not math.isfinite(number):
-        raise _Reject("invalid_field", f"field '{name}' must be finite, got {value!r}")
+        raise ContractViolation("invalid_field", f"field '{name}' must be finite, got {value!r}")
     return number
 
 
 def _channel(obj: Mapping[str, Any], kind: str, allowed: frozenset[str]) -> str:
     channel = obj.get("channel")
     if channel is None:
-        raise _Reject("missing_field", f"field 'channel' is required for type '{kind}'")
+        raise ContractViolation("missing_field", f"field 'channel' is required for type '{kind}'")
     if channel not in allowed:
-        raise _Reject("invalid_field", f"field 'channel' is {channel!r}; for '{kind}' expected "
+        raise ContractViolation("invalid_field", f"field 'channel' is {channel!r}; for '{kind}' expected "
                       f"one of {', '.join(sorted(allowed))}")
     return str(channel)
