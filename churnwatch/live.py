@@ -202,10 +202,14 @@ def _given(hooks: Any) -> Iterator[Any]:
     yield hooks
 
 
+class _Stopped(KeyboardInterrupt):
+    """SIGTERM: an orderly stop, asked for by a service manager."""
+
+
 def _terminate(signum: int, frame: Any) -> None:
     # Bytewax checks for Python signals between activations: SIGTERM stops the flow as Ctrl-C
     # does (state is committed batch by batch, so nothing is lost either way).
-    raise KeyboardInterrupt
+    raise _Stopped
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -247,8 +251,29 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"churnwatch run: source {source}, clock {clock}, "
               f"{options.total_workers} worker(s) in the cluster, state in {redis_url}",
               file=sys.stderr, flush=True)
-        run(options)
+        try:
+            run(options)
+        except BaseException as exc:
+            # Bytewax re-raises a signal handler's exception wrapped in its own error.
+            cause = _interrupt_in(exc)
+            if isinstance(cause, _Stopped):
+                print("churnwatch run: stopped (SIGTERM)", file=sys.stderr, flush=True)
+                return 0
+            if cause is not None:
+                raise KeyboardInterrupt from None
+            raise
     return 0
+
+
+def _interrupt_in(exc: BaseException | None) -> KeyboardInterrupt | None:
+    """The KeyboardInterrupt (Ctrl-C, or our SIGTERM) in an exception's chain of causes."""
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, KeyboardInterrupt):
+            return exc
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
+    return None
 
 
 def register(sub: argparse._SubParsersAction,  # type: ignore[type-arg]

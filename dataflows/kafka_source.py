@@ -23,7 +23,6 @@ from typing import Any
 
 from bytewax.connectors.kafka import KafkaError, KafkaSource
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
-
 from churnwatch.dataflows.messages import RawMessage
 
 log = logging.getLogger("churnwatch.kafka_source")

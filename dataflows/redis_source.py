@@ -28,7 +28,6 @@ from typing import Any, Protocol
 
 import redis
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
-
 from churnwatch.dataflows.messages import RawMessage
 
 log = logging.getLogger("churnwatch.redis_source")
@@ -172,6 +171,8 @@ class RedisStreamPartition(StatefulSourcePartition[RawMessage, str]):
         except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError) as exc:
             self._failed(exc)
             return []
+        except redis.ResponseError as exc:  # e.g. WRONGTYPE: a configuration error, say where
+            raise RuntimeError(f"reading redis stream {self._stream!r}: {exc}") from exc
         if self._observer is not None:
             self._observer.roundtrip("source_read", time.perf_counter() - started)
         if self._failing_since is not None:

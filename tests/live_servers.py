@@ -140,7 +140,7 @@ def live_redis() -> Iterator[LiveRedis]:
         yield server
 
 
-# -- tansu (Kafka protocol) -------------------------------------------------------------------------
+# -- tansu (Kafka protocol) ---------------------------------------------------------------------
 
 
 def tansu_binary() -> str:

@@ -115,8 +115,8 @@ def test_killed_and_restarted_runs_end_in_the_state_of_an_uninterrupted_run(
     kills = []
     for fraction in (0.15, 0.4, 0.65, 0.85):
         process = start_run(args, log)
-        wait_for(lambda f=fraction: _progress(client, "kill") >= f or process.poll() is not None,
-                 RUN_TIMEOUT, f"progress {fraction:.0%}")
+        wait_for(lambda f=fraction, p=process: _progress(client, "kill") >= f or p.poll()
+                 is not None, RUN_TIMEOUT, f"progress {fraction:.0%}")
         assert process.poll() is None, f"the run ended before the kill:\n{tail(log)}"
         kill_hard(process)
         kills.append(_progress(client, "kill"))

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import msgpack
 import pytest
+from churnwatch.state.base import shard_of
 from live_servers import LiveRedis, live_redis  # noqa: F401
 
 from churnwatch.cli import main
 from churnwatch.core.config import ChurnwatchConfig
 from churnwatch.core.events import Event, decode_event
 from churnwatch.publish import Publisher, partition_for
-from churnwatch.state.base import shard_of
 
 CONFIG = ChurnwatchConfig(stream_partitions=4, shards=16)
 

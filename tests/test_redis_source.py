@@ -11,16 +11,16 @@ from pathlib import Path
 import msgpack
 import pytest
 from bytewax.testing import run_main
+from churnwatch.dataflows.flow import FlowSettings, build_flow
+from churnwatch.dataflows.redis_source import RedisStreamSource, id_offset, stream_names
+from churnwatch.state.base import shard_of
+from churnwatch.state.redis_store import RedisStore
 from live_servers import LiveRedis, live_redis  # noqa: F401
 
 from bench.workload import write_jsonl
 from churnwatch.core.config import ChurnwatchConfig
-from churnwatch.dataflows.flow import FlowSettings, build_flow
-from churnwatch.dataflows.redis_source import RedisStreamSource, id_offset, stream_names
 from churnwatch.publish import Publisher, read_lines
 from churnwatch.replay import run_flow
-from churnwatch.state.base import shard_of
-from churnwatch.state.redis_store import RedisStore
 
 OFFSETS = 32  # index of the per-partition offsets in CustomerState.to_wire()
 
@@ -196,7 +196,7 @@ def test_a_partition_waits_out_a_redis_outage_and_reads_on(live_redis: LiveRedis
 
 def test_the_source_reports_how_many_entries_are_left_to_read(live_redis: LiveRedis) -> None:
     client = live_redis.client()
-    for n in range(100):
+    for _ in range(100):
         client.xadd("s:0", {"e": b"{}"})
     reported: list[int] = []
     source = RedisStreamSource(live_redis.url, ["s:0"], batch_size=30,

@@ -144,6 +144,7 @@ class ShardEngine:
         self.state = state
         self.windows = windows_of(config)
         self._lateness = config.allowed_lateness_days * DAY
+        self._keys: dict[str | None, _GaugeKeys] = {}
 
     # -- entry points -------------------------------------------------------------------------
 
@@ -206,8 +207,12 @@ class ShardEngine:
                 self.state.watermark = event.ts
             mark = self.state.watermark
             while pending and pending[0][0] <= mark:
-                _, silent = heapq.heappop(pending)
+                queued_at, silent = heapq.heappop(pending)
                 quiet = touched[silent]
+                if quiet.next_review_at != queued_at:
+                    # Superseded by an event (its new time is queued too): reviewing now would
+                    # put it out of (time, customer) order, which depends on the batching.
+                    continue
                 self._advance(silent, quiet, mark, result)
                 if quiet.next_review_at is not None:  # the next review may fall in this batch
                     heapq.heappush(pending, (quiet.next_review_at, silent))
@@ -275,6 +280,9 @@ class ShardEngine:
 
     def _score(self, cid: str, state: CustomerState, now: float, result: BatchResult,
                cause: str) -> None:
+        # Stored times read back as whole-second ints: make "now" one type whichever way it
+        # came, so a record reads the same whether or not the state was reloaded in between.
+        now = float(now)
         config = self.config
         priors = self.state.priors
         policy = config.policy(state.segment)
@@ -327,21 +335,28 @@ class ShardEngine:
     def _contribution(self, state: CustomerState) -> dict[str, float]:
         if state.score is None or state.tier < 0:
             return {}
-        segment = self.config.segment_label(state.segment)
-        band = SCORE_BANDS[min(int(state.score // 10), 9)]
+        keys = self._gauge_keys(state.segment)
         out = {
-            f"customers|{segment}|{TIERS[state.tier]}": 1.0,
-            f"band|{segment}|{band}": 1.0,
-            f"score_sum|{segment}": state.score,
-            f"scored|{segment}": 1.0,
+            keys.tiers[state.tier]: 1.0,
+            keys.bands[min(int(state.score // 10), 9)]: 1.0,
+            keys.score_sum: state.score,
+            keys.scored: 1.0,
         }
-        for name, value in zip(COMPONENTS, state.components, strict=False):
+        for index, value in enumerate(state.components[:len(COMPONENTS)]):
             if value >= 0:
-                out[f"component_sum|{segment}|{name}"] = float(value)
-                out[f"component_n|{segment}|{name}"] = 1.0
+                out[keys.component_sums[index]] = float(value)
+                out[keys.component_counts[index]] = 1.0
         if state.high_value and state.tier in (AT_RISK, CHURNED):
-            out[f"high_value_at_risk|{segment}"] = 1.0
+            out[keys.high_value_at_risk] = 1.0
         return out
+
+    def _gauge_keys(self, segment: str | None) -> _GaugeKeys:
+        """The aggregate keys of a segment, made once: a customer's contribution is taken twice
+        per batch, before and after."""
+        keys = self._keys.get(segment)
+        if keys is None:
+            keys = self._keys[segment] = _GaugeKeys(self.config.segment_label(segment))
+        return keys
 
     def _account(self, before: Mapping[str, dict[str, float]],
                  after: Mapping[str, CustomerState]) -> None:
@@ -355,6 +370,22 @@ class ShardEngine:
                 gauges[key] = gauges.get(key, 0.0) + value
         for key in [k for k, v in gauges.items() if abs(v) < 1e-9]:
             del gauges[key]
+
+
+class _GaugeKeys:
+    """The names of one segment's aggregates in ``ShardState.gauges``."""
+
+    __slots__ = ("tiers", "bands", "score_sum", "scored", "component_sums", "component_counts",
+                 "high_value_at_risk")
+
+    def __init__(self, segment: str) -> None:
+        self.tiers = tuple(f"customers|{segment}|{tier}" for tier in TIERS)
+        self.bands = tuple(f"band|{segment}|{band}" for band in SCORE_BANDS)
+        self.score_sum = f"score_sum|{segment}"
+        self.scored = f"scored|{segment}"
+        self.component_sums = tuple(f"component_sum|{segment}|{n}" for n in COMPONENTS)
+        self.component_counts = tuple(f"component_n|{segment}|{n}" for n in COMPONENTS)
+        self.high_value_at_risk = f"high_value_at_risk|{segment}"
 
 
 def component_moves(previous: list[int], current: list[int]) -> str:

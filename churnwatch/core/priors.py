@@ -30,7 +30,7 @@ class PopulationPriors:
     a histogram of every customer's current spend so a top share can be located.
     """
 
-    __slots__ = ("gap_sum_days", "gap_count", "sent", "responded", "spend_bins")
+    __slots__ = ("gap_sum_days", "gap_count", "sent", "responded", "spend_bins", "_floor")
 
     def __init__(self) -> None:
         self.gap_sum_days = 0.0
@@ -38,6 +38,9 @@ class PopulationPriors:
         self.sent = 0.0
         self.responded = 0.0
         self.spend_bins = [0] * _SPEND_BINS
+        # (top_share, floor) of the last spend_quantile_floor call: every scoring asks, the
+        # histogram changes only when a customer's spend crosses a bin edge.
+        self._floor: tuple[float, float] | None = None
 
     def observe_gap(self, gap_seconds: float) -> None:
         """Record a completed gap between two consecutive orders."""
@@ -61,12 +64,27 @@ class PopulationPriors:
 
     def move_spend(self, old: float, new: float) -> None:
         """A customer's spend changed from ``old`` to ``new`` (``old`` < 0: a new customer)."""
-        if old >= 0 and self.spend_bins[_spend_bin(old)] > 0:
-            self.spend_bins[_spend_bin(old)] -= 1
-        self.spend_bins[_spend_bin(new)] += 1
+        bins = self.spend_bins
+        new_bin = _spend_bin(new)
+        if old >= 0:
+            old_bin = _spend_bin(old)
+            if bins[old_bin] > 0:
+                if old_bin == new_bin:
+                    return  # out of a bin and back into it
+                bins[old_bin] -= 1
+        bins[new_bin] += 1
+        self._floor = None
 
     def spend_quantile_floor(self, top_share: float) -> float:
         """The lowest spend inside the top ``top_share`` of customers (inf when no customers)."""
+        cached = self._floor
+        if cached is not None and cached[0] == top_share:
+            return cached[1]
+        floor = self._spend_quantile_floor(top_share)
+        self._floor = (top_share, floor)
+        return floor
+
+    def _spend_quantile_floor(self, top_share: float) -> float:
         total = sum(self.spend_bins)
         if total == 0 or top_share <= 0:
             return math.inf
@@ -94,6 +112,7 @@ class PopulationPriors:
             priors.sent = float(sent)  # type: ignore[arg-type]
             priors.responded = float(responded)  # type: ignore[arg-type]
             priors.spend_bins = [int(b) for b in bins]  # type: ignore[attr-defined]
+            priors._floor = None
         return priors
 
 

@@ -51,6 +51,10 @@ class Component:
     confidence: float
 
 
+#: A component without evidence (confidence 0): it drops out of the weighted mean.
+_NO_EVIDENCE = Component(100.0, 0.0)
+
+
 @dataclass(frozen=True, slots=True)
 class Assessment:
     """The score of one customer at one instant, with what it is made of."""
@@ -62,6 +66,10 @@ class Assessment:
     fixed_weighted_sum: float
     fixed_weight: float
     recency_weight: float
+    # The recency model's inputs and the instant they were taken at, reused by next_review_at
+    # and reasons when asked about the same instant.
+    inputs: RecencyInputs | None = None
+    at: float = math.nan
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +137,14 @@ def recency_inputs(state: CustomerState, now: float, priors: PopulationPriors,
                          (now - state.last_order) / DAY, gap)
 
 
+def _inputs_at(assessment: Assessment, state: CustomerState, now: float,
+               priors: PopulationPriors, config: ChurnwatchConfig) -> RecencyInputs:
+    """The assessment's own recency inputs when it was made at ``now``, else fresh ones."""
+    if assessment.inputs is not None and assessment.at == now:
+        return assessment.inputs
+    return recency_inputs(state, now, priors, config)
+
+
 def assess(state: CustomerState, now: float, config: ChurnwatchConfig,
            priors: PopulationPriors) -> Assessment:
     """Score one customer at ``now`` (event time in replay, wall clock live)."""
@@ -148,7 +164,7 @@ def assess(state: CustomerState, now: float, config: ChurnwatchConfig,
     w_recency = weights["recency"]
     score = (fixed_sum + w_recency * recency.value) / (fixed_weight + w_recency)
     return Assessment(min(max(score, 0.0), 100.0), (recency, trend, engagement, service),
-                      probability, fixed_sum, fixed_weight, w_recency)
+                      probability, fixed_sum, fixed_weight, w_recency, inputs, now)
 
 
 def _trend(state: CustomerState, config: ChurnwatchConfig) -> Component:
@@ -158,12 +174,12 @@ def _trend(state: CustomerState, config: ChurnwatchConfig) -> Component:
     so a steady customer sits at 100 whatever their age; buying half as often scores about 60.
     """
     if state.orders < 3 or state.first_order is None or state.last_order is None:
-        return Component(100.0, 0.0)
+        return _NO_EVIDENCE
     tenure = state.last_order - state.first_order
     short = config.trend_short_half_life_days * DAY
     long = config.trend_long_half_life_days * DAY
     if tenure < short:
-        return Component(100.0, 0.0)
+        return _NO_EVIDENCE
     fill_short = 1.0 - math.exp(-LN2 * tenure / short)
     fill_long = 1.0 - math.exp(-LN2 * tenure / long)
     rate_short = state.ord_short / (short * fill_short)
@@ -181,7 +197,7 @@ def _engagement(state: CustomerState, config: ChurnwatchConfig, priors: Populati
                 ) -> Component:
     """Answers to campaigns and messages against the population's usual answer rate."""
     if not state.channels:
-        return Component(100.0, 0.0)
+        return _NO_EVIDENCE
     sent, responses, _, _ = state.engagement_totals(state.eng_ref,
                                                     config.engagement_half_life_days * DAY)
     usual = priors.response_rate()
@@ -193,7 +209,7 @@ def _engagement(state: CustomerState, config: ChurnwatchConfig, priors: Populati
 def _service(state: CustomerState) -> Component:
     """Support tickets (by severity) and feedback scores, recent ones weighing most."""
     if state.tickets <= 0.0 and state.fb_weight <= 0.0:
-        return Component(100.0, 0.0)
+        return _NO_EVIDENCE
     tickets = 100.0 * math.exp(-0.4 * state.tickets)
     if state.fb_weight > 0:
         feedback = 10.0 * state.fb_sum / state.fb_weight
@@ -257,29 +273,84 @@ def next_review_at(state: CustomerState, assessment: Assessment, now: float,
     target = (needed / 100.0) ** 2
     if assessment.return_probability < target:
         return now
-    inputs = recency_inputs(state, now, priors, config)
+    inputs = _inputs_at(assessment, state, now, priors, config)
     anchor = now - inputs.silence_days * DAY
     horizon = policy.horizon_days
-
-    def probability(silence: float) -> float:
-        return return_probability(RecencyInputs(inputs.repeats, inputs.span_days, silence,
-                                                inputs.population_gap_days), horizon, config)
-
+    exit_silence = _exit_silence(inputs, horizon, config, target)
     low = inputs.silence_days
     high = max(low, 1.0) * 2.0
-    while probability(high) >= target:
-        if high >= _MAX_SILENCE_DAYS:
+    if exit_silence is None:
+        def still_above(silence: float) -> bool:
+            return return_probability(RecencyInputs(inputs.repeats, inputs.span_days, silence,
+                                                    inputs.population_gap_days), horizon,
+                                      config) >= target
+
+        while still_above(high):
+            if high >= _MAX_SILENCE_DAYS:
+                return None
+            high = min(high * 2.0, _MAX_SILENCE_DAYS)
+        for _ in range(60):
+            if high - low < 1.0 / 1440.0:  # one minute
+                break
+            mid = 0.5 * (low + high)
+            if still_above(mid):
+                low = mid
+            else:
+                high = mid
+        return max(anchor + high * DAY, now)
+    # The same bisection, step for step (its steps fix the instant to the minute), but with
+    # the crossing known in closed form each step is a comparison, not a model evaluation.
+    # The model clamps silence to 0.._MAX_SILENCE_DAYS, hence the clamps.
+    top = _MAX_SILENCE_DAYS
+    while (high if high < top else top) <= exit_silence:
+        if high >= top:
             return None
-        high = min(high * 2.0, _MAX_SILENCE_DAYS)
+        high = min(high * 2.0, top)
     for _ in range(60):
         if high - low < 1.0 / 1440.0:  # one minute
             break
         mid = 0.5 * (low + high)
-        if probability(mid) >= target:
+        if (mid if mid > 0.0 else 0.0) <= exit_silence:
             low = mid
         else:
             high = mid
     return max(anchor + high * DAY, now)
+
+
+def _exit_silence(inputs: RecencyInputs, horizon_days: float, config: ChurnwatchConfig,
+                  target: float) -> float | None:
+    """The silence (days) at which :func:`return_probability` falls to ``target``, in closed
+    form for the default tail shape 1 (``None`` for other shapes: evaluate the model).
+
+    With shape 1 and ``x = scale + silence`` the model is
+    ``(1 - d) scale h / (((1 - d) scale + d x) (x + h))``, so the crossing is the positive root
+    of ``t d x^2 + t (d h + (1 - d) scale) x - (1 - t)(1 - d) scale h = 0``, taken in the form
+    that does not cancel.
+
+    >>> from churnwatch.core.config import ChurnwatchConfig
+    >>> cfg = ChurnwatchConfig()
+    >>> inputs = RecencyInputs(repeats=4, span_days=120, silence_days=0, population_gap_days=30)
+    >>> s = _exit_silence(inputs, 180.0, cfg, 0.3)
+    >>> at = RecencyInputs(4, 120, s, 30)
+    >>> round(return_probability(at, 180.0, cfg), 9)
+    0.3
+    """
+    model = config.recency
+    if model.tail_shape != 1.0:
+        return None
+    if target >= 1.0:
+        return -math.inf
+    k = model.cadence_shrinkage
+    mean_gap = (k * inputs.population_gap_days + inputs.span_days) / (k + inputs.repeats)
+    scale = max(mean_gap, 1e-6)
+    dropout = model.dropout_prior_a / (model.dropout_prior_a + model.dropout_prior_b
+                                       + inputs.repeats)
+    stay = 1.0 - dropout
+    a = target * dropout
+    b = target * (dropout * horizon_days + stay * scale)
+    minus_c = (1.0 - target) * stay * scale * horizon_days
+    x = 2.0 * minus_c / (b + math.sqrt(b * b + 4.0 * a * minus_c))
+    return x - scale
 
 
 # -- reasons -------------------------------------------------------------------------------------
@@ -293,7 +364,7 @@ def reasons(state: CustomerState, assessment: Assessment, now: float, config: Ch
     come first.
     """
     comps = assessment.components
-    inputs = recency_inputs(state, now, priors, config)
+    inputs = _inputs_at(assessment, state, now, priors, config)
     out: list[tuple[float, str]] = []
     silence = inputs.silence_days
     own_gap = state.mean_gap_days()

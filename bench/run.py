@@ -1,0 +1,495 @@
+"""churnwatch benchmarks: ``python -m bench.run`` (``make bench``).
+
+Every figure comes from data generated from a seed (:mod:`bench.workload`) and real servers
+(a private redis-server on a loopback port, ``churnwatch run`` processes), so anyone can
+reproduce it. What is measured (docs/benchmarks.md has the figures and the machine):
+
+1. replay: one worker over ``--events`` mixed events for ``--customers`` customers, from the
+   first event read to the export CSV written (``replay`` + ``export``);
+2. naive: a consumer doing one Redis round trip per event (GET, score, SET) with the same
+   scoring engine, on the first ``--naive-events`` events; and the ratio to (1);
+3. memory: Redis ``used_memory`` per customer after the replay, and per kind of key;
+4. live: ``churnwatch run`` (wall clock) fed at a fixed offered load: latency from XADD to the
+   score committed in Redis (p50, p99), at ``--live-rate`` events/s and stepping up to the
+   highest rate sustained without the backlog growing;
+5. cluster: ``churnwatch run`` on ``--cluster-events`` published events, one process against two
+   processes as one Bytewax cluster (and whether both end in the same state).
+
+Prints one JSON line with every figure (and writes it to ``var/bench/results.json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import redis
+from churnwatch.state.base import shard_of
+from churnwatch.state.redis_store import RedisStore
+
+from bench.workload import write_jsonl
+from churnwatch.core.config import ChurnwatchConfig
+from churnwatch.core.engine import Incoming, ShardEngine, ShardState, partition_id
+from churnwatch.core.events import Event, decode_event
+from churnwatch.publish import Publisher, read_lines
+
+ROOT = Path(__file__).resolve().parents[1]
+WORKDIR = ROOT / "var" / "bench"
+CHURNWATCH = str(Path(sys.executable).with_name("churnwatch"))
+
+
+def log(message: str) -> None:
+    """Progress on stderr (stdout carries the one JSON line)."""
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+# -- servers ----------------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def redis_server() -> Iterator[str]:
+    """A private redis-server on a loopback port, persistence off; yields its URL."""
+    binary = shutil.which("redis-server")
+    if not binary:
+        raise SystemExit("redis-server not found: run `make system-deps`")
+    port = _free_port()
+    workdir = tempfile.mkdtemp(prefix="churnwatch-bench-redis-")
+    process = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly",
+         "no", "--dir", workdir, "--daemonize", "no", "--loglevel", "warning"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"redis://127.0.0.1:{port}/0"
+    try:
+        client = redis.Redis(port=port)
+        for _ in range(200):
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                time.sleep(0.025)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _config_file(prefix: str, **inputs: Any) -> Path:
+    path = WORKDIR / f"{prefix}.toml"
+    lines = ["[state]", f'key_prefix = "{prefix}"']
+    if inputs:
+        lines.append("[input]")
+        lines += [f"{k} = {v!r}" for k, v in inputs.items()]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+# -- 1. replay ----------------------------------------------------------------------------------
+
+
+def bench_replay(path: Path, url: str, config: ChurnwatchConfig, events: int) -> dict[str, Any]:
+    """One worker, file -> flow -> Redis -> export CSV."""
+    from churnwatch.replay import export_rows, replay, state_time, write_export
+
+    client = redis.Redis.from_url(url)
+    client.flushall()
+    baseline = int(client.info("memory")["used_memory"])
+
+    def factory() -> RedisStore:
+        return RedisStore(url, config.shards, config.key_prefix)
+
+    started = time.perf_counter()
+    replay([str(path)], config, factory)
+    replayed = time.perf_counter()
+    store = factory()
+    rows = export_rows(store, config, state_time(store))
+    write_export(rows, str(WORKDIR / "export.csv"))
+    finished = time.perf_counter()
+    seconds = finished - started
+    return {"events": events, "customers": len(rows), "seconds": round(seconds, 2),
+            "replay_seconds": round(replayed - started, 2),
+            "export_seconds": round(finished - replayed, 2),
+            "events_per_second": round(events / seconds),
+            "baseline_used_memory": baseline}
+
+
+# -- 2. naive -----------------------------------------------------------------------------------
+
+
+def bench_naive(path: Path, url: str, config: ChurnwatchConfig, limit: int) -> dict[str, Any]:
+    """One GET and one SET per event, the same engine in between."""
+    client = redis.Redis.from_url(url)
+    prefix = "naive"
+    engines = {s: ShardEngine(s, config, ShardState()) for s in range(config.shards)}
+    pid = partition_id(f"file:{path}")
+    count = 0
+    started = time.perf_counter()
+    with open(path, "rb") as handle:
+        for number, line in enumerate(handle, 1):
+            if count >= limit:
+                break
+            count += 1
+            event = decode_event(line, position=f"{path.name}:{number}", now=time.time())
+            if not isinstance(event, Event):
+                continue
+            cid = event.customer_id
+            shard = shard_of(cid, config.shards)
+            key = f"{prefix}:{{s{shard}}}:c:{cid}"
+            raw = client.get(key)
+            from churnwatch.core.customer import CustomerState
+
+            state = CustomerState.from_wire(msgpack.unpackb(raw, strict_map_key=False)) \
+                if raw else None
+            engine = engines[shard]
+            result = engine.process([Incoming(event, pid, number, "")], {cid: state},
+                                    engine.state.watermark)
+            client.set(key, msgpack.packb(result.changed[cid].to_wire(), use_single_float=True))
+    seconds = time.perf_counter() - started
+    return {"events": count, "seconds": round(seconds, 2),
+            "events_per_second": round(count / seconds)}
+
+
+# -- 3. memory ----------------------------------------------------------------------------------
+
+
+def bench_memory(url: str, config: ChurnwatchConfig, customers: int, baseline: int
+                 ) -> dict[str, Any]:
+    """used_memory per customer, and an estimate per kind of key (MEMORY USAGE on samples)."""
+    client = redis.Redis.from_url(url)
+    used = int(client.info("memory")["used_memory"])
+    prefix = config.key_prefix
+    kinds = {"state": f"{prefix}:*:c:*", "history": f"{prefix}:*:h:*"}
+    per_kind: dict[str, Any] = {}
+    for kind, pattern in kinds.items():
+        keys = []
+        for key in client.scan_iter(match=pattern, count=10_000):
+            keys.append(key)
+            if len(keys) >= 20_000:
+                break
+        sample = random.Random(1).sample(keys, min(2000, len(keys)))
+        pipe = client.pipeline(transaction=False)
+        for key in sample:
+            pipe.memory_usage(key, samples=0)
+        sizes = [s or 0 for s in pipe.execute()]
+        total_keys = sum(1 for _ in client.scan_iter(match=pattern, count=10_000))
+        mean = statistics.fmean(sizes) if sizes else 0.0
+        per_kind[kind] = {"keys": total_keys, "mean_bytes": round(mean),
+                          "bytes_per_customer": round(mean * total_keys / max(customers, 1))}
+    pipe = client.pipeline(transaction=False)
+    for shard in range(config.shards):
+        pipe.memory_usage(f"{prefix}:{{s{shard}}}:due", samples=0)
+        pipe.memory_usage(f"{prefix}:{{s{shard}}}:transitions", samples=0)
+    sizes = pipe.execute()
+    due = sum(s or 0 for s in sizes[0::2])
+    transitions = sum(s or 0 for s in sizes[1::2])
+    per_kind["due_index"] = {"bytes_per_customer": round(due / max(customers, 1))}
+    per_kind["transition_streams"] = {"bytes_per_customer": round(transitions / max(customers,
+                                                                                    1))}
+    return {"used_memory": used, "bytes_per_customer": round((used - baseline) / customers),
+            "by_kind": per_kind}
+
+
+# -- 4. live latency ------------------------------------------------------------------------------
+
+_XADD_MANY = """
+for i = 1, #ARGV do redis.call('XADD', KEYS[1], '*', 'e', ARGV[i]) end
+return #ARGV
+"""
+
+
+def _probe_customers(config: ChurnwatchConfig) -> list[str]:
+    found: dict[int, str] = {}
+    n = 0
+    while len(found) < config.stream_partitions:
+        cid = f"probe-{n}"
+        found.setdefault(shard_of(cid, config.stream_partitions), cid)
+        n += 1
+    return [found[p] for p in range(config.stream_partitions)]
+
+
+def _live_step(url: str, config: ChurnwatchConfig, rate: float, seconds: float,
+               seed: int, customers: int) -> dict[str, Any]:
+    """Offer ``rate`` events/s for ``seconds``; latency XADD -> committed, from probes."""
+    client = redis.Redis.from_url(url)
+    streams = [f"{config.stream_prefix}:{p}" for p in range(config.stream_partitions)]
+    probes = _probe_customers(config)
+    probe_keys = [f"{config.key_prefix}:{{s{shard_of(c, config.shards)}}}:c:{c}"
+                  for c in probes]
+    xadd_many = client.register_script(_XADD_MANY)
+    total = int(rate * seconds)
+    rng = random.Random(seed)
+    start = time.time() + 1.0 + total / 400_000  # after the payloads are made
+    kinds = (b"visit", b"order", b"campaign_sent", b"campaign_opened")
+    payloads: list[tuple[int, bytes]] = []
+    for i in range(total):
+        cid = f"c{rng.randrange(customers):07d}"
+        kind = kinds[i % 4]
+        ts = int(start + i / rate)
+        if kind == b"order":
+            body = b'{"customer_id":"%s","type":"order","ts":%d,"amount":25.0}' % (
+                cid.encode(), ts)
+        elif kind == b"visit":
+            body = b'{"customer_id":"%s","type":"visit","ts":%d}' % (cid.encode(), ts)
+        else:
+            body = b'{"customer_id":"%s","type":"%s","ts":%d,"channel":"email"}' % (
+                cid.encode(), kind, ts)
+        payloads.append((shard_of(cid, config.stream_partitions), body))
+    latencies: list[float] = []
+    seen: dict[str, int] = {}
+    done = threading.Event()
+
+    def watch() -> None:
+        watcher = redis.Redis.from_url(url)
+        while not done.is_set():
+            raws = watcher.mget(probe_keys)
+            now = time.time()
+            for key, raw in zip(probe_keys, raws, strict=True):
+                if not raw:
+                    continue
+                offsets = msgpack.unpackb(raw, strict_map_key=False)[32] or {}
+                newest = max(offsets.values(), default=0)
+                if newest > seen.get(key, 0):
+                    if key in seen:
+                        latencies.append(now - (newest // 1_000_000) / 1000.0)
+                    seen[key] = newest
+            time.sleep(0.002)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    while time.time() < start:
+        time.sleep(0.005)
+    sent = 0
+    next_probe = 0.0
+    while sent < total:
+        elapsed = time.time() - start
+        due = min(total, int(elapsed * rate) + 1)
+        chunk = payloads[sent:due]
+        by_partition: dict[int, list[bytes]] = {}
+        for partition, body in chunk:
+            by_partition.setdefault(partition, []).append(body)
+        if elapsed >= next_probe:
+            next_probe = elapsed + 0.05
+            ts = int(time.time())
+            for partition, cid in enumerate(probes):
+                by_partition.setdefault(partition, []).append(
+                    b'{"customer_id":"%s","type":"visit","ts":%d}' % (cid.encode(), ts))
+        pipe = client.pipeline(transaction=False)
+        for partition, bodies in by_partition.items():
+            xadd_many(keys=[streams[partition]], args=bodies, client=pipe)
+        pipe.execute()
+        sent = due
+        time.sleep(0.005)
+    published = time.time()
+    # Drain: how long until the last probe is scored (the backlog left at the end).
+    final = {k: v for k, v in seen.items()}
+    last_probe_ids = []
+    for partition, cid in enumerate(probes):
+        entry = client.xadd(streams[partition], {
+            "e": b'{"customer_id":"%s","type":"visit","ts":%d}' % (cid.encode(),
+                                                                  int(time.time()))})
+        last_probe_ids.append(entry)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if all(seen.get(k, 0) >= _offset(e) for k, e in zip(probe_keys, last_probe_ids,
+                                                           strict=True)):
+            break
+        time.sleep(0.01)
+    drain = time.time() - published
+    done.set()
+    watcher.join(5)
+    del final
+    latencies.sort()
+    achieved = total / max(published - start, 1e-9)
+
+    def q(p: float) -> float | None:
+        return round(latencies[min(int(p * len(latencies)), len(latencies) - 1)], 4) \
+            if latencies else None
+
+    return {"offered_per_second": rate, "achieved_offer_per_second": round(achieved),
+            "seconds": seconds, "probes": len(latencies), "p50_seconds": q(0.5),
+            "p99_seconds": q(0.99), "max_seconds": round(latencies[-1], 3) if latencies
+            else None, "drain_seconds": round(drain, 2),
+            "sustained": bool(latencies) and (q(0.99) or 99) < 1.0 and drain < 1.0}
+
+
+def _offset(entry_id: bytes) -> int:
+    ms, _, seq = entry_id.decode().partition("-")
+    return int(ms) * 1_000_000 + int(seq)
+
+
+def bench_live(url: str, rate: float, seconds: float, seed: int, customers: int,
+               sweep: list[float]) -> dict[str, Any]:
+    """``churnwatch run --clock wall`` in a subprocess, fed by this process."""
+    config = ChurnwatchConfig(key_prefix="live")
+    client = redis.Redis.from_url(url)
+    client.flushall()
+    log_path = WORKDIR / "live.log"
+    process = subprocess.Popen(
+        [CHURNWATCH, "run", "--redis-url", url, "--config", str(_config_file("live")),
+         "--no-metrics"], stdout=open(log_path, "wb"), stderr=subprocess.STDOUT)  # noqa: SIM115
+    try:
+        warm = _live_step(url, config, 500, 3.0, seed, customers)  # start-up, imports, JIT-less
+        log(f"live warm-up: {warm}")
+        at_target = _live_step(url, config, rate, seconds, seed + 1, customers)
+        log(f"live at {rate:.0f}/s: {at_target}")
+        steps = []
+        best = None
+        for step_rate in sweep:
+            result = _live_step(url, config, step_rate, seconds, seed + 2 + len(steps),
+                                customers)
+            log(f"live at {step_rate:.0f}/s: {result}")
+            steps.append(result)
+            if not result["sustained"]:
+                break
+            best = step_rate
+        return {"at_offered_load": at_target, "sweep": steps, "highest_sustained_per_second":
+                best}
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+# -- 5. cluster ---------------------------------------------------------------------------------
+
+
+def bench_cluster(url: str, path: Path, events: int) -> dict[str, Any]:
+    """The same published events through 1 process, then 2 processes as one cluster."""
+    client = redis.Redis.from_url(url)
+    client.flushall()
+    config = ChurnwatchConfig()
+    lines = read_lines([str(path)])
+    limited = (line for n, line in enumerate(lines) if n < events)
+    Publisher(url, config).publish(limited)
+    results: dict[str, Any] = {"events": events}
+    states = {}
+    for processes in (1, 2):
+        prefix = f"p{processes}"
+        config_path = _config_file(prefix)
+        base = [CHURNWATCH, "run", "--redis-url", url, "--config", str(config_path),
+                "--clock", "event", "--stop-at-end", "--no-metrics"]
+        addresses = ";".join(f"127.0.0.1:{_free_port()}" for _ in range(processes))
+        started = time.perf_counter()
+        procs = []
+        for index in range(processes):
+            extra = ["-i", str(index), "-a", addresses] if processes > 1 else []
+            procs.append(subprocess.Popen(base + extra, stdout=subprocess.DEVNULL,
+                                          stderr=open(WORKDIR / f"cluster-{prefix}-{index}.log",
+                                                      "wb")))  # noqa: SIM115
+        codes = [p.wait(timeout=3600) for p in procs]
+        seconds = time.perf_counter() - started
+        if any(codes):
+            raise SystemExit(f"cluster run with {processes} process(es) failed: {codes}")
+        results[f"processes_{processes}"] = {"seconds": round(seconds, 2),
+                                             "events_per_second": round(events / seconds)}
+        store = RedisStore(url, config.shards, prefix)
+        states[processes] = {cid: s.to_wire() for cid, s in store.iter_customers()}
+    results["speedup"] = round(results["processes_1"]["seconds"] /
+                               results["processes_2"]["seconds"], 2)
+    results["same_state"] = states[1] == states[2]
+    return results
+
+
+# -- main ---------------------------------------------------------------------------------------
+
+
+def machine() -> dict[str, Any]:
+    """What the figures were measured on."""
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    version = subprocess.run(["redis-server", "--version"], capture_output=True, text=True,
+                             check=False).stdout.split()
+    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
+            "os": platform.platform(), "redis": next((v.split("=")[1] for v in version
+                                                      if v.startswith("v=")), "?")}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument("--customers", type=int, default=100_000)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--naive-events", type=int, default=100_000)
+    parser.add_argument("--live-rate", type=float, default=50_000)
+    parser.add_argument("--live-seconds", type=float, default=8.0)
+    parser.add_argument("--sweep", default="2000,4000,6000,8000,12000,16000,24000,32000",
+                        help="offered loads (events/s) to step through for the highest "
+                        "sustained rate")
+    parser.add_argument("--cluster-events", type=int, default=300_000)
+    parser.add_argument("--only", default="replay,naive,memory,live,cluster",
+                        help="comma-separated subset of the benchmarks")
+    args = parser.parse_args(argv)
+    only = set(args.only.split(","))
+    WORKDIR.mkdir(parents=True, exist_ok=True)
+    log(f"generating {args.events} events for {args.customers} customers (seed {args.seed})")
+    path = write_jsonl(WORKDIR / f"events-{args.events}-{args.customers}-{args.seed}.jsonl",
+                       args.events, args.customers, args.seed)
+    config = ChurnwatchConfig(key_prefix="cw")
+    results: dict[str, Any] = {"machine": machine(), "seed": args.seed}
+    with redis_server() as url:
+        if only & {"replay", "memory"}:
+            log("1. replay")
+            replay = bench_replay(path, url, config, args.events)
+            log(f"replay: {replay}")
+            results["replay"] = replay
+            if "memory" in only:
+                results["memory"] = bench_memory(url, config, replay["customers"],
+                                                 replay.pop("baseline_used_memory"))
+                log(f"memory: {results['memory']}")
+            replay.pop("baseline_used_memory", None)
+        if "naive" in only:
+            log("2. naive")
+            naive = bench_naive(path, url, config, args.naive_events)
+            results["naive"] = naive
+            if "replay" in results:
+                naive["replay_over_naive"] = round(
+                    results["replay"]["events_per_second"] / naive["events_per_second"], 1)
+            log(f"naive: {naive}")
+        if "live" in only:
+            log("4. live")
+            results["live"] = bench_live(url, args.live_rate, args.live_seconds, args.seed,
+                                         args.customers,
+                                         [float(r) for r in args.sweep.split(",") if r])
+        if "cluster" in only:
+            log("5. cluster")
+            results["cluster"] = bench_cluster(url, path, args.cluster_events)
+            log(f"cluster: {results['cluster']}")
+    line = json.dumps(results, sort_keys=True)
+    (WORKDIR / "results.json").write_text(line + "\n")
+    print(line)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
