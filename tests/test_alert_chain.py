@@ -156,6 +156,9 @@ def run_scenario(monitor: Monitor, prometheus, webhook, traffic: ShopTraffic  # 
                == everyone, timeout=90, what=f"{everyone} customers in Prometheus "
                f"(monitor log:\n{monitor.log_tail()})")
 
+    # Rule groups evaluate independently: an alert group evaluated before the first scrape
+    # (absent(up) pending) clears at its next evaluation; give every group a few.
+    time.sleep(3.0)
     # Steady traffic: nothing pending, nothing firing, nothing sent, for the whole window.
     steady_until = time.monotonic() + STEADY_SECONDS
     while time.monotonic() < steady_until:
