@@ -8,6 +8,7 @@ shard's keys in one Redis Cluster slot, so a batch commits in one MULTI/EXEC):
 - ``P:{sN}:due``              sorted set, customer -> next review time (epoch seconds)
 - ``P:{sN}:transitions``      stream of tier transitions (capped), for a CRM or WhatsApp tool
 - ``P:{sN}:h:<customer_id>``  list of the customer's newest transitions (capped)
+- ``P:{sN}:commit``           token of the shard's last commit (makes a retried commit safe)
 - ``P:deadletters``           stream of dead letters (capped)
 
 Every call goes through :meth:`RedisStore._call`, which retries with exponential backoff while
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Protocol, TypeVar
@@ -145,9 +147,19 @@ class RedisStore:
             else:
                 due_add[cid] = float(state.next_review_at)
         shard_blob = msgpack.packb(shard_state.to_wire())
+        # A token written in the same transaction tells a retry whether a MULTI/EXEC whose reply
+        # was lost did apply: the stream and history appends must not happen twice.
+        token = os.urandom(12)
+        commit_key = f"{tag}:commit"
+        attempts = 0
 
         def write() -> None:
+            nonlocal attempts
+            attempts += 1
+            if attempts > 1 and self.client.get(commit_key) == token:
+                return
             pipe = self.client.pipeline(transaction=True)
+            pipe.set(commit_key, token)
             if blobs:
                 pipe.mset(blobs)
             if due_add:

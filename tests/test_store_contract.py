@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+import redis
 from churnwatch.state.base import StateStore, shard_of
 from churnwatch.state.memory import MemoryStore
 from churnwatch.state.redis_store import RedisStore
@@ -68,13 +69,22 @@ def test_due_index_returns_customers_in_review_order(store: StateStore) -> None:
 
 def test_shard_state_and_transitions_round_trip(store: StateStore) -> None:
     engines = _commit_orders(store, ["a", "b"], T0 + 100 * DAY)
+    assert store.recent_transitions(10) == []  # a first tier is not a transition
     for shard, engine in engines.items():
+        silent = {c: s for c, s in store.load_customers(shard, ["a", "b"]).items()
+                  if s is not None and shard_of(c, CONFIG.shards) == shard}
+        result = engine.review(silent, T0 + 5000 * DAY)
+        store.commit(shard, engine.state, result.changed, result.transitions, result.drops)
         loaded = store.load_shard(shard)
         assert loaded.gauges == engine.state.gauges
+        assert loaded.counters == engine.state.counters
         assert loaded.priors.gap_count == engine.state.priors.gap_count
     transitions = store.recent_transitions(10)
     assert {t["customer_id"] for t in transitions} == {"a", "b"}
-    assert store.customer_transitions("a", 5)[0]["to"] == "healthy"
+    history = store.customer_transitions("a", 5)
+    assert [(t["from"], t["to"]) for t in history] == [
+        ("at_risk", "churned"), ("watch", "at_risk"), ("healthy", "watch")]
+    assert history[0]["reasons"]
     assert len(store.shard_states()) == len(engines)
 
 
@@ -89,3 +99,31 @@ def test_dead_letters_keep_payload_reason_and_position(store: StateStore) -> Non
 def test_fresh_shard_is_empty(store: StateStore) -> None:
     state = store.load_shard(3)
     assert isinstance(state, ShardState) and state.gauges == {} and state.watermark == 0.0
+
+
+def test_a_commit_retried_after_a_lost_reply_is_applied_once(redis_url: str) -> None:
+    """The connection drops after EXEC reached Redis: the retry must not append twice."""
+    store = RedisStore(redis_url, CONFIG.shards, "t", max_wait=5)
+    engines = _commit_orders(store, ["a"], T0 + 100 * DAY)
+    [(shard, engine)] = engines.items()
+    silent = store.load_customers(shard, ["a"])
+    result = engine.review({"a": silent["a"]}, T0 + 5000 * DAY)
+    assert result.transitions
+    real_execute = redis.client.Pipeline.execute
+    calls = {"n": 0}
+
+    def execute_then_lose_the_reply(self, *args, **kwargs):
+        reply = real_execute(self, *args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise redis.ConnectionError("reply lost")
+        return reply
+
+    redis.client.Pipeline.execute = execute_then_lose_the_reply
+    try:
+        store.commit(shard, engine.state, result.changed, result.transitions, result.drops)
+    finally:
+        redis.client.Pipeline.execute = real_execute
+    assert calls["n"] == 1  # the retry saw the token and did not write again
+    assert len(store.customer_transitions("a", 30)) == len(result.transitions)
+    assert len(store.recent_transitions(30)) == len(result.transitions)

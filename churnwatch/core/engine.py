@@ -298,12 +298,14 @@ class ShardEngine:
                                 config.high_value_top_share) > 0)
         segment = config.segment_label(state.segment)
         if new_tier != old_tier:
-            why = tuple(reasons(state, assessment, now, config, priors, previous)) + (
-                component_moves(previous, state.components),)
-            transition = TierTransition(cid, segment, tier_name(old_tier), tier_name(new_tier),
-                                        old_score, score, now, why, cause)
-            result.transitions.append(transition)
+            # A customer's first tier is an assignment, not a change: it is in the state and the
+            # tier gauges, but makes no transition record.
             if old_tier >= 0:
+                why = tuple(reasons(state, assessment, now, config, priors, previous)) + (
+                    component_moves(previous, state.components),)
+                result.transitions.append(TierTransition(
+                    cid, segment, tier_name(old_tier), tier_name(new_tier), old_score, score,
+                    now, why, cause))
                 key = f"transitions|{segment}|{TIERS[old_tier]}|{TIERS[new_tier]}"
                 self.state.counters[key] = self.state.counters.get(key, 0.0) + 1.0
                 if new_tier == HEALTHY and old_tier >= AT_RISK:
