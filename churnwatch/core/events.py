@@ -123,8 +123,13 @@ def decode_event(
     ``now`` is the wall-clock time the caller trusts (the core never reads the clock); an event
     more than ``max_future_seconds`` after it is rejected as ``future_timestamp``.
     """
-    raw = payload if isinstance(payload, bytes) else str(payload).encode() if isinstance(
-        payload, str) else b""
+    raw = (
+        payload
+        if isinstance(payload, bytes)
+        else str(payload).encode()
+        if isinstance(payload, str)
+        else b""
+    )
     obj: Mapping[str, Any] | None = None
     try:
         obj = _to_mapping(payload)
@@ -133,8 +138,13 @@ def decode_event(
         if isinstance(payload, Mapping):
             raw = json.dumps(payload, default=str, sort_keys=True).encode()
         customer = obj.get("customer_id") if obj is not None else None
-        return InvalidEvent(rejected.reason, rejected.detail, position, raw,
-                            customer if isinstance(customer, str) else None)
+        return InvalidEvent(
+            rejected.reason,
+            rejected.detail,
+            position,
+            raw,
+            customer if isinstance(customer, str) else None,
+        )
 
 
 def _to_mapping(payload: bytes | str | Mapping[str, Any]) -> Mapping[str, Any]:
@@ -154,7 +164,9 @@ def _to_mapping(payload: bytes | str | Mapping[str, Any]) -> Mapping[str, Any]:
         except Exception as exc:  # msgpack raises several unrelated types
             raise ContractViolation("invalid_msgpack", f"neither JSON nor msgpack: {exc}") from None
     if not isinstance(obj, Mapping):
-        raise ContractViolation("not_an_object", f"an event must be an object, got {type(obj).__name__}")
+        raise ContractViolation(
+            "not_an_object", f"an event must be an object, got {type(obj).__name__}"
+        )
     return obj
 
 
@@ -165,62 +177,81 @@ def _validate(obj: Mapping[str, Any], *, now: float | None, max_future_seconds: 
     if isinstance(customer_id, int) and not isinstance(customer_id, bool):
         customer_id = str(customer_id)
     if not isinstance(customer_id, str) or not customer_id.strip():
-        raise ContractViolation("invalid_field", f"field 'customer_id' must be a non-empty string, got "
-                      f"{customer_id!r}")
+        raise ContractViolation(
+            "invalid_field", f"field 'customer_id' must be a non-empty string, got {customer_id!r}"
+        )
     if len(customer_id) > MAX_CUSTOMER_ID_LENGTH:
-        raise ContractViolation("invalid_field", f"field 'customer_id' is longer than "
-                      f"{MAX_CUSTOMER_ID_LENGTH} characters")
+        raise ContractViolation(
+            "invalid_field",
+            f"field 'customer_id' is longer than {MAX_CUSTOMER_ID_LENGTH} characters",
+        )
     kind = obj.get("type")
     if kind is None:
         raise ContractViolation("missing_field", "field 'type' is required")
     if kind not in EVENT_TYPES:
-        raise ContractViolation("unknown_type", f"field 'type' is {kind!r}; expected one of "
-                      f"{', '.join(sorted(EVENT_TYPES))}")
+        raise ContractViolation(
+            "unknown_type",
+            f"field 'type' is {kind!r}; expected one of {', '.join(sorted(EVENT_TYPES))}",
+        )
     if "ts" not in obj:
         raise ContractViolation("missing_field", "field 'ts' is required")
     # Whole seconds: churn moves in days, and stored state then reads back bit for bit.
     ts = float(math.floor(parse_timestamp(obj["ts"])))
     if now is not None and ts > now + max_future_seconds:
-        raise ContractViolation("future_timestamp", f"field 'ts' ({obj['ts']!r}) is more than "
-                      f"{max_future_seconds:.0f} s in the future")
+        raise ContractViolation(
+            "future_timestamp",
+            f"field 'ts' ({obj['ts']!r}) is more than {max_future_seconds:.0f} s in the future",
+        )
     event_id = obj.get("event_id")
     if event_id is not None:
         if isinstance(event_id, int) and not isinstance(event_id, bool):
             event_id = str(event_id)
         if not isinstance(event_id, str) or not event_id:
-            raise ContractViolation("invalid_field", f"field 'event_id' must be a non-empty string, got "
-                          f"{event_id!r}")
+            raise ContractViolation(
+                "invalid_field", f"field 'event_id' must be a non-empty string, got {event_id!r}"
+            )
 
     if kind in (ORDER, REFUND):
         if "amount" not in obj:
-            raise ContractViolation("missing_field", f"field 'amount' is required for type '{kind}'")
+            raise ContractViolation(
+                "missing_field", f"field 'amount' is required for type '{kind}'"
+            )
         amount = _number(obj["amount"], "amount")
         if amount < 0:
-            raise ContractViolation("invalid_field", f"field 'amount' must be >= 0, got {obj['amount']!r}")
+            raise ContractViolation(
+                "invalid_field", f"field 'amount' must be >= 0, got {obj['amount']!r}"
+            )
         return Event(customer_id, kind, ts, event_id, amount=amount)
     if kind in (CAMPAIGN_SENT, CAMPAIGN_OPENED, CAMPAIGN_CLICKED):
-        return Event(customer_id, kind, ts, event_id,
-                     channel=_channel(obj, kind, CAMPAIGN_CHANNELS))
+        return Event(
+            customer_id, kind, ts, event_id, channel=_channel(obj, kind, CAMPAIGN_CHANNELS)
+        )
     if kind in (MESSAGE_SENT, MESSAGE_REPLIED):
-        return Event(customer_id, kind, ts, event_id,
-                     channel=_channel(obj, kind, MESSAGE_CHANNELS))
+        return Event(customer_id, kind, ts, event_id, channel=_channel(obj, kind, MESSAGE_CHANNELS))
     if kind == FEEDBACK:
         if "score" not in obj:
-            raise ContractViolation("missing_field", "field 'score' is required for type 'feedback'")
+            raise ContractViolation(
+                "missing_field", "field 'score' is required for type 'feedback'"
+            )
         score = _number(obj["score"], "score")
         if not 0 <= score <= 10:
-            raise ContractViolation("invalid_field", f"field 'score' must be within 0..10, got "
-                          f"{obj['score']!r}")
+            raise ContractViolation(
+                "invalid_field", f"field 'score' must be within 0..10, got {obj['score']!r}"
+            )
         fb_kind = obj.get("kind")
         if fb_kind is not None and fb_kind not in FEEDBACK_KINDS:
-            raise ContractViolation("invalid_field", f"field 'kind' is {fb_kind!r}; expected one of "
-                          f"{', '.join(sorted(FEEDBACK_KINDS))}")
+            raise ContractViolation(
+                "invalid_field",
+                f"field 'kind' is {fb_kind!r}; expected one of {', '.join(sorted(FEEDBACK_KINDS))}",
+            )
         return Event(customer_id, kind, ts, event_id, score=score)
     if kind == SUPPORT_TICKET:
         severity = obj.get("severity", "normal")
         if severity not in TICKET_SEVERITIES:
-            raise ContractViolation("invalid_field", f"field 'severity' is {severity!r}; expected one of "
-                          f"{', '.join(TICKET_SEVERITIES)}")
+            raise ContractViolation(
+                "invalid_field",
+                f"field 'severity' is {severity!r}; expected one of {', '.join(TICKET_SEVERITIES)}",
+            )
         return Event(customer_id, kind, ts, event_id, severity=TICKET_SEVERITIES[severity])
     if kind == PROFILE:
         attributes: dict[str, str] = {}
@@ -229,8 +260,9 @@ def _validate(obj: Mapping[str, Any], *, now: float | None, max_future_seconds: 
             if value is None:
                 continue
             if not isinstance(value, str) or not value:
-                raise ContractViolation("invalid_field", f"field '{key}' must be a non-empty string, got "
-                              f"{value!r}")
+                raise ContractViolation(
+                    "invalid_field", f"field '{key}' must be a non-empty string, got {value!r}"
+                )
             attributes[key] = value
         return Event(customer_id, kind, ts, event_id, attributes=attributes)
     return Event(customer_id, kind, ts, event_id)  # visit
@@ -245,29 +277,36 @@ def parse_timestamp(value: Any) -> float:
     1704067200.0
     """
     if isinstance(value, bool):
-        raise ContractViolation("invalid_field", f"field 'ts' must be RFC 3339 or epoch seconds, got "
-                      f"{value!r}")
+        raise ContractViolation(
+            "invalid_field", f"field 'ts' must be RFC 3339 or epoch seconds, got {value!r}"
+        )
     if isinstance(value, (int, float)):
         ts = float(value)
         if not math.isfinite(ts) or ts < 0:
-            raise ContractViolation("invalid_field", f"field 'ts' must be a finite epoch time >= 0, got "
-                          f"{value!r}")
+            raise ContractViolation(
+                "invalid_field", f"field 'ts' must be a finite epoch time >= 0, got {value!r}"
+            )
         if ts > 1e11:
-            raise ContractViolation("invalid_field", f"field 'ts' is {value!r}: epoch seconds expected "
-                          "(this looks like milliseconds)")
+            raise ContractViolation(
+                "invalid_field",
+                f"field 'ts' is {value!r}: epoch seconds expected (this looks like milliseconds)",
+            )
         return ts
     if isinstance(value, str):
         try:
             moment = datetime.fromisoformat(value.strip())
         except ValueError:
-            raise ContractViolation("invalid_field", f"field 'ts' is not an RFC 3339 time: {value!r}"
-                          ) from None
+            raise ContractViolation(
+                "invalid_field", f"field 'ts' is not an RFC 3339 time: {value!r}"
+            ) from None
         if moment.tzinfo is None:
-            raise ContractViolation("invalid_field", f"field 'ts' has no time zone: {value!r} (add 'Z' or "
-                          "an offset)")
+            raise ContractViolation(
+                "invalid_field", f"field 'ts' has no time zone: {value!r} (add 'Z' or an offset)"
+            )
         return moment.timestamp()
-    raise ContractViolation("invalid_field", f"field 'ts' must be RFC 3339 or epoch seconds, got "
-                  f"{type(value).__name__}")
+    raise ContractViolation(
+        "invalid_field", f"field 'ts' must be RFC 3339 or epoch seconds, got {type(value).__name__}"
+    )
 
 
 def _number(value: Any, name: str) -> float:
@@ -284,6 +323,9 @@ def _channel(obj: Mapping[str, Any], kind: str, allowed: frozenset[str]) -> str:
     if channel is None:
         raise ContractViolation("missing_field", f"field 'channel' is required for type '{kind}'")
     if channel not in allowed:
-        raise ContractViolation("invalid_field", f"field 'channel' is {channel!r}; for '{kind}' expected "
-                      f"one of {', '.join(sorted(allowed))}")
+        raise ContractViolation(
+            "invalid_field",
+            f"field 'channel' is {channel!r}; for '{kind}' expected "
+            f"one of {', '.join(sorted(allowed))}",
+        )
     return str(channel)
