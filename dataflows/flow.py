@@ -19,13 +19,13 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow
-from bytewax.inputs import Source
+from bytewax.inputs import DynamicSource, Source, StatelessSourcePartition
 from bytewax.operators import StatefulBatchLogic
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from churnwatch.dataflows.messages import RawMessage
@@ -128,8 +128,13 @@ class ShardLogic(StatefulBatchLogic[tuple[Incoming, float], Any, None]):
             return time.time()
         return self.engine.state.watermark
 
-    def on_batch(self, values: list[tuple[Incoming, float]]) -> tuple[Iterable[Any], bool]:
-        """Called by Bytewax with the shard's items of one activation, in arrival order."""
+    def on_batch(self, values: list[Any]) -> tuple[Iterable[Any], bool]:
+        """Called by Bytewax with the shard's items of one activation, in arrival order:
+        ``(Incoming, received_at)`` pairs, and in wall-clock mode :class:`ShardTick` items."""
+        values = [v for v in values if not isinstance(v, ShardTick)]
+        if not values:  # only a tick: the shard exists on this worker; look at its due index
+            self._next_due = self.store.next_due(self.shard)
+            return self._review_due(), StatefulBatchLogic.RETAIN
         items = [v[0] for v in values]
         oldest = min(v[1] for v in values)
         ids = list(dict.fromkeys(i.event.customer_id for i in items))
@@ -203,8 +208,14 @@ def build_flow(settings: FlowSettings, source: Source[RawMessage], source_name: 
     raw = op.input("input", flow, source)
     decoded = op.flat_map_batch("decode", raw, lambda batch: _decode_batch(settings, batch))
     split = op.branch("split_dead", decoded, lambda kv: kv[0] != "dead")
+    keyed = split.trues
+    if settings.clock == "wall":
+        # Every shard hears from the clock, so its silent customers are reviewed after a
+        # restart even if no event of the shard ever arrives again.
+        ticks = op.input("shard_ticks", flow, ShardTickSource(settings.config.shards))
+        keyed = op.merge("events_and_ticks", keyed, ticks)
     scored = op.stateful_batch(
-        "score", split.trues,
+        "score", keyed,
         lambda resume: _build_logic(settings, source_name))
     outputs = op.map("unkey", scored, lambda kv: kv[1])
     dead = op.merge("dead_letters", op.map("dead_values", split.falses, lambda kv: kv[1]),
@@ -214,6 +225,43 @@ def build_flow(settings: FlowSettings, source: Source[RawMessage], source_name: 
     if settings.transitions_path:
         op.output("transition_sink", transitions, JsonLinesSink(settings.transitions_path))
     return flow
+
+
+@dataclass(frozen=True)
+class ShardTick:
+    """A wake-up for one shard from :class:`ShardTickSource`."""
+
+    shard: int
+
+
+class ShardTickSource(DynamicSource[tuple[str, ShardTick]]):
+    """Every ``interval`` seconds, one tick per shard (from worker 0 only), keyed like events."""
+
+    def __init__(self, shards: int, interval: float = 30.0) -> None:
+        self.shards = shards
+        self.interval = interval
+
+    def build(self, step_id: str, worker_index: int, worker_count: int
+              ) -> StatelessSourcePartition[tuple[str, ShardTick]]:
+        """Called by Bytewax once per worker; only worker 0 ticks."""
+        return _TickPartition(self.shards if worker_index == 0 else 0, self.interval)
+
+
+class _TickPartition(StatelessSourcePartition[tuple[str, ShardTick]]):
+    def __init__(self, shards: int, interval: float) -> None:
+        self.shards = shards
+        self.interval = timedelta(seconds=interval)
+        self.next = datetime.now(timezone.utc)
+
+    def next_batch(self) -> list[tuple[str, ShardTick]]:
+        now = datetime.now(timezone.utc)
+        if not self.shards or now < self.next:
+            return []
+        self.next = now + self.interval
+        return [(str(s), ShardTick(s)) for s in range(self.shards)]
+
+    def next_awake(self) -> datetime | None:
+        return self.next if self.shards else datetime.now(timezone.utc) + timedelta(days=1)
 
 
 def _build_logic(settings: FlowSettings, source_name: str) -> StatefulBatchLogic[Any, Any, Any]:
@@ -229,11 +277,12 @@ class _LazyShardLogic(StatefulBatchLogic[tuple[Incoming, float], Any, None]):
         self.source_name = source_name
         self.inner: ShardLogic | None = None
 
-    def on_batch(self, values: list[tuple[Incoming, float]]) -> tuple[Iterable[Any], bool]:
+    def on_batch(self, values: list[Any]) -> tuple[Iterable[Any], bool]:
         if self.inner is None:
-            cid = values[0][0].event.customer_id
-            self.inner = ShardLogic(shard_of(cid, self.settings.config.shards), self.settings,
-                                    self.source_name)
+            first = values[0]
+            shard = first.shard if isinstance(first, ShardTick) else shard_of(
+                first[0].event.customer_id, self.settings.config.shards)
+            self.inner = ShardLogic(shard, self.settings, self.source_name)
         return self.inner.on_batch(values)
 
     def on_notify(self) -> tuple[Iterable[Any], bool]:

@@ -137,3 +137,12 @@ def test_next_review_is_when_the_score_falls_below_the_tier_exit(evs: list[Event
     assert assess(state, due + 120, CONFIG, priors).score < threshold + 1e-6
     if due - 120 > now:
         assert assess(state, due - 120, CONFIG, priors).score >= threshold - 0.02
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(events(), min_size=1, max_size=30))
+def test_silence_long_enough_always_ends_below_at_risk(evs: list[Event]) -> None:
+    state = fold(evs)
+    policy = CONFIG.policy(None)
+    score = assess(state, state.last_event_ts + 30 * 365 * DAY, CONFIG, PopulationPriors()).score
+    assert score < policy.at_risk - policy.hysteresis

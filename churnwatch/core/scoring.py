@@ -11,8 +11,9 @@ pretending to be average:
 - ``engagement``: their answer rate to campaigns and messages against the population's.
 - ``service``: support tickets and feedback.
 
-Only ``recency`` moves while a customer is silent; the others are taken as of their last event.
-So a score never rises with silence, and the instant of the next tier change absent events has a
+Only ``recency`` moves while a customer is silent; the others are taken as of their last event,
+and together they can lift the score at most ``MAX_LIFT_POINTS`` above recency alone, so a
+customer silent long enough always ends ``churned``. So a score never rises with silence, and the instant of the next tier change absent events has a
 direct solution (:func:`next_review_at`).
 
 >>> from churnwatch.core.config import ChurnwatchConfig
@@ -39,6 +40,8 @@ from churnwatch.core.customer import DAY, LN2, CustomerState, Windows
 from churnwatch.core.priors import PopulationPriors
 
 RECENCY, TREND, ENGAGEMENT, SERVICE = range(4)
+#: How far the other components can lift the score above recency alone.
+MAX_LIFT_POINTS = 15.0
 HEALTHY, WATCH, AT_RISK, CHURNED = range(4)
 _MAX_SILENCE_DAYS = 36500.0
 
@@ -163,6 +166,9 @@ def assess(state: CustomerState, now: float, config: ChurnwatchConfig,
         fixed_weight += w
     w_recency = weights["recency"]
     score = (fixed_sum + w_recency * recency.value) / (fixed_weight + w_recency)
+    # The other components are frozen at the last event; without a ceiling, good engagement
+    # from a year ago would keep a long-gone customer out of `churned` for ever.
+    score = min(score, recency.value + MAX_LIFT_POINTS)
     return Assessment(min(max(score, 0.0), 100.0), (recency, trend, engagement, service),
                       probability, fixed_sum, fixed_weight, w_recency, inputs, now)
 
@@ -268,6 +274,9 @@ def next_review_at(state: CustomerState, assessment: Assessment, now: float,
     threshold = policy.boundaries[tier] - policy.hysteresis - 0.01
     w = assessment.recency_weight
     needed = (threshold * (assessment.fixed_weight + w) - assessment.fixed_weighted_sum) / w
+    # The score also falls below the threshold once recency alone drops below it minus the
+    # ceiling's lift; whichever comes first.
+    needed = max(needed, threshold - MAX_LIFT_POINTS)
     if needed <= 0.0:
         return None
     target = (needed / 100.0) ** 2
