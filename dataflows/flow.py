@@ -261,7 +261,9 @@ class _TickPartition(StatelessSourcePartition[tuple[str, ShardTick]]):
         return [(str(s), ShardTick(s)) for s in range(self.shards)]
 
     def next_awake(self) -> datetime | None:
-        return self.next if self.shards else datetime.now(timezone.utc) + timedelta(days=1)
+        # Wake at least every second even with nothing to say: a source that sleeps long holds
+        # back the epochs of the whole flow (events would wait for the next tick).
+        return min(self.next, datetime.now(timezone.utc) + timedelta(seconds=1))
 
 
 def _build_logic(settings: FlowSettings, source_name: str) -> StatefulBatchLogic[Any, Any, Any]:
