@@ -13,8 +13,9 @@ pretending to be average:
 
 Only ``recency`` moves while a customer is silent; the others are taken as of their last event,
 and together they can lift the score at most ``MAX_LIFT_POINTS`` above recency alone, so a
-customer silent long enough always ends ``churned``. So a score never rises with silence, and the instant of the next tier change absent events has a
-direct solution (:func:`next_review_at`).
+customer silent long enough always ends ``churned``. So a score never rises with silence, and
+the instant of the next tier change absent events has a direct solution
+(:func:`next_review_at`).
 
 >>> from churnwatch.core.config import ChurnwatchConfig
 >>> from churnwatch.core.customer import CustomerState
@@ -293,33 +294,24 @@ def next_review_at(state: CustomerState, assessment: Assessment, now: float,
             return return_probability(RecencyInputs(inputs.repeats, inputs.span_days, silence,
                                                     inputs.population_gap_days), horizon,
                                       config) >= target
+    else:
+        # The crossing is known in closed form, so each step is a comparison rather than a
+        # model evaluation (the model clamps silence to 0.._MAX_SILENCE_DAYS, hence the clamp).
+        crossing = exit_silence
 
-        while still_above(high):
-            if high >= _MAX_SILENCE_DAYS:
-                return None
-            high = min(high * 2.0, _MAX_SILENCE_DAYS)
-        for _ in range(60):
-            if high - low < 1.0 / 1440.0:  # one minute
-                break
-            mid = 0.5 * (low + high)
-            if still_above(mid):
-                low = mid
-            else:
-                high = mid
-        return max(anchor + high * DAY, now)
-    # The same bisection, step for step (its steps fix the instant to the minute), but with
-    # the crossing known in closed form each step is a comparison, not a model evaluation.
-    # The model clamps silence to 0.._MAX_SILENCE_DAYS, hence the clamps.
-    top = _MAX_SILENCE_DAYS
-    while (high if high < top else top) <= exit_silence:
-        if high >= top:
+        def still_above(silence: float) -> bool:
+            return min(max(silence, 0.0), _MAX_SILENCE_DAYS) <= crossing
+
+    # Bisection to the minute; its steps fix the instant, whichever predicate answers them.
+    while still_above(high):
+        if high >= _MAX_SILENCE_DAYS:
             return None
-        high = min(high * 2.0, top)
+        high = min(high * 2.0, _MAX_SILENCE_DAYS)
     for _ in range(60):
         if high - low < 1.0 / 1440.0:  # one minute
             break
         mid = 0.5 * (low + high)
-        if (mid if mid > 0.0 else 0.0) <= exit_silence:
+        if still_above(mid):
             low = mid
         else:
             high = mid
