@@ -91,7 +91,6 @@ class ChurnwatchConfig:
     kafka_brokers: str = "127.0.0.1:9092"
     kafka_topic: str = "churnwatch-events"
     batch_size: int = 5000
-    batch_timeout_seconds: float = 0.2
     source_file: str = "<defaults>"
 
     @property
@@ -181,8 +180,7 @@ def parse_config(data: Mapping[str, Any], *, source: str) -> ChurnwatchConfig:
     reader.only(alerts, "alerts", {"sudden_drop_points", "sudden_drop_window_days"})
     reader.only(value, "value", {"high_value_tier", "high_value_top_share"})
     reader.only(state, "state", {"shards", "key_prefix", "score_history_length"})
-    reader.only(inp, "input", {"max_future_seconds", "allowed_lateness_days", "batch_size",
-                               "batch_timeout_seconds"})
+    reader.only(inp, "input", {"max_future_seconds", "allowed_lateness_days", "batch_size"})
     reader.only(met, "metrics", {"host", "port"})
     reader.only(src, "source", {"kind", "stream_partitions", "stream_prefix", "kafka_brokers",
                                 "kafka_topic"})
@@ -231,8 +229,6 @@ def parse_config(data: Mapping[str, Any], *, source: str) -> ChurnwatchConfig:
                                             d.allowed_lateness_days, low=0.0),
         batch_size=reader.integer(inp, "input", "batch_size", d.batch_size, low=1,
                                   high=1_000_000),
-        batch_timeout_seconds=reader.number(inp, "input", "batch_timeout_seconds",
-                                            d.batch_timeout_seconds, low=0.001),
         metrics_host=reader.string(met, "metrics", "host", d.metrics_host),
         metrics_port=reader.integer(met, "metrics", "port", d.metrics_port, low=0, high=65535),
         source=kind,
