@@ -7,11 +7,11 @@ import sys
 import time
 from pathlib import Path
 
+from churnwatch.state.redis_store import RedisStore
 from redis_server import redis_server, redis_url  # noqa: F401
 
 from churnwatch.core.config import ChurnwatchConfig
 from churnwatch.simulator import DAY, ShopSimulator, write_jsonl
-from churnwatch.state.redis_store import RedisStore
 
 
 def tier_counts(store: RedisStore) -> dict[str, float]:
