@@ -37,6 +37,7 @@ from churnwatch.core.events import Event, InvalidEvent, decode_event
 
 log = logging.getLogger("churnwatch.flow")
 DUE_BATCH = 2000
+PRELOAD_DUE = 100_000
 
 
 class FlowHooks:
@@ -139,15 +140,19 @@ class ShardLogic(StatefulBatchLogic[tuple[Incoming, float], Any, None]):
         oldest = min(v[1] for v in values)
         ids = list(dict.fromkeys(i.event.customer_id for i in items))
         due: list[str] = []
-        if self.settings.clock == "event":
-            # Silent customers the batch's event time will pass, reviewed in event order.
+        overflow = self.settings.clock == "wall"
+        if not overflow:
+            # Silent customers the batch's event time will pass, reviewed in event order by the
+            # engine itself; only an overflow of that list needs the separate review below.
             until = max(self.engine.state.watermark, max(i.event.ts for i in items))
-            due = self.store.due_customers(self.shard, until, 100_000)
+            due = self.store.due_customers(self.shard, until, PRELOAD_DUE)
+            overflow = len(due) == PRELOAD_DUE
         customers = self.store.load_customers(self.shard, list(dict.fromkeys(ids + due)))
         result = self.engine.process(items, customers, self._now(), due)
         self._commit(result, oldest)
         outputs = self._outputs(result)
-        outputs.extend(self._review_due())
+        if overflow:
+            outputs.extend(self._review_due())
         return outputs, StatefulBatchLogic.RETAIN
 
     def on_notify(self) -> tuple[Iterable[Any], bool]:
