@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 import msgpack
 import pytest
 import redis
+from servers import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # the `bench` package (workload generator) is not installed
@@ -34,13 +35,6 @@ if str(REPO_ROOT) not in sys.path:  # the `bench` package (workload generator) i
 VENV_BIN = Path(sys.executable).parent
 CHURNWATCH = str(VENV_BIN / "churnwatch")
 T = TypeVar("T")
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_for(condition: Callable[[], T], timeout: float, what: str, interval: float = 0.05) -> T:
