@@ -178,6 +178,11 @@ def shared_tooltip() -> common_builders.VizTooltipOptions:
     )
 
 
+def per_minute_bars(chart: Any) -> Any:
+    """A time series of counts per minute drawn as solid bars (transitions, drops, recoveries)."""
+    return chart.interval("1m").draw_style(common_models.GraphDrawStyle.BARS).fill_opacity(80)
+
+
 def stacked() -> common_builders.StackingConfig:
     """Series stacked on each other (absolute values, not percentages)."""
     return common_builders.StackingConfig().mode(common_models.StackingMode.NORMAL)

@@ -25,6 +25,7 @@ from .common import (
     link,
     new_dashboard,
     panel,
+    per_minute_bars,
     query,
     segment_variable,
     shared_tooltip,
@@ -306,7 +307,7 @@ def _churn_row(builder: dashboard_builders.Dashboard) -> None:
         .tooltip(shared_tooltip())
     )
     builder.with_panel(
-        panel(
+        per_minute_bars(panel(
             timeseries.Panel(),
             title="Recoveries",
             description=(
@@ -323,10 +324,7 @@ def _churn_row(builder: dashboard_builders.Dashboard) -> None:
             ],
             width=12,
             height=8,
-        )
-        .interval("1m")
-        .draw_style(common_models.GraphDrawStyle.BARS)
-        .fill_opacity(80)
+        ))
         .stacking(stacked())
         .tooltip(shared_tooltip())
     )
@@ -390,7 +388,7 @@ def _act_row(builder: dashboard_builders.Dashboard) -> None:
         )
     )
     builder.with_panel(
-        panel(
+        per_minute_bars(panel(
             timeseries.Panel(),
             title="Sudden score drops",
             description=(
@@ -407,10 +405,7 @@ def _act_row(builder: dashboard_builders.Dashboard) -> None:
             ],
             width=8,
             height=8,
-        )
-        .interval("1m")
-        .draw_style(common_models.GraphDrawStyle.BARS)
-        .fill_opacity(80)
+        ))
         .stacking(stacked())
         .tooltip(shared_tooltip())
     )

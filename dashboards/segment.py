@@ -22,6 +22,7 @@ from .common import (
     last_value,
     new_dashboard,
     panel,
+    per_minute_bars,
     query,
     segment_variable,
     shared_tooltip,
@@ -284,7 +285,7 @@ def _movement_row(builder: dashboard_builders.Dashboard) -> None:
         .tooltip(shared_tooltip())
     )
     builder.with_panel(
-        panel(
+        per_minute_bars(panel(
             timeseries.Panel(),
             title="Recoveries and sudden drops",
             description=(
@@ -306,10 +307,7 @@ def _movement_row(builder: dashboard_builders.Dashboard) -> None:
             ],
             width=12,
             height=8,
-        )
-        .interval("1m")
-        .draw_style(common_models.GraphDrawStyle.BARS)
-        .fill_opacity(80)
+        ))
         .override_by_name("sudden drops", [fixed_color("red")])
         .tooltip(shared_tooltip())
     )
