@@ -3,76 +3,33 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 
-from churnwatch.core.config import ChurnwatchConfig, ConfigError, load_config
-from churnwatch.core.events import ContractViolation, parse_timestamp
-from churnwatch.embedded import redis_url_or_embedded
-from churnwatch.state.base import StateStore
-from churnwatch.state.redis_store import RedisStore
+from churnwatch.core.config import ConfigError
+from churnwatch.runtime import (
+    UsageError,
+    add_common_options,
+    config_from_args,
+    store_factory,
+    time_option,
+)
 
 log = logging.getLogger("churnwatch")
-
-
-class UsageError(Exception):
-    """A bad argument; reported in one line with exit code 2."""
-
-
-def _timestamp(text: str, option: str) -> float:
-    try:
-        return parse_timestamp(float(text) if _is_number(text) else text)
-    except ContractViolation as exc:
-        raise UsageError(f"{option}: {exc.detail.replace('field ' + repr('ts'), 'value')}"
-                         ) from None
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
-
-
-def _config(args: argparse.Namespace) -> ChurnwatchConfig:
-    path = args.config or os.environ.get("CHURNWATCH_CONFIG")
-    return load_config(path)
-
-
-@contextlib.contextmanager
-def _store_factory(args: argparse.Namespace, config: ChurnwatchConfig,
-                   observer: object | None = None, max_wait: float | None = 60.0
-                   ) -> Iterator[tuple[Callable[[], StateStore], str]]:
-    with redis_url_or_embedded(args.redis_url) as url:
-        stores: list[RedisStore] = []
-
-        def factory() -> StateStore:
-            store = RedisStore(url, config.shards, config.key_prefix,
-                               observer=observer, max_wait=max_wait)  # type: ignore[arg-type]
-            stores.append(store)
-            return store
-
-        try:
-            yield factory, url
-        finally:
-            for store in stores:
-                store.close()
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
     from churnwatch.replay import export_rows, replay, state_time, write_export
 
-    config = _config(args)
-    as_of = _timestamp(args.as_of, "--as-of") if args.as_of else None
+    config = config_from_args(args)
+    as_of = time_option(args.as_of, "--as-of") if args.as_of else None
     for path in args.files:
         if not os.path.isfile(path):
             raise UsageError(f"replay: no such file: {path}")
-    with _store_factory(args, config) as (factory, _url):
+    with store_factory(args, config) as (factory, _url):
         started = time.perf_counter()
         summary = replay(args.files, config, factory, as_of=as_of, workers=args.workers,
                          transitions_path=args.transitions_out,
@@ -99,13 +56,13 @@ def cmd_replay(args: argparse.Namespace) -> int:
 def cmd_backtest(args: argparse.Namespace) -> int:
     from churnwatch.replay import backtest, dump_json
 
-    config = _config(args)
-    cutoff = _timestamp(args.cutoff, "--cutoff")
+    config = config_from_args(args)
+    cutoff = time_option(args.cutoff, "--cutoff")
     if args.horizon <= 0:
         raise UsageError(f"--horizon must be a positive number of days, got {args.horizon}")
     if not os.path.isfile(args.file):
         raise UsageError(f"backtest: no such file: {args.file}")
-    with _store_factory(args, config) as (factory, _url):
+    with store_factory(args, config) as (factory, _url):
         report = backtest(args.file, cutoff, args.horizon, config, factory, workers=args.workers)
     if report.customers == 0:
         raise UsageError(f"backtest: no customer ordered before the cut-off {args.cutoff}")
@@ -120,12 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="more logging")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--config", help="TOML configuration (default: built-in defaults, or "
-                       "$CHURNWATCH_CONFIG)")
-        p.add_argument("--redis-url", help="Redis to use (default: $CHURNWATCH_REDIS_URL, else "
-                       "a private embedded Redis for the duration of the command)")
-
+    common = add_common_options
     p = sub.add_parser("replay", help="push JSON Lines event files through the dataflow")
     p.add_argument("files", nargs="+", metavar="FILE")
     p.add_argument("--as-of", help="afterwards, advance the clock to this instant (RFC 3339 or "

@@ -97,15 +97,15 @@ def render(store: StateStore, summary: LiveSummary, config: ChurnwatchConfig) ->
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Run the demo until the simulated period ends (or Ctrl-C)."""
-    from churnwatch.cli import _config, _store_factory
+    from churnwatch.runtime import config_from_args, store_factory
 
     if not args.config and not os.environ.get("CHURNWATCH_CONFIG"):
         args.config = str(Path(__file__).with_name("data") / "demo.toml")
-    config = _config(args)
+    config = config_from_args(args)
     sim = ShopSimulator(customers=args.customers, seed=args.seed,
                         start=time.time() - args.days * DAY, days=args.days)
     summary = LiveSummary()
-    with _store_factory(args, config) as (factory, url):
+    with store_factory(args, config) as (factory, url):
         settings = FlowSettings(config, factory, clock="event", hooks=summary)
         flow = build_flow(settings, SimulatorSource(sim, args.seconds_per_day), "simulator")
         store = factory()

@@ -145,7 +145,7 @@ def metrics_server(options: RunOptions, store_factory: Callable[[], Any]) -> Ite
         server = start_metrics_server(host, port, config, store_factory, registry, hooks,
                                       serve_business=process == 0)
     except OSError as exc:
-        from churnwatch.cli import UsageError
+        from churnwatch.runtime import UsageError
 
         raise UsageError(f"cannot serve metrics on {host}:{port} (process {process}): "
                          f"{exc.strerror or exc}; pick another --metrics-port") from None
@@ -214,10 +214,10 @@ def _terminate(signum: int, frame: Any) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """``churnwatch run``."""
-    from churnwatch.cli import UsageError, _config
     from churnwatch.embedded import redis_url_or_embedded
+    from churnwatch.runtime import UsageError, config_from_args
 
-    config = _config(args)
+    config = config_from_args(args)
     source = args.source or config.source
     clock = args.clock or ("event" if source == "simulator" else "wall")
     addresses = [a.strip() for a in args.addresses.split(";") if a.strip()] \

@@ -181,7 +181,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
     """``churnwatch publish FILE...``."""
     import os
 
-    from churnwatch.cli import UsageError
+    from churnwatch.runtime import UsageError
 
     url = args.redis_url or os.environ.get("CHURNWATCH_REDIS_URL")
     if not url:

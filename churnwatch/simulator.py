@@ -177,11 +177,11 @@ def cmd_simulate(args: argparse.Namespace) -> int:
                         start=args.start if args.start is not None else time.time() - args.days
                         * DAY, days=args.days)
     if args.publish:
-        from churnwatch.cli import _config
         from churnwatch.embedded import redis_url_or_embedded
         from churnwatch.publish import Publisher
+        from churnwatch.runtime import config_from_args
 
-        config = _config(args)
+        config = config_from_args(args)
         with redis_url_or_embedded(args.redis_url) as url:
             publisher = Publisher(url, config)
             events = paced(sim.events(), args.seconds_per_day) if args.seconds_per_day else \

@@ -50,15 +50,15 @@ def register(sub: argparse._SubParsersAction,  # type: ignore[type-arg]
 
 def _open_store(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     """The configuration and a context manager yielding the store, as churnwatch.cli does."""
-    from churnwatch.cli import _config, _store_factory
+    from churnwatch.runtime import config_from_args, store_factory
 
-    config = _config(args)
-    return config, _store_factory(args, config, max_wait=5.0)
+    config = config_from_args(args)
+    return config, store_factory(args, config, max_wait=5.0)
 
 
 def cmd_top(args: argparse.Namespace) -> int:
     """``churnwatch top``."""
-    from churnwatch.cli import UsageError
+    from churnwatch.runtime import UsageError
 
     config, opened = _open_store(args)
     params = {"tier": [args.tier], "limit": [str(args.limit)], "offset": [str(args.offset)]}
