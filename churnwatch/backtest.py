@@ -77,8 +77,8 @@ class BacktestReport:
                 "roc_auc": self.auc, "recency_baseline_roc_auc": self.baseline_auc,
                 "top_decile_lift": self.lift, "recency_baseline_top_decile_lift":
                     self.baseline_lift,
-                "tiers": {t: {"customers": n, "churn_share": s} for t, (n, s) in
-                          self.tiers.items()},
+                "tiers": {t: {"customers": n, "churn_share": s if n else None}
+                          for t, (n, s) in self.tiers.items()},
                 "churn_share_monotonic": self.monotonic}
 
     def render(self) -> str:
@@ -96,7 +96,9 @@ class BacktestReport:
         ]
         for tier in TIERS:
             n, share = self.tiers.get(tier, (0, math.nan))
-            lines.append(f"{tier:12}{n:>10}{100 * share:>12.1f}%")
+            # An empty tier has no churn share: a dash, not "nan%".
+            shown = f"{100 * share:>12.1f}%" if n else f"{'-':>13}"
+            lines.append(f"{tier:12}{n:>10}{shown}")
         lines.append("")
         lines.append("churn share rises healthy -> churned: "
                      + ("yes" if self.monotonic else "NO"))

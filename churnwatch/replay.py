@@ -11,57 +11,241 @@ import csv
 import json
 import math
 import os
+import sys
 import tempfile
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+import threading
+import time
+import zlib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from bytewax.testing import cluster_main, run_main
 
 from churnwatch.backtest import BacktestReport, build_report
 from churnwatch.core.config import COMPONENTS, ChurnwatchConfig
 from churnwatch.core.customer import DAY
-from churnwatch.core.events import ORDER, Event, decode_event
+from churnwatch.core.engine import BatchResult, TierTransition
+from churnwatch.core.events import ORDER, Event, InvalidEvent, decode_event
 from churnwatch.core.scoring import assess, reasons, tier_name
-from churnwatch.dataflows.file_source import FileSource
+from churnwatch.dataflows.file_source import STDIN, FileSource, count_lines, input_label, open_input
 from churnwatch.dataflows.flow import FlowHooks, FlowSettings, advance_all, build_flow
+from churnwatch.runtime import UsageError
 from churnwatch.state.base import StateStore, shard_of
+
+# A replay shorter than this shows no progress bar at all.
+PROGRESS_DELAY_SECONDS = 0.5
 
 
 @dataclass
 class ReplaySummary:
-    """What a replay did."""
+    """What a replay did, as counted by the flow's own callbacks (:class:`ReplayCounts`).
+
+    ``read`` counts non-blank input lines; each was ``applied``, a duplicate or a dead letter
+    (``late`` events are applied too, within the allowed lateness).
+    """
 
     as_of: float | None
     silent_transitions: int
+    read: int = 0
+    applied: int = 0
+    duplicates: int = 0
+    late: int = 0
+    dead_letters: int = 0
+    transitions: int = 0
+    newest_event: float | None = None
+    seconds: float = 0.0
+    read_errors: list[str] = field(default_factory=list)
+
+    @property
+    def events_per_second(self) -> float:
+        """Lines read per second of the whole replay."""
+        return self.read / self.seconds if self.seconds > 0 else 0.0
 
 
-def run_flow(settings: FlowSettings, paths: Sequence[str], workers: int = 1) -> None:
-    """Run the dataflow over files to the end, in this process."""
-    flow = build_flow(settings, FileSource(paths, settings.config.batch_size), "file")
+class ReplayCounts(FlowHooks):
+    """Counts what the flow did from its callbacks (and passes them on to ``inner``), and moves
+    a progress bar if one is given. Called from the worker threads, hence the lock."""
+
+    def __init__(self, inner: FlowHooks | None = None, progress: Any = None) -> None:
+        self.inner = inner or FlowHooks()
+        self.progress = progress
+        self.lock = threading.Lock()
+        self.read = 0
+        self.applied = 0
+        self.duplicates = 0
+        self.late = 0
+        self.dead_letters = 0
+        self.transitions_seen = 0
+        self.newest_event: float | None = None
+
+    def decoded(self, source: str, received: int, invalid: Sequence[InvalidEvent],
+                newest_published_at: float | None) -> None:
+        """A batch of ``received`` lines was decoded; ``invalid`` are dead letters."""
+        with self.lock:
+            self.read += received
+            self.dead_letters += len(invalid)
+            if self.progress is not None:
+                self.progress.update(received)
+        self.inner.decoded(source, received, invalid, newest_published_at)
+
+    def committed(self, source: str, result: BatchResult, oldest_received_at: float) -> None:
+        """A shard batch was committed: its applied events, duplicates, late events and the
+        dead letters the engine found (events too late to apply)."""
+        with self.lock:
+            self.applied += result.scored
+            self.duplicates += result.duplicates
+            self.late += result.late
+            self.dead_letters += len(result.dead_letters)
+            if result.scored and (self.newest_event is None
+                                  or result.last_event_ts > self.newest_event):
+                self.newest_event = result.last_event_ts
+        self.inner.committed(source, result, oldest_received_at)
+
+    def transitions(self, transitions: Sequence[TierTransition]) -> None:
+        """Tier transitions were committed (by the flow, or by the ``--as-of`` advance)."""
+        with self.lock:
+            self.transitions_seen += len(transitions)
+        self.inner.transitions(transitions)
+
+    def summary(self, as_of: float | None = None, silent_transitions: int = 0,
+                seconds: float = 0.0, read_errors: Sequence[str] = ()) -> ReplaySummary:
+        """The counts so far as a :class:`ReplaySummary`."""
+        with self.lock:
+            return ReplaySummary(as_of, silent_transitions, self.read, self.applied,
+                                 self.duplicates, self.late, self.dead_letters,
+                                 self.transitions_seen, self.newest_event, seconds,
+                                 list(read_errors))
+
+
+def progress_bar(paths: Sequence[str], enabled: bool) -> Any:
+    """A tqdm bar on standard error over the inputs' lines, or ``None``.
+
+    Only on a terminal (nothing is written to a pipe or a log), and only once a replay has run
+    for :data:`PROGRESS_DELAY_SECONDS`. Standard input has no known length: the bar then counts.
+    """
+    if not enabled or not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm
+
+    total = None if STDIN in paths else sum(count_lines(p) for p in paths)
+    return tqdm(total=total, unit=" events", unit_scale=True, file=sys.stderr, leave=False,
+                delay=PROGRESS_DELAY_SECONDS, dynamic_ncols=True, desc="replaying")
+
+
+def run_flow(settings: FlowSettings, paths: Sequence[str], workers: int = 1,
+             labels: Mapping[str, str] | None = None) -> list[str]:
+    """Run the dataflow over files to the end, in this process; return the inputs' read errors
+    (a truncated gzip stream ends its file early, with a message here)."""
+    source = FileSource(paths, settings.config.batch_size, labels)
+    flow = build_flow(settings, source, "file")
     if workers <= 1:
         run_main(flow)
     else:
         cluster_main(flow, [], 0, worker_count_per_proc=workers)
+    return list(source.read_errors)
 
 
 def replay(paths: Sequence[str], config: ChurnwatchConfig, store_factory: Callable[[],
            StateStore], as_of: float | None = None, hooks: FlowHooks | None = None,
            workers: int = 1, transitions_path: str | None = None,
-           dead_letters_path: str | None = None) -> ReplaySummary:
-    """Replay files, then (``as_of``) advance every silent customer to that instant."""
+           dead_letters_path: str | None = None, labels: Mapping[str, str] | None = None,
+           progress: bool = False) -> ReplaySummary:
+    """Replay files (``-``: standard input; gzip or plain), then (``as_of``) advance every
+    silent customer to that instant.
+
+    ``as_of`` earlier than the newest event replayed is refused with :class:`UsageError`
+    before anything is advanced: silences would be negative. ``progress``: show a bar on a
+    terminal.
+    """
     for path in paths:
-        if not Path(path).is_file():
+        if path != STDIN and not Path(path).is_file():
             raise FileNotFoundError(f"replay: no such file: {path}")
-    settings = FlowSettings(config, store_factory, clock="event", hooks=hooks or FlowHooks(),
+    started = time.perf_counter()
+    bar = progress_bar(paths, progress)
+    counts = ReplayCounts(hooks, bar)
+    settings = FlowSettings(config, store_factory, clock="event", hooks=counts,
                             transitions_path=transitions_path,
                             dead_letters_path=dead_letters_path)
-    run_flow(settings, paths, workers)
+    try:
+        read_errors = run_flow(settings, paths, workers, labels)
+    finally:
+        if bar is not None:
+            bar.close()
     silent = 0
-    if as_of is not None:
+    if as_of is not None and read_errors == []:
+        newest = counts.newest_event
+        if newest is not None and as_of < newest:
+            raise UsageError(f"--as-of {_iso(as_of)} is earlier than the newest event "
+                             f"replayed, {_iso(newest)}: give an --as-of at or after it "
+                             f"(nothing was advanced or exported)")
         store = store_factory()
-        silent = len(advance_all(store, config, as_of, hooks))
-    return ReplaySummary(as_of, silent)
+        silent = len(advance_all(store, config, as_of, counts))
+    return counts.summary(as_of, silent, time.perf_counter() - started, read_errors)
+
+
+def default_dead_letters_path(inputs: Sequence[str], export: str | None) -> str:
+    """Where dead letters go without ``--dead-letters-out``: beside the export, else beside the
+    first input (in the working directory for standard input).
+
+    >>> default_dead_letters_path(["orders.jsonl.gz"], "out/scores.csv")
+    'out/scores.csv.dead-letters.jsonl'
+    >>> default_dead_letters_path(["data/orders.jsonl.gz"], "-")
+    'data/orders.jsonl.gz.dead-letters.jsonl'
+    >>> default_dead_letters_path(["-"], None)
+    'stdin.dead-letters.jsonl'
+    """
+    if export and export != STDIN:
+        return f"{export}.dead-letters.jsonl"
+    first = inputs[0]
+    return "stdin.dead-letters.jsonl" if first == STDIN else f"{first}.dead-letters.jsonl"
+
+
+def dead_letter_files(path: str, workers: int) -> list[str]:
+    """The files the dead-letter sink writes for ``path`` (one per worker when several)."""
+    return [path] if workers <= 1 else [f"{path}.{i}" for i in range(workers)]
+
+
+def clear_dead_letter_files(path: str, workers: int) -> None:
+    """Remove a previous run's files at the default path, so they hold this run's only."""
+    for name in dead_letter_files(path, workers):
+        if os.path.isfile(name):
+            os.remove(name)
+
+
+def settle_dead_letter_files(path: str, workers: int) -> list[str]:
+    """After a run at the default path: drop the empty files the sink opened, return the rest."""
+    kept = []
+    for name in dead_letter_files(path, workers):
+        if os.path.isfile(name) and os.path.getsize(name) == 0:
+            os.remove(name)
+        elif os.path.isfile(name):
+            kept.append(name)
+    return kept
+
+
+def render_summary(command: str, summary: ReplaySummary, customers: int,
+                   dead_letters_where: str = "", extra: Sequence[tuple[str, str]] = ()) -> str:
+    """The end-of-run report on standard error: one figure a line, the label first."""
+    rows: list[tuple[str, str, str]] = [
+        ("events read", f"{summary.read:,}", ""),
+        ("applied", f"{summary.applied:,}", ""),
+        ("duplicates", f"{summary.duplicates:,}", "(already applied: skipped)"
+         if summary.duplicates else ""),
+        ("late", f"{summary.late:,}", "(applied: within the allowed lateness)"
+         if summary.late else ""),
+        ("dead-lettered", f"{summary.dead_letters:,}", dead_letters_where),
+        ("transitions", f"{summary.transitions:,}", "(tier changes, first tiers included)"),
+        ("customers", f"{customers:,}", ""),
+        ("seconds", f"{summary.seconds:.1f}", ""),
+        ("events/s", f"{summary.events_per_second:,.0f}", ""),
+        *((label, value, "") for label, value in extra),
+    ]
+    lines = [f"churnwatch {command}:"]
+    for label, value, note in rows:
+        lines.append(f"  {label:<14}{value:>12}  {note}".rstrip())
+    return "\n".join(lines)
 
 
 def state_time(store: StateStore) -> float:
@@ -127,39 +311,93 @@ def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, tz=timezone.utc).isoformat().replace("+00:00", "Z")
 
 
+@dataclass
+class CutoffSplit:
+    """A history cut at the cut-off: ``prefix`` is a copy of the file with every line after the
+    cut-off blanked (so line numbers, hence dead-letter positions, stay the user's file's);
+    ``churned`` says, per customer who ordered by the cut-off, whether no order followed within
+    the horizon; ``newest_event`` is the newest valid event time in the whole file."""
+
+    prefix: str
+    churned: dict[str, bool]
+    newest_event: float | None
+    after_cutoff: int
+
+
 def split_at_cutoff(path: str, cutoff: float, horizon_days: float, workdir: str
-                    ) -> tuple[str, dict[str, bool]]:
-    """Write the events up to ``cutoff`` to a new file; return it and, per customer who ordered
-    by the cut-off, whether they ordered again within the horizon after it (invalid lines are
-    kept in the prefix so the replay dead-letters them as usual)."""
+                    ) -> CutoffSplit:
+    """Write the events up to ``cutoff`` to a new file (``path`` may be gzipped, or ``-``);
+    invalid lines are kept in the prefix so the replay dead-letters them as usual."""
     prefix = os.path.join(workdir, "before-cutoff.jsonl")
     end = cutoff + horizon_days * DAY
     ordered_before: set[str] = set()
     ordered_after: set[str] = set()
-    with open(path, "rb") as source, open(prefix, "wb") as out:
-        for number, line in enumerate(source, 1):
+    newest: float | None = None
+    after = 0
+    label = input_label(path)
+    number = 0
+    with open_input(path) as source, open(prefix, "wb") as out:
+        lines = iter(source)
+        while True:
+            try:
+                line = next(lines)
+            except StopIteration:
+                break
+            except (OSError, EOFError, zlib.error) as exc:
+                raise UsageError(f"backtest: {label}: unreadable after line {number} ({exc})"
+                                 ) from None
+            number += 1
             if not line.strip():
+                out.write(b"\n")
                 continue
-            event = decode_event(line, position=f"{path}:{number}")
+            event = decode_event(line, position=f"{label}:{number}")
             if not isinstance(event, Event):
                 out.write(line if line.endswith(b"\n") else line + b"\n")
                 continue
+            if newest is None or event.ts > newest:
+                newest = event.ts
             if event.ts <= cutoff:
                 out.write(line if line.endswith(b"\n") else line + b"\n")
                 if event.type == ORDER:
                     ordered_before.add(event.customer_id)
-            elif event.ts <= end and event.type == ORDER:
+                continue
+            out.write(b"\n")
+            after += 1
+            if event.ts <= end and event.type == ORDER:
                 ordered_after.add(event.customer_id)
-    return prefix, {c: c not in ordered_after for c in ordered_before}
+    return CutoffSplit(prefix, {c: c not in ordered_after for c in ordered_before}, newest,
+                       after)
+
+
+def check_horizon(path: str, split: CutoffSplit, cutoff: float, horizon_days: float) -> None:
+    """Refuse a backtest whose horizon runs past the newest event: every customer would count
+    as churned for want of data, and the figures would lie."""
+    if split.newest_event is None:
+        raise UsageError(f"backtest: {path} holds no valid event")
+    end = cutoff + horizon_days * DAY
+    if end > split.newest_event:
+        latest = split.newest_event - horizon_days * DAY
+        raise UsageError(
+            f"backtest: the cut-off {_iso(cutoff)} plus {horizon_days:g} days of horizon ends "
+            f"at {_iso(end)}, after the newest event in {path} ({_iso(split.newest_event)}); "
+            f"choose a cut-off at or before {_iso(latest)} or a shorter horizon")
 
 
 def backtest(path: str, cutoff: float, horizon_days: float, config: ChurnwatchConfig,
-             store_factory: Callable[[], StateStore], workers: int = 1) -> BacktestReport:
+             store_factory: Callable[[], StateStore], workers: int = 1,
+             hooks: FlowHooks | None = None, dead_letters_path: str | None = None,
+             progress: bool = False) -> BacktestReport:
     """Replay up to ``cutoff``, score everyone as of it, and judge against the next
-    ``horizon_days``."""
+    ``horizon_days`` (refused when the file ends before the horizon does)."""
     with tempfile.TemporaryDirectory(prefix="churnwatch-backtest-") as workdir:
-        prefix, churned = split_at_cutoff(path, cutoff, horizon_days, workdir)
-        replay([prefix], config, store_factory, as_of=cutoff, workers=workers)
+        split = split_at_cutoff(path, cutoff, horizon_days, workdir)
+        check_horizon(path, split, cutoff, horizon_days)
+        churned = split.churned
+        summary = replay([split.prefix], config, store_factory, as_of=cutoff, workers=workers,
+                         hooks=hooks, dead_letters_path=dead_letters_path,
+                         labels={split.prefix: input_label(path)}, progress=progress)
+    if summary.read_errors:
+        raise UsageError("; ".join(summary.read_errors))
     store = store_factory()
     rows = []
     for row in export_rows(store, config, cutoff):

@@ -173,9 +173,17 @@ def paced(events: Iterator[dict[str, object]], seconds_per_day: float,
 
 def cmd_simulate(args: argparse.Namespace) -> int:
     """``churnwatch simulate``: write the stream to a file, or publish it live."""
-    sim = ShopSimulator(customers=args.customers, seed=args.seed,
-                        start=args.start if args.start is not None else time.time() - args.days
-                        * DAY, days=args.days)
+    from churnwatch.runtime import UsageError, time_option
+
+    if args.customers < 1:
+        raise UsageError(f"--customers must be a positive whole number, got {args.customers}")
+    if not args.days > 0 or not math.isfinite(args.days):
+        raise UsageError(f"--days must be a positive number of days, got {args.days:g}")
+    if not args.seconds_per_day >= 0 or not math.isfinite(args.seconds_per_day):
+        raise UsageError(f"--seconds-per-day must be 0 or more, got {args.seconds_per_day:g}")
+    start = time_option(args.start, "--start") if args.start is not None else \
+        time.time() - args.days * DAY
+    sim = ShopSimulator(customers=args.customers, seed=args.seed, start=start, days=args.days)
     if args.publish:
         from churnwatch.embedded import redis_url_or_embedded
         from churnwatch.publish import Publisher
@@ -203,17 +211,25 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction,  # type: ignore[type-arg]
              common: Callable[[argparse.ArgumentParser], None]) -> None:
     """Add ``simulate`` and ``demo``."""
-    p = sub.add_parser("simulate", help="generate a simulated shop's event stream")
-    p.add_argument("--out", default="-", help="JSON Lines file to write ('-': stdout)")
-    p.add_argument("--customers", type=int, default=300)
-    p.add_argument("--days", type=float, default=365.0)
-    p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--start", type=float, default=None,
-                   help="epoch seconds of the first day (default: DAYS ago)")
+    p = sub.add_parser("simulate", help="generate a simulated shop's event stream",
+                       description="Generate a simulated shop's event stream: JSON Lines to a "
+                       "file or standard output, or published to the Redis streams that "
+                       "`churnwatch run` reads.")
+    p.add_argument("--out", default="-", help="JSON Lines file to write "
+                   "('-': standard output; default: %(default)s)")
+    p.add_argument("--customers", type=int, default=300, help="how many customers the shop has "
+                   "(default: %(default)s)")
+    p.add_argument("--days", type=float, default=365.0, help="how many days of history "
+                   "(default: %(default)s)")
+    p.add_argument("--seed", type=int, default=1,
+                   help="random seed: the same seed gives the same stream (default: %(default)s)")
+    p.add_argument("--start", default=None, help="the first day: RFC 3339 with a zone or "
+                   "epoch seconds (default: DAYS before now)")
     p.add_argument("--publish", action="store_true", help="publish to the Redis streams that "
-                   "`churnwatch run` reads instead of writing a file")
+                   "`churnwatch run` reads instead of writing a file (default: write a file)")
     p.add_argument("--seconds-per-day", type=float, default=0.0,
-                   help="with --publish: pace the stream, wall seconds per simulated day")
+                   help="with --publish: pace the stream, wall seconds per simulated day "
+                   "(default: %(default)s, as fast as possible)")
     common(p)
     p.set_defaults(func=cmd_simulate)
 
