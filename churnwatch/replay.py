@@ -11,6 +11,7 @@ import csv
 import json
 import math
 import os
+import shutil
 import sys
 import tempfile
 import threading
@@ -130,8 +131,11 @@ def progress_bar(paths: Sequence[str], enabled: bool) -> Any:
     from tqdm import tqdm
 
     total = None if STDIN in paths else sum(count_lines(p) for p in paths)
+    # A terminal that reports no size (a bare pseudo-terminal) would otherwise hide the bar.
+    size = shutil.get_terminal_size((80, 24))
     return tqdm(total=total, unit=" events", unit_scale=True, file=sys.stderr, leave=False,
-                delay=PROGRESS_DELAY_SECONDS, dynamic_ncols=True, desc="replaying")
+                delay=PROGRESS_DELAY_SECONDS, ncols=min(size.columns or 80, 100),
+                nrows=max(size.lines, 2), desc="replaying")
 
 
 def run_flow(settings: FlowSettings, paths: Sequence[str], workers: int = 1,
