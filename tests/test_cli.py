@@ -119,3 +119,50 @@ def test_bad_arguments_fail_with_a_clear_message(shop: Path, args: list[str],
     assert run.returncode == 2
     assert message in run.stderr
     assert "Traceback" not in run.stderr
+
+
+def test_version_comes_from_the_package_metadata() -> None:
+    from importlib.metadata import version
+
+    run = churnwatch("--version")
+    assert run.returncode == 0
+    assert run.stdout.strip() == f"churnwatch {version('churnwatch')}"
+
+
+def test_every_simulate_option_is_described_with_its_default() -> None:
+    run = churnwatch("simulate", "--help")
+    assert run.returncode == 0
+    entries = {}  # each option's entry in the help: from "  --name" to the next one
+    for entry in run.stdout.split("\n  --")[1:]:
+        name, _, rest = entry.partition(" ")
+        entries["--" + name.strip()] = " ".join(rest.split())
+    for option, default in [("--out", "default: -"), ("--customers", "default: 300"),
+                            ("--days", "default: 365.0"), ("--seed", "default: 1"),
+                            ("--start", "default: DAYS before now"),
+                            ("--publish", "default: write a file"),
+                            ("--seconds-per-day", "default: 0.0")]:
+        assert default in entries[option], (option, entries[option])
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--customers", "-5"], "--customers must be a positive whole number, got -5"),
+    (["--customers", "0"], "--customers must be a positive whole number, got 0"),
+    (["--days", "-1"], "--days must be a positive number of days, got -1"),
+    (["--seconds-per-day", "-2"], "--seconds-per-day must be 0 or more, got -2"),
+    (["--start", "last year"], "--start: value is not an RFC 3339 time: 'last year'"),
+])
+def test_bad_simulate_options_are_one_line_errors(args: list[str], message: str) -> None:
+    run = churnwatch("simulate", *args)
+    assert run.returncode == 2
+    assert run.stderr.strip() == f"churnwatch: error: {message}"
+    assert run.stdout == ""
+
+
+def test_simulate_start_takes_rfc_3339_and_epoch_seconds_alike() -> None:
+    common = ["simulate", "--customers", "5", "--days", "30"]
+    rfc = churnwatch(*common, "--start", "2020-09-13T12:26:40Z")
+    epoch = churnwatch(*common, "--start", str(START))
+    assert rfc.returncode == 0 and epoch.returncode == 0, rfc.stderr + epoch.stderr
+    assert rfc.stdout == epoch.stdout != ""
+    first = json.loads(rfc.stdout.splitlines()[0])
+    assert START <= first["ts"] < START + 30 * 86400
