@@ -249,6 +249,9 @@ def render_summary(command: str, summary: ReplaySummary, customers: int,
     lines = [f"churnwatch {command}:"]
     for label, value, note in rows:
         lines.append(f"  {label:<14}{value:>12}  {note}".rstrip())
+    if summary.read and not summary.applied:
+        lines.append("  no line was a valid event: is the input JSON Lines of the contract in "
+                     "docs/events.md? The dead letters say what each line lacked.")
     return "\n".join(lines)
 
 

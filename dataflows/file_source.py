@@ -41,7 +41,7 @@ def open_input(path: str | Path) -> BinaryIO:
         stream: BinaryIO = sys.stdin.buffer
         head = stream.read(len(GZIP_MAGIC))
         # Standard input cannot seek back: put the sniffed bytes in front of the rest.
-        stream = io.BufferedReader(_Prepended(head, stream))  # type: ignore[arg-type]
+        stream = io.BufferedReader(_Prepended(head, stream))
         if head == GZIP_MAGIC:
             return gzip.GzipFile(fileobj=stream, mode="rb")  # type: ignore[return-value]
         return stream
