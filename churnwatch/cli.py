@@ -60,25 +60,37 @@ def _dead_letters_note(files: Sequence[str], default: bool, count: int) -> str:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from churnwatch.replay import export_rows, render_summary, replay, state_time, write_export
+    from churnwatch.replay import (
+        AsOfBeforeData,
+        export_rows,
+        render_summary,
+        replay,
+        state_time,
+        write_export,
+    )
 
     config = config_from_args(args)
     as_of = time_option(args.as_of, "--as-of") if args.as_of else None
     _check_inputs("replay", args.files)
     dead_path, default = _dead_letters_target(args, args.files, args.export)
     with store_factory(args, config) as (factory, _url):
+        refused: AsOfBeforeData | None = None
         try:
             summary = replay(args.files, config, factory, as_of=as_of, workers=args.workers,
                              transitions_path=args.transitions_out,
                              dead_letters_path=dead_path, progress=True)
+        except AsOfBeforeData as exc:  # still say what was read and where dead letters went
+            refused, summary = exc, exc.summary
         finally:
             files = _dead_letters_files(dead_path, default, args.workers)
         store = factory()
         customers = store.customer_count()
         note = _dead_letters_note(files, default, summary.dead_letters)
-        extra = [("silent moves", f"{summary.silent_transitions:,}")] if as_of is not None \
-            else []
+        extra = [("silent moves", f"{summary.silent_transitions:,}")] \
+            if as_of is not None and refused is None else []
         print(render_summary("replay", summary, customers, note, extra), file=sys.stderr)
+        if refused is not None:
+            raise refused
         if summary.read_errors:
             raise UsageError("; ".join(summary.read_errors) + " (nothing exported)")
         at = as_of if as_of is not None else state_time(store)

@@ -65,6 +65,14 @@ class ReplaySummary:
         return self.read / self.seconds if self.seconds > 0 else 0.0
 
 
+class AsOfBeforeData(UsageError):
+    """``--as-of`` is earlier than the newest event replayed; ``summary`` is what was done."""
+
+    def __init__(self, message: str, summary: ReplaySummary) -> None:
+        super().__init__(message)
+        self.summary = summary
+
+
 class ReplayCounts(FlowHooks):
     """Counts what the flow did from its callbacks (and passes them on to ``inner``), and moves
     a progress bar if one is given. Called from the worker threads, hence the lock."""
@@ -181,9 +189,11 @@ def replay(paths: Sequence[str], config: ChurnwatchConfig, store_factory: Callab
     if as_of is not None and read_errors == []:
         newest = counts.newest_event
         if newest is not None and as_of < newest:
-            raise UsageError(f"--as-of {_iso(as_of)} is earlier than the newest event "
-                             f"replayed, {_iso(newest)}: give an --as-of at or after it "
-                             f"(nothing was advanced or exported)")
+            raise AsOfBeforeData(
+                f"--as-of {_iso(as_of)} is earlier than the newest event replayed, "
+                f"{_iso(newest)}: give an --as-of at or after it (the events were replayed; "
+                f"nothing was advanced or exported)",
+                counts.summary(as_of, 0, time.perf_counter() - started, read_errors))
         store = store_factory()
         silent = len(advance_all(store, config, as_of, counts))
     return counts.summary(as_of, silent, time.perf_counter() - started, read_errors)

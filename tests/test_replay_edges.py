@@ -261,6 +261,12 @@ def test_replay_as_of_before_the_newest_event_names_both_times(history: dict,
     assert (f"--as-of {_iso(newest - 10 * DAY)} is earlier than the newest event replayed, "
             f"{_iso(int(newest))}") in run.stderr
     assert not export.exists() and "Traceback" not in run.stderr
+    # What was read is still told, and where its dead letters went.
+    figures = summary_of(run.stderr)
+    assert figures["events read"][0] == history["events"] + 5
+    assert "silent moves" not in figures
+    dead = Path(f"{export}.dead-letters.jsonl")
+    assert str(dead) in figures["dead-lettered"][1] and dead.exists()
 
 
 def _iso(ts: float) -> str:
