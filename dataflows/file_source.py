@@ -38,10 +38,10 @@ def open_input(path: str | Path) -> BinaryIO:
     """Open an event file for reading bytes: ``-`` is standard input, and a gzip stream (told by
     its magic bytes, not its suffix) is decompressed on the fly. The caller closes it."""
     if str(path) == STDIN:
-        stream: BinaryIO = sys.stdin.buffer
-        head = stream.read(len(GZIP_MAGIC))
+        stdin = sys.stdin.buffer
+        head = stdin.read(len(GZIP_MAGIC))
         # Standard input cannot seek back: put the sniffed bytes in front of the rest.
-        stream = io.BufferedReader(_Prepended(head, stream))
+        stream: BinaryIO = io.BufferedReader(_Prepended(head, stdin))  # type: ignore[arg-type]
         if head == GZIP_MAGIC:
             return gzip.GzipFile(fileobj=stream, mode="rb")  # type: ignore[return-value]
         return stream
@@ -61,7 +61,7 @@ def count_lines(path: str | Path) -> int:
 class _Prepended(io.RawIOBase):
     """A stream that yields ``head`` and then whatever ``rest`` yields."""
 
-    def __init__(self, head: bytes, rest: BinaryIO) -> None:
+    def __init__(self, head: bytes, rest: io.BufferedIOBase) -> None:
         self._head = head
         self._rest = rest
 
@@ -74,8 +74,7 @@ class _Prepended(io.RawIOBase):
             buffer[:n] = self._head[:n]
             self._head = self._head[n:]
             return n
-        data = self._rest.read1(len(buffer)) if hasattr(self._rest, "read1") else \
-            self._rest.read(len(buffer))
+        data = self._rest.read1(len(buffer))  # what is there now: a pipe may never fill it
         buffer[:len(data)] = data
         return len(data)
 
