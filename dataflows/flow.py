@@ -13,6 +13,7 @@ read and one write round trip to Redis whatever its size.
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import threading
@@ -339,10 +340,18 @@ class _DeadLetterPartition(StatelessSinkPartition[InvalidEvent]):
 
 
 def dead_letter_record(item: InvalidEvent) -> dict[str, object]:
-    """A dead letter as plain data: the original payload, the reason and where it came from."""
+    """A dead letter as plain data: the reason, where it came from, and the payload's exact
+    bytes: as text when they are UTF-8 (``payload_encoding`` ``utf-8``), else in base64
+    (``payload_encoding`` ``base64``). ``partition`` and ``offset`` are the replayable position
+    that makes writing it exactly-once (see :meth:`StateStore.add_dead_letters`)."""
+    try:
+        payload, encoding = item.payload.decode("utf-8"), "utf-8"
+    except UnicodeDecodeError:
+        payload, encoding = base64.b64encode(item.payload).decode("ascii"), "base64"
     return {"reason": item.reason, "detail": item.detail, "position": item.position,
-            "payload": item.payload.decode("utf-8", errors="backslashreplace"),
-            "customer_id": item.customer_id}
+            "payload": payload, "payload_encoding": encoding,
+            "customer_id": item.customer_id, "partition": item.partition,
+            "offset": item.offset}
 
 
 class JsonLinesSink(DynamicSink[TierTransition]):
