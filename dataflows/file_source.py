@@ -14,6 +14,12 @@ from pathlib import Path
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from churnwatch.dataflows.messages import RawMessage
 
+from churnwatch.core.events import MAX_PAYLOAD_BYTES
+
+#: A line is read up to this many bytes; the rest of a longer one is skipped (it is a
+#: ``too_large`` dead letter whatever follows), so one endless line cannot exhaust memory.
+LINE_LIMIT = MAX_PAYLOAD_BYTES + 2
+
 
 class FileSource(FixedPartitionedSource[RawMessage, tuple[int, int]]):
     """Reads JSON Lines files in batches; each file is a partition named ``file:<abs path>``."""
@@ -48,7 +54,7 @@ class _FilePartition(StatefulSourcePartition[RawMessage, tuple[int, int]]):
         now = time.time()
         readline = self._file.readline
         while len(batch) < self._batch_size:
-            line = readline()
+            line = readline(LINE_LIMIT)
             if not line:
                 if batch:
                     break
@@ -56,6 +62,11 @@ class _FilePartition(StatefulSourcePartition[RawMessage, tuple[int, int]]):
                 raise StopIteration
             self._line += 1
             self._byte += len(line)
+            if len(line) == LINE_LIMIT and not line.endswith(b"\n"):
+                rest = line
+                while rest and not rest.endswith(b"\n"):
+                    rest = readline(LINE_LIMIT)
+                    self._byte += len(rest)
             stripped = line.strip()
             if stripped:
                 batch.append(RawMessage(self._name, self._line, stripped,

@@ -6,15 +6,18 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 from typing import Any
 
 import msgpack
 import pytest
+from churnwatch.dataflows.file_source import LINE_LIMIT, FileSource
 from churnwatch.dataflows.flow import dead_letter_record
 from churnwatch.state.base import shard_of
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from churnwatch.core.config import ChurnwatchConfig, ConfigError, load_config
 from churnwatch.core.events import (
     DEAD_LETTER_REASONS,
     EVENT_TYPES,
@@ -238,3 +241,32 @@ def test_binary_payloads_keep_their_exact_bytes_in_the_dead_letter_record() -> N
     assert isinstance(text, InvalidEvent)
     record = dead_letter_record(text)
     assert (record["payload_encoding"], record["payload"]) == ("utf-8", "{nope \u00e9}")
+
+
+def test_the_file_source_reads_an_endless_line_as_one_too_large_dead_letter(
+        tmp_path: Path) -> None:
+    path = tmp_path / "long.jsonl"
+    good = b'{"customer_id": "c1", "type": "visit", "ts": 1}'
+    path.write_bytes(good + b"\n" + b"x" * (3 * LINE_LIMIT + 5) + b"\n" + good + b"\n"
+                     + b"y" * (5 * LINE_LIMIT))
+    part = FileSource([path]).build_part("input", f"file:{path}", None)
+    batch = part.next_batch()
+    part.close()
+    assert [m.offset for m in batch] == [1, 2, 3, 4]
+    assert max(len(m.payload) for m in batch) <= LINE_LIMIT
+    results = [decode_event(m.payload, position=m.position) for m in batch]
+    assert [r.reason if isinstance(r, InvalidEvent) else "ok" for r in results] == [
+        "ok", "too_large", "ok", "too_large"]
+    assert part.snapshot() == (path.stat().st_size, 4)
+
+
+def test_the_amount_ceiling_is_a_validated_configuration_key(tmp_path: Path) -> None:
+    path = tmp_path / "churnwatch.toml"
+    for value, error in [("-1", ">= 0"), ("nan", "finite"), ("inf", "finite"),
+                         ('"many"', "must be a number")]:
+        path.write_text(f"[input]\nmax_amount = {value}\n")
+        with pytest.raises(ConfigError, match=f"{path}: input.max_amount .*{error}"):
+            load_config(path)
+    path.write_text("[input]\nmax_amount = 5000\n")
+    assert load_config(path).max_amount == 5000.0
+    assert ChurnwatchConfig().max_amount == 1e10
