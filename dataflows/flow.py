@@ -114,11 +114,6 @@ class FlowStore:
         if store is not None:
             store.close()
 
-    @property
-    def is_open(self) -> bool:
-        """Whether a store is open now."""
-        return self._store is not None
-
 
 def _decode_batch(settings: FlowSettings, batch: list[RawMessage]) -> list[tuple[str, Any]]:
     """Decode raw messages: valid ones keyed by shard, invalid ones under the key ``"dead"``

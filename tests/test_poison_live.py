@@ -1,6 +1,7 @@
-"""Poison on a live stream: the real ``churnwatch run`` against a real redis-server.
+"""Poison on every source: the real ``churnwatch run`` against a real redis-server, a Kafka
+partition on a real Kafka-protocol broker (tansu), and a replayed file.
 
-Each poison payload sits between two good events on one stream partition (issue 10, section 1).
+Each poison payload sits between two good events on one partition (issue 10, section 1).
 The run must apply both good events and dead-letter every poison entry exactly once, and keep
 doing so across a ``kill -9`` and a restart with ``--recovery-dir`` (the restart re-reads the
 entries after its last snapshot: a poison entry that crashed the flow would crash it again).
@@ -8,6 +9,7 @@ entries after its last snapshot: a poison entry that crashed the flow would cras
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 from pathlib import Path
@@ -15,16 +17,26 @@ from pathlib import Path
 import msgpack
 import pytest
 import redis
+from bytewax.testing import run_main
+from churnwatch.dataflows.file_source import LINE_LIMIT
+from churnwatch.dataflows.flow import FlowSettings, build_flow
+from churnwatch.dataflows.kafka_source import KafkaEventSource
+from churnwatch.state.redis_store import RedisStore
 from live_servers import (
     LiveRedis,
     finish,
     kill_hard,
+    live_redis,  # noqa: F401
     running_redis,
     start_run,
     tail,
+    tansu,  # noqa: F401
     wait_for,
     write_config,
 )
+
+from churnwatch.core.config import ChurnwatchConfig
+from churnwatch.replay import run_flow
 
 pytestmark = pytest.mark.slow
 
@@ -75,8 +87,6 @@ def run_args(server: LiveRedis, workdir: Path, prefix: str, *extra: str) -> list
 
 
 def orders_of_c1(server: LiveRedis, prefix: str) -> int:
-    from churnwatch.state.redis_store import RedisStore
-
     store = RedisStore(server.url, 4, prefix, max_wait=5)
     try:
         state = store.customer("c1")
@@ -135,3 +145,61 @@ def test_poison_is_dead_lettered_once_across_kill_9_and_restart(tmp_path: Path) 
         records = [json.loads(line) for line in out.read_text().splitlines()]
         assert sorted(r["position"] for r in records) == sorted(poison)
         assert "Traceback" not in log.read_text()
+
+
+def _exact_payload(record: dict[str, object]) -> bytes:
+    text = str(record.get("payload", ""))
+    return base64.b64decode(text) if record.get("payload_encoding") == "base64" else \
+        text.encode()
+
+
+def test_poison_on_a_kafka_partition_is_dead_lettered_and_both_good_events_applied(
+        tansu: str, live_redis: LiveRedis) -> None:  # noqa: F811
+    from confluent_kafka import Producer
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    admin = AdminClient({"bootstrap.servers": tansu})
+    for future in admin.create_topics([NewTopic("poison", 1, 1)]).values():
+        future.result(timeout=30)
+    producer = Producer({"bootstrap.servers": tansu, "message.max.bytes": 4 << 20})
+    payloads = [order(0), *POISON, order(1)]
+    for payload in payloads:
+        producer.produce("poison", value=payload, partition=0)
+    assert producer.flush(30) == 0
+
+    config = ChurnwatchConfig(shards=4, stream_partitions=1, key_prefix="kp")
+    settings = FlowSettings(config, lambda: RedisStore(live_redis.url, 4, "kp", max_wait=10),
+                            clock="event")
+    run_main(build_flow(settings, KafkaEventSource(tansu, "poison", batch_size=5, tail=False),
+                        "kafka"))
+    assert orders_of_c1(live_redis, "kp") == 2
+    store = RedisStore(live_redis.url, 4, "kp")
+    dead = store.dead_letters(100)
+    store.close()
+    assert sorted(str(d["position"]) for d in dead) == sorted(
+        f"poison:0:{n}" for n in range(1, len(POISON) + 1))
+    by_offset = {int(str(d["offset"])): d for d in dead}
+    for n, payload in enumerate(POISON, start=1):
+        if len(payload) <= 1 << 20:  # a too_large one is kept too, the same bytes
+            assert _exact_payload(by_offset[n]) == payload
+
+
+def test_poison_lines_in_a_replayed_file_are_dead_lettered_and_both_good_events_applied(
+        live_redis: LiveRedis, tmp_path: Path) -> None:  # noqa: F811
+    lines = [order(0), *(p for p in POISON if b"\n" not in p), order(1)]
+    path = tmp_path / "poison.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    config = ChurnwatchConfig(shards=4, stream_partitions=1, key_prefix="fp")
+    run_flow(FlowSettings(config, lambda: RedisStore(live_redis.url, 4, "fp", max_wait=10),
+                          clock="event"), [str(path)])
+    assert orders_of_c1(live_redis, "fp") == 2
+    store = RedisStore(live_redis.url, 4, "fp")
+    dead = store.dead_letters(100)
+    store.close()
+    assert sorted(int(str(d["offset"])) for d in dead) == list(range(2, len(lines)))
+    for record in dead:
+        line = lines[int(str(record["offset"])) - 1]
+        if record["reason"] == "too_large":  # a file keeps its first LINE_LIMIT bytes
+            assert _exact_payload(record) == line[:LINE_LIMIT]
+        else:
+            assert _exact_payload(record) == line
