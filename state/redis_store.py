@@ -41,6 +41,7 @@ TRANSITIONS_KEPT = 100_000
 HISTORY_KEPT = 30
 DEAD_LETTERS_KEPT = 100_000
 DEAD_LETTERS_PER_SCRIPT = 500
+DEAD_LETTER_BYTES_PER_SCRIPT = 16 << 20
 
 # Appends dead letters whose source position is new, advancing the partition's high-water mark in
 # the same atomic step. Offsets travel as 20-digit text (Lua numbers are doubles, stream offsets
@@ -259,17 +260,24 @@ class RedisStore:
             return []
         stream = f"{self.prefix}:deadletters"
         offsets = f"{self.prefix}:deadletters:offsets"
+        # Several script calls in one pipeline: each bounded in records and bytes.
         chunks: list[list[bytes | str | int]] = []
-        for start in range(0, len(records), DEAD_LETTERS_PER_SCRIPT):
-            args: list[bytes | str | int] = [DEAD_LETTERS_KEPT]
-            for record in records[start:start + DEAD_LETTERS_PER_SCRIPT]:
-                lane, offset = dead_letter_position(record)
-                fields = [(k, v if isinstance(v, bytes) else str(v)) for k, v in record.items()
-                          if v is not None and v != ""]
-                args += [lane, f"{offset:020d}" if lane else "", len(fields)]
-                for key, value in fields:
-                    args += [key, value]
-            chunks.append(args)
+        args: list[bytes | str | int] = []
+        count = size = 0
+        for record in records:
+            if not args or count >= DEAD_LETTERS_PER_SCRIPT or \
+                    size >= DEAD_LETTER_BYTES_PER_SCRIPT:
+                args = [DEAD_LETTERS_KEPT]
+                chunks.append(args)
+                count = size = 0
+            lane, offset = dead_letter_position(record)
+            fields = [(k, v if isinstance(v, bytes) else str(v)) for k, v in record.items()
+                      if v is not None and v != ""]
+            args += [lane, f"{offset:020d}" if lane else "", len(fields)]
+            for key, value in fields:
+                args += [key, value]
+                size += len(value)
+            count += 1
         script = self.client.register_script(_ADD_DEAD_LETTERS)
 
         def write() -> list[bool]:

@@ -22,6 +22,7 @@ from churnwatch.core.events import (
     DEAD_LETTER_REASONS,
     EVENT_TYPES,
     MAX_PAYLOAD_BYTES,
+    TOO_LARGE_KEPT_BYTES,
     Event,
     InvalidEvent,
     decode_event,
@@ -202,7 +203,7 @@ def test_very_long_lines_are_too_large_and_keep_their_bytes() -> None:
         + b'"}'
     result = decode(line)
     assert isinstance(result, InvalidEvent) and result.reason == "too_large"
-    assert result.payload == line
+    assert result.payload == line[:TOO_LARGE_KEPT_BYTES]
     long_but_fine = b'{"customer_id": "c1", "type": "visit", "ts": 1, "x": "' + b"a" * 500_000 \
         + b'"}'
     assert isinstance(decode(long_but_fine), Event)

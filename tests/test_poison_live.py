@@ -18,7 +18,6 @@ import msgpack
 import pytest
 import redis
 from bytewax.testing import run_main
-from churnwatch.dataflows.file_source import LINE_LIMIT
 from churnwatch.dataflows.flow import FlowSettings, build_flow
 from churnwatch.dataflows.kafka_source import KafkaEventSource
 from churnwatch.state.redis_store import RedisStore
@@ -36,6 +35,7 @@ from live_servers import (
 )
 
 from churnwatch.core.config import ChurnwatchConfig
+from churnwatch.core.events import TOO_LARGE_KEPT_BYTES
 from churnwatch.replay import run_flow
 
 pytestmark = pytest.mark.slow
@@ -180,8 +180,9 @@ def test_poison_on_a_kafka_partition_is_dead_lettered_and_both_good_events_appli
         f"poison:0:{n}" for n in range(1, len(POISON) + 1))
     by_offset = {int(str(d["offset"])): d for d in dead}
     for n, payload in enumerate(POISON, start=1):
-        if len(payload) <= 1 << 20:  # a too_large one is kept too, the same bytes
-            assert _exact_payload(by_offset[n]) == payload
+        kept = payload if by_offset[n]["reason"] != "too_large" else \
+            payload[:TOO_LARGE_KEPT_BYTES]
+        assert _exact_payload(by_offset[n]) == kept
 
 
 def test_poison_lines_in_a_replayed_file_are_dead_lettered_and_both_good_events_applied(
@@ -199,7 +200,7 @@ def test_poison_lines_in_a_replayed_file_are_dead_lettered_and_both_good_events_
     assert sorted(int(str(d["offset"])) for d in dead) == list(range(2, len(lines)))
     for record in dead:
         line = lines[int(str(record["offset"])) - 1]
-        if record["reason"] == "too_large":  # a file keeps its first LINE_LIMIT bytes
-            assert _exact_payload(record) == line[:LINE_LIMIT]
+        if record["reason"] == "too_large":  # its first bytes only
+            assert _exact_payload(record) == line[:TOO_LARGE_KEPT_BYTES]
         else:
             assert _exact_payload(record) == line

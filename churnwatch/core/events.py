@@ -80,8 +80,11 @@ DEAD_LETTER_REASONS = (
 )
 
 MAX_CUSTOMER_ID_LENGTH = 256
-#: Payloads longer than this are ``too_large`` dead letters, refused before parsing.
+#: Payloads longer than this are ``too_large`` dead letters, refused before parsing; such a dead
+#: letter keeps the first :data:`TOO_LARGE_KEPT_BYTES` of the payload (dead letters are capped in
+#: number, and this caps them in size).
 MAX_PAYLOAD_BYTES = 1 << 20
+TOO_LARGE_KEPT_BYTES = 1 << 16
 #: The default ceiling of ``amount`` (``[input] max_amount``).
 DEFAULT_MAX_AMOUNT = 1e10
 #: Epoch seconds beyond this are refused; between it and :data:`_MAX_EPOCH_MILLIS` they look like
@@ -161,6 +164,8 @@ def decode_event(
         reason, detail = rejected.reason, rejected.detail
     except Exception as exc:  # a bug in a rule must not stop the flow either: say what it was
         reason, detail = "invalid_field", f"could not be validated: {type(exc).__name__}"
+    if reason == "too_large":
+        raw = raw[:TOO_LARGE_KEPT_BYTES]
     return InvalidEvent(reason, detail, position, raw, _readable_customer(obj))
 
 
@@ -214,7 +219,9 @@ def _to_mapping(payload: Any, raw: bytes) -> Mapping[Any, Any]:
         )
     if len(raw) > MAX_PAYLOAD_BYTES:
         raise ContractViolation(
-            "too_large", f"payload of {len(raw)} bytes; at most {MAX_PAYLOAD_BYTES} are read"
+            "too_large",
+            f"payload of {len(raw)} bytes; at most {MAX_PAYLOAD_BYTES} are read (the first "
+            f"{TOO_LARGE_KEPT_BYTES} are kept here)",
         )
     data = raw.lstrip()
     if data.startswith(_UTF8_BOM):
