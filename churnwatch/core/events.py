@@ -232,7 +232,7 @@ def _to_mapping(payload: Any, raw: bytes) -> Mapping[Any, Any]:
             obj = json.loads(data.decode("utf-8"))
         except UnicodeDecodeError as exc:
             raise ContractViolation(
-                "invalid_json", f"not valid UTF-8 at byte {exc.start}"
+                "invalid_json", f"not valid UTF-8 at byte {exc.start + len(raw) - len(data)}"
             ) from None
         except ValueError as exc:
             raise ContractViolation("invalid_json", f"not valid JSON: {_clip(str(exc))}") from None
