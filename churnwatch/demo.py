@@ -39,10 +39,9 @@ class LiveSummary(FlowHooks):
         self.rate = 0.0
         self._last = (time.monotonic(), 0)
 
-    def decoded(self, source: str, received: int, invalid: Sequence[object],
-                newest_published_at: float | None) -> None:
+    def dead_lettered(self, source: str, items: Sequence[object]) -> None:
         with self.lock:
-            self.dead += len(invalid)
+            self.dead += len(items)
 
     def committed(self, source: str, result: BatchResult, oldest_received_at: float) -> None:
         with self.lock:

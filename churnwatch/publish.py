@@ -7,7 +7,9 @@ entry holds the encoded event in its field ``e``.
 
 Lines that are not valid events are published all the same, unchanged: the flow dead-letters
 them with their position, which is where an operator looks for them. A line whose
-``customer_id`` cannot be read goes to partition 0.
+``customer_id`` is not a valid one (missing, not a string, a lone surrogate...) goes to partition
+0. Nothing a line holds makes the publisher raise: what cannot be re-encoded (``--format
+msgpack``) is published as it came.
 
 >>> from churnwatch.core.config import ChurnwatchConfig
 >>> partition_for({"customer_id": "c-42"}, 4) == partition_for(b'{"customer_id": "c-42"}', 4)
@@ -29,6 +31,7 @@ import msgpack
 import redis
 
 from churnwatch.core.config import ChurnwatchConfig, load_config
+from churnwatch.core.events import MAX_PAYLOAD_BYTES, customer_id_of
 from churnwatch.dataflows.redis_source import PAYLOAD_FIELD, stream_names
 from churnwatch.state.base import shard_of
 
@@ -37,18 +40,14 @@ PIPELINE_SIZE = 1000
 
 
 def customer_of(event: Mapping[str, Any] | bytes | str) -> str | None:
-    """The customer id of an event as the flow will read it (``None`` when it has none)."""
+    """The customer id of an event as the flow will read it (``None`` when it has no valid
+    one)."""
     obj: Any = event
     if isinstance(event, str):
-        event = event.encode()
+        event = event.encode("utf-8", "surrogatepass")
     if isinstance(event, bytes):
         obj = _loads(event)
-    if not isinstance(obj, Mapping):
-        return None
-    cid = obj.get("customer_id")
-    if isinstance(cid, int) and not isinstance(cid, bool):
-        return str(cid)  # the flow reads integer ids as their decimal text
-    return cid if isinstance(cid, str) and cid else None
+    return customer_id_of(obj)
 
 
 def partition_for(event: Mapping[str, Any] | bytes | str, partitions: int) -> int:
@@ -58,12 +57,17 @@ def partition_for(event: Mapping[str, Any] | bytes | str, partitions: int) -> in
 
 
 def _loads(data: bytes) -> Any:
+    if len(data) > MAX_PAYLOAD_BYTES:
+        return None  # the flow refuses it unread (too_large)
+    data = data.lstrip()
+    if data.startswith(b"\xef\xbb\xbf"):  # a byte-order mark, skipped by the flow as well
+        data = data[3:]
     head = data.lstrip()[:1]
     try:
         if head in (b"{", b"["):
-            return json.loads(data)
+            return json.loads(data.decode("utf-8"))
         return msgpack.unpackb(data, raw=False, strict_map_key=False)
-    except Exception:  # any undecodable line is published as it is
+    except Exception:  # any undecodable line (RecursionError too) is published as it is
         return None
 
 
@@ -98,22 +102,22 @@ class Publisher:
             obj: Any = event
             raw = None
         else:
-            raw = event.encode() if isinstance(event, str) else bytes(event)
+            raw = (event.encode("utf-8", "surrogatepass") if isinstance(event, str)
+                   else bytes(event))
             raw = raw.strip()
             obj = _loads(raw)
-        cid = None
-        if isinstance(obj, Mapping):
-            value = obj.get("customer_id")
-            if isinstance(value, int) and not isinstance(value, bool):
-                cid = str(value)
-            elif isinstance(value, str) and value:
-                cid = value
+        cid = customer_id_of(obj)
         partition = 0 if cid is None else shard_of(cid, partitions)
         if raw is not None and (self.format == "json" or not isinstance(obj, Mapping)):
             return partition, raw
-        if self.format == "msgpack":
-            return partition, msgpack.packb(obj, default=str)
-        return partition, json.dumps(obj, separators=(",", ":"), default=str).encode()
+        try:
+            if self.format == "msgpack":
+                return partition, msgpack.packb(obj, default=str)
+            return partition, json.dumps(obj, separators=(",", ":"), default=str).encode()
+        except Exception:  # lone surrogates, huge ints, nesting too deep, cycles
+            if raw is not None:
+                return partition, raw  # valid JSON as it came: the flow reads it all the same
+            return partition, _last_resort(obj)
 
     def publish(self, events: Iterable[Mapping[str, Any] | bytes | str],
                 on_batch: Callable[[int], None] | None = None) -> int:
@@ -146,6 +150,18 @@ class Publisher:
     def close(self) -> None:
         """Release the connection."""
         self.client.close()
+
+
+def _last_resort(obj: Any) -> bytes:
+    """Some bytes for a mapping nothing can encode: the flow dead-letters them with their
+    position (the payload then says what the mapping looked like)."""
+    try:
+        return json.dumps(obj, default=str, ensure_ascii=True).encode()
+    except Exception:
+        try:
+            return repr(obj).encode("utf-8", "backslashreplace")
+        except Exception:
+            return f"<unencodable {type(obj).__name__}>".encode()
 
 
 def read_lines(paths: Iterable[str]) -> Iterator[bytes]:

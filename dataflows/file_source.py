@@ -21,6 +21,12 @@ from typing import BinaryIO
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from churnwatch.dataflows.messages import RawMessage
 
+from churnwatch.core.events import MAX_PAYLOAD_BYTES
+
+#: A line is read up to this many bytes; the rest of a longer one is skipped (it is a
+#: ``too_large`` dead letter whatever follows), so one endless line cannot exhaust memory.
+LINE_LIMIT = MAX_PAYLOAD_BYTES + 2
+
 STDIN = "-"
 GZIP_MAGIC = b"\x1f\x8b"
 
@@ -132,7 +138,7 @@ class _FilePartition(StatefulSourcePartition[RawMessage, tuple[int, int]]):
         readline = self._file.readline
         while len(batch) < self._batch_size:
             try:
-                line = readline()
+                line = readline(LINE_LIMIT)
             except (OSError, EOFError, zlib.error) as exc:
                 self._file.close()
                 self._read_errors.append(f"{self._label}: unreadable after line {self._line} "
@@ -147,6 +153,11 @@ class _FilePartition(StatefulSourcePartition[RawMessage, tuple[int, int]]):
                 raise StopIteration
             self._line += 1
             self._byte += len(line)
+            if len(line) == LINE_LIMIT and not line.endswith(b"\n"):
+                rest = line
+                while rest and not rest.endswith(b"\n"):
+                    rest = readline(LINE_LIMIT)
+                    self._byte += len(rest)
             stripped = line.strip()
             if stripped:
                 batch.append(RawMessage(self._name, self._line, stripped,

@@ -13,12 +13,13 @@ read and one write round trip to Redis whatever its size.
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ from bytewax.inputs import DynamicSource, Source, StatelessSourcePartition
 from bytewax.operators import StatefulBatchLogic
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from churnwatch.dataflows.messages import RawMessage
-from churnwatch.state.base import StateStore, shard_of
+from churnwatch.state.base import StateStore, dead_letter_position, shard_of
 
 from churnwatch.core.config import ChurnwatchConfig
 from churnwatch.core.engine import BatchResult, Incoming, ShardEngine, TierTransition, partition_id
@@ -46,13 +47,18 @@ class FlowHooks:
 
     def decoded(self, source: str, received: int, invalid: Sequence[InvalidEvent],
                 newest_published_at: float | None) -> None:
-        """A batch of raw messages was decoded."""
+        """A batch of raw messages was decoded; ``invalid`` are on their way to the dead-letter
+        output (after a resume some may be repeats: :meth:`dead_lettered` says which are new)."""
 
     def committed(self, source: str, result: BatchResult, oldest_received_at: float) -> None:
         """A shard batch's effects were committed to the store."""
 
     def transitions(self, transitions: Sequence[TierTransition]) -> None:
         """Tier transitions were committed."""
+
+    def dead_lettered(self, source: str, items: Sequence[InvalidEvent]) -> None:
+        """Dead letters were written to the store for the first time (each source position
+        once, across restarts: count them here, not in :meth:`decoded`)."""
 
 
 @dataclass(frozen=True)
@@ -68,22 +74,50 @@ class FlowSettings:
     dead_letters_path: str | None = None
 
 
-_stores: dict[int, StateStore] = {}
-_stores_lock = threading.Lock()
+class FlowStore:
+    """The store of one built flow in one process, and who closes it.
 
+    :func:`build_flow` makes one per flow; the worker threads of the process share it (a Redis
+    client is thread-safe, one connection pool for all). It is opened by the first step that
+    needs it and closed when the last dead-letter sink partition of the process closes, which
+    Bytewax does when the flow finishes; a flow run again opens a fresh one. No flow ever sees
+    another flow's store.
+    """
 
-def _store(settings: FlowSettings) -> StateStore:
-    """One store (one connection pool) per process and settings."""
-    key = id(settings)
-    with _stores_lock:
-        store = _stores.get(key)
-        if store is None:
-            store = _stores[key] = settings.store_factory()
-        return store
+    def __init__(self, factory: Callable[[], StateStore]) -> None:
+        self._factory = factory
+        self._store: StateStore | None = None
+        self._users = 0
+        self._lock = threading.Lock()
+
+    def get(self) -> StateStore:
+        """The open store, opening it on first use."""
+        with self._lock:
+            if self._store is None:
+                self._store = self._factory()
+            return self._store
+
+    def acquire(self) -> StateStore:
+        """Called by a sink partition when Bytewax builds it: the store stays open until every
+        acquirer has released it."""
+        with self._lock:
+            self._users += 1
+        return self.get()
+
+    def release(self) -> None:
+        """Called by a sink partition's ``close()``; the last one closes the store."""
+        with self._lock:
+            self._users -= 1
+            store = self._store if self._users <= 0 else None
+            if store is not None:
+                self._store = None
+        if store is not None:
+            store.close()
 
 
 def _decode_batch(settings: FlowSettings, batch: list[RawMessage]) -> list[tuple[str, Any]]:
-    """Decode raw messages: valid ones keyed by shard, invalid ones under the key ``"dead"``."""
+    """Decode raw messages: valid ones keyed by shard, invalid ones under the key ``"dead"``
+    with their source partition and offset (so each is dead-lettered once)."""
     config = settings.config
     shards = config.shards
     now = time.time()
@@ -94,7 +128,8 @@ def _decode_batch(settings: FlowSettings, batch: list[RawMessage]) -> list[tuple
     source = batch[0].source if batch else "file"
     for raw in batch:
         decoded = decode_event(raw.payload, position=raw.position, now=now,
-                               max_future_seconds=config.max_future_seconds)
+                               max_future_seconds=config.max_future_seconds,
+                               max_amount=config.max_amount)
         if isinstance(decoded, Event):
             pid = partitions.get(raw.partition)
             if pid is None:
@@ -102,6 +137,7 @@ def _decode_batch(settings: FlowSettings, batch: list[RawMessage]) -> list[tuple
             out.append((str(shard_of(decoded.customer_id, shards)),
                         (Incoming(decoded, pid, raw.offset, raw.position), raw.received_at)))
         else:
+            decoded = replace(decoded, partition=raw.partition, offset=raw.offset)
             invalid.append(decoded)
             out.append(("dead", decoded))
         if raw.published_at is not None and (newest_published is None
@@ -116,11 +152,12 @@ class ShardLogic(StatefulBatchLogic[tuple[Incoming, float], Any, None]):
     resume it is rebuilt empty and reloads the shard from the store, which is the source of
     truth (the snapshot is ``None``: nothing to carry in Bytewax's recovery store)."""
 
-    def __init__(self, shard: int, settings: FlowSettings, source: str) -> None:
+    def __init__(self, shard: int, settings: FlowSettings, source: str, store: StateStore
+                 ) -> None:
         self.shard = shard
         self.settings = settings
         self.source = source
-        self.store = _store(settings)
+        self.store = store
         self.engine = ShardEngine(shard, settings.config, self.store.load_shard(shard))
         self._next_due = self.store.next_due(shard)
 
@@ -190,6 +227,14 @@ class ShardLogic(StatefulBatchLogic[tuple[Incoming, float], Any, None]):
         return outputs
 
     def _commit(self, result: BatchResult, oldest_received_at: float) -> None:
+        if result.dead_letters:
+            # Before the commit: once the commit holds the customers' offsets, a replay of the
+            # batch takes these events for duplicates and would never find them again.
+            records = [dead_letter_record(d) for d in result.dead_letters]
+            written = self.store.add_dead_letters(records)
+            new = [d for d, w in zip(result.dead_letters, written, strict=True) if w]
+            if new:
+                self.settings.hooks.dead_lettered(self.source, new)
         self.store.commit(self.shard, self.engine.state, result.changed, result.transitions,
                           result.drops)
         dues = [s.next_review_at for s in result.changed.values() if s.next_review_at]
@@ -219,13 +264,14 @@ def build_flow(settings: FlowSettings, source: Source[RawMessage], source_name: 
         # restart even if no event of the shard ever arrives again.
         ticks = op.input("shard_ticks", flow, ShardTickSource(settings.config.shards))
         keyed = op.merge("events_and_ticks", keyed, ticks)
+    store = FlowStore(settings.store_factory)
     scored = op.stateful_batch(
         "score", keyed,
-        lambda resume: _build_logic(settings, source_name))
+        lambda resume: _LazyShardLogic(settings, source_name, store))
     outputs = op.map("unkey", scored, lambda kv: kv[1])
     dead = op.merge("dead_letters", op.map("dead_values", split.falses, lambda kv: kv[1]),
                     op.filter("late_dead", outputs, lambda x: isinstance(x, InvalidEvent)))
-    op.output("dead_letter_sink", dead, DeadLetterSink(settings, source_name))
+    op.output("dead_letter_sink", dead, DeadLetterSink(settings, source_name, store))
     transitions = op.filter("transitions", outputs, lambda x: isinstance(x, TierTransition))
     if settings.transitions_path:
         op.output("transition_sink", transitions, JsonLinesSink(settings.transitions_path))
@@ -271,17 +317,14 @@ class _TickPartition(StatelessSourcePartition[tuple[str, ShardTick]]):
         return min(self.next, datetime.now(timezone.utc) + timedelta(seconds=1))
 
 
-def _build_logic(settings: FlowSettings, source_name: str) -> StatefulBatchLogic[Any, Any, Any]:
-    return _LazyShardLogic(settings, source_name)
-
-
 class _LazyShardLogic(StatefulBatchLogic[tuple[Incoming, float], Any, None]):
     """Defers building :class:`ShardLogic` until the first item names the shard: Bytewax calls
     the builder with the resume state only, not the key."""
 
-    def __init__(self, settings: FlowSettings, source_name: str) -> None:
+    def __init__(self, settings: FlowSettings, source_name: str, store: FlowStore) -> None:
         self.settings = settings
         self.source_name = source_name
+        self.store = store
         self.inner: ShardLogic | None = None
 
     def on_batch(self, values: list[Any]) -> tuple[Iterable[Any], bool]:
@@ -289,7 +332,7 @@ class _LazyShardLogic(StatefulBatchLogic[tuple[Incoming, float], Any, None]):
             first = values[0]
             shard = first.shard if isinstance(first, ShardTick) else shard_of(
                 first[0].event.customer_id, self.settings.config.shards)
-            self.inner = ShardLogic(shard, self.settings, self.source_name)
+            self.inner = ShardLogic(shard, self.settings, self.source_name, self.store.get())
         return self.inner.on_batch(values)
 
     def on_notify(self) -> tuple[Iterable[Any], bool]:
@@ -305,44 +348,109 @@ class _LazyShardLogic(StatefulBatchLogic[tuple[Incoming, float], Any, None]):
 
 
 class DeadLetterSink(DynamicSink[InvalidEvent]):
-    """Dead letters go to the store's dead-letter stream (and a JSONL file when configured)."""
+    """Dead letters go to the store's dead-letter stream (and a JSONL file when configured),
+    each source position once.
 
-    def __init__(self, settings: FlowSettings, source_name: str) -> None:
+    The store keeps, per source partition, the highest offset dead-lettered, checked and
+    advanced in the write itself, and tells which records are new: only those are counted
+    (:meth:`FlowHooks.dead_lettered`). The file keeps its own high-water marks, read back from
+    the file(s) when Bytewax builds the partition, so a dead letter the store took just before a
+    crash still reaches the file after the resume, and one the file has is not repeated.
+    ``too_late`` dead letters are written to the store by their shard before its commit; they
+    pass through here for the file only (the store answers that they are not new).
+    """
+
+    def __init__(self, settings: FlowSettings, source_name: str, store: FlowStore) -> None:
         self.settings = settings
         self.source_name = source_name
+        self.store = store
 
     def build(self, step_id: str, worker_index: int, worker_count: int
               ) -> StatelessSinkPartition[InvalidEvent]:
-        """Called by Bytewax once per worker."""
+        """Called by Bytewax once per worker, at start and on resume."""
         path = self.settings.dead_letters_path
         if path and worker_count > 1:
             path = f"{path}.{worker_index}"
-        return _DeadLetterPartition(self.settings, path)
+        return _DeadLetterPartition(self.settings, self.source_name, self.store, path)
 
 
 class _DeadLetterPartition(StatelessSinkPartition[InvalidEvent]):
-    def __init__(self, settings: FlowSettings, path: str | None) -> None:
+    def __init__(self, settings: FlowSettings, source_name: str, store: FlowStore,
+                 path: str | None) -> None:
         self.settings = settings
-        self.file = open(path, "a", encoding="utf-8") if path else None  # noqa: SIM115
+        self.source_name = source_name
+        self.owner = store
+        self.store = store.acquire()
+        self.file_offsets: dict[str, int] = {}
+        self.file = None
+        if path:
+            # Every worker's file: a partition may have been another worker's before a resume.
+            base = Path(settings.dead_letters_path or path)
+            siblings = [p for p in base.parent.glob(base.name + ".*")
+                        if p.name[len(base.name) + 1:].isdigit()]
+            self.file_offsets = written_dead_letter_offsets([base, *siblings])
+            self.file = open(path, "a", encoding="utf-8")  # noqa: SIM115
 
     def write_batch(self, items: list[InvalidEvent]) -> None:
+        """Called by Bytewax with the dead letters of this worker, in arrival order."""
         records = [dead_letter_record(i) for i in items]
-        _store(self.settings).add_dead_letters(records)
+        written = self.store.add_dead_letters(records)
+        new = [item for item, w in zip(items, written, strict=True) if w]
+        if new:
+            self.settings.hooks.dead_lettered(self.source_name, new)
         if self.file:
+            offsets = self.file_offsets
             for record in records:
+                lane, offset = dead_letter_position(record)
+                if lane:
+                    if offset <= offsets.get(lane, -1):
+                        continue
+                    offsets[lane] = offset
                 self.file.write(json.dumps(record) + "\n")
             self.file.flush()
 
     def close(self) -> None:
+        """Called by Bytewax when the flow finishes on this worker."""
         if self.file:
             self.file.close()
+        self.owner.release()
+
+
+def written_dead_letter_offsets(paths: Iterable[Path]) -> dict[str, int]:
+    """Per source partition, the highest offset among the dead-letter records in ``paths``
+    (missing files and unreadable lines are skipped: a line cut short by a crash is ignored)."""
+    offsets: dict[str, int] = {}
+    for path in paths:
+        try:
+            handle = path.open("rb")
+        except OSError:
+            continue
+        with handle:
+            for line in handle:
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(record, dict):
+                    lane, offset = dead_letter_position(record)
+                    if lane and offset > offsets.get(lane, -1):
+                        offsets[lane] = offset
+    return offsets
 
 
 def dead_letter_record(item: InvalidEvent) -> dict[str, object]:
-    """A dead letter as plain data: the original payload, the reason and where it came from."""
+    """A dead letter as plain data: the reason, where it came from, and the payload's exact
+    bytes: as text when they are UTF-8 (``payload_encoding`` ``utf-8``), else in base64
+    (``payload_encoding`` ``base64``). ``partition`` and ``offset`` are the replayable position
+    that makes writing it exactly-once (see :meth:`StateStore.add_dead_letters`)."""
+    try:
+        payload, encoding = item.payload.decode("utf-8"), "utf-8"
+    except UnicodeDecodeError:
+        payload, encoding = base64.b64encode(item.payload).decode("ascii"), "base64"
     return {"reason": item.reason, "detail": item.detail, "position": item.position,
-            "payload": item.payload.decode("utf-8", errors="backslashreplace"),
-            "customer_id": item.customer_id}
+            "payload": payload, "payload_encoding": encoding,
+            "customer_id": item.customer_id, "partition": item.partition,
+            "offset": item.offset}
 
 
 class JsonLinesSink(DynamicSink[TierTransition]):

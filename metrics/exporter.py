@@ -181,11 +181,10 @@ class PipelineMetrics(FlowHooks):
 
     def decoded(self, source: str, received: int, invalid: Sequence[InvalidEvent],
                 newest_published_at: float | None) -> None:
-        """A batch of ``received`` raw messages was decoded; ``invalid`` are dead letters."""
+        """A batch of ``received`` raw messages was decoded (its dead letters are counted once
+        written, in :meth:`dead_lettered`: a resume may decode them again)."""
         self._see(source)
         self.events_received.labels(source).inc(received)
-        for item in invalid:
-            self.events_dead_letter.labels(source, item.reason).inc()
         if newest_published_at is not None:
             self.source_lag_seconds.labels(source).set(
                 max(time.time() - newest_published_at, 0.0))
@@ -203,8 +202,6 @@ class PipelineMetrics(FlowHooks):
             self.events_duplicate.labels(source).inc(result.duplicates)
         if result.rescored_silent:
             self.silent_rescores.inc(result.rescored_silent)
-        for item in result.dead_letters:  # too_late: found by the engine, not the decoder
-            self.events_dead_letter.labels(source, item.reason).inc()
         # A review of silent customers reads no message: it has no latency to report.
         if result.scored or result.duplicates or result.dead_letters:
             self.processing_latency.labels(source).observe(max(now - oldest_received_at, 0.0))
@@ -213,6 +210,13 @@ class PipelineMetrics(FlowHooks):
                 if result.last_event_ts > self._newest_event.get(source, 0.0):
                     self._newest_event[source] = result.last_event_ts
                     self.last_scored_event.labels(source).set(result.last_event_ts)
+
+    def dead_lettered(self, source: str, items: Sequence[InvalidEvent]) -> None:
+        """Dead letters written for the first time (each source position once, across
+        restarts), from the decoder and the engine's ``too_late``."""
+        self._see(source)
+        for item in items:
+            self.events_dead_letter.labels(source, item.reason).inc()
 
     def transitions(self, transitions: Sequence[TierTransition]) -> None:
         """Tier transitions are counted from Redis at scrape time, not here (see

@@ -13,7 +13,7 @@ effects or none.
 from __future__ import annotations
 
 import zlib
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Protocol
 
 from churnwatch.core.customer import CustomerState
@@ -30,6 +30,23 @@ def shard_of(customer_id: str, shards: int) -> int:
     True
     """
     return zlib.crc32(customer_id.encode()) % shards
+
+
+def dead_letter_position(record: Mapping[str, object]) -> tuple[str, int]:
+    """The replayable position of a dead-letter record: ``(partition, offset)``, or ``("", -1)``
+    when it has none (then it is written every time it comes).
+
+    >>> dead_letter_position({"partition": "redis:events:0", "offset": 17})
+    ('redis:events:0', 17)
+    >>> dead_letter_position({"position": "x:1"})
+    ('', -1)
+    """
+    partition = record.get("partition")
+    offset = record.get("offset")
+    if (not isinstance(partition, str) or not partition or isinstance(offset, bool)
+            or not isinstance(offset, int) or offset < 0):
+        return "", -1
+    return partition, offset
 
 
 class StateStore(Protocol):
@@ -78,8 +95,18 @@ class StateStore(Protocol):
         """A customer's newest transitions, newest first."""
         ...
 
-    def add_dead_letters(self, records: Iterable[Mapping[str, object]]) -> None:
-        """Append dead-letter records (payload, reason, position)."""
+    def add_dead_letters(self, records: Sequence[Mapping[str, object]]) -> list[bool]:
+        """Append dead-letter records (payload, reason, position), each source position once.
+
+        A record whose ``partition`` is a non-empty string is written only if its ``offset`` (an
+        integer >= 0) is above every offset written before under that ``partition``, and that
+        high-water mark advances in the same atomic step: sources replay a partition in order
+        after a resume, so a lower or equal offset is a dead letter already written. Records
+        without a partition are always written (at least once). Returns, per record, whether it
+        was written now: only those count as new dead letters (metrics, files). Called by the
+        dataflow's dead-letter sink once per batch, and by a shard before its commit for the
+        ``too_late`` ones it found; one round trip per call.
+        """
         ...
 
     def dead_letters(self, count: int) -> list[dict[str, object]]:

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from collections import defaultdict, deque
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import msgpack
-from churnwatch.state.base import shard_of
+from churnwatch.state.base import dead_letter_position, shard_of
 
 from churnwatch.core.customer import CustomerState
 from churnwatch.core.engine import ShardState, SuddenDrop, TierTransition
@@ -23,6 +23,7 @@ class MemoryStore:
         self._due: dict[int, dict[str, float]] = defaultdict(dict)
         self._transitions: deque[dict[str, object]] = deque(maxlen=100_000)
         self._dead: deque[dict[str, object]] = deque(maxlen=100_000)
+        self._dead_offsets: dict[str, int] = {}
 
     def load_shard(self, shard: int) -> ShardState:
         raw = self._shards.get(shard)
@@ -76,8 +77,18 @@ class MemoryStore:
         mine = [t for t in self._transitions if t["customer_id"] == customer_id]
         return sorted(mine, key=lambda t: -float(t["at"]))[:count]  # type: ignore[arg-type]
 
-    def add_dead_letters(self, records: Iterable[Mapping[str, object]]) -> None:
-        self._dead.extend(dict(r) for r in records)
+    def add_dead_letters(self, records: Sequence[Mapping[str, object]]) -> list[bool]:
+        written: list[bool] = []
+        for record in records:
+            lane, offset = dead_letter_position(record)
+            if lane:
+                if offset <= self._dead_offsets.get(lane, -1):
+                    written.append(False)
+                    continue
+                self._dead_offsets[lane] = offset
+            self._dead.append(dict(record))
+            written.append(True)
+        return written
 
     def dead_letters(self, count: int) -> list[dict[str, object]]:
         return list(reversed(self._dead))[:count]

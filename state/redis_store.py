@@ -10,6 +10,8 @@ shard's keys in one Redis Cluster slot, so a batch commits in one MULTI/EXEC):
 - ``P:{sN}:h:<customer_id>``  list of the customer's newest transitions (capped)
 - ``P:{sN}:commit``           token of the shard's last commit (makes a retried commit safe)
 - ``P:deadletters``           stream of dead letters (capped)
+- ``P:deadletters:offsets``   hash, source partition -> highest offset dead-lettered (each source
+  position is dead-lettered once, see :meth:`RedisStore.add_dead_letters`)
 
 Every call goes through :meth:`RedisStore._call`, which retries with exponential backoff while
 Redis is unreachable, logging and reporting each failure to the observer, so an outage pauses
@@ -22,12 +24,12 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Protocol, TypeVar
 
 import msgpack
 import redis
-from churnwatch.state.base import shard_of
+from churnwatch.state.base import dead_letter_position, shard_of
 
 from churnwatch.core.customer import CustomerState
 from churnwatch.core.engine import ShardState, SuddenDrop, TierTransition
@@ -38,6 +40,38 @@ T = TypeVar("T")
 TRANSITIONS_KEPT = 100_000
 HISTORY_KEPT = 30
 DEAD_LETTERS_KEPT = 100_000
+DEAD_LETTERS_PER_SCRIPT = 500
+DEAD_LETTER_BYTES_PER_SCRIPT = 16 << 20
+
+# Appends dead letters whose source position is new, advancing the partition's high-water mark in
+# the same atomic step. Offsets travel as 20-digit text (Lua numbers are doubles, stream offsets
+# reach 1.7e18), so comparing texts compares offsets.
+# KEYS: the stream, the high-water hash. ARGV: MAXLEN, then per record: partition ("" when it has
+# none), offset, number of field pairs, the pairs. Returns 1 (written) or 0 per record.
+_ADD_DEAD_LETTERS = """
+local out = {}
+local i = 2
+while i <= #ARGV do
+  local lane, offset, n = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
+  local fields = {}
+  for j = 1, 2 * n do fields[j] = ARGV[i + 2 + j] end
+  i = i + 3 + 2 * n
+  local write = 1
+  if lane ~= "" then
+    local seen = redis.call('HGET', KEYS[2], lane)
+    if seen and seen >= offset then
+      write = 0
+    else
+      redis.call('HSET', KEYS[2], lane, offset)
+    end
+  end
+  if write == 1 then
+    redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', unpack(fields))
+  end
+  out[#out + 1] = write
+end
+return out
+"""
 
 
 class RedisObserver(Protocol):
@@ -221,21 +255,40 @@ class RedisStore:
         raws = self._call("read_state", lambda: self.client.lrange(key, 0, count - 1))
         return [json.loads(r) for r in raws]
 
-    def add_dead_letters(self, records: Iterable[Mapping[str, object]]) -> None:
-        items = list(records)
-        if not items:
-            return
+    def add_dead_letters(self, records: Sequence[Mapping[str, object]]) -> list[bool]:
+        if not records:
+            return []
+        stream = f"{self.prefix}:deadletters"
+        offsets = f"{self.prefix}:deadletters:offsets"
+        # Several script calls in one pipeline: each bounded in records and bytes.
+        chunks: list[list[bytes | str | int]] = []
+        args: list[bytes | str | int] = []
+        count = size = 0
+        for record in records:
+            if not args or count >= DEAD_LETTERS_PER_SCRIPT or \
+                    size >= DEAD_LETTER_BYTES_PER_SCRIPT:
+                args = [DEAD_LETTERS_KEPT]
+                chunks.append(args)
+                count = size = 0
+            lane, offset = dead_letter_position(record)
+            fields = [(k, v if isinstance(v, bytes) else str(v)) for k, v in record.items()
+                      if v is not None and v != ""]
+            args += [lane, f"{offset:020d}" if lane else "", len(fields)]
+            for key, value in fields:
+                args += [key, value]
+                size += len(value)
+            count += 1
+        script = self.client.register_script(_ADD_DEAD_LETTERS)
 
-        def write() -> None:
+        def write() -> list[bool]:
             pipe = self.client.pipeline(transaction=False)
-            for record in items:
-                fields = {k: v if isinstance(v, bytes) else str(v) for k, v in record.items()
-                          if v is not None}
-                pipe.xadd(f"{self.prefix}:deadletters", fields, maxlen=DEAD_LETTERS_KEPT,
-                          approximate=True)
-            pipe.execute()
+            for args in chunks:
+                script(keys=[stream, offsets], args=args, client=pipe)
+            return [bool(flag) for reply in pipe.execute() for flag in reply]
 
-        self._call("dead_letter", write)
+        # A retry after a lost reply finds its records written: the high-water mark makes the
+        # script idempotent (they are then reported as not new).
+        return self._call("dead_letter", write)
 
     def dead_letters(self, count: int) -> list[dict[str, object]]:
         entries = self._call("read_state", lambda: self.client.xrevrange(

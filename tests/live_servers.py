@@ -261,7 +261,7 @@ def state_snapshot(client: redis.Redis, prefix: str) -> dict[str, Any]:
             out[name] = client.zrange(raw_key, 0, -1, withscores=True)
         elif kind == "stream":
             if name == "deadletters":
-                continue  # at-least-once by design: compared separately
+                continue  # compared separately (tests/test_dead_letters_once.py)
             out[name] = [fields for _, fields in client.xrange(raw_key)]
         elif kind == "list":
             out[name] = client.lrange(raw_key, 0, -1)

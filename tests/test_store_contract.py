@@ -96,6 +96,35 @@ def test_dead_letters_keep_payload_reason_and_position(store: StateStore) -> Non
         "invalid_json", "f:3", "{oops")
 
 
+def _dead(partition: str, offset: int) -> dict[str, object]:
+    return {"reason": "invalid_json", "detail": "x", "position": f"{partition}:{offset}",
+            "payload": "{oops", "partition": partition, "offset": offset}
+
+
+def test_dead_letters_are_written_once_per_source_position(store: StateStore) -> None:
+    big = 1_714_557_600_000_000_007  # a stream id as an offset: beyond a double's precision
+    first = [_dead("redis:s:0", 5), _dead("redis:s:0", 9), _dead("redis:s:1", 2),
+             _dead("redis:s:0", big)]
+    assert store.add_dead_letters(first) == [True, True, True, True]
+    # A resumed source replays its partitions in order: what it sends again is not new, what
+    # lies beyond the high-water mark is, and a record without a position is always written.
+    again = [_dead("redis:s:0", 9), _dead("redis:s:1", 2), _dead("redis:s:1", 3),
+             _dead("redis:s:0", big - 1), _dead("redis:s:0", big + 1),
+             {"reason": "too_late", "detail": "y", "position": "p", "payload": ""}]
+    assert store.add_dead_letters(again) == [False, False, True, False, True, True]
+    assert store.add_dead_letters([]) == []
+    positions = sorted(str(r["position"]) for r in store.dead_letters(100))
+    assert positions == sorted(["redis:s:0:5", "redis:s:0:9", "redis:s:1:2", f"redis:s:0:{big}",
+                                "redis:s:1:3", f"redis:s:0:{big + 1}", "p"])
+
+
+def test_dead_letters_are_checked_per_record_within_one_call(store: StateStore) -> None:
+    batch = [_dead("f", n) for n in (1, 2, 2, 3, 1)] * 300  # over one script's chunk
+    written = store.add_dead_letters(batch)
+    assert written[:5] == [True, True, False, True, False] and not any(written[5:])
+    assert len(store.dead_letters(10_000)) == 3
+
+
 def test_fresh_shard_is_empty(store: StateStore) -> None:
     state = store.load_shard(3)
     assert isinstance(state, ShardState) and state.gauges == {} and state.watermark == 0.0

@@ -14,6 +14,7 @@ churnwatch.core.config.ConfigError: shop.toml: tiers.healthy must be a number, g
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -82,6 +83,7 @@ class ChurnwatchConfig:
     key_prefix: str = "cw"
     max_future_seconds: float = 86400.0
     allowed_lateness_days: float = 3650.0
+    max_amount: float = 1e10
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 9464
     score_history_length: int = 30
@@ -180,7 +182,8 @@ def parse_config(data: Mapping[str, Any], *, source: str) -> ChurnwatchConfig:
     reader.only(alerts, "alerts", {"sudden_drop_points", "sudden_drop_window_days"})
     reader.only(value, "value", {"high_value_tier", "high_value_top_share"})
     reader.only(state, "state", {"shards", "key_prefix", "score_history_length"})
-    reader.only(inp, "input", {"max_future_seconds", "allowed_lateness_days", "batch_size"})
+    reader.only(inp, "input", {"max_future_seconds", "allowed_lateness_days", "batch_size",
+                               "max_amount"})
     reader.only(met, "metrics", {"host", "port"})
     reader.only(src, "source", {"kind", "stream_partitions", "stream_prefix", "kafka_brokers",
                                 "kafka_topic"})
@@ -202,6 +205,10 @@ def parse_config(data: Mapping[str, Any], *, source: str) -> ChurnwatchConfig:
     if kind not in ("redis", "kafka", "simulator"):
         raise ConfigError(f"{source}: source.kind is {kind!r}; expected redis, kafka or "
                           "simulator")
+    max_amount = reader.number(inp, "input", "max_amount", d.max_amount, low=0.0)
+    if not math.isfinite(max_amount):
+        raise ConfigError(f"{source}: input.max_amount must be a finite number, got "
+                          f"{max_amount!r}")
     return ChurnwatchConfig(
         default_policy=default,
         segment_policies=policies,
@@ -229,6 +236,7 @@ def parse_config(data: Mapping[str, Any], *, source: str) -> ChurnwatchConfig:
                                             d.allowed_lateness_days, low=0.0),
         batch_size=reader.integer(inp, "input", "batch_size", d.batch_size, low=1,
                                   high=1_000_000),
+        max_amount=max_amount,
         metrics_host=reader.string(met, "metrics", "host", d.metrics_host),
         metrics_port=reader.integer(met, "metrics", "port", d.metrics_port, low=0, high=65535),
         source=kind,

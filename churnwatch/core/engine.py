@@ -190,7 +190,11 @@ class ShardEngine:
                     result.dead_letters.append(ev.InvalidEvent(
                         "too_late", f"event time {event.ts:.0f} is more than "
                         f"{self.config.allowed_lateness_days:g} days before the customer's "
-                        f"latest event", item.position, b"", cid))
+                        f"latest event", item.position, b"", cid,
+                        # Its position, so that it is dead-lettered once: per shard, since
+                        # shards report their own too_late events of a source partition.
+                        f"shard {self.shard} of {item.partition}" if item.partition else "",
+                        item.offset if item.partition else -1))
                     continue
                 result.late += 1
             self._advance(cid, state, event.ts, result)
