@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 import os
 import tempfile
 from collections.abc import Callable, Sequence
@@ -127,14 +126,23 @@ def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, tz=timezone.utc).isoformat().replace("+00:00", "Z")
 
 
-def split_at_cutoff(path: str, cutoff: float, horizon_days: float, workdir: str
-                    ) -> tuple[str, dict[str, bool]]:
-    """Write the events up to ``cutoff`` to a new file; return it and, per customer who ordered
-    by the cut-off, whether they ordered again within the horizon after it (invalid lines are
-    kept in the prefix so the replay dead-letters them as usual)."""
+@dataclass
+class CutoffSplit:
+    """A log cut at an instant: the file of events up to it, and per customer who ordered by
+    then, their order times before it and whether they churned (no order within the horizon)."""
+
+    prefix: str
+    churned: dict[str, bool]
+    orders_before: dict[str, list[float]]
+
+
+def split_at_cutoff(path: str, cutoff: float, horizon_days: float, workdir: str) -> CutoffSplit:
+    """Write the events up to ``cutoff`` to a new file; note, per customer who ordered by the
+    cut-off, their order times and whether they ordered again within the horizon after it
+    (invalid lines are kept in the prefix so the replay dead-letters them as usual)."""
     prefix = os.path.join(workdir, "before-cutoff.jsonl")
     end = cutoff + horizon_days * DAY
-    ordered_before: set[str] = set()
+    orders_before: dict[str, list[float]] = {}
     ordered_after: set[str] = set()
     with open(path, "rb") as source, open(prefix, "wb") as out:
         for number, line in enumerate(source, 1):
@@ -147,30 +155,46 @@ def split_at_cutoff(path: str, cutoff: float, horizon_days: float, workdir: str
             if event.ts <= cutoff:
                 out.write(line if line.endswith(b"\n") else line + b"\n")
                 if event.type == ORDER:
-                    ordered_before.add(event.customer_id)
+                    orders_before.setdefault(event.customer_id, []).append(event.ts)
             elif event.ts <= end and event.type == ORDER:
                 ordered_after.add(event.customer_id)
-    return prefix, {c: c not in ordered_after for c in ordered_before}
+    return CutoffSplit(prefix, {c: c not in ordered_after for c in orders_before},
+                       orders_before)
 
 
 def backtest(path: str, cutoff: float, horizon_days: float, config: ChurnwatchConfig,
-             store_factory: Callable[[], StateStore], workers: int = 1) -> BacktestReport:
+             store_factory: Callable[[], StateStore], workers: int = 1,
+             classic: bool = True) -> BacktestReport:
     """Replay up to ``cutoff``, score everyone as of it, and judge against the next
-    ``horizon_days``."""
+    ``horizon_days``, beside the classic models fitted on the same orders (``classic``) and
+    the plain baselines (time since last order, order count), both read from the log itself."""
+    from churnwatch.backtest import CustomerOutcome, Prediction
+
     with tempfile.TemporaryDirectory(prefix="churnwatch-backtest-") as workdir:
-        prefix, churned = split_at_cutoff(path, cutoff, horizon_days, workdir)
-        replay([prefix], config, store_factory, as_of=cutoff, workers=workers)
+        split = split_at_cutoff(path, cutoff, horizon_days, workdir)
+        replay([split.prefix], config, store_factory, as_of=cutoff, workers=workers)
     store = store_factory()
-    rows = []
-    for row in export_rows(store, config, cutoff):
-        cid = str(row["customer_id"])
-        if cid not in churned:
-            continue
-        silence = row["days_since_last_order"]
-        rows.append((float(row["health_score"]), str(row["tier"]),  # type: ignore[arg-type]
-                     float(silence) if silence != "" else math.inf,  # type: ignore[arg-type]
-                     churned[cid]))
-    return build_report(rows)
+    scored = {str(row["customer_id"]): row for row in export_rows(store, config, cutoff)}
+    ids = sorted(c for c in split.churned if c in scored)
+    outcomes = []
+    for cid in ids:
+        row, times = scored[cid], split.orders_before[cid]
+        outcomes.append(CustomerOutcome(
+            health_score=float(row["health_score"]),  # type: ignore[arg-type]
+            tier=str(row["tier"]),
+            return_probability=float(row["return_probability"]),  # type: ignore[arg-type]
+            days_since_last_order=(cutoff - max(times)) / DAY, orders=len(times),
+            churned=split.churned[cid]))
+    predictions = []
+    if classic and ids:
+        from churnwatch.classic import benchmark
+
+        for bench in benchmark({c: split.orders_before[c] for c in ids}, cutoff, horizon_days):
+            # benchmark() orders customers by id, as ``ids`` is.
+            predictions.append(Prediction(bench.name, bench.p_purchase.tolist(),
+                                          bench.expected_purchases.tolist(), bench.detail()))
+    return build_report(outcomes, predictions, horizon_days,
+                        config.policy(None).horizon_days)
 
 
 def dump_json(data: object) -> str:
