@@ -444,5 +444,5 @@ def benchmark(orders: dict[str, list[float]], cutoff: float, horizon_days: float
     return out
 
 
-__all__ = ["BACKTEST_MODELS", "BGNBD", "MBGNBD", "MODEL_NAMES", "Benchmark", "Fit", "FittedModel", "ParetoNBD", "Summaries",
-           "benchmark", "fit", "summaries_from_orders"]
+__all__ = ["BACKTEST_MODELS", "BGNBD", "MBGNBD", "MODEL_NAMES", "Benchmark", "Fit", "FittedModel",
+           "ParetoNBD", "Summaries", "benchmark", "fit", "summaries_from_orders"]
