@@ -243,13 +243,14 @@ class ParetoNBD:
         """``log A_0`` of Fader and Hardie's note 008, in the form that keeps ``z < 1``."""
         r, alpha, s, beta = self.r, self.alpha, self.s, self.beta
         rsx = r + s + x
+        b_param: float | FloatArray
         if alpha >= beta:
             big, b_param = alpha, s + 1.0
             z_tx, z_T = (alpha - beta) / (alpha + t_x), (alpha - beta) / (alpha + T)
         else:
             big, b_param = beta, r + x
             z_tx, z_T = (beta - alpha) / (beta + t_x), (beta - alpha) / (beta + T)
-        # Euler's transformation keeps the series alternating-free and bounded for z near 1:
+        # Euler's transformation keeps the series bounded for z near 1:
         # 2F1(a, b; a + 1; z) = (1 - z)^-b 2F1(1, b; a + 1; z / (z - 1)).
         def log_hyp(z: FloatArray) -> FloatArray:
             return np.asarray(-b_param * np.log1p(-z)
