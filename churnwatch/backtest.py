@@ -214,6 +214,9 @@ class BacktestReport:
     #: Calibration of P(an order within the horizon): churnwatch, the classic models.
     calibration: dict[str, ProbabilityFigures] = field(default_factory=dict)
     classic_detail: dict[str, Mapping[str, object]] = field(default_factory=dict)
+    #: Where the truth is known (a simulated shop): the same rankings against who has really
+    #: left by the cut-off, whether or not they happened to order within the horizon.
+    ranking_truth: dict[str, RankingFigures] = field(default_factory=dict)
 
     @property
     def base_rate(self) -> float:
@@ -246,6 +249,8 @@ class BacktestReport:
                             for name, f in self.ranking.items()},
                 "calibration": {name: f.as_dict() for name, f in self.calibration.items()},
                 "classic_models": {name: dict(d) for name, d in self.classic_detail.items()},
+                "ranking_against_truth": {name: {"roc_auc": f.auc, "top_decile_lift": f.lift}
+                                          for name, f in self.ranking_truth.items()},
                 "tiers": {t: {"customers": n, "churn_share": _nan_none(s)} for t, (n, s) in
                           self.tiers.items()},
                 "churn_share_monotonic": self.monotonic,
@@ -263,6 +268,10 @@ class BacktestReport:
         ]
         for name, fig in self.ranking.items():
             lines.append(f"  {name:48}{fig.auc:>9.4f}{fig.lift:>17.2f}")
+        if self.ranking_truth:
+            lines += ["", "ranking against who has really left by the cut-off"]
+            for name, fig in self.ranking_truth.items():
+                lines.append(f"  {name:48}{fig.auc:>9.4f}{fig.lift:>17.2f}")
         if self.calibration:
             lines += ["", f"calibration: P(an order within {horizon} days)"
                       f"{'':6}{'mean':>7}{'Brier':>8}{'skill':>8}{'ECE':>8}",
@@ -308,9 +317,10 @@ def _nan_none(value: float) -> float | None:
 
 def build_report(outcomes: Sequence[CustomerOutcome], classic: Sequence[Prediction] = (),
                  horizon_days: float = math.nan,
-                 probability_horizon_days: float | None = None) -> BacktestReport:
+                 probability_horizon_days: float | None = None,
+                 truth: Sequence[bool] | None = None) -> BacktestReport:
     """Every figure for ``outcomes``, beside the ``classic`` models' predictions for the same
-    customers in the same order."""
+    customers in the same order (and, given ``truth``, whether each has really left)."""
     churned = [o.churned for o in outcomes]
     returned = [not c for c in churned]
     risk = [100.0 - o.health_score for o in outcomes]
@@ -321,15 +331,17 @@ def build_report(outcomes: Sequence[CustomerOutcome], classic: Sequence[Predicti
         members = [o.churned for o in outcomes if o.tier == tier]
         tiers[tier] = (len(members), sum(members) / len(members) if members else math.nan)
 
-    def ranked(values: Sequence[float]) -> RankingFigures:
-        return RankingFigures(roc_auc(values, churned), top_decile_lift(values, churned))
-
-    ranking = {"churnwatch: 100 - health_score": ranked(risk)}
+    risks = {"churnwatch: 100 - health_score": risk}
     for model in classic:
-        ranking[f"{model.name}: fewer expected orders"] = ranked(
-            [-float(e) for e in model.expected_purchases])
-    ranking["time since last order"] = ranked(silence)
-    ranking["order count (fewer = riskier)"] = ranked(fewer_orders)
+        risks[f"{model.name}: fewer expected orders"] = [-float(e)
+                                                         for e in model.expected_purchases]
+    risks["time since last order"] = silence
+    risks["order count (fewer = riskier)"] = fewer_orders
+    ranking = {name: RankingFigures(roc_auc(values, churned), top_decile_lift(values, churned))
+               for name, values in risks.items()}
+    ranking_truth = {} if truth is None else {
+        name: RankingFigures(roc_auc(values, truth), top_decile_lift(values, truth))
+        for name, values in risks.items()}
     calibration = {"churnwatch: return_probability": ProbabilityFigures.of(
         [o.return_probability for o in outcomes], returned)}
     for model in classic:
@@ -340,4 +352,5 @@ def build_report(outcomes: Sequence[CustomerOutcome], classic: Sequence[Predicti
         customers=len(outcomes), churned=sum(churned), auc=main.auc, baseline_auc=recency.auc,
         lift=main.lift, baseline_lift=recency.lift, tiers=tiers, horizon_days=horizon_days,
         probability_horizon_days=probability_horizon_days, ranking=ranking,
-        calibration=calibration, classic_detail={m.name: m.detail for m in classic})
+        calibration=calibration, classic_detail={m.name: m.detail for m in classic},
+        ranking_truth=ranking_truth)

@@ -11,7 +11,7 @@ import csv
 import json
 import os
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -164,10 +164,12 @@ def split_at_cutoff(path: str, cutoff: float, horizon_days: float, workdir: str)
 
 def backtest(path: str, cutoff: float, horizon_days: float, config: ChurnwatchConfig,
              store_factory: Callable[[], StateStore], workers: int = 1,
-             classic: bool = True) -> BacktestReport:
+             classic: bool = True, truth: Mapping[str, bool] | None = None) -> BacktestReport:
     """Replay up to ``cutoff``, score everyone as of it, and judge against the next
     ``horizon_days``, beside the classic models fitted on the same orders (``classic``) and
-    the plain baselines (time since last order, order count), both read from the log itself."""
+    the plain baselines (time since last order, order count), both read from the log itself.
+    ``truth`` (customer id -> has really left, known for a simulated shop) adds the rankings
+    against it."""
     from churnwatch.backtest import CustomerOutcome, Prediction
 
     with tempfile.TemporaryDirectory(prefix="churnwatch-backtest-") as workdir:
@@ -193,8 +195,8 @@ def backtest(path: str, cutoff: float, horizon_days: float, config: ChurnwatchCo
             # benchmark() orders customers by id, as ``ids`` is.
             predictions.append(Prediction(bench.name, bench.p_purchase.tolist(),
                                           bench.expected_purchases.tolist(), bench.detail()))
-    return build_report(outcomes, predictions, horizon_days,
-                        config.policy(None).horizon_days)
+    return build_report(outcomes, predictions, horizon_days, config.policy(None).horizon_days,
+                        None if truth is None else [truth[c] for c in ids])
 
 
 def dump_json(data: object) -> str:
