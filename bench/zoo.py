@@ -13,7 +13,8 @@ The logs:
   wheel, fetched once with pip into ``var/zoo/cache``; cut-off 1997-09-30, horizon 273 days.
 - ``lifetimes-example``: the synthetic year of 5,000 customers in the same wheel
   (``example_transactions.csv``); cut-off 2014-09-30, horizon 92 days.
-- ``weekly``, ``monthly``, ``yearly``, ``mixed``: the built-in simulator's regimes
+- ``weekly``, ``frequent``, ``loyal-year``, ``monthly``, ``yearly``, ``mixed``: the built-in
+  simulator's regimes
   (:data:`churnwatch.simulator.REGIMES`), where the truth is known: the rankings are also
   judged against who has really left by the cut-off.
 
@@ -245,7 +246,8 @@ def markdown(results: list[Judged]) -> str:
     return "\n".join(lines)
 
 
-LOGS = ("cdnow", "lifetimes-example", "weekly", "monthly", "yearly", "mixed")
+LOGS = ("cdnow", "lifetimes-example", "weekly", "frequent", "loyal-year", "monthly", "yearly",
+        "mixed")
 
 
 def main(argv: list[str] | None = None) -> int:

