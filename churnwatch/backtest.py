@@ -288,15 +288,15 @@ class BacktestReport:
                              "its calibration")
             lines += ["", "reliability: customers, mean predicted, observed share per band"]
             names = list(self.calibration)
-            lines.append(f"  {'':9}" + "".join(f"{n.split(':')[0]:>27}" for n in names))
-            lines.append(f"  {'band':9}" + f"{'customers':>10}{'mean':>9}{'observed':>9}"
+            lines.append(f"  {'':9}" + "".join(f"{n.split(':')[0]:>30}" for n in names))
+            lines.append(f"  {'band':9}" + f"{'customers':>11}{'predicted':>10}{'observed':>9}"
                          * len(names))
             for index in range(BANDS):
                 cells = []
                 for name in names:
                     b = self.calibration[name].bands[index]
-                    cells.append(f"{b.customers:>10}{b.mean_predicted:>9.3f}{b.observed:>9.3f}"
-                                 if b.customers else f"{b.customers:>10}{'-':>9}{'-':>9}")
+                    cells.append(f"{b.customers:>11}{b.mean_predicted:>10.3f}{b.observed:>9.3f}"
+                                 if b.customers else f"{b.customers:>11}{'-':>10}{'-':>9}")
                 band = self.calibration[names[0]].bands[index]
                 lines.append(f"  {band.low:.1f}-{band.high:.1f}  " + "".join(cells))
         lines += ["", f"{'tier':12}{'customers':>10}{'churn share':>13}"]
