@@ -260,8 +260,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="customers per simulated regime (the mixed shop gets a third)")
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument("--out", type=Path, default=WORKDIR, help="where to write zoo.md/json")
+    parser.add_argument("--cache", type=Path, default=WORKDIR / "cache",
+                        help="where the downloaded wheel and the converted logs are kept")
     args = parser.parse_args(argv)
-    cache = WORKDIR / "cache"
+    cache = args.cache
     cache.mkdir(parents=True, exist_ok=True)
     args.out.mkdir(parents=True, exist_ok=True)
     entries = []
