@@ -195,7 +195,11 @@ def backtest(path: str, cutoff: float, horizon_days: float, config: ChurnwatchCo
             # benchmark() orders customers by id, as ``ids`` is.
             predictions.append(Prediction(bench.name, bench.p_purchase.tolist(),
                                           bench.expected_purchases.tolist(), bench.detail()))
-    return build_report(outcomes, predictions, horizon_days, config.policy(None).horizon_days,
+    # The horizon return_probability is for, when one horizon holds for every segment.
+    horizons = {config.policy(None).horizon_days,
+                *(policy.horizon_days for policy in config.segment_policies.values())}
+    return build_report(outcomes, predictions, horizon_days,
+                        horizons.pop() if len(horizons) == 1 else None,
                         None if truth is None else [truth[c] for c in ids])
 
 
