@@ -195,3 +195,25 @@ def test_reasons_never_print_zero_days_or_a_wrong_plural(
     assert text
     for line in text:
         assert not WRONG.search(line), line
+
+
+def test_an_upgrade_from_good_feedback_or_from_nothing_named_is_not_explained_by_problems(
+        ) -> None:
+    windows = windows_of(CONFIG)
+    state = CustomerState(first_seen=T0)
+    state.apply(order(0), windows)
+    priors = PopulationPriors()
+    before = component_values(assess(state, T0 + 30 * DAY, CONFIG, priors))
+    feedback = decode_event({"customer_id": "c1", "type": "feedback", "kind": "nps",
+                             "score": 9, "ts": T0 + 31 * DAY}, position="test")
+    assert isinstance(feedback, Event)
+    state.apply(feedback, windows)
+    now = T0 + 31 * DAY
+    after = assess(state, now, CONFIG, priors)
+    text = reasons(state, after, now, CONFIG, priors, before, from_tier=WATCH, to_tier=HEALTHY)
+    assert text == ["good service: feedback 9.0/10"]
+    quiet = reasons(state, after, now, CONFIG, priors, component_values(after),
+                    from_tier=AT_RISK, to_tier=WATCH, old_score=after.score - 6)
+    assert quiet[0].startswith(f"score rose from {after.score - 6:.0f} to {after.score:.0f}; "
+                               "chance of ordering within 180 days now ")
+    assert not any("one order" in r or "no order" in r for r in quiet)

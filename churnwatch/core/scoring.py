@@ -385,9 +385,15 @@ def reasons(state: CustomerState, assessment: Assessment, now: float, config: Ch
     'ordered again after 40 days, usually every 21 days'
     """
     upgrade = from_tier is not None and to_tier is not None and 0 <= to_tier < from_tier
-    out = _improvements(state, assessment, now, config, priors, previous,
-                        gap_before_days) if upgrade else []
-    if not out:
+    if upgrade:
+        out = _improvements(state, assessment, now, config, priors, previous, gap_before_days)
+        if not out:
+            # Nothing named moved (learned priors did, say): the rise itself, not the problems.
+            rose = "score rose" if old_score is None else f"score rose from {old_score:.0f}"
+            horizon = config.policy(state.segment).horizon_days
+            out = [(0.0, f"{rose} to {assessment.score:.0f}; chance of ordering within "
+                         f"{horizon:.0f} days now {100 * assessment.return_probability:.0f}%")]
+    else:
         out = _problems(state, assessment, now, config, priors, previous)
     texts = [text for _, text in sorted(out, key=lambda item: -item[0])]
     crossing = _crossing(state, assessment, config, from_tier, to_tier, old_score)
@@ -442,16 +448,20 @@ def _improvements(state: CustomerState, assessment: Assessment, now: float,
             text = f"ordered again after {_days(gap_before_days)}, usually {_every(usual)}"
         out.append((max(rise, 0.0), f"{text}; {chance}"))
     for index in (ENGAGEMENT, TREND, SERVICE):
-        gained = -_drop(previous, index, comps[index].value)
-        if comps[index].confidence <= 0 or _drop(previous, index, -1.0) == 0.0 or gained < 1.0:
-            continue  # no evidence now, none before, or no real gain
+        comp = comps[index]
+        if comp.confidence <= 0:
+            continue
+        fresh = _drop(previous, index, -1.0) == 0.0  # no evidence at the last scoring
+        gained = 0.0 if fresh else -_drop(previous, index, comp.value)
+        if (fresh and comp.value < 70.0) or (not fresh and gained < 1.0):
+            continue  # nothing that lifted the score
         if index == ENGAGEMENT:
             text = "answering again: " + _answers_text(state, config)
         elif index == TREND:
-            text = (f"buying more often lately: trend {comps[TREND].value:.0f}/100 against "
-                    "their earlier months")
+            text = (f"buying {'steadily' if fresh else 'more often'} lately: trend "
+                    f"{comp.value:.0f}/100 against their earlier months")
         else:
-            text = "service better: " + _service_text(state)
+            text = ("good service: " if fresh else "service better: ") + _service_text(state)
         out.append((gained, text))
     return out
 
