@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEBIAN_PACKAGES := redis-server prometheus prometheus-alertmanager
 
-.PHONY: all venv system-deps demo test test-fast lint bench stack dashboards clean
+.PHONY: all venv system-deps demo test test-fast lint bench zoo stack dashboards clean
 
 all: test
 
@@ -47,6 +47,10 @@ lint: venv
 
 bench: venv system-deps
 	$(BIN)/python -m bench.run
+
+# The backtest on every log of the zoo (CDNOW, simulated regimes), side by side: var/zoo/zoo.md.
+zoo: venv
+	$(BIN)/python -m bench.zoo
 
 # The whole chain without Docker: redis, churnwatch run, the simulator, Prometheus, Alertmanager.
 stack: venv system-deps

@@ -1,21 +1,29 @@
-"""Backtest arithmetic: how well a score ranks the customers who really left.
+"""Backtest arithmetic: how well a score ranks the customers who left, and whether a predicted
+chance of returning comes true as often as it says.
 
-Pure functions over (score, churned) pairs, so the same figures come out of ``churnwatch
-backtest`` and the tests.
+Pure functions over plain per-customer rows, so the same figures come out of ``churnwatch
+backtest``, the zoo of regimes (``bench/zoo.py``) and the tests. The labels are the issue's:
+a customer is anyone with an order before the cut-off; they *churned* when no order follows
+within the judged horizon after it, and *returned* otherwise.
 
 >>> roc_auc([0.9, 0.8, 0.3, 0.1], [True, True, False, False])
 1.0
 >>> roc_auc([1, 1], [True, False])
 0.5
+>>> round(brier([0.8, 0.2], [True, False]), 3), round(brier_skill([0.8, 0.2], [True, False]), 3)
+(0.04, 0.84)
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from churnwatch.core.config import TIERS
+
+#: Equal-width probability bands of the reliability table and the calibration error.
+BANDS = 10
 
 
 def roc_auc(risk: Sequence[float], churned: Sequence[bool]) -> float:
@@ -51,6 +59,143 @@ def top_decile_lift(risk: Sequence[float], churned: Sequence[bool]) -> float:
     return (sum(1 for _, c in top if c) / len(top)) / overall
 
 
+def brier(probability: Sequence[float], returned: Sequence[bool]) -> float:
+    """Mean squared error of a predicted probability against what happened (0 is perfect).
+
+    >>> brier([1.0, 0.0], [True, False]), brier([0.5, 0.5], [True, False])
+    (0.0, 0.25)
+    """
+    n = len(probability)
+    if n == 0:
+        return math.nan
+    return sum((p - float(r)) ** 2 for p, r in zip(probability, returned, strict=True)) / n
+
+
+def brier_skill(probability: Sequence[float], returned: Sequence[bool]) -> float:
+    """``1 - Brier / Brier of the base rate``: 0 is no better than telling every customer the
+    observed share, negative is worse, 1 is perfect.
+
+    >>> brier_skill([0.5, 0.5], [True, False])
+    0.0
+    >>> brier_skill([0.9, 0.9], [True, False]) < 0
+    True
+    """
+    n = len(returned)
+    if n == 0:
+        return math.nan
+    base = sum(returned) / n
+    reference = base * (1.0 - base)
+    if reference == 0.0:
+        return math.nan
+    return 1.0 - brier(probability, returned) / reference
+
+
+@dataclass(frozen=True)
+class Band:
+    """One row of a reliability table: the customers predicted within ``[low, high)``."""
+
+    low: float
+    high: float
+    customers: int
+    mean_predicted: float
+    observed: float
+
+
+def reliability(probability: Sequence[float], returned: Sequence[bool], bands: int = BANDS
+                ) -> list[Band]:
+    """Customers per equal-width band of predicted probability, the band's mean prediction and
+    the share that really returned (1.0 falls in the top band).
+
+    >>> [(b.customers, b.mean_predicted, b.observed) for b in
+    ...  reliability([0.05, 0.15, 0.95, 1.0], [False, True, True, True], bands=2)]
+    [(2, 0.1, 0.5), (2, 0.975, 1.0)]
+    """
+    members: list[list[tuple[float, bool]]] = [[] for _ in range(bands)]
+    for p, r in zip(probability, returned, strict=True):
+        index = min(max(int(p * bands), 0), bands - 1)
+        members[index].append((p, r))
+    table = []
+    for index, rows in enumerate(members):
+        n = len(rows)
+        table.append(Band(index / bands, (index + 1) / bands, n,
+                          sum(p for p, _ in rows) / n if n else math.nan,
+                          sum(1 for _, r in rows if r) / n if n else math.nan))
+    return table
+
+
+def calibration_error(probability: Sequence[float], returned: Sequence[bool],
+                      bands: int = BANDS) -> float:
+    """Expected calibration error: the customer-weighted mean gap between predicted and
+    observed share over equal-width bands.
+
+    >>> round(calibration_error([0.05, 0.15, 0.95, 1.0], [False, True, True, True], bands=2), 4)
+    0.2125
+    """
+    table = reliability(probability, returned, bands)
+    n = sum(b.customers for b in table)
+    if n == 0:
+        return math.nan
+    return sum(b.customers * abs(b.mean_predicted - b.observed) for b in table if b.customers) / n
+
+
+@dataclass(frozen=True)
+class CustomerOutcome:
+    """One judged customer: what churnwatch said at the cut-off, the plain facts of their
+    history before it, and whether they churned."""
+
+    health_score: float
+    tier: str
+    return_probability: float
+    days_since_last_order: float
+    orders: int
+    churned: bool
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """A classic model's answers for the same customers, in the same order."""
+
+    name: str
+    p_purchase: Sequence[float]
+    expected_purchases: Sequence[float]
+    detail: Mapping[str, object] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ProbabilityFigures:
+    """How well one predictor's P(an order within the horizon) comes true."""
+
+    mean_predicted: float
+    brier: float
+    brier_skill: float
+    calibration_error: float
+    bands: tuple[Band, ...]
+
+    @classmethod
+    def of(cls, probability: Sequence[float], returned: Sequence[bool]) -> ProbabilityFigures:
+        """Every calibration figure of ``probability``."""
+        n = len(probability)
+        return cls(sum(probability) / n if n else math.nan, brier(probability, returned),
+                   brier_skill(probability, returned), calibration_error(probability, returned),
+                   tuple(reliability(probability, returned)))
+
+    def as_dict(self) -> dict[str, object]:
+        """Plain data for ``--json``."""
+        return {"mean_predicted": self.mean_predicted, "brier": self.brier,
+                "brier_skill": self.brier_skill, "calibration_error": self.calibration_error,
+                "reliability": [{"band": f"{b.low:.1f}-{b.high:.1f}", "customers": b.customers,
+                                 "mean_predicted": _nan_none(b.mean_predicted),
+                                 "observed": _nan_none(b.observed)} for b in self.bands]}
+
+
+@dataclass(frozen=True)
+class RankingFigures:
+    """How well one risk ranks the churned first."""
+
+    auc: float
+    lift: float
+
+
 @dataclass
 class BacktestReport:
     """The figures ``churnwatch backtest`` prints."""
@@ -62,59 +207,150 @@ class BacktestReport:
     lift: float
     baseline_lift: float
     tiers: dict[str, tuple[int, float]] = field(default_factory=dict)
+    horizon_days: float = math.nan
+    probability_horizon_days: float | None = None
+    #: Risk rankings by name: churnwatch, the classic models, the plain baselines.
+    ranking: dict[str, RankingFigures] = field(default_factory=dict)
+    #: Calibration of P(an order within the horizon): churnwatch, the classic models.
+    calibration: dict[str, ProbabilityFigures] = field(default_factory=dict)
+    classic_detail: dict[str, Mapping[str, object]] = field(default_factory=dict)
+    #: Where the truth is known (a simulated shop): the same rankings against who has really
+    #: left by the cut-off, whether or not they happened to order within the horizon.
+    ranking_truth: dict[str, RankingFigures] = field(default_factory=dict)
+
+    @property
+    def base_rate(self) -> float:
+        """The share of customers who ordered again within the horizon."""
+        return 1.0 - self.churned / self.customers if self.customers else math.nan
+
+    @property
+    def populated_tiers(self) -> int:
+        """How many tiers hold at least one customer."""
+        return sum(1 for t in TIERS if self.tiers.get(t, (0, 0.0))[0] > 0)
 
     @property
     def monotonic(self) -> bool:
-        """Whether the churn share rises healthy -> watch -> at_risk -> churned (over the tiers
-        that hold customers)."""
+        """Whether the churn share rises strictly healthy -> watch -> at_risk -> churned (over
+        the tiers that hold customers)."""
         shares = [self.tiers[t][1] for t in TIERS if t in self.tiers and self.tiers[t][0]]
-        return all(a <= b for a, b in zip(shares, shares[1:], strict=False))
+        return all(a < b for a, b in zip(shares, shares[1:], strict=False))
 
     def as_dict(self) -> dict[str, object]:
         """Plain data for ``--json``."""
         return {"customers": self.customers, "churned": self.churned,
                 "churn_share": self.churned / self.customers if self.customers else None,
+                "base_rate_returned": self.base_rate,
+                "horizon_days": self.horizon_days,
+                "return_probability_horizon_days": self.probability_horizon_days,
                 "roc_auc": self.auc, "recency_baseline_roc_auc": self.baseline_auc,
                 "top_decile_lift": self.lift, "recency_baseline_top_decile_lift":
                     self.baseline_lift,
-                "tiers": {t: {"customers": n, "churn_share": s if n else None}
-                          for t, (n, s) in self.tiers.items()},
-                "churn_share_monotonic": self.monotonic}
+                "ranking": {name: {"roc_auc": f.auc, "top_decile_lift": f.lift}
+                            for name, f in self.ranking.items()},
+                "calibration": {name: f.as_dict() for name, f in self.calibration.items()},
+                "classic_models": {name: dict(d) for name, d in self.classic_detail.items()},
+                "ranking_against_truth": {name: {"roc_auc": f.auc, "top_decile_lift": f.lift}
+                                          for name, f in self.ranking_truth.items()},
+                "tiers": {t: {"customers": n, "churn_share": _nan_none(s)} for t, (n, s) in
+                          self.tiers.items()},
+                "churn_share_monotonic": self.monotonic,
+                "tiers_populated": self.populated_tiers}
 
     def render(self) -> str:
         """A human-readable report."""
+        horizon = f"{self.horizon_days:g}"
         lines = [
             f"customers who ordered before the cut-off: {self.customers}",
-            f"churned (no order within the horizon):    {self.churned} "
+            f"churned (no order within {horizon} days):  {self.churned} "
             f"({100 * self.churned / max(self.customers, 1):.1f} %)",
             "",
-            f"{'':28}{'churnwatch':>12}{'recency only':>14}",
-            f"{'ROC AUC (100 - score)':28}{self.auc:>12.4f}{self.baseline_auc:>14.4f}",
-            f"{'top-decile lift':28}{self.lift:>12.2f}{self.baseline_lift:>14.2f}",
-            "",
-            f"{'tier':12}{'customers':>10}{'churn share':>13}",
+            f"ranking: who churned first{'':24}{'ROC AUC':>9}{'top-decile lift':>17}",
         ]
+        for name, fig in self.ranking.items():
+            lines.append(f"  {name:48}{fig.auc:>9.4f}{fig.lift:>17.2f}")
+        if self.ranking_truth:
+            lines += ["", "ranking against who has really left by the cut-off"]
+            for name, fig in self.ranking_truth.items():
+                lines.append(f"  {name:48}{fig.auc:>9.4f}{fig.lift:>17.2f}")
+        if self.calibration:
+            lines += ["", f"calibration: P(an order within {horizon} days)"
+                      f"{'':6}{'mean':>7}{'Brier':>8}{'skill':>8}{'ECE':>8}",
+                      f"  {'observed share (base rate)':48}{self.base_rate:>7.3f}"
+                      f"{self.base_rate * (1 - self.base_rate):>8.4f}{0.0:>+8.3f}"]
+            for name, cal in self.calibration.items():
+                lines.append(f"  {name:48}{cal.mean_predicted:>7.3f}{cal.brier:>8.4f}"
+                             f"{cal.brier_skill:>+8.3f}{cal.calibration_error:>8.3f}")
+            if (self.probability_horizon_days is not None
+                    and abs(self.probability_horizon_days - self.horizon_days) > 1e-9):
+                lines.append(f"  note: return_probability is for horizon_days = "
+                             f"{self.probability_horizon_days:g} (the configuration), judged "
+                             f"over {horizon}; set [scoring] horizon_days = {horizon} to judge "
+                             "its calibration")
+            lines += ["", "reliability: customers, mean predicted, observed share per band"]
+            names = list(self.calibration)
+            lines.append(f"  {'':9}" + "".join(f"{n.split(':')[0]:>30}" for n in names))
+            lines.append(f"  {'band':9}" + f"{'customers':>11}{'predicted':>10}{'observed':>9}"
+                         * len(names))
+            for index in range(BANDS):
+                cells = []
+                for name in names:
+                    b = self.calibration[name].bands[index]
+                    cells.append(f"{b.customers:>11}{b.mean_predicted:>10.3f}{b.observed:>9.3f}"
+                                 if b.customers else f"{b.customers:>11}{'-':>10}{'-':>9}")
+                band = self.calibration[names[0]].bands[index]
+                lines.append(f"  {band.low:.1f}-{band.high:.1f}  " + "".join(cells))
+        lines += ["", f"{'tier':12}{'customers':>10}{'churn share':>13}"]
         for tier in TIERS:
             n, share = self.tiers.get(tier, (0, math.nan))
-            # An empty tier has no churn share: a dash, not "nan%".
-            shown = f"{100 * share:>12.1f}%" if n else f"{'-':>13}"
-            lines.append(f"{tier:12}{n:>10}{shown}")
+            lines.append(f"{tier:12}{n:>10}" + (f"{100 * share:>12.1f}%" if n else f"{'-':>13}"))
         lines.append("")
-        lines.append("churn share rises healthy -> churned: "
+        lines.append("tiers: churn share rises strictly healthy -> churned: "
                      + ("yes" if self.monotonic else "NO"))
+        lines.append(f"tiers populated: {self.populated_tiers} of {len(TIERS)} (at least 3: "
+                     + ("yes" if self.populated_tiers >= 3 else "NO") + ")")
         return "\n".join(lines)
 
 
-def build_report(rows: Sequence[tuple[float, str, float, bool]]) -> BacktestReport:
-    """``rows``: (health score, tier, days since last order, churned) per customer."""
-    churned = [r[3] for r in rows]
-    risk = [100.0 - r[0] for r in rows]
-    silence = [r[2] for r in rows]
+def _nan_none(value: float) -> float | None:
+    return None if isinstance(value, float) and math.isnan(value) else value
+
+
+def build_report(outcomes: Sequence[CustomerOutcome], classic: Sequence[Prediction] = (),
+                 horizon_days: float = math.nan,
+                 probability_horizon_days: float | None = None,
+                 truth: Sequence[bool] | None = None) -> BacktestReport:
+    """Every figure for ``outcomes``, beside the ``classic`` models' predictions for the same
+    customers in the same order (and, given ``truth``, whether each has really left)."""
+    churned = [o.churned for o in outcomes]
+    returned = [not c for c in churned]
+    risk = [100.0 - o.health_score for o in outcomes]
+    silence = [o.days_since_last_order for o in outcomes]
+    fewer_orders = [-float(o.orders) for o in outcomes]
     tiers: dict[str, tuple[int, float]] = {}
     for tier in TIERS:
-        members = [r[3] for r in rows if r[1] == tier]
+        members = [o.churned for o in outcomes if o.tier == tier]
         tiers[tier] = (len(members), sum(members) / len(members) if members else math.nan)
+
+    risks = {"churnwatch: 100 - health_score": risk}
+    for model in classic:
+        risks[f"{model.name}: fewer expected orders"] = [-float(e)
+                                                         for e in model.expected_purchases]
+    risks["time since last order"] = silence
+    risks["order count (fewer = riskier)"] = fewer_orders
+    ranking = {name: RankingFigures(roc_auc(values, churned), top_decile_lift(values, churned))
+               for name, values in risks.items()}
+    ranking_truth = {} if truth is None else {
+        name: RankingFigures(roc_auc(values, truth), top_decile_lift(values, truth))
+        for name, values in risks.items()}
+    calibration = {"churnwatch: return_probability": ProbabilityFigures.of(
+        [o.return_probability for o in outcomes], returned)}
+    for model in classic:
+        calibration[f"{model.name}: P(at least one order)"] = ProbabilityFigures.of(
+            [float(p) for p in model.p_purchase], returned)
+    main, recency = ranking["churnwatch: 100 - health_score"], ranking["time since last order"]
     return BacktestReport(
-        customers=len(rows), churned=sum(churned), auc=roc_auc(risk, churned),
-        baseline_auc=roc_auc(silence, churned), lift=top_decile_lift(risk, churned),
-        baseline_lift=top_decile_lift(silence, churned), tiers=tiers)
+        customers=len(outcomes), churned=sum(churned), auc=main.auc, baseline_auc=recency.auc,
+        lift=main.lift, baseline_lift=recency.lift, tiers=tiers, horizon_days=horizon_days,
+        probability_horizon_days=probability_horizon_days, ranking=ranking,
+        calibration=calibration, classic_detail={m.name: m.detail for m in classic},
+        ranking_truth=ranking_truth)

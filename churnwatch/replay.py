@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 import os
 import shutil
 import sys
@@ -333,21 +332,24 @@ class CutoffSplit:
     """A history cut at the cut-off: ``prefix`` is a copy of the file with every line after the
     cut-off blanked (so line numbers, hence dead-letter positions, stay the user's file's);
     ``churned`` says, per customer who ordered by the cut-off, whether no order followed within
-    the horizon; ``newest_event`` is the newest valid event time in the whole file."""
+    the horizon; ``orders_before`` holds their order times up to the cut-off; ``newest_event`` is
+    the newest valid event time in the whole file."""
 
     prefix: str
     churned: dict[str, bool]
+    orders_before: dict[str, list[float]]
     newest_event: float | None
     after_cutoff: int
 
 
-def split_at_cutoff(path: str, cutoff: float, horizon_days: float, workdir: str
-                    ) -> CutoffSplit:
+def split_at_cutoff(path: str, cutoff: float, horizon_days: float, workdir: str,
+                    max_amount: float | None = None) -> CutoffSplit:
     """Write the events up to ``cutoff`` to a new file (``path`` may be gzipped, or ``-``);
     invalid lines are kept in the prefix so the replay dead-letters them as usual."""
+    limits = {} if max_amount is None else {"max_amount": max_amount}
     prefix = os.path.join(workdir, "before-cutoff.jsonl")
     end = cutoff + horizon_days * DAY
-    ordered_before: set[str] = set()
+    orders_before: dict[str, list[float]] = {}
     ordered_after: set[str] = set()
     newest: float | None = None
     after = 0
@@ -367,7 +369,7 @@ def split_at_cutoff(path: str, cutoff: float, horizon_days: float, workdir: str
             if not line.strip():
                 out.write(b"\n")
                 continue
-            event = decode_event(line, position=f"{label}:{number}")
+            event = decode_event(line, position=f"{label}:{number}", **limits)
             if not isinstance(event, Event):
                 out.write(line if line.endswith(b"\n") else line + b"\n")
                 continue
@@ -376,24 +378,26 @@ def split_at_cutoff(path: str, cutoff: float, horizon_days: float, workdir: str
             if event.ts <= cutoff:
                 out.write(line if line.endswith(b"\n") else line + b"\n")
                 if event.type == ORDER:
-                    ordered_before.add(event.customer_id)
+                    orders_before.setdefault(event.customer_id, []).append(event.ts)
                 continue
             out.write(b"\n")
             after += 1
             if event.ts <= end and event.type == ORDER:
                 ordered_after.add(event.customer_id)
-    return CutoffSplit(prefix, {c: c not in ordered_after for c in ordered_before}, newest,
-                       after)
+    return CutoffSplit(prefix, {c: c not in ordered_after for c in orders_before},
+                       orders_before, newest, after)
 
 
 def check_horizon(path: str, split: CutoffSplit, cutoff: float, horizon_days: float) -> None:
-    """Refuse a backtest whose horizon runs past the newest event: every customer would count
-    as churned for want of data, and the figures would lie."""
+    """Refuse a backtest whose horizon runs past the newest event's day: every customer would
+    count as churned for want of data, and the figures would lie."""
     if split.newest_event is None:
         raise UsageError(f"backtest: {path} holds no valid event")
     end = cutoff + horizon_days * DAY
-    if end > split.newest_event:
-        latest = split.newest_event - horizon_days * DAY
+    # A day's grace: logs with day resolution stamp their last day at midnight, and a horizon
+    # ending within that day is covered by it.
+    if end > split.newest_event + DAY:
+        latest = split.newest_event + DAY - horizon_days * DAY
         raise UsageError(
             f"backtest: the cut-off {_iso(cutoff)} plus {horizon_days:g} days of horizon ends "
             f"at {_iso(end)}, after the newest event in {path} ({_iso(split.newest_event)}); "
@@ -403,29 +407,50 @@ def check_horizon(path: str, split: CutoffSplit, cutoff: float, horizon_days: fl
 def backtest(path: str, cutoff: float, horizon_days: float, config: ChurnwatchConfig,
              store_factory: Callable[[], StateStore], workers: int = 1,
              hooks: FlowHooks | None = None, dead_letters_path: str | None = None,
-             progress: bool = False) -> BacktestReport:
+             progress: bool = False, classic: bool = True,
+             truth: Mapping[str, bool] | None = None) -> BacktestReport:
     """Replay up to ``cutoff``, score everyone as of it, and judge against the next
-    ``horizon_days`` (refused when the file ends before the horizon does)."""
+    ``horizon_days`` (refused when the file ends before the horizon does), beside the classic
+    models fitted on the same orders (``classic``) and the plain baselines (time since last
+    order, order count), both read from the log itself. ``truth`` (customer id -> has really
+    left, known for a simulated shop) adds the rankings against it."""
+    from churnwatch.backtest import CustomerOutcome, Prediction
+
     with tempfile.TemporaryDirectory(prefix="churnwatch-backtest-") as workdir:
-        split = split_at_cutoff(path, cutoff, horizon_days, workdir)
+        split = split_at_cutoff(path, cutoff, horizon_days, workdir,
+                                max_amount=config.max_amount)
         check_horizon(path, split, cutoff, horizon_days)
-        churned = split.churned
         summary = replay([split.prefix], config, store_factory, as_of=cutoff, workers=workers,
                          hooks=hooks, dead_letters_path=dead_letters_path,
                          labels={split.prefix: input_label(path)}, progress=progress)
     if summary.read_errors:
         raise UsageError("; ".join(summary.read_errors))
     store = store_factory()
-    rows = []
-    for row in export_rows(store, config, cutoff):
-        cid = str(row["customer_id"])
-        if cid not in churned:
-            continue
-        silence = row["days_since_last_order"]
-        rows.append((float(row["health_score"]), str(row["tier"]),  # type: ignore[arg-type]
-                     float(silence) if silence != "" else math.inf,  # type: ignore[arg-type]
-                     churned[cid]))
-    return build_report(rows)
+    scored = {str(row["customer_id"]): row for row in export_rows(store, config, cutoff)}
+    ids = sorted(c for c in split.churned if c in scored)
+    outcomes = []
+    for cid in ids:
+        row, times = scored[cid], split.orders_before[cid]
+        outcomes.append(CustomerOutcome(
+            health_score=float(row["health_score"]),  # type: ignore[arg-type]
+            tier=str(row["tier"]),
+            return_probability=float(row["return_probability"]),  # type: ignore[arg-type]
+            days_since_last_order=(cutoff - max(times)) / DAY, orders=len(times),
+            churned=split.churned[cid]))
+    predictions = []
+    if classic and ids:
+        from churnwatch.classic import benchmark
+
+        for bench in benchmark({c: split.orders_before[c] for c in ids}, cutoff, horizon_days):
+            # benchmark() orders customers by id, as ``ids`` is.
+            predictions.append(Prediction(bench.name, bench.p_purchase.tolist(),
+                                          bench.expected_purchases.tolist(), bench.detail()))
+    # The horizon return_probability is for, when one horizon holds for every segment.
+    horizons = {config.policy(None).horizon_days,
+                *(policy.horizon_days for policy in config.segment_policies.values())}
+    return build_report(outcomes, predictions, horizon_days,
+                        horizons.pop() if len(horizons) == 1 else None,
+                        None if truth is None else [truth[c] for c in ids])
 
 
 def dump_json(data: object) -> str:

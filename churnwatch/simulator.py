@@ -32,6 +32,61 @@ PERSONAS = (("loyal", 0.40), ("drifting", 0.2), ("stopping", 0.12), ("returning"
 
 
 @dataclass(frozen=True)
+class Regime:
+    """A kind of shop for the zoo of backtests (``bench/zoo.py``): who buys how often, how long
+    the history before the cut-off is and how long the judged horizon after it.
+
+    The simulator runs ``history_days + horizon_days``; the cut-off is ``history_days`` after
+    the start, and customers join during the first ``join_share`` of the history.
+    """
+
+    name: str
+    segments: tuple[tuple[str, float], ...]
+    history_days: float
+    horizon_days: float
+    personas: tuple[tuple[str, float], ...] = PERSONAS
+    cadence_spread: float = 0.35
+    join_share: float = 0.8
+    with_engagement: bool = False
+    #: A "returning" customer's pause, in mean gaps.
+    pause_gaps: float = 5.0
+
+    def simulator(self, customers: int, seed: int, start: float) -> ShopSimulator:
+        """The simulator of this regime."""
+        return ShopSimulator(customers=customers, seed=seed, start=start,
+                             days=self.history_days + self.horizon_days,
+                             with_engagement=self.with_engagement, segments=dict(self.segments),
+                             personas=self.personas, cadence_spread=self.cadence_spread,
+                             join_days=self.join_share * self.history_days,
+                             pause_gaps=self.pause_gaps)
+
+
+#: From weekly shoppers over two months to once-a-year buyers over three years.
+REGIMES = {
+    "weekly": Regime("weekly shoppers, 2 months, 2-month horizon", (("grocery", 7.0),), 60.0,
+                     60.0),
+    # Like the held-back frequent-shopper log: cadences spread widely, so a customer seen once
+    # in two months is mostly a slow buyer, not a lost one.
+    "frequent": Regime("frequent shoppers of mixed pace, 2 months, 2-month horizon",
+                       (("skincare", 12.0),), 60.0, 60.0, cadence_spread=1.0,
+                       personas=(("loyal", 0.6), ("drifting", 0.1), ("stopping", 0.15),
+                                 ("one_time", 0.15)), join_share=0.9),
+    # Like the third held-back log: a year of loyal frequent shoppers, few leave.
+    "loyal-year": Regime("loyal frequent shoppers, 1 year, 3-month horizon",
+                         (("grocery", 14.0),), 365.0, 90.0, cadence_spread=0.6,
+                         personas=(("loyal", 0.86), ("drifting", 0.04), ("stopping", 0.05),
+                                   ("one_time", 0.05)), join_share=0.9),
+    "monthly": Regime("monthly shoppers, 1 year, 3-month horizon", (("skincare", 30.0),), 365.0,
+                      90.0),
+    "yearly": Regime("once-a-year buyers, 3 years, 1-year horizon", (("furniture", 365.0),),
+                     3 * 365.0, 365.0, cadence_spread=0.25, pause_gaps=1.5),
+    "mixed": Regime("the demo shop: 3 segments, campaigns and tickets, 18 months, 6-month "
+                    "horizon", tuple(SEGMENTS.items()), 540.0, 180.0, join_share=0.5,
+                    with_engagement=True, pause_gaps=150.0 / 60.0),
+}
+
+
+@dataclass(frozen=True)
 class SimulatedCustomer:
     """Who a simulated customer is (kept so tests can check the score against the truth)."""
 
@@ -47,20 +102,28 @@ class ShopSimulator:
     """Generates a time-ordered event stream for ``customers`` customers over ``days`` days."""
 
     def __init__(self, customers: int = 300, seed: int = 1, start: float = 1_700_000_000.0,
-                 days: float = 365.0, with_engagement: bool = True) -> None:
+                 days: float = 365.0, with_engagement: bool = True,
+                 segments: dict[str, float] | None = None,
+                 personas: tuple[tuple[str, float], ...] = PERSONAS,
+                 cadence_spread: float = 0.35, join_days: float | None = None,
+                 pause_gaps: float | None = None) -> None:
         self.count = customers
         self.seed = seed
         self.start = start
         self.days = days
         self.with_engagement = with_engagement
+        self.segments = dict(SEGMENTS if segments is None else segments)
+        # A returning customer's pause: 150 days in the demo shop, else in mean gaps.
+        self.pause_gaps = pause_gaps
+        join_window = days * 0.5 if join_days is None else join_days
         rng = random.Random(seed)
         self.customers: list[SimulatedCustomer] = []
-        names, weights = zip(*PERSONAS, strict=True)
+        names, weights = zip(*personas, strict=True)
         for index in range(customers):
-            segment = rng.choice(list(SEGMENTS))
+            segment = rng.choice(list(self.segments))
             persona = rng.choices(names, weights)[0]
-            cadence = SEGMENTS[segment] * math.exp(rng.gauss(0.0, 0.35))
-            joined = start + rng.random() * days * DAY * 0.5
+            cadence = self.segments[segment] * math.exp(rng.gauss(0.0, cadence_spread))
+            joined = start + rng.random() * join_window * DAY
             change = joined + (0.3 + rng.random() * 0.6) * (start + days * DAY - joined)
             self.customers.append(SimulatedCustomer(f"cust-{seed}-{index:06d}", segment,
                                                     persona, cadence, joined, change))
@@ -103,8 +166,9 @@ class ShopSimulator:
             if c.persona == "one_time":
                 break
             t += rng.expovariate(1.0 / cadence) + 0.5 * DAY
-            if c.persona == "returning" and c.change_at <= t < c.change_at + 150 * DAY:
-                t = c.change_at + 150 * DAY
+            pause = self._pause(c)
+            if c.persona == "returning" and c.change_at <= t < c.change_at + pause:
+                t = c.change_at + pause
         if self.with_engagement:
             t = c.joined + rng.random() * 7 * DAY
             while t < end:
@@ -132,6 +196,32 @@ class ShopSimulator:
                 t += 7 * DAY * (0.5 + rng.random())
         out.sort(key=lambda item: (item[0], item[1]))
         yield from out
+
+    def _pause(self, c: SimulatedCustomer) -> float:
+        """How long a returning customer stays away, in seconds."""
+        if self.pause_gaps is None:
+            return 150 * DAY
+        return self.pause_gaps * c.cadence_days * DAY
+
+    def has_left(self, c: SimulatedCustomer, at: float) -> bool:
+        """The truth the score is checked against: whether ``c`` will never order again after
+        ``at`` (stopped, drifted away, or a one-time buyer past their order). A returning
+        customer in their pause has not left; neither has a drifting one still buying.
+
+        >>> sim = ShopSimulator(customers=50, seed=3, start=0.0, days=200)
+        >>> gone = [c for c in sim.customers if sim.has_left(c, 200 * DAY)]
+        >>> {c.persona for c in gone} <= {"stopping", "drifting", "one_time"}
+        True
+        """
+        if at < c.joined:
+            return False
+        if c.persona == "one_time":
+            return True
+        if c.persona == "stopping":
+            return at >= c.change_at
+        if c.persona == "drifting":
+            return not self._state_at(c, at)[0]
+        return False
 
     def _state_at(self, c: SimulatedCustomer, t: float) -> tuple[bool, float]:
         """(still buying, current cadence) of a customer at ``t``."""

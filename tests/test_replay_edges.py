@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from redis_server import redis_server, redis_url  # noqa: F401
 
-from churnwatch.backtest import build_report
+from churnwatch.backtest import CustomerOutcome, build_report
 from churnwatch.simulator import ShopSimulator, write_jsonl
 
 START = 1_600_000_000.0
@@ -245,6 +245,10 @@ def test_backtest_whose_horizon_runs_past_the_newest_event_is_refused(history: d
     stamp = _iso(int(newest))  # event times are whole seconds
     assert f"after the newest event in {history['path']} ({stamp})" in run.stderr
     assert "ROC AUC" not in run.stdout and "Traceback" not in run.stderr
+    # A horizon ending within the newest event's day is covered (day-resolution logs).
+    run = churnwatch("backtest", str(history["path"]), "--cutoff",
+                     str(newest - 89.5 * DAY), "--horizon", "90", env=without_redis_url())
+    assert run.returncode == 0, run.stderr
     # Just inside the data: answered.
     run = churnwatch("backtest", str(history["path"]), "--cutoff",
                      str(newest - 91 * DAY), "--horizon", "90", env=without_redis_url())
@@ -278,7 +282,11 @@ def _iso(ts: float) -> str:
 # -- reports ---------------------------------------------------------------------------------
 
 def test_an_empty_tier_shows_a_dash_and_null_not_nan() -> None:
-    report = build_report([(90.0, "healthy", 3.0, False), (40.0, "at_risk", 90.0, True)])
+    report = build_report([
+        CustomerOutcome(health_score=90.0, tier="healthy", return_probability=0.8,
+                        days_since_last_order=3.0, orders=4, churned=False),
+        CustomerOutcome(health_score=40.0, tier="at_risk", return_probability=0.2,
+                        days_since_last_order=90.0, orders=1, churned=True)], horizon_days=90.0)
     text = report.render()
     rows = {line.split()[0]: line.split()[1:] for line in text.splitlines()
             if line.split() and line.split()[0] in ("healthy", "watch", "at_risk", "churned")}

@@ -198,10 +198,13 @@ class ShardEngine:
                     continue
                 result.late += 1
             self._advance(cid, state, event.ts, result)
+            # The wait before a new latest order, for the reasons of an upgrade it causes.
+            waited = (event.ts - state.last_order) / DAY if event.type == ev.ORDER and \
+                state.last_order is not None and event.ts > state.last_order else None
             self._apply(state, event)
             self._remember(state, item)
             at = max(event.ts, state.scored_at)
-            self._score(cid, state, at, result, cause="event")
+            self._score(cid, state, at, result, cause="event", waited_days=waited)
             if state.next_review_at is not None:
                 heapq.heappush(pending, (state.next_review_at, cid))
             result.scored += 1
@@ -283,7 +286,7 @@ class ShardEngine:
             guard += 1
 
     def _score(self, cid: str, state: CustomerState, now: float, result: BatchResult,
-               cause: str) -> None:
+               cause: str, waited_days: float | None = None) -> None:
         # Stored times read back as whole-second ints: make "now" one type whichever way it
         # came, so a record reads the same whether or not the state was reloaded in between.
         now = float(now)
@@ -305,7 +308,9 @@ class ShardEngine:
             # A customer's first tier is an assignment, not a change: it is in the state and the
             # tier gauges, but makes no transition record.
             if old_tier >= 0:
-                why = tuple(reasons(state, assessment, now, config, priors, previous)) + (
+                why = tuple(reasons(state, assessment, now, config, priors, previous,
+                                    from_tier=old_tier, to_tier=new_tier, old_score=old_score,
+                                    gap_before_days=waited_days)) + (
                     component_moves(previous, state.components),)
                 result.transitions.append(TierTransition(
                     cid, segment, tier_name(old_tier), tier_name(new_tier), old_score, score,

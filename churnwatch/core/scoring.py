@@ -358,54 +358,208 @@ def _exit_silence(inputs: RecencyInputs, horizon_days: float, config: Churnwatch
 
 
 def reasons(state: CustomerState, assessment: Assessment, now: float, config: ChurnwatchConfig,
-            priors: PopulationPriors, previous: list[int] | None = None) -> list[str]:
-    """Plain-language reasons, the biggest drops first, for a CS agent to read.
+            priors: PopulationPriors, previous: list[int] | None = None, *,
+            from_tier: int | None = None, to_tier: int | None = None,
+            old_score: float | None = None, gap_before_days: float | None = None) -> list[str]:
+    """Plain-language reasons for a CS agent to read, the biggest moves first.
 
-    ``previous`` are the components (0..100) at the last scoring; components that fell most
-    come first.
+    ``previous`` are the components (0..100) at the last scoring. For a tier change the engine
+    passes ``from_tier``, ``to_tier`` and the ``old_score``: an upgrade is explained by what
+    improved (an order, answers, a better trend or service), a downgrade by the problems, and a
+    change whose two scores print the same says which threshold the score crossed.
+    ``gap_before_days``, when the caller knows it, is the wait before the latest order.
+
+    >>> from churnwatch.core.config import ChurnwatchConfig
+    >>> from churnwatch.core.customer import CustomerState
+    >>> from churnwatch.core.events import Event
+    >>> from churnwatch.core.priors import PopulationPriors
+    >>> cfg, priors = ChurnwatchConfig(), PopulationPriors()
+    >>> c = CustomerState(first_seen=0.0)
+    >>> for day in (0, 21, 42, 63, 103):
+    ...     c.apply(Event("c1", "order", day * 86400.0, amount=30.0), windows=windows_of(cfg))
+    >>> now = 103 * 86400.0
+    >>> a = assess(c, now, cfg, priors)
+    >>> why = reasons(c, a, now, cfg, priors, [40, -1, -1, -1], from_tier=WATCH,
+    ...               to_tier=HEALTHY, gap_before_days=40.0)
+    >>> why[0].split("; ")[0]
+    'ordered again after 40 days, usually every 21 days'
     """
-    comps = assessment.components
-    inputs = _inputs_at(assessment, state, now, priors, config)
-    out: list[tuple[float, str]] = []
-    silence = inputs.silence_days
-    own_gap = state.mean_gap_days()
-    if state.orders == 0:
-        text = f"no order yet, first seen {silence:.0f} days ago"
-    elif own_gap is not None:
-        text = (f"no order for {silence:.0f} days, usually orders every {own_gap:.0f}"
-                f" ({state.orders} orders)")
+    upgrade = from_tier is not None and to_tier is not None and 0 <= to_tier < from_tier
+    if upgrade:
+        out = _improvements(state, assessment, now, config, priors, previous, gap_before_days)
+        if not out:
+            # Nothing named moved (learned priors did, say): the rise itself, not the problems.
+            rose = "score rose" if old_score is None else f"score rose from {old_score:.0f}"
+            horizon = config.policy(state.segment).horizon_days
+            out = [(0.0, f"{rose} to {assessment.score:.0f}; chance of ordering within "
+                         f"{horizon:.0f} days now {100 * assessment.return_probability:.0f}%")]
     else:
-        text = (f"one order, {silence:.0f} days ago; customers typically reorder within "
-                f"{inputs.population_gap_days:.0f} days")
-    text += f"; chance of ordering within {config.policy(state.segment).horizon_days:.0f} days " \
-            f"{100 * assessment.return_probability:.0f}%"
-    out.append((_drop(previous, RECENCY, comps[RECENCY].value), text))
+        out = _problems(state, assessment, now, config, priors, previous)
+    texts = [text for _, text in sorted(out, key=lambda item: -item[0])]
+    crossing = _crossing(state, assessment, config, from_tier, to_tier, old_score)
+    return texts + ([crossing] if crossing else [])
 
+
+def _problems(state: CustomerState, assessment: Assessment, now: float,
+              config: ChurnwatchConfig, priors: PopulationPriors, previous: list[int] | None
+              ) -> list[tuple[float, str]]:
+    """What holds the score down, each with how far its component fell since ``previous``."""
+    comps = assessment.components
+    out = [(_drop(previous, RECENCY, comps[RECENCY].value),
+            _recency_text(state, assessment, now, config, priors))]
     if comps[TREND].confidence > 0 and comps[TREND].value < 90:
         out.append((_drop(previous, TREND, comps[TREND].value),
                     f"buying less often lately: trend {comps[TREND].value:.0f}/100 against their "
                     "earlier months"))
     if comps[ENGAGEMENT].confidence > 0 and comps[ENGAGEMENT].value < 70:
-        sent, responses, campaigns, messages = state.engagement_totals(
-            state.eng_ref, config.engagement_half_life_days * DAY)
-        channels = ", ".join(sorted(state.channels))
         out.append((_drop(previous, ENGAGEMENT, comps[ENGAGEMENT].value),
-                    f"not answering outreach: about {responses:.0f} answers to {sent:.0f} recent "
-                    f"messages and campaigns ({channels})"))
+                    "not answering outreach: " + _answers_text(state, config)))
     if comps[SERVICE].confidence > 0 and comps[SERVICE].value < 70:
-        parts = []
-        if state.tickets > 0.3:
-            parts.append(f"{state.tickets:.1f} weighted support tickets recently")
-        if state.fb_weight > 0:
-            parts.append(f"feedback {state.fb_sum / state.fb_weight:.1f}/10")
         out.append((_drop(previous, SERVICE, comps[SERVICE].value),
-                    "service problems: " + ", ".join(parts)))
-    out.sort(key=lambda item: -item[0])
-    return [text for _, text in out]
+                    "service problems: " + _service_text(state)))
+    return out
+
+
+def _improvements(state: CustomerState, assessment: Assessment, now: float,
+                  config: ChurnwatchConfig, priors: PopulationPriors,
+                  previous: list[int] | None, gap_before_days: float | None
+                  ) -> list[tuple[float, str]]:
+    """What got better since ``previous``, each with how far its component rose."""
+    comps = assessment.components
+    out: list[tuple[float, str]] = []
+    horizon = config.policy(state.segment).horizon_days
+    chance = (f"chance of ordering within {horizon:.0f} days now "
+              f"{100 * assessment.return_probability:.0f}%")
+    rise = -_drop(previous, RECENCY, comps[RECENCY].value)
+    inputs = _inputs_at(assessment, state, now, priors, config)
+    if state.orders > 0 and inputs.silence_days < 1.0 and (rise > 0.5 or not previous):
+        span = inputs.span_days
+        if gap_before_days is None and state.orders == 2:
+            gap_before_days = span
+        if state.orders == 1:
+            text = "placed a first order"
+        elif gap_before_days is None:
+            text = f"ordered again, usually {_every(span / (state.orders - 1))}"
+        elif state.orders == 2:
+            text = f"ordered again after {_days(gap_before_days)}, their second order"
+        else:
+            # Their cadence before this order, which the long wait made look late.
+            usual = max(span - gap_before_days, 0.0) / (state.orders - 2)
+            text = f"ordered again after {_days(gap_before_days)}, usually {_every(usual)}"
+        out.append((max(rise, 0.0), f"{text}; {chance}"))
+    for index in (ENGAGEMENT, TREND, SERVICE):
+        comp = comps[index]
+        if comp.confidence <= 0:
+            continue
+        fresh = _drop(previous, index, -1.0) == 0.0  # no evidence at the last scoring
+        gained = 0.0 if fresh else -_drop(previous, index, comp.value)
+        if (fresh and comp.value < 70.0) or (not fresh and gained < 1.0):
+            continue  # nothing that lifted the score
+        if index == ENGAGEMENT:
+            text = "answering again: " + _answers_text(state, config)
+        elif index == TREND:
+            text = (f"buying {'steadily' if fresh else 'more often'} lately: trend "
+                    f"{comp.value:.0f}/100 against their earlier months")
+        else:
+            text = ("good service: " if fresh else "service better: ") + _service_text(state)
+        out.append((gained, text))
+    return out
+
+
+def _recency_text(state: CustomerState, assessment: Assessment, now: float,
+                  config: ChurnwatchConfig, priors: PopulationPriors) -> str:
+    inputs = _inputs_at(assessment, state, now, priors, config)
+    silence = inputs.silence_days
+    own_gap = state.mean_gap_days()
+    if state.orders == 0:
+        text = f"no order yet, first seen {_ago(silence)}"
+    elif own_gap is not None:
+        last = f"no order for {_days(silence)}" if silence >= 1.0 else "ordered today"
+        text = f"{last}, usually orders {_every(own_gap)} ({state.orders} orders)"
+    else:
+        text = (f"one order, {_ago(silence)}; customers typically reorder within "
+                f"{_days(inputs.population_gap_days)}")
+    return (f"{text}; chance of ordering within "
+            f"{config.policy(state.segment).horizon_days:.0f} days "
+            f"{100 * assessment.return_probability:.0f}%")
+
+
+def _answers_text(state: CustomerState, config: ChurnwatchConfig) -> str:
+    sent, responses, _, _ = state.engagement_totals(state.eng_ref,
+                                                    config.engagement_half_life_days * DAY)
+    channels = ", ".join(sorted(state.channels))
+    answers = round(responses)
+    sends = max(round(sent), 1)
+    said = "no answers" if answers == 0 else "about " + _plural(answers, "answer")
+    recent = "recent message or campaign" if sends == 1 else "recent messages and campaigns"
+    return f"{said} to {sends} {recent} ({channels})"
+
+
+def _service_text(state: CustomerState) -> str:
+    parts = []
+    if state.tickets > 0.3:
+        parts.append(f"{state.tickets:.1f} weighted support tickets recently")
+    if state.fb_weight > 0:
+        parts.append(f"feedback {state.fb_sum / state.fb_weight:.1f}/10")
+    return ", ".join(parts) or "no recent tickets"
+
+
+def _crossing(state: CustomerState, assessment: Assessment, config: ChurnwatchConfig,
+              from_tier: int | None, to_tier: int | None, old_score: float | None) -> str:
+    """Why the tier changed when the old and new score print alike (``""`` otherwise)."""
+    if from_tier is None or to_tier is None or old_score is None or from_tier < 0 \
+            or to_tier == from_tier or f"{old_score:.0f}" != f"{assessment.score:.0f}":
+        return ""
+    policy = config.policy(state.segment)
+    margin = policy.hysteresis
+    if to_tier > from_tier:
+        boundary, side = policy.boundaries[to_tier - 1], -1.0
+        edge = f"the {TIERS[to_tier - 1]} boundary {policy.boundaries[to_tier - 1]:g}"
+    else:
+        boundary, side = policy.boundaries[to_tier], 1.0
+        edge = f"the {TIERS[to_tier]} boundary {policy.boundaries[to_tier]:g}"
+    threshold = boundary + side * margin
+    hysteresis = f"{'less' if side < 0 else 'plus'} the {margin:g}-point hysteresis"
+    if f"{old_score:.2f}" == f"{assessment.score:.2f}":
+        return (f"score unchanged at {assessment.score:.2f}: the tier follows the threshold "
+                f"{threshold:g} ({edge} {hysteresis}), held until this review")
+    return (f"score {old_score:.2f} -> {assessment.score:.2f} crossed {threshold:g}: "
+            f"{edge} {hysteresis}")
+
+
+def _days(days: float) -> str:
+    """``1 day``, ``21 days``; less than a day reads as such, never as ``0 days``.
+
+    >>> _days(0.2), _days(1.2), _days(20.6)
+    ('less than a day', '1 day', '21 days')
+    """
+    whole = round(days)
+    return "less than a day" if whole < 1 else _plural(whole, "day")
+
+
+def _every(days: float) -> str:
+    """``every 21 days``, ``every day``, ``several times a day``."""
+    whole = round(days)
+    if whole < 1:
+        return "several times a day"
+    return "every day" if whole == 1 else f"every {_days(days)}"
+
+
+def _ago(days: float) -> str:
+    return "today" if days < 1.0 else f"{_days(days)} ago"
+
+
+def _plural(count: int, noun: str) -> str:
+    """``1 order``, ``2 orders``.
+
+    >>> _plural(1, "answer"), _plural(3, "answer")
+    ('1 answer', '3 answers')
+    """
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
 
 def _drop(previous: list[int] | None, index: int, value: float) -> float:
-    if not previous or len(previous) <= index:
+    if not previous or len(previous) <= index or previous[index] < 0:
         return 0.0
     return previous[index] - value
 
