@@ -36,6 +36,8 @@ SUPPORT_TICKET = "support_ticket"
 FEEDBACK = "feedback"
 VISIT = "visit"
 PROFILE = "profile"
+#: Customer success acted: a playbook's outreach went out (see docs/events.md).
+INTERVENTION = "intervention"
 
 CAMPAIGN_CHANNELS = frozenset({"email", "whatsapp", "sms", "push"})
 MESSAGE_CHANNELS = frozenset({"whatsapp", "email", "sms", "chat"})
@@ -52,6 +54,7 @@ EVENT_TYPES = frozenset(
         FEEDBACK,
         VISIT,
         PROFILE,
+        INTERVENTION,
     }
 )
 FEEDBACK_KINDS = frozenset({"nps", "csat", "review"})
@@ -253,6 +256,8 @@ def _validate(obj: Mapping[str, Any], *, now: float | None, max_future_seconds: 
                 f"field 'severity' is {severity!r}; expected one of {', '.join(TICKET_SEVERITIES)}",
             )
         return Event(customer_id, kind, ts, event_id, severity=TICKET_SEVERITIES[severity])
+    if kind == INTERVENTION:
+        return _intervention(obj, customer_id, ts, event_id)
     if kind == PROFILE:
         attributes: dict[str, str] = {}
         for key in ("segment", "category", "value_tier"):
@@ -329,3 +334,32 @@ def _channel(obj: Mapping[str, Any], kind: str, allowed: frozenset[str]) -> str:
             f"one of {', '.join(sorted(allowed))}",
         )
     return str(channel)
+
+
+# -- interventions -------------------------------------------------------------------------------
+
+#: Channels an intervention can go out on.
+INTERVENTION_CHANNELS = frozenset({"phone", "whatsapp", "email", "sms", "chat", "letter", "visit"})
+
+
+def _intervention(obj: Mapping[str, Any], customer_id: str, ts: float,
+                  event_id: str | None) -> Event:
+    """An ``intervention``: ``channel`` required, ``playbook`` (the playbook acted on) optional.
+
+    >>> e = decode_event({"customer_id": "c1", "type": "intervention", "ts": 0,
+    ...                   "channel": "phone", "playbook": "fix_service_first"}, position="x:1")
+    >>> e.channel, e.attributes["playbook"]
+    ('phone', 'fix_service_first')
+    """
+    channel = _channel(obj, INTERVENTION, INTERVENTION_CHANNELS)
+    attributes: dict[str, str] = {}
+    playbook = obj.get("playbook")
+    if playbook is not None:
+        if not isinstance(playbook, str) or not playbook or len(playbook) > 64:
+            raise ContractViolation(
+                "invalid_field",
+                f"field 'playbook' must be a non-empty string of at most 64 characters, "
+                f"got {playbook!r}",
+            )
+        attributes["playbook"] = playbook
+    return Event(customer_id, INTERVENTION, ts, event_id, channel=channel, attributes=attributes)
