@@ -42,7 +42,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from churnwatch.dataflows.flow import FlowHooks
-from churnwatch.metrics.worklist import WorklistAPI
+from churnwatch.metrics.worklist import WorklistAPI, winback_report
 from churnwatch.state.base import StateStore
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -366,9 +366,10 @@ class BusinessCollector:
             "churnwatch_state_customers", "Customers held in the Redis state.")
         redis_memory = GaugeMetricFamily(
             "churnwatch_redis_memory_bytes", "Redis used_memory.")
+        winback = self._winback_families(shards)
         if shards is None:  # describe()
             yield from (customers, bands, mean, components, transitions, drops, recoveries,
-                        high_value, objective, state_customers, redis_memory)
+                        high_value, objective, state_customers, redis_memory, *winback)
             return
 
         total = 0.0
@@ -398,10 +399,50 @@ class BusinessCollector:
             objective.add_metric([segment], config.policy(segment).churn_rate_objective)
         state_customers.add_metric([], total)
         yield from (customers, bands, mean, components, transitions, drops, recoveries,
-                    high_value, objective, state_customers)
+                    high_value, objective, state_customers, *winback)
         if memory is not None:
             redis_memory.add_metric([], float(memory))
             yield redis_memory
+
+
+    def _winback_families(self, shards: list[ShardState] | None) -> list[Metric]:
+        """Win-back per playbook and group (``treated``, ``holdout``): labels bounded by the
+        configured playbooks (docs/metrics.md)."""
+        assigned = CounterMetricFamily(
+            "churnwatch_winback_assigned", "Customers a playbook was assigned to, per group "
+            "(treated: suggestion shown; holdout: withheld, the control group).",
+            labels=["playbook", "group"])
+        contacted = CounterMetricFamily(
+            "churnwatch_winback_contacted", "Assigned customers with an intervention event "
+            "after the assignment.", labels=["playbook", "group"])
+        recovered = CounterMetricFamily(
+            "churnwatch_winback_recovered", "Assigned customers who ordered again or were back "
+            "to healthy within [winback] window_days.", labels=["playbook", "group"])
+        rate = GaugeMetricFamily(
+            "churnwatch_winback_recovery_ratio", "Recovered over assigned customers, per "
+            "playbook and group (absent while a group is empty).", labels=["playbook", "group"])
+        uplift = GaugeMetricFamily(
+            "churnwatch_winback_uplift_ratio", "Treated minus hold-out recovery rate, with the "
+            "bounds of Newcombe's 95% interval (absent while a group is empty).",
+            labels=["playbook", "bound"])
+        families: list[Metric] = [assigned, contacted, recovered, rate, uplift]
+        if shards is None:
+            return families
+        for entry in winback_report(shards, self.config):
+            name = entry["playbook"]
+            for group in ("treated", "holdout"):
+                numbers = entry[group]
+                assigned.add_metric([name, group], numbers["assigned"])
+                contacted.add_metric([name, group], numbers["contacted"])
+                recovered.add_metric([name, group], numbers["recovered"])
+                if numbers["recovery_rate"] is not None:
+                    rate.add_metric([name, group], numbers["recovery_rate"])
+            if entry["uplift"] is not None:
+                low, high = entry["uplift"]["interval"]
+                uplift.add_metric([name, "estimate"], entry["uplift"]["difference"])
+                uplift.add_metric([name, "low"], low)
+                uplift.add_metric([name, "high"], high)
+        return families
 
 
 def _merge(into: dict[str, float], source: dict[str, float], known: set[str]) -> None:
@@ -409,7 +450,7 @@ def _merge(into: dict[str, float], source: dict[str, float], known: set[str]) ->
     since the aggregate was written) counts as ``other``, so labels stay bounded."""
     for key, value in source.items():
         parts = key.split("|")
-        if len(parts) > 1 and parts[1] not in known:
+        if len(parts) > 1 and parts[1] not in known and not key.startswith("winback_"):
             parts[1] = "other"
             key = "|".join(parts)
         into[key] = into.get(key, 0.0) + value

@@ -191,3 +191,42 @@ def track(customer_id: str, state: CustomerState, assessment: Assessment, now: f
         state.outreach = outreach
         _count(counters, "assigned", suggestion.playbook, suggestion.holdout)
     return suggestion
+
+
+# -- statistics ----------------------------------------------------------------------------------
+
+Z95 = 1.959963984540054
+
+
+def wilson_interval(successes: int, trials: int, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval of a proportion (``(0, 1)`` without trials).
+
+    >>> [round(x, 3) for x in wilson_interval(8, 20)]
+    [0.219, 0.613]
+    """
+    if trials <= 0:
+        return 0.0, 1.0
+    p = successes / trials
+    denominator = 1.0 + z * z / trials
+    centre = (p + z * z / (2 * trials)) / denominator
+    half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / denominator
+    return max(centre - half, 0.0), min(centre + half, 1.0)
+
+
+def newcombe_difference(k1: int, n1: int, k2: int, n2: int, z: float = Z95
+                        ) -> tuple[float, float, float] | None:
+    """The difference of two proportions ``k1/n1 - k2/n2`` with Newcombe's hybrid score interval
+    (method 10, from the two Wilson intervals); ``None`` when a group is empty.
+
+    >>> [round(x, 4) for x in newcombe_difference(56, 70, 48, 80)]  # Newcombe (1998), ex. 1
+    [0.2, 0.0524, 0.3339]
+    """
+    if n1 <= 0 or n2 <= 0:
+        return None
+    p1, p2 = k1 / n1, k2 / n2
+    l1, u1 = wilson_interval(k1, n1, z)
+    l2, u2 = wilson_interval(k2, n2, z)
+    d = p1 - p2
+    low = d - math.sqrt((p1 - l1) ** 2 + (u2 - p2) ** 2)
+    high = d + math.sqrt((u1 - p1) ** 2 + (p2 - l2) ** 2)
+    return d, low, high
