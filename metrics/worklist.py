@@ -281,6 +281,7 @@ def customer_detail(store: StateStore, config: ChurnwatchConfig, customer_id: st
                                    and state.components[i] >= 0 else None)
                             for i, name in enumerate(COMPONENTS)}
     detail["next_review_at"] = iso(state.next_review_at)
+    detail["engagement"] = engagement_view(state)
     detail["first_seen"] = iso(state.first_seen)
     if state.score is not None:
         priors = store.load_shard(shard_of(customer_id, config.shards)).priors
@@ -327,6 +328,16 @@ def customer_success(customer_id: str, state: CustomerState, config: ChurnwatchC
                           for ts, channel, playbook in reversed(outreach.get("log", []))],
         "assigned_playbook": outreach.get("playbook"),
     }
+
+
+def engagement_view(state: CustomerState) -> list[dict[str, Any]]:
+    """Per channel: recent (decayed) messages and campaigns sent, and answers to them."""
+    out = []
+    for channel, (sent, opened, clicked, messages, replied) in sorted(state.channels.items()):
+        answers = min(sent, 0.6 * opened + 0.4 * clicked) + min(messages, replied)
+        out.append({"channel": channel, "sent": round(sent + messages, 1),
+                    "answers": round(answers, 1)})
+    return out
 
 
 def selection_of(query: WorklistQuery, config: ChurnwatchConfig) -> UrgencySelection:
@@ -495,7 +506,7 @@ class WorklistAPI:
         except BadRequest as exc:
             return 400, {"error": exc.message, "parameter": exc.parameter}
         except Exception as exc:  # noqa: BLE001 - Redis down, or a bug: answer, keep serving
-            if _is_redis_outage(exc):
+            if is_redis_outage(exc):
                 log.warning("worklist API: Redis unavailable: %s", exc)
                 return 503, {"error": "the state store (Redis) is unavailable, retry later"}
             log.exception("worklist API: %s failed", path)
@@ -520,7 +531,8 @@ def _no_params(params: Mapping[str, list[str]]) -> None:
         raise BadRequest(name, "unknown parameter; this endpoint takes none")
 
 
-def _is_redis_outage(exc: BaseException) -> bool:
+def is_redis_outage(exc: BaseException) -> bool:
+    """Whether a failure is Redis being unreachable (answered 503, not 500)."""
     try:
         import redis
     except ImportError:  # pragma: no cover
