@@ -709,7 +709,7 @@ def _make_handler(registry: CollectorRegistry, api: WorklistAPI, token: str | No
             headers = {"Location": next_path}
             if token is not None:
                 headers["Set-Cookie"] = (f"{SESSION_COOKIE}={session_value(token)}; HttpOnly; "
-                                         "SameSite=Strict; Path=/")
+                                         "SameSite=Strict; Path=/; Max-Age=43200")
             self._send(303, b"", headers)
 
         def _html(self, status: int, body: str) -> None:
