@@ -363,6 +363,8 @@ def _transition_from_fields(fields: Mapping[bytes, bytes]) -> dict[str, object]:
             record[name] = json.loads(text)
         elif name in ("old_score", "new_score", "at"):
             record[name] = float(text)
+        elif name == "holdout":
+            record[name] = text == "True"
         else:
             record[name] = text
     record.setdefault("old_score", None)
