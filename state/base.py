@@ -176,6 +176,27 @@ def merge_ranked(ranges: Iterable[tuple[int, Sequence[tuple[str, float]]]], want
     return out
 
 
+def ranges_needing_more(ranges: Sequence[tuple[int, Sequence[tuple[str, float]]]],
+                        counts: Sequence[int], wanted: int) -> list[int]:
+    """Which ranges must be read further before the ``wanted`` most urgent are known: those not
+    read to their end whose last member read is still ahead of the ``wanted``-th most urgent
+    member read so far (anything after it in that range could still make the page). Lets a
+    page read a few members of each range instead of ``wanted`` of every one.
+
+    >>> ranges_needing_more([(0, [("a", 1.0), ("b", 2.0)]), (0, [("c", 5.0)])], [3, 9], 3)
+    [0]
+    """
+    def key(tier: int, item: tuple[str, float]) -> tuple[float, str]:
+        return item[1] - tier * _TIER_SHIFT, item[0]
+
+    read = [key(tier, item) for tier, items in ranges for item in items]
+    if len(read) < wanted:
+        return [i for i, (_, items) in enumerate(ranges) if len(items) < counts[i]]
+    boundary = heapq.nsmallest(wanted, read)[-1]
+    return [i for i, (tier, items) in enumerate(ranges)
+            if len(items) < counts[i] and (not items or key(tier, items[-1]) < boundary)]
+
+
 def segment_key_part(segment: str | None) -> str:
     """The declared segment as the index key's suffix (``""`` for none)."""
     return segment or ""

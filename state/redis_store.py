@@ -33,6 +33,7 @@ import redis
 from churnwatch.state.base import (
     UrgencySelection,
     merge_ranked,
+    ranges_needing_more,
     segment_key_part,
     shard_of,
     urgency_ranges,
@@ -258,18 +259,34 @@ class RedisStore:
                     keys.extend((f"{self._tag(shard)}:u:{segment}", tier)
                                 for tier in sorted(selection.tiers))
 
-        def ranges() -> list[Any]:
-            pipe = self.client.pipeline(transaction=False)
-            for key, tier in keys:
-                low, high = urgency_ranges(tier, selection.value_tier)
-                pipe.zrangebyscore(key, low, high, start=0, num=wanted, withscores=True)
-                pipe.zcount(key, low, high)
-            return pipe.execute()
+        # The first read counts every range and takes a few members of each; further reads
+        # take more only from the ranges that can still reach the page.
+        chunk = max(8, -(-2 * wanted // max(len(keys), 1)))
+        ranked: list[tuple[int, list[tuple[str, float]]]] = [(tier, []) for _, tier in keys]
+        counts: list[int] = []
+        todo = list(range(len(keys)))
+        while todo:
+            def read(todo: list[int] = todo, chunk: int = chunk, first: bool = not counts
+                     ) -> list[Any]:
+                pipe = self.client.pipeline(transaction=False)
+                for i in todo:
+                    key, tier = keys[i]
+                    low, high = urgency_ranges(tier, selection.value_tier)
+                    if first:
+                        pipe.zcount(key, low, high)
+                    pipe.zrangebyscore(key, low, high, start=len(ranked[i][1]), num=chunk,
+                                       withscores=True)
+                return pipe.execute()
 
-        replies = self._call("read_state", ranges) if keys else []
-        total = sum(int(n) for n in replies[1::2])
-        ranked = [(tier, [(m.decode(), s) for m, s in items])
-                  for (_, tier), items in zip(keys, replies[0::2], strict=True)]
+            replies = self._call("read_state", read)
+            if not counts:
+                counts = [int(n) for n in replies[0::2]]
+                replies = replies[1::2]
+            for i, items in zip(todo, replies, strict=True):
+                ranked[i][1].extend((m.decode(), s) for m, s in items)
+            todo = ranges_needing_more(ranked, counts, wanted)
+            chunk *= 4
+        total = sum(counts)
         ids = merge_ranked(ranked, wanted)[offset:]
         if not ids:
             return [], total

@@ -129,3 +129,23 @@ def test_index_score_orders_as_the_worklist(a: tuple, b: tuple) -> None:
         sx, sy = urgency_score(x), urgency_score(y)
         assert sx is not None and sy is not None
         assert (kx < ky) == (sx < sy) and (kx == ky) == (sx == sy)
+
+
+def test_pages_concentrated_in_a_few_ranges_read_them_further(store: StateStore) -> None:
+    # The most urgent customers all sit in one segment's ranges, so a first read of a few
+    # members per range cannot fill the page: the store must read those ranges further.
+    rng = random.Random(3)
+    everyone = {}
+    for n in range(400):
+        state = random_state(rng)
+        state.tier = 3
+        state.score = state.score if state.score is not None else 50.0
+        state.high_value = n < 120
+        state.segment = "fashion" if n < 120 else rng.choice(SEGMENTS)
+        everyone[f"k{n:03d}"] = state
+    write(store, everyone, load_first=True)
+    selection = UrgencySelection(frozenset({3}))
+    for offset, limit in ((0, 60), (20, 30), (100, 40)):
+        expected, total = slow_page(everyone, selection, offset, limit)
+        rows, got_total = store.urgency_page(selection, offset, limit)
+        assert [cid for cid, _ in rows] == expected and got_total == total == 400
