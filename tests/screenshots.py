@@ -19,7 +19,7 @@ from urllib.parse import quote
 sys.path.insert(0, str(Path(__file__).parent))
 
 from live_servers import LiveRedis  # noqa: E402
-from replayed_shop import replay_shop, write_config  # noqa: E402
+from replayed_shop import END, replay_shop, shop_config, write_config  # noqa: E402
 from servers import free_port  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,6 +39,35 @@ def shoot(profile: Path, url: str, out: Path, size: str) -> None:
     print(f"wrote {out.relative_to(ROOT)}")
 
 
+def add_interventions(url: str, work: Path) -> None:
+    """CS acted on two thirds of the treated customers with an open assignment: replay
+    ``intervention`` events for them, so the pages show contacts."""
+    import json
+
+    from churnwatch.state.redis_store import RedisStore
+
+    from churnwatch.replay import replay
+
+    config = shop_config()
+
+    def factory() -> RedisStore:
+        return RedisStore(url, config.shards, config.key_prefix, max_wait=10.0)
+
+    store = factory()
+    events = []
+    for n, (cid, state) in enumerate(sorted(store.iter_customers())):
+        outreach = state.outreach or {}
+        if outreach.get("playbook") and not outreach.get("holdout") and n % 3:
+            playbook = next(p for p in config.playbooks if p.name == outreach["playbook"])
+            events.append({"customer_id": cid, "type": "intervention",
+                           "ts": min(outreach["assigned_at"] + 2 * 86400, END - 3600),
+                           "channel": playbook.channel, "playbook": playbook.name})
+    store.close()
+    path = work / "interventions.jsonl"
+    path.write_text("".join(json.dumps(e) + "\n" for e in sorted(events, key=lambda e: e["ts"])))
+    replay([str(path)], config, factory, as_of=END)
+
+
 def main() -> int:
     OUT.mkdir(parents=True, exist_ok=True)
     redis = LiveRedis()
@@ -47,6 +76,7 @@ def main() -> int:
         work = Path(tmp)
         try:
             replay_shop(redis.url, work)
+            add_interventions(redis.url, work)
             port = free_port()
             env = {k: v for k, v in os.environ.items() if not k.startswith("CHURNWATCH_API")}
             server = subprocess.Popen([CHURNWATCH, "serve", "--redis-url", redis.url,

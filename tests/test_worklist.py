@@ -18,6 +18,7 @@ from redis_server import redis_server  # noqa: F401
 from replayed_shop import ODD_ID, Shop, replayed_shop  # noqa: F401
 
 from churnwatch.core.config import TIERS, ChurnwatchConfig
+from churnwatch.core.playbooks import DEFAULT_PLAYBOOKS
 
 TOKEN = "worklist-test-token"
 
@@ -183,6 +184,45 @@ def test_customer_detail_explains_score_and_history(api: str) -> None:
     assert [p["at"] for p in history] == sorted(p["at"] for p in history)
     assert history[-1]["health_score"] == detail["health_score"]
     assert history[-1]["tier"] == detail["tier"]
+
+
+def test_rows_and_customers_carry_reason_codes_and_a_suggestion(api: str) -> None:
+    status, page = get(f"{api}/api/v1/customers?limit=1000")
+    assert status == 200
+    playbooks = {p.name for p in DEFAULT_PLAYBOOKS}
+    for row in page["customers"]:
+        assert row["main_reason"] and isinstance(row["reason_codes"], list)
+        if row["suggestion"] is None:
+            # No suggestion only for a hold-out (every at-risk or churned customer matches
+            # one of the defaults).
+            assert row["holdout_playbook"] in playbooks, row
+        else:
+            assert row["suggestion"]["playbook"] in playbooks
+            assert row["suggestion"]["action"] and row["suggestion"]["channel"]
+    status, detail = get(f"{api}/api/v1/customers/{quote(ODD_ID, safe='')}")
+    assert status == 200 and "suggestion" in detail and "interventions" in detail
+
+
+def test_segments_and_winback_endpoints_add_up(api: str, replayed_shop: Shop) -> None:  # noqa: F811
+    status, overview = get(f"{api}/api/v1/segments")
+    assert status == 200
+    store = replayed_shop.store()
+    try:
+        everyone = list(store.iter_customers())
+    finally:
+        store.close()
+    assert sum(s["customers"] for s in overview["segments"]) == len(everyone)
+    by_name = {s["segment"]: s for s in overview["segments"]}
+    assert set(by_name) == set(replayed_shop.config.segments)
+    fashion_at_risk = sum(1 for _, s in everyone if s.segment == "fashion" and s.tier == 2)
+    assert by_name["fashion"]["tiers"]["at_risk"] == fashion_at_risk
+    status, winback = get(f"{api}/api/v1/winback")
+    assert status == 200
+    assert [w["playbook"] for w in winback["playbooks"]] == [p.name for p in DEFAULT_PLAYBOOKS]
+    assigned = sum(w["treated"]["assigned"] + w["holdout"]["assigned"]
+                   for w in winback["playbooks"])
+    assert assigned > 0
+    assert overview["winback"] == winback["playbooks"]
 
 
 def test_unknown_customer_is_404_and_unknown_endpoint_is_404(api: str) -> None:
