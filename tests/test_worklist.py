@@ -341,3 +341,51 @@ def test_with_a_token_a_server_beyond_loopback_serves_the_api_to_anyone_with_it(
         assert get(f"http://{address}:{server.port}/api/v1/transitions", token=None)[0] == 401
     finally:
         server.shutdown()
+
+
+# -- the pages on the same server (what `churnwatch run` serves) ----------------------------------
+
+
+class NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args, **kwargs):  # noqa: ANN002, ANN003, ANN201
+        return None
+
+
+def raw(url: str, data: bytes | None = None, cookie: str | None = None
+        ) -> tuple[int, dict[str, str], str]:
+    opener = urllib.request.build_opener(NoRedirect)
+    request = urllib.request.Request(url, data=data, method="POST" if data else "GET")
+    if cookie:
+        request.add_header("Cookie", cookie)
+    try:
+        with opener.open(request, timeout=30) as reply:
+            return reply.status, dict(reply.headers), reply.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, dict(error.headers), error.read().decode()
+
+
+def test_pages_need_a_session_that_login_sets_with_a_strict_http_only_cookie(api: str) -> None:
+    status, headers, _ = raw(f"{api}/?segment=fashion")
+    assert status == 303 and headers["Location"] == "/login?next=%2F%3Fsegment%3Dfashion"
+    status, headers, body = raw(f"{api}/login", data=b"token=wrong&next=/")
+    assert status == 401 and "Wrong token." in body and "Set-Cookie" not in headers
+    status, headers, _ = raw(f"{api}/login",
+                             data=f"token={TOKEN}&next=https://evil.example/".encode())
+    assert status == 303 and headers["Location"] == "/"
+    cookie = headers["Set-Cookie"]
+    assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and TOKEN not in cookie
+    session = cookie.split(";")[0]
+    status, headers, body = raw(f"{api}/?segment=fashion", cookie=session)
+    assert status == 200 and headers["Content-Type"].startswith("text/html")
+    assert "script-src" not in headers["Content-Security-Policy"]
+    assert "default-src 'none'" in headers["Content-Security-Policy"]
+    assert 'class="customer-row"' in body
+    status, _, body = raw(f"{api}/customers/{quote(ODD_ID, safe='')}", cookie=session)
+    assert status == 200 and "vip/1 é" in body and "<svg" in body
+    status, _, body = raw(f"{api}/customers/nobody-here", cookie=session)
+    assert status == 404 and "nobody-here" in body
+    status, _, body = raw(f"{api}/?tier=lost", cookie=session)
+    assert status == 400 and "unknown tier" in body
+    # The session cookie also opens the API, for a browser.
+    status, _, body = raw(f"{api}/api/v1/customers?limit=1", cookie=session)
+    assert status == 200 and json.loads(body)["customers"]
