@@ -140,6 +140,12 @@ def render_explain(detail: dict[str, Any]) -> str:
         "  components: " + ", ".join(
             f"{name} {'-' if v is None else v}" for name, v in detail["components"].items()),
     ]
+    if detail.get("suggestion"):
+        suggestion = detail["suggestion"]
+        lines.append(f"  next action ({suggestion['playbook']}, {suggestion['channel']}): "
+                     f"{suggestion['action']}")
+    elif detail.get("holdout_playbook"):
+        lines.append(f"  next action: none, in the hold-out of {detail['holdout_playbook']}")
     if detail["reasons"]:
         lines.append("  why:")
         lines.extend(f"    - {reason}" for reason in detail["reasons"])

@@ -19,7 +19,6 @@ from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlencode
 
 from churnwatch.metrics.worklist import (
-    DEFAULT_LIMIT,
     DEFAULT_TIERS,
     BadRequest,
     WorklistAPI,
@@ -128,8 +127,7 @@ class WorkbenchPages:
             choices.append((selected["tier"], selected["tier"].replace(",", ", ")))
         return self.render("worklist.html", title="Worklist", page=page, selected=selected,
                            segments=config.segments, tier_choices=choices,
-                           previous_url=previous_url, next_url=next_url,
-                           default_limit=DEFAULT_LIMIT)
+                           previous_url=previous_url, next_url=next_url)
 
     def customer(self, customer_id: str) -> tuple[int, str]:
         """``/customers/<id>``: one customer."""

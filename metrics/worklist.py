@@ -283,16 +283,15 @@ def customer_detail(store: StateStore, config: ChurnwatchConfig, customer_id: st
     detail["next_review_at"] = iso(state.next_review_at)
     detail["engagement"] = engagement_view(state)
     detail["first_seen"] = iso(state.first_seen)
+    priors = priors_of(store, customer_id, config)
     if state.score is not None:
-        priors = store.load_shard(shard_of(customer_id, config.shards)).priors
         assessment = assess(state, state.scored_at, config, priors)
         detail["return_probability"] = round(assessment.return_probability, 4)
         detail["reasons"] = reasons(state, assessment, state.scored_at, config, priors)
     else:
         detail["return_probability"] = None
         detail["reasons"] = []
-    detail.update(customer_success(customer_id, state, config, priors_of(store, customer_id,
-                                                                          config)))
+    detail.update(customer_success(customer_id, state, config, priors))
     history = store.customer_transitions(customer_id, max(config.score_history_length, 1))
     detail["transitions"] = [transition_view(t) for t in history]
     detail["score_history"] = score_history(state, history)
