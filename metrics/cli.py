@@ -63,6 +63,11 @@ def register(sub: argparse._SubParsersAction,  # type: ignore[type-arg]
     common(p)
     p.set_defaults(func=cmd_serve)
 
+    p = sub.add_parser("reindex", help="rebuild the worklist's urgency index from the stored "
+                       "customers (once, after upgrading from a version without it)")
+    common(p)
+    p.set_defaults(func=cmd_reindex)
+
 
 def _open_store(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     """The configuration and a context manager yielding the store, as churnwatch.cli does."""
@@ -200,6 +205,28 @@ def cmd_serve(args: argparse.Namespace) -> int:
             pass
         finally:
             server.shutdown()
+    return 0
+
+
+def cmd_reindex(args: argparse.Namespace) -> int:
+    """``churnwatch reindex``: the urgency index of every stored customer, written afresh."""
+    import time
+
+    from churnwatch.state.redis_store import RedisStore
+
+    from churnwatch.embedded import redis_url_or_embedded
+    from churnwatch.runtime import config_from_args
+
+    config = config_from_args(args)
+    with redis_url_or_embedded(args.redis_url) as url:
+        store = RedisStore(url, config.shards, config.key_prefix, max_wait=30.0)
+        try:
+            started = time.perf_counter()
+            indexed = store.rebuild_urgency_index()
+        finally:
+            store.close()
+    print(f"indexed {indexed} customers in {time.perf_counter() - started:.1f} s",
+          file=sys.stderr)
     return 0
 
 

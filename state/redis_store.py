@@ -295,6 +295,55 @@ class RedisStore:
         return [(cid, CustomerState.from_wire(msgpack.unpackb(raw, strict_map_key=False)))
                 for cid, raw in zip(ids, blobs, strict=True) if raw], total
 
+    def rebuild_urgency_index(self) -> int:
+        """Write the urgency index of every customer afresh, shard by shard (for state written
+        by a version without the index: ``churnwatch reindex``). Returns the customers indexed.
+        A commit racing with it for the same customer may leave that customer's previous place
+        until the customer's next commit; run it before the monitor, or accept that."""
+        indexed = 0
+        for shard in range(self.shards):
+            tag = self._tag(shard)
+            keys = self._call("read_state", lambda t=tag: [  # type: ignore[misc]
+                k for k in self.client.scan_iter(match=f"{t}:u:*", count=1000)])
+            by_segment: dict[str, dict[str, float]] = {}
+            prefix_len = len(tag) + 3
+            for chunk in self._customer_chunks(shard):
+                for key, raw in chunk:
+                    state = CustomerState.from_wire(msgpack.unpackb(raw, strict_map_key=False))
+                    score = urgency_score(state)
+                    if score is not None:
+                        cid = key.decode()[prefix_len:]
+                        by_segment.setdefault(segment_key_part(state.segment), {})[cid] = score
+                        indexed += 1
+
+            def write(keys: list[Any] = keys,
+                      by_segment: dict[str, dict[str, float]] = by_segment, tag: str = tag
+                      ) -> None:
+                pipe = self.client.pipeline(transaction=True)
+                if keys:
+                    pipe.delete(*keys)
+                pipe.delete(f"{tag}:useg")
+                for segment, scores in by_segment.items():
+                    items = list(scores.items())
+                    for start in range(0, len(items), 10_000):
+                        pipe.zadd(f"{tag}:u:{segment}", dict(items[start:start + 10_000]))
+                if by_segment:
+                    pipe.sadd(f"{tag}:useg", *by_segment)
+                pipe.execute()
+
+            self._call("write_state", write)
+        return indexed
+
+    def _customer_chunks(self, shard: int) -> Iterator[list[tuple[bytes, bytes]]]:
+        """The shard's stored customers as (key, blob), 2,000 per read."""
+        tag = self._tag(shard)
+        keys = self._call("read_state", lambda: list(
+            self.client.scan_iter(match=f"{tag}:c:*", count=5000)))
+        for start in range(0, len(keys), 2000):
+            chunk = keys[start:start + 2000]
+            raws = self._call("read_state", lambda c=chunk: self.client.mget(c))  # type: ignore[misc]
+            yield [(k, r) for k, r in zip(chunk, raws, strict=True) if r]
+
     def customer(self, customer_id: str) -> CustomerState | None:
         return self.load_customers(shard_of(customer_id, self.shards), [customer_id])[
             customer_id]

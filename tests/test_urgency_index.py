@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from churnwatch.metrics.worklist import urgency_key
@@ -149,3 +150,28 @@ def test_pages_concentrated_in_a_few_ranges_read_them_further(store: StateStore)
         expected, total = slow_page(everyone, selection, offset, limit)
         rows, got_total = store.urgency_page(selection, offset, limit)
         assert [cid for cid, _ in rows] == expected and got_total == total == 400
+
+
+def test_reindex_rebuilds_the_index_of_state_written_without_it(
+        redis_url: str, tmp_path: Path) -> None:  # noqa: F811
+    import redis as redis_client
+
+    from churnwatch.cli import main
+
+    store = RedisStore(redis_url, SHARDS, "cw", max_wait=5)
+    rng = random.Random(11)
+    everyone = {f"r{i:03d}": random_state(rng) for i in range(150)}
+    write(store, everyone, load_first=True)
+    selection = UrgencySelection(frozenset({1, 2, 3}))
+    before = store.urgency_page(selection, 0, 1000)
+    # As an older version left it: customers, no index.
+    client = redis_client.Redis.from_url(redis_url)
+    for key in list(client.scan_iter(match="cw:*:u*")):
+        client.delete(key)
+    assert store.urgency_page(selection, 0, 1000) == ([], 0)
+    config = tmp_path / "churnwatch.toml"
+    config.write_text(f"[state]\nshards = {SHARDS}\n[source]\nstream_partitions = 1\n")
+    assert main(["reindex", "--redis-url", redis_url, "--config", str(config)]) == 0
+    after = store.urgency_page(selection, 0, 1000)
+    assert [c for c, _ in after[0]] == [c for c, _ in before[0]] and after[1] == before[1] > 0
+    store.close()
