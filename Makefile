@@ -3,9 +3,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-DEBIAN_PACKAGES := redis-server prometheus prometheus-alertmanager
+DEBIAN_PACKAGES := redis-server prometheus prometheus-alertmanager chromium
 
-.PHONY: all venv system-deps demo test test-fast lint bench zoo stack dashboards clean
+.PHONY: all venv system-deps demo test test-fast lint bench zoo stack dashboards screenshots clean
 
 all: test
 
@@ -21,7 +21,7 @@ venv: $(BIN)/churnwatch
 # The real servers the tests start on free loopback ports.
 system-deps:
 	@missing=""; \
-	for b in redis-server prometheus promtool amtool; do \
+	for b in redis-server prometheus promtool amtool chromium; do \
 	  command -v $$b >/dev/null 2>&1 || missing="$$missing $$b"; \
 	done; \
 	command -v prometheus-alertmanager >/dev/null 2>&1 || command -v alertmanager >/dev/null 2>&1 \
@@ -55,6 +55,10 @@ zoo: venv
 # The whole chain without Docker: redis, churnwatch run, the simulator, Prometheus, Alertmanager.
 stack: venv system-deps
 	$(BIN)/churnwatch stack
+
+# Pictures of the customer-success pages for README and docs/worklist.md (headless Chromium).
+screenshots: venv system-deps
+	$(BIN)/python tests/screenshots.py
 
 dashboards: venv
 	$(BIN)/python -m churnwatch.dashboards.build

@@ -13,7 +13,10 @@ reproduce it. What is measured (docs/benchmarks.md has the figures and the machi
    score committed in Redis (p50, p99), at ``--live-rate`` events/s and stepping up to the
    highest rate sustained without the backlog growing;
 5. cluster: ``churnwatch run`` on ``--cluster-events`` published events, one process against two
-   processes as one Bytewax cluster (and whether both end in the same state).
+   processes as one Bytewax cluster (and whether both end in the same state);
+6. worklist: ``--worklist-customers`` scored customers written through the store's commit (the
+   urgency index with them), then pages of the worklist as the API and the pages answer them
+   (index ranges, the page's customers, their reasons and suggestions): p50 and p99 in ms.
 
 Prints one JSON line with every figure (and writes it to ``var/bench/results.json``).
 """
@@ -21,6 +24,7 @@ Prints one JSON line with every figure (and writes it to ``var/bench/results.jso
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import platform
@@ -417,6 +421,80 @@ def bench_cluster(url: str, path: Path, events: int) -> dict[str, Any]:
 # -- main ---------------------------------------------------------------------------------------
 
 
+# -- 6. worklist ---------------------------------------------------------------------------------
+
+
+def bench_worklist(url: str, customers: int, seed: int, pages: int = 1000) -> dict[str, Any]:
+    """Build the urgency index for ``customers`` customers through ``RedisStore.commit`` (in
+    batches per shard, as the dataflow commits), then time worklist pages."""
+    from churnwatch.metrics.worklist import parse_worklist_query, worklist_page
+
+    from churnwatch.core.customer import DAY, CustomerState
+
+    config = ChurnwatchConfig(key_prefix="wl")
+    store = RedisStore(url, config.shards, config.key_prefix)
+    rng = random.Random(seed)
+    segments = (None, "fashion", "skincare", "electronics")
+    started = time.perf_counter()
+    batch: dict[int, dict[str, CustomerState]] = {}
+    shard_states = {s: store.load_shard(s) for s in range(config.shards)}
+    now = 1_700_000_000.0
+    for n in range(customers):
+        cid = f"c{n:08d}"
+        state = CustomerState(first_seen=now - 400 * DAY)
+        state.segment = segments[n % len(segments)]
+        state.orders = rng.randint(1, 12)
+        state.last_order = now - rng.uniform(1, 300) * DAY
+        state.first_order = state.last_order - state.orders * 20 * DAY
+        state.spend = state.orders * 40.0
+        state.score = round(rng.uniform(0, 100), 2)
+        state.tier = 0 if state.score >= 60 else 1 if state.score >= 45 else (
+            2 if state.score >= 32 else 3)
+        state.components = [round(state.score), -1, -1, -1]
+        state.scored_at = now
+        state.tier_since = now - rng.uniform(0, 200) * DAY
+        state.high_value = rng.random() < 0.1
+        shard = shard_of(cid, config.shards)
+        pending = batch.setdefault(shard, {})
+        pending[cid] = state
+        if len(pending) >= 5000:
+            store.commit(shard, shard_states[shard], pending, [], [])
+            batch[shard] = {}
+    for shard, pending in batch.items():
+        if pending:
+            store.commit(shard, shard_states[shard], pending, [], [])
+    build_seconds = time.perf_counter() - started
+    log(f"worklist: indexed {customers} customers in {build_seconds:.1f} s")
+    out: dict[str, Any] = {"customers": customers, "index_build_seconds": round(build_seconds, 1),
+                           "pages_timed": pages}
+    queries = {
+        "default_page": {"limit": ["50"]},
+        "segment_high_value_page": {"segment": ["other"], "value_tier": ["high"],
+                                    "limit": ["50"]},
+        "page_at_offset_1000": {"limit": ["50"], "offset": ["1000"]},
+    }
+    gc.collect()
+    out["load_average_1m"] = round(os.getloadavg()[0], 2)  # a p99 on a busy machine waits
+    for name, params in queries.items():
+        query = parse_worklist_query(params, config)
+        worklist_page(store, config, query)  # warm the connection
+        times = []
+        cpu0 = time.process_time()
+        for _ in range(pages):
+            t0 = time.perf_counter()
+            page = worklist_page(store, config, query)
+            times.append((time.perf_counter() - t0) * 1000)
+        cpu = (time.process_time() - cpu0) * 1000 / pages
+        times.sort()
+        out[name] = {"p50_ms": round(times[len(times) // 2], 2),
+                     "p99_ms": round(times[min(int(len(times) * 0.99), len(times) - 1)], 2),
+                     "client_cpu_ms": round(cpu, 2),
+                     "rows": len(page.customers), "total": page.total}
+        log(f"worklist {name}: {out[name]}")
+    store.close()
+    return out
+
+
 def machine() -> dict[str, Any]:
     """What the figures were measured on."""
     cpu = "unknown"
@@ -447,14 +525,17 @@ def main(argv: list[str] | None = None) -> int:
                         help="offered loads (events/s) to step through for the highest "
                         "sustained rate")
     parser.add_argument("--cluster-events", type=int, default=300_000)
-    parser.add_argument("--only", default="replay,naive,memory,live,cluster",
+    parser.add_argument("--worklist-customers", type=int, default=1_000_000)
+    parser.add_argument("--only", default="replay,naive,memory,live,cluster,worklist",
                         help="comma-separated subset of the benchmarks")
     args = parser.parse_args(argv)
     only = set(args.only.split(","))
     WORKDIR.mkdir(parents=True, exist_ok=True)
-    log(f"generating {args.events} events for {args.customers} customers (seed {args.seed})")
-    path = write_jsonl(WORKDIR / f"events-{args.events}-{args.customers}-{args.seed}.jsonl",
-                       args.events, args.customers, args.seed)
+    path = WORKDIR / f"events-{args.events}-{args.customers}-{args.seed}.jsonl"
+    if only - {"worklist"}:
+        log(f"generating {args.events} events for {args.customers} customers (seed "
+            f"{args.seed})")
+        path = write_jsonl(path, args.events, args.customers, args.seed)
     config = ChurnwatchConfig(key_prefix="cw")
     results: dict[str, Any] = {"machine": machine(), "seed": args.seed}
     with redis_server() as url:
@@ -485,6 +566,9 @@ def main(argv: list[str] | None = None) -> int:
             log("5. cluster")
             results["cluster"] = bench_cluster(url, path, args.cluster_events)
             log(f"cluster: {results['cluster']}")
+        if "worklist" in only:
+            log("6. worklist")
+            results["worklist"] = bench_worklist(url, args.worklist_customers, args.seed)
     line = json.dumps(results, sort_keys=True)
     (WORKDIR / "results.json").write_text(line + "\n")
     print(line)

@@ -1,4 +1,5 @@
-"""``churnwatch top`` and ``churnwatch explain``: the worklist on the command line.
+"""``churnwatch top``, ``churnwatch explain`` and ``churnwatch serve``: the worklist on the command
+line, and the customer-success pages on their own server.
 
 Both read the state a running (or finished) churnwatch left in Redis: pass ``--redis-url`` or
 set ``CHURNWATCH_REDIS_URL``, and the same ``--config`` the monitor runs with (segments,
@@ -20,8 +21,11 @@ from churnwatch.metrics.worklist import (
     BadRequest,
     customer_detail,
     parse_worklist_query,
-    worklist,
+    worklist_page,
 )
+
+#: ``churnwatch serve``'s default port (``churnwatch run`` serves the pages on its metrics port).
+SERVE_PORT = 9465
 
 
 def register(sub: argparse._SubParsersAction,  # type: ignore[type-arg]
@@ -46,6 +50,23 @@ def register(sub: argparse._SubParsersAction,  # type: ignore[type-arg]
     p.add_argument("--json", action="store_true", help="print the API's JSON instead of text")
     common(p)
     p.set_defaults(func=cmd_explain)
+
+    p = sub.add_parser("serve", help="the customer-success pages and worklist API over a "
+                       "monitor's Redis (read-only)",
+                       description="Serves /, /customers/<id>, /segments, the JSON API "
+                       "(/api/v1/...) and /metrics over the Redis a churnwatch monitor writes. "
+                       "The API token comes from $CHURNWATCH_API_TOKEN or the file named by "
+                       "$CHURNWATCH_API_TOKEN_FILE; browsers sign in at /login.")
+    p.add_argument("--host", default=None, help="address to bind (default: 127.0.0.1)")
+    p.add_argument("--port", type=int, default=SERVE_PORT,
+                   help="port (default: %(default)s; 0 picks a free one)")
+    common(p)
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("reindex", help="rebuild the worklist's urgency index from the stored "
+                       "customers (once, after upgrading from a version without it)")
+    common(p)
+    p.set_defaults(func=cmd_reindex)
 
 
 def _open_store(args: argparse.Namespace):  # type: ignore[no-untyped-def]
@@ -72,7 +93,7 @@ def cmd_top(args: argparse.Namespace) -> int:
         raise UsageError(f"--{exc.parameter.replace('_', '-')}: {exc.message}") from None
     with opened as (factory, _url):
         store = factory()
-        page = worklist(store.iter_customers(), config, query)
+        page = worklist_page(store, config, query)
     if args.json:
         print(json.dumps(page.as_dict(), indent=2))
         return 0
@@ -97,12 +118,13 @@ def render_top(page: dict[str, Any]) -> str:
     rows = page["customers"]
     if not rows:
         return "no customer matches (is --redis-url the monitor's Redis?)"
-    header = ("#", "customer", "segment", "tier", "score", "value", "tier since", "last order")
+    header = ("#", "customer", "segment", "tier", "score", "value", "tier since", "last order",
+              "next action")
     lines = [header]
     for number, row in enumerate(rows, page["offset"] + 1):
         lines.append((str(number), row["customer_id"], row["segment"], row["tier"],
                       f"{row['health_score']:.1f}", "high" if row["high_value"] else "",
-                      _date(row["tier_since"]), _date(row["last_order"])))
+                      _date(row["tier_since"]), _date(row["last_order"]), _next_action(row)))
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     text = ["  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip()
             for line in lines]
@@ -123,6 +145,12 @@ def render_explain(detail: dict[str, Any]) -> str:
         "  components: " + ", ".join(
             f"{name} {'-' if v is None else v}" for name, v in detail["components"].items()),
     ]
+    if detail.get("suggestion"):
+        suggestion = detail["suggestion"]
+        lines.append(f"  next action ({suggestion['playbook']}, {suggestion['channel']}): "
+                     f"{suggestion['action']}")
+    elif detail.get("holdout_playbook"):
+        lines.append(f"  next action: none, in the hold-out of {detail['holdout_playbook']}")
     if detail["reasons"]:
         lines.append("  why:")
         lines.extend(f"    - {reason}" for reason in detail["reasons"])
@@ -133,6 +161,73 @@ def render_explain(detail: dict[str, Any]) -> str:
             lines.append(f"    {t['at']}  {t['from']} -> {t['to']}  score {old} -> "
                          f"{t['new_score']:.1f}  ({t.get('cause', '')})")
     return "\n".join(lines)
+
+
+def _next_action(row: dict[str, Any]) -> str:
+    suggestion = row.get("suggestion")
+    if suggestion:
+        return f"{suggestion['playbook']} ({suggestion['channel']})"
+    if row.get("holdout_playbook"):
+        return f"hold-out: {row['holdout_playbook']}"
+    return "-"
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """``churnwatch serve``: until interrupted (Ctrl-C or SIGTERM)."""
+    import os
+    import signal
+    import threading
+
+    from churnwatch.metrics.exporter import start_metrics_server
+    from prometheus_client import CollectorRegistry
+
+    from churnwatch.runtime import UsageError, config_from_args, store_factory
+
+    if not (args.redis_url or os.environ.get("CHURNWATCH_REDIS_URL")
+            or os.environ.get("CHURNWATCH_REDIS_URL_FILE")):
+        raise UsageError("serve: name the monitor's Redis with --redis-url, "
+                         "$CHURNWATCH_REDIS_URL or $CHURNWATCH_REDIS_URL_FILE")
+    config = config_from_args(args)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    with store_factory(args, config, max_wait=2.0) as (factory, _url):
+        try:
+            server = start_metrics_server(args.host, args.port, config, factory,
+                                          CollectorRegistry(), None)
+        except OSError as exc:
+            raise UsageError(f"serve: cannot listen on {args.host or '127.0.0.1'}:{args.port}: "
+                             f"{exc.strerror or exc}") from None
+        print(f"churnwatch: serving the worklist on {server.url}/", file=sys.stderr, flush=True)
+        try:
+            while not stop.wait(0.5):
+                pass
+        except KeyboardInterrupt:
+            pass
+        finally:
+            server.shutdown()
+    return 0
+
+
+def cmd_reindex(args: argparse.Namespace) -> int:
+    """``churnwatch reindex``: the urgency index of every stored customer, written afresh."""
+    import time
+
+    from churnwatch.state.redis_store import RedisStore
+
+    from churnwatch.embedded import redis_url_or_embedded
+    from churnwatch.runtime import config_from_args
+
+    config = config_from_args(args)
+    with redis_url_or_embedded(args.redis_url) as url:
+        store = RedisStore(url, config.shards, config.key_prefix, max_wait=30.0)
+        try:
+            started = time.perf_counter()
+            indexed = store.rebuild_urgency_index()
+        finally:
+            store.close()
+    print(f"indexed {indexed} customers in {time.perf_counter() - started:.1f} s",
+          file=sys.stderr)
+    return 0
 
 
 def _score(detail: dict[str, Any]) -> str:

@@ -26,6 +26,7 @@ Two kinds of metrics, as docs/metrics.md lays out:
 from __future__ import annotations
 
 import gzip
+import hashlib
 import hmac
 import ipaddress
 import json
@@ -39,10 +40,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import metadata
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, quote, urlsplit
 
 from churnwatch.dataflows.flow import FlowHooks
-from churnwatch.metrics.worklist import WorklistAPI
+from churnwatch.metrics.pages import WorkbenchPages, safe_next
+from churnwatch.metrics.worklist import WorklistAPI, winback_report
 from churnwatch.state.base import StateStore
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -370,9 +372,10 @@ class BusinessCollector:
             "churnwatch_state_customers", "Customers held in the Redis state.")
         redis_memory = GaugeMetricFamily(
             "churnwatch_redis_memory_bytes", "Redis used_memory.")
+        winback = self._winback_families(shards)
         if shards is None:  # describe()
             yield from (customers, bands, mean, components, transitions, drops, recoveries,
-                        high_value, objective, state_customers, redis_memory)
+                        high_value, objective, state_customers, redis_memory, *winback)
             return
 
         total = 0.0
@@ -402,10 +405,50 @@ class BusinessCollector:
             objective.add_metric([segment], config.policy(segment).churn_rate_objective)
         state_customers.add_metric([], total)
         yield from (customers, bands, mean, components, transitions, drops, recoveries,
-                    high_value, objective, state_customers)
+                    high_value, objective, state_customers, *winback)
         if memory is not None:
             redis_memory.add_metric([], float(memory))
             yield redis_memory
+
+
+    def _winback_families(self, shards: list[ShardState] | None) -> list[Metric]:
+        """Win-back per playbook and group (``treated``, ``holdout``): labels bounded by the
+        configured playbooks (docs/metrics.md)."""
+        assigned = CounterMetricFamily(
+            "churnwatch_winback_assigned", "Customers a playbook was assigned to, per group "
+            "(treated: suggestion shown; holdout: withheld, the control group).",
+            labels=["playbook", "group"])
+        contacted = CounterMetricFamily(
+            "churnwatch_winback_contacted", "Assigned customers with an intervention event "
+            "after the assignment.", labels=["playbook", "group"])
+        recovered = CounterMetricFamily(
+            "churnwatch_winback_recovered", "Assigned customers who ordered again or were back "
+            "to healthy within [winback] window_days.", labels=["playbook", "group"])
+        rate = GaugeMetricFamily(
+            "churnwatch_winback_recovery_ratio", "Recovered over assigned customers, per "
+            "playbook and group (absent while a group is empty).", labels=["playbook", "group"])
+        uplift = GaugeMetricFamily(
+            "churnwatch_winback_uplift_ratio", "Treated minus hold-out recovery rate, with the "
+            "bounds of Newcombe's 95% interval (absent while a group is empty).",
+            labels=["playbook", "bound"])
+        families: list[Metric] = [assigned, contacted, recovered, rate, uplift]
+        if shards is None:
+            return families
+        for entry in winback_report(shards, self.config):
+            name = entry["playbook"]
+            for group in ("treated", "holdout"):
+                numbers = entry[group]
+                assigned.add_metric([name, group], numbers["assigned"])
+                contacted.add_metric([name, group], numbers["contacted"])
+                recovered.add_metric([name, group], numbers["recovered"])
+                if numbers["recovery_rate"] is not None:
+                    rate.add_metric([name, group], numbers["recovery_rate"])
+            if entry["uplift"] is not None:
+                low, high = entry["uplift"]["interval"]
+                uplift.add_metric([name, "estimate"], entry["uplift"]["difference"])
+                uplift.add_metric([name, "low"], low)
+                uplift.add_metric([name, "high"], high)
+        return families
 
 
 def _merge(into: dict[str, float], source: dict[str, float], known: set[str]) -> None:
@@ -413,7 +456,7 @@ def _merge(into: dict[str, float], source: dict[str, float], known: set[str]) ->
     since the aggregate was written) counts as ``other``, so labels stay bounded."""
     for key, value in source.items():
         parts = key.split("|")
-        if len(parts) > 1 and parts[1] not in known:
+        if len(parts) > 1 and parts[1] not in known and not key.startswith("winback_"):
             parts[1] = "other"
             key = "|".join(parts)
         into[key] = into.get(key, 0.0) + value
@@ -563,9 +606,36 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+#: The browser session cookie set by ``POST /login``: an HMAC of the token, never the token.
+SESSION_COOKIE = "churnwatch_session"
+#: What the pages may load: nothing but their own inline styles and SVG.
+PAGE_HEADERS = {
+    "Content-Type": "text/html; charset=utf-8",
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; "
+                               "form-action 'self'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
+
+
+def session_value(token: str) -> str:
+    """The session cookie's value for a token (so the cookie never carries the token)."""
+    return hmac.new(token.encode(), b"churnwatch browser session", hashlib.sha256).hexdigest()
+
+
+def _cookie(header: str, name: str) -> str | None:
+    for part in header.split(";"):
+        key, _, value = part.strip().partition("=")
+        if key == name:
+            return value
+    return None
+
+
 def _make_handler(registry: CollectorRegistry, api: WorklistAPI, token: str | None,
                   api_off: bool) -> type[BaseHTTPRequestHandler]:
     expected = f"Bearer {token}".encode() if token else None
+    session = session_value(token).encode() if token else None
+    pages = WorkbenchPages(api)
 
     class Handler(BaseHTTPRequestHandler):
         server_version = "churnwatch"
@@ -582,9 +652,11 @@ def _make_handler(registry: CollectorRegistry, api: WorklistAPI, token: str | No
                 self._json(403, {"error": "the worklist API answers only local clients when "
                                  f"no token is set; set {API_TOKEN_ENV} or {API_TOKEN_FILE_ENV}"})
                 return
+            if not path.startswith("/api/") and path != "/healthz":
+                self._page(path, parts.query)
+                return
             if path.startswith("/api/") and expected is not None:
-                given = self.headers.get("Authorization", "").encode()
-                if not hmac.compare_digest(given, expected):
+                if not self._authorized():
                     self._json(401, {"error": "missing or wrong bearer token",
                                      "parameter": "Authorization"},
                                {"WWW-Authenticate": 'Bearer realm="churnwatch"'})
@@ -596,9 +668,56 @@ def _make_handler(registry: CollectorRegistry, api: WorklistAPI, token: str | No
             self._json(405, {"error": "use GET"}, {"Allow": "GET"})
 
         def do_POST(self) -> None:  # noqa: N802
+            if urlsplit(self.path).path == "/login":
+                self._login()
+                return
             self._json(405, {"error": "use GET"}, {"Allow": "GET"})
 
-        do_PUT = do_DELETE = do_PATCH = do_POST  # noqa: N815
+        def do_PUT(self) -> None:  # noqa: N802
+            self._json(405, {"error": "use GET"}, {"Allow": "GET"})
+
+        do_DELETE = do_PATCH = do_PUT  # noqa: N815
+
+        def _authorized(self) -> bool:
+            """A bearer token (API clients) or the session cookie (browsers)."""
+            if expected is None or session is None:
+                return True
+            given = self.headers.get("Authorization", "").encode()
+            if hmac.compare_digest(given, expected):
+                return True
+            cookie = _cookie(self.headers.get("Cookie", ""), SESSION_COOKIE) or ""
+            return hmac.compare_digest(cookie.encode(), session)
+
+        def _page(self, path: str, query: str) -> None:
+            if api_off and not _is_loopback(str(self.client_address[0])):
+                self._html(403, pages.error("Local clients only", "No API token is set, so the "
+                                            f"pages answer only this host; set {API_TOKEN_ENV} "
+                                            f"or {API_TOKEN_FILE_ENV}."))
+                return
+            if path != "/login" and not self._authorized():
+                target = path + (f"?{query}" if query else "")
+                self._send(303, b"", {"Location": "/login?next=" + quote(target, safe="")})
+                return
+            status, body = pages.handle(path, query)
+            self._html(status, body)
+
+        def _login(self) -> None:
+            length = min(int(self.headers.get("Content-Length") or 0), 8192)
+            form = parse_qs(self.rfile.read(length).decode("utf-8", "replace"))
+            given = (form.get("token") or [""])[0]
+            next_path = safe_next((form.get("next") or ["/"])[0])
+            if token is not None and not hmac.compare_digest(given.encode(), token.encode()):
+                log.warning("pages: wrong token from %s", self.address_string())
+                self._html(401, pages.login(next_path, "Wrong token."))
+                return
+            headers = {"Location": next_path}
+            if token is not None:
+                headers["Set-Cookie"] = (f"{SESSION_COOKIE}={session_value(token)}; HttpOnly; "
+                                         "SameSite=Strict; Path=/; Max-Age=43200")
+            self._send(303, b"", headers)
+
+        def _html(self, status: int, body: str) -> None:
+            self._send(status, body.encode(), PAGE_HEADERS)
 
         def _metrics(self) -> None:
             encoder, content_type = choose_encoder(self.headers.get("Accept", ""))

@@ -35,11 +35,21 @@ from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import parse_qs, unquote
 
-from churnwatch.state.base import StateStore, shard_of
+from churnwatch.state.base import StateStore, UrgencySelection, shard_of
 
 from churnwatch.core.config import COMPONENTS, TIERS, ChurnwatchConfig
 from churnwatch.core.customer import CustomerState
+from churnwatch.core.engine import ShardState
+from churnwatch.core.priors import PopulationPriors
 from churnwatch.core.scoring import assess, reasons, tier_name
+from churnwatch.core.winback import (
+    GROUPS,
+    WINBACK_COUNTERS,
+    newcombe_difference,
+    reason_codes,
+    suggest,
+    wilson_interval,
+)
 
 log = logging.getLogger("churnwatch.worklist")
 
@@ -271,19 +281,159 @@ def customer_detail(store: StateStore, config: ChurnwatchConfig, customer_id: st
                                    and state.components[i] >= 0 else None)
                             for i, name in enumerate(COMPONENTS)}
     detail["next_review_at"] = iso(state.next_review_at)
+    detail["engagement"] = engagement_view(state)
     detail["first_seen"] = iso(state.first_seen)
+    priors = priors_of(store, customer_id, config)
     if state.score is not None:
-        priors = store.load_shard(shard_of(customer_id, config.shards)).priors
         assessment = assess(state, state.scored_at, config, priors)
         detail["return_probability"] = round(assessment.return_probability, 4)
         detail["reasons"] = reasons(state, assessment, state.scored_at, config, priors)
     else:
         detail["return_probability"] = None
         detail["reasons"] = []
+    detail.update(customer_success(customer_id, state, config, priors))
     history = store.customer_transitions(customer_id, max(config.score_history_length, 1))
     detail["transitions"] = [transition_view(t) for t in history]
     detail["score_history"] = score_history(state, history)
     return detail
+
+
+# -- from the urgency index, with suggestions --------------------------------------------------
+
+
+def priors_of(store: StateStore, customer_id: str, config: ChurnwatchConfig) -> PopulationPriors:
+    """The learned priors of a customer's shard."""
+    return store.load_shard(shard_of(customer_id, config.shards)).priors
+
+
+def customer_success(customer_id: str, state: CustomerState, config: ChurnwatchConfig,
+                     priors: PopulationPriors) -> dict[str, Any]:
+    """The main reason, the reason codes, the suggested next action (``None`` for a customer
+    in a hold-out, whose suggestion is withheld) and the interventions so far, as of the
+    customer's last scoring."""
+    if state.score is None:
+        return {"main_reason": None, "reason_codes": [], "suggestion": None,
+                "holdout_playbook": None, "interventions": []}
+    at = state.scored_at
+    assessment = assess(state, at, config, priors)
+    found = suggest(customer_id, state, assessment, at, config)
+    outreach = state.outreach or {}
+    return {
+        "main_reason": (reasons(state, assessment, at, config, priors) or [None])[0],
+        "reason_codes": list(reason_codes(state, assessment, at, config)),
+        "suggestion": None if found is None or found.holdout else found.as_dict(),
+        "holdout_playbook": found.playbook if found is not None and found.holdout else None,
+        "interventions": [{"at": iso(ts), "channel": channel, "playbook": playbook}
+                          for ts, channel, playbook in reversed(outreach.get("log", []))],
+        "assigned_playbook": outreach.get("playbook"),
+    }
+
+
+def engagement_view(state: CustomerState) -> list[dict[str, Any]]:
+    """Per channel: recent (decayed) messages and campaigns sent, and answers to them."""
+    out = []
+    for channel, (sent, opened, clicked, messages, replied) in sorted(state.channels.items()):
+        answers = min(sent, 0.6 * opened + 0.4 * clicked) + min(messages, replied)
+        out.append({"channel": channel, "sent": round(sent + messages, 1),
+                    "answers": round(answers, 1)})
+    return out
+
+
+def selection_of(query: WorklistQuery, config: ChurnwatchConfig) -> UrgencySelection:
+    """The urgency-index selection of a worklist query."""
+    segments = query.segments
+    return UrgencySelection(
+        query.tiers,
+        None if segments is None else (lambda raw: config.segment_label(raw) in segments),
+        query.value_tier)
+
+
+def worklist_page(store: StateStore, config: ChurnwatchConfig, query: WorklistQuery
+                  ) -> WorklistPage:
+    """The page of the worklist ``query`` asks for, from the urgency index: a few sorted-set
+    ranges and one read of the page's customers, whatever the number of customers."""
+    rows, total = store.urgency_page(selection_of(query, config), query.offset, query.limit)
+    priors: dict[int, PopulationPriors] = {}
+    out = []
+    for cid, state in rows:
+        shard = shard_of(cid, config.shards)
+        if shard not in priors:
+            priors[shard] = store.load_shard(shard).priors
+        row = customer_summary(cid, state, config)
+        row.update(customer_success(cid, state, config, priors[shard]))
+        out.append(row)
+    return WorklistPage(out, total, query)
+
+
+def winback_report(shards: list[ShardState], config: ChurnwatchConfig) -> list[dict[str, Any]]:
+    """Per configured playbook: customers assigned, contacted and recovered within the window,
+    in the treated group and the hold-out, each rate with its Wilson interval, and the
+    difference of the rates with Newcombe's interval (``None`` while a group is empty)."""
+    counts: dict[str, float] = {}
+    for shard in shards:
+        for key, value in shard.counters.items():
+            if key.startswith("winback_"):
+                counts[key] = counts.get(key, 0.0) + value
+    out = []
+    for playbook in config.playbooks:
+        entry: dict[str, Any] = {"playbook": playbook.name, "channel": playbook.channel}
+        for group in GROUPS:
+            numbers = {what: round(counts.get(f"winback_{what}|{playbook.name}|{group}", 0.0))
+                       for what in WINBACK_COUNTERS}
+            n, k = numbers["assigned"], numbers["recovered"]
+            low, high = wilson_interval(k, n)
+            entry[group] = {**numbers, "recovery_rate": k / n if n else None,
+                            "interval": [round(low, 4), round(high, 4)] if n else None}
+        diff = newcombe_difference(entry["treated"]["recovered"], entry["treated"]["assigned"],
+                                   entry["holdout"]["recovered"], entry["holdout"]["assigned"])
+        entry["uplift"] = None if diff is None else {
+            "difference": round(diff[0], 4), "interval": [round(diff[1], 4), round(diff[2], 4)]}
+        out.append(entry)
+    return out
+
+
+def segments_overview(store: StateStore, config: ChurnwatchConfig) -> dict[str, Any]:
+    """Per segment: customers per tier, the churned share, customers who turned churned and who
+    recovered (since the state began), high-value customers at risk; and win-back per
+    playbook. From the shards' aggregates: one read, whatever the number of customers."""
+    shards = store.shard_states()
+    known = set(config.segments)
+    gauges: dict[str, float] = {}
+    counters: dict[str, float] = {}
+    for shard in shards:
+        for into, source in ((gauges, shard.gauges), (counters, shard.counters)):
+            for key, value in source.items():
+                parts = key.split("|")
+                # A segment no longer configured counts as ``other``, as in the metrics.
+                if not key.startswith("winback_") and len(parts) > 1 and parts[1] not in known:
+                    parts[1] = "other"
+                    key = "|".join(parts)
+                into[key] = into.get(key, 0.0) + value
+
+    def g(key: str) -> int:
+        return round(gauges.get(key, 0.0))
+
+    def c(key: str) -> int:
+        return round(counters.get(key, 0.0))
+
+    segments = []
+    for segment in config.segments:
+        tiers = {tier: g(f"customers|{segment}|{tier}") for tier in TIERS}
+        customers = sum(tiers.values())
+        segments.append({
+            "segment": segment,
+            "customers": customers,
+            "tiers": tiers,
+            "churned_share": tiers["churned"] / customers if customers else None,
+            "turned_churned": sum(c(f"transitions|{segment}|{old}|churned")
+                                  for old in TIERS if old != "churned"),
+            "recoveries": sum(c(f"recoveries|{segment}|{old}") for old in ("at_risk",
+                                                                            "churned")),
+            "high_value_at_risk": g(f"high_value_at_risk|{segment}"),
+        })
+    return {"segments": segments, "winback": winback_report(shards, config),
+            "window_days": config.winback.window_days,
+            "holdout_share": config.winback.holdout_share}
 
 
 # -- HTTP API -----------------------------------------------------------------------------------
@@ -326,8 +476,7 @@ class WorklistAPI:
                 return self._healthz()
             if path in ("/api/v1/customers", "/api/v1/customers/"):
                 query = parse_worklist_query(params, self.config)
-                return 200, worklist(self.store.iter_customers(), self.config,
-                                     query).as_dict()
+                return 200, worklist_page(self.store, self.config, query).as_dict()
             if path.startswith("/api/v1/customers/"):
                 _no_params(params)
                 customer_id = unquote(path[len("/api/v1/customers/"):])
@@ -336,6 +485,14 @@ class WorklistAPI:
                     return 404, {"error": f"unknown customer {customer_id!r}",
                                  "parameter": "customer_id"}
                 return 200, detail
+            if path == "/api/v1/segments":
+                _no_params(params)
+                return 200, segments_overview(self.store, self.config)
+            if path == "/api/v1/winback":
+                _no_params(params)
+                return 200, {"playbooks": winback_report(self.store.shard_states(), self.config),
+                             "window_days": self.config.winback.window_days,
+                             "holdout_share": self.config.winback.holdout_share}
             if path == "/api/v1/transitions":
                 for name in params:
                     if name != "limit":
@@ -348,7 +505,7 @@ class WorklistAPI:
         except BadRequest as exc:
             return 400, {"error": exc.message, "parameter": exc.parameter}
         except Exception as exc:  # noqa: BLE001 - Redis down, or a bug: answer, keep serving
-            if _is_redis_outage(exc):
+            if is_redis_outage(exc):
                 log.warning("worklist API: Redis unavailable: %s", exc)
                 return 503, {"error": "the state store (Redis) is unavailable, retry later"}
             log.exception("worklist API: %s failed", path)
@@ -373,7 +530,8 @@ def _no_params(params: Mapping[str, list[str]]) -> None:
         raise BadRequest(name, "unknown parameter; this endpoint takes none")
 
 
-def _is_redis_outage(exc: BaseException) -> bool:
+def is_redis_outage(exc: BaseException) -> bool:
+    """Whether a failure is Redis being unreachable (answered 503, not 500)."""
     try:
         import redis
     except ImportError:  # pragma: no cover

@@ -12,8 +12,10 @@ effects or none.
 
 from __future__ import annotations
 
+import heapq
 import zlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 from churnwatch.core.customer import CustomerState
@@ -117,6 +119,111 @@ class StateStore(Protocol):
         """Customers held."""
         ...
 
+    def urgency_page(self, selection: UrgencySelection, offset: int, limit: int
+                     ) -> tuple[list[tuple[str, CustomerState]], int]:
+        """One page of the worklist from the urgency index (most urgent first) and how many
+        customers match in all. The index is written by :meth:`commit` with the state."""
+        ...
+
     def close(self) -> None:
         """Release connections."""
         ...
+
+
+# -- the urgency index ---------------------------------------------------------------------------
+#
+# The worklist's order (docs/worklist.md): high value first, then the lowest health score, then
+# the most recent tier change, then the customer id. Each shard keeps one sorted set per declared
+# segment, whose score encodes (tier, standard value, health score, tier change) in one exact
+# double (below 2**53), and whose members tie-break by id, as Redis orders equal scores. A page
+# is a merge of the first ``offset + limit`` members of the few ranges a query selects.
+
+_TIER_SHIFT = 2.0**48
+_STANDARD_SHIFT = 2.0**47
+_SCORE_SHIFT = 2.0**32
+_LATEST = 2**32 - 1
+
+
+def urgency_score(state: CustomerState) -> float | None:
+    """A customer's place in the urgency index (``None``: not listed, no score yet).
+
+    >>> from churnwatch.core.customer import CustomerState
+    >>> a, b = CustomerState(0.0), CustomerState(0.0)
+    >>> a.score, a.tier, a.tier_since, a.high_value = 20.0, 2, 100.0, False
+    >>> b.score, b.tier, b.tier_since, b.high_value = 40.0, 2, 100.0, True
+    >>> urgency_score(b) < urgency_score(a)   # high value first, whatever the score
+    True
+    """
+    if state.score is None or state.tier < 0:
+        return None
+    score = min(max(round(state.score * 100), 0), 10_000)
+    since = min(max(int(state.tier_since), 0), _LATEST)
+    return (state.tier * _TIER_SHIFT + (0.0 if state.high_value else _STANDARD_SHIFT)
+            + score * _SCORE_SHIFT + (_LATEST - since))
+
+
+def urgency_ranges(tier: int, value_tier: str | None) -> tuple[float, float]:
+    """The (inclusive) index score range of one tier, all value tiers or only ``high`` /
+    ``standard``."""
+    low = tier * _TIER_SHIFT
+    high = low + _TIER_SHIFT - 1
+    if value_tier == "high":
+        high = low + _STANDARD_SHIFT - 1
+    elif value_tier == "standard":
+        low += _STANDARD_SHIFT
+    return low, high
+
+
+@dataclass(frozen=True)
+class UrgencySelection:
+    """What a worklist page selects: tiers (indexes), declared segments (``segment_filter`` is
+    given the raw declared segment, ``None`` for none; ``None`` filter: every segment) and the
+    value tier (``high``, ``standard`` or ``None``)."""
+
+    tiers: frozenset[int]
+    segment_filter: Callable[[str | None], bool] | None = None
+    value_tier: str | None = None
+
+
+def merge_ranked(ranges: Iterable[tuple[int, Sequence[tuple[str, float]]]], wanted: int
+                 ) -> list[str]:
+    """The ``wanted`` most urgent customer ids from sorted index ranges, each given with its
+    tier (whose part of the score is dropped so tiers interleave as the worklist orders)."""
+    def stream(tier: int, items: Sequence[tuple[str, float]]) -> Iterator[tuple[float, str]]:
+        offset = tier * _TIER_SHIFT
+        for member, score in items:
+            yield score - offset, member
+
+    streams = [stream(tier, items) for tier, items in ranges]
+    out: list[str] = []
+    for _, member in heapq.merge(*streams):
+        out.append(member)
+        if len(out) >= wanted:
+            break
+    return out
+
+
+def ranges_needing_more(ranges: Sequence[tuple[int, Sequence[tuple[str, float]]]],
+                        counts: Sequence[int], wanted: int) -> list[int]:
+    """Which ranges must be read further before the ``wanted`` most urgent are known: those not
+    read to their end whose last member read is still ahead of the ``wanted``-th most urgent
+    member read so far (anything after it in that range could still make the page). Lets a
+    page read a few members of each range instead of ``wanted`` of every one.
+
+    >>> ranges_needing_more([(0, [("a", 1.0), ("b", 2.0)]), (0, [("c", 5.0)])], [3, 9], 3)
+    [0]
+    """
+    def key(tier: int, item: tuple[str, float]) -> tuple[float, str]:
+        return item[1] - tier * _TIER_SHIFT, item[0]
+
+    read = [key(tier, item) for tier, items in ranges for item in items]
+    if len(read) < wanted:
+        return [i for i, (_, items) in enumerate(ranges) if len(items) < counts[i]]
+    boundary = heapq.nsmallest(wanted, read)[-1]
+    return [i for i, (tier, items) in enumerate(ranges)
+            if len(items) < counts[i] and (not items or key(tier, items[-1]) < boundary)]
+
+
+def segment_key_part(segment: str | None) -> str:
+    """The declared segment as the index key's suffix (``""`` for none)."""
+    return segment or ""

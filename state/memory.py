@@ -6,7 +6,15 @@ from collections import defaultdict, deque
 from collections.abc import Iterator, Mapping, Sequence
 
 import msgpack
-from churnwatch.state.base import dead_letter_position, shard_of
+from churnwatch.state.base import (
+    UrgencySelection,
+    dead_letter_position,
+    merge_ranked,
+    segment_key_part,
+    shard_of,
+    urgency_ranges,
+    urgency_score,
+)
 
 from churnwatch.core.customer import CustomerState
 from churnwatch.core.engine import ShardState, SuddenDrop, TierTransition
@@ -24,6 +32,8 @@ class MemoryStore:
         self._transitions: deque[dict[str, object]] = deque(maxlen=100_000)
         self._dead: deque[dict[str, object]] = deque(maxlen=100_000)
         self._dead_offsets: dict[str, int] = {}
+        # The urgency index: (shard, declared segment) -> customer -> index score.
+        self._urgency: dict[tuple[int, str], dict[str, float]] = defaultdict(dict)
 
     def load_shard(self, shard: int) -> ShardState:
         raw = self._shards.get(shard)
@@ -49,6 +59,7 @@ class MemoryStore:
     def commit(self, shard: int, shard_state: ShardState, changed: Mapping[str, CustomerState],
                transitions: Sequence[TierTransition], drops: Sequence[SuddenDrop]) -> None:
         for cid, state in changed.items():
+            self._index(shard, cid, state)
             self._customers[cid] = msgpack.packb(state.to_wire())
             if state.next_review_at is None:
                 self._due[shard].pop(cid, None)
@@ -57,6 +68,33 @@ class MemoryStore:
         self._shards[shard] = msgpack.packb(shard_state.to_wire())
         for transition in transitions:
             self._transitions.append(transition.as_dict())
+
+    def _index(self, shard: int, cid: str, state: CustomerState) -> None:
+        old = self._customers.get(cid)
+        if old is not None:
+            old_segment = msgpack.unpackb(old, strict_map_key=False)[2]
+            self._urgency[(shard, segment_key_part(old_segment))].pop(cid, None)
+        score = urgency_score(state)
+        if score is not None:
+            self._urgency[(shard, segment_key_part(state.segment))][cid] = score
+
+    def urgency_page(self, selection: UrgencySelection, offset: int, limit: int
+                     ) -> tuple[list[tuple[str, CustomerState]], int]:
+        wanted = offset + limit
+        total = 0
+        ranges: list[tuple[int, list[tuple[str, float]]]] = []
+        for (_, segment), members in self._urgency.items():
+            if selection.segment_filter is not None and not selection.segment_filter(
+                    segment or None):
+                continue
+            for tier in selection.tiers:
+                low, high = urgency_ranges(tier, selection.value_tier)
+                inside = sorted(((s, m) for m, s in members.items() if low <= s <= high))
+                total += len(inside)
+                ranges.append((tier, [(m, s) for s, m in inside[:wanted]]))
+        ids = merge_ranked(ranges, wanted)[offset:]
+        return [(cid, state) for cid in ids
+                if (state := self.customer(cid)) is not None], total
 
     def customer(self, customer_id: str) -> CustomerState | None:
         return self.load_customers(shard_of(customer_id, self.shards), [customer_id])[

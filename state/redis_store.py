@@ -9,6 +9,9 @@ shard's keys in one Redis Cluster slot, so a batch commits in one MULTI/EXEC):
 - ``P:{sN}:transitions``      stream of tier transitions (capped), for a CRM or WhatsApp tool
 - ``P:{sN}:h:<customer_id>``  list of the customer's newest transitions (capped)
 - ``P:{sN}:commit``           token of the shard's last commit (makes a retried commit safe)
+- ``P:{sN}:u:<segment>``      sorted set, the urgency index of the customers who declared
+  ``segment`` ("" for none): customer -> :func:`~churnwatch.state.base.urgency_score`
+- ``P:{sN}:useg``             set of the declared segments that have an urgency index
 - ``P:deadletters``           stream of dead letters (capped)
 - ``P:deadletters:offsets``   hash, source partition -> highest offset dead-lettered (each source
   position is dead-lettered once, see :meth:`RedisStore.add_dead_letters`)
@@ -29,7 +32,16 @@ from typing import Any, Protocol, TypeVar
 
 import msgpack
 import redis
-from churnwatch.state.base import dead_letter_position, shard_of
+from churnwatch.state.base import (
+    UrgencySelection,
+    dead_letter_position,
+    merge_ranked,
+    ranges_needing_more,
+    segment_key_part,
+    shard_of,
+    urgency_ranges,
+    urgency_score,
+)
 
 from churnwatch.core.customer import CustomerState
 from churnwatch.core.engine import ShardState, SuddenDrop, TierTransition
@@ -106,6 +118,10 @@ class RedisStore:
         self.max_wait = max_wait
         self.client = client or redis.Redis.from_url(url, socket_connect_timeout=5,
                                                      socket_timeout=30, health_check_interval=10)
+        # The declared segment of each customer the last load_customers() of a shard read, so
+        # commit() moves a customer whose segment changed out of its old urgency index without
+        # another round trip (the dataflow loads a batch's customers, then commits them).
+        self._loaded_segments: dict[int, dict[str, str | None]] = {}
 
     # -- keys ---------------------------------------------------------------------------------
 
@@ -154,8 +170,12 @@ class RedisStore:
         keys = [f"{tag}:c:{cid}" for cid in customer_ids]
         raws = self._call("read_state", lambda: self.client.mget(keys))
         unpack = msgpack.unpackb
-        return {cid: CustomerState.from_wire(unpack(raw, strict_map_key=False)) if raw else None
-                for cid, raw in zip(customer_ids, raws, strict=True)}
+        out = {cid: CustomerState.from_wire(unpack(raw, strict_map_key=False)) if raw else None
+               for cid, raw in zip(customer_ids, raws, strict=True)}
+        self._loaded_segments[shard] = {cid: (None if state is None else
+                                              segment_key_part(state.segment))
+                                        for cid, state in out.items()}
+        return out
 
     def due_customers(self, shard: int, until: float, limit: int) -> list[str]:
         key = f"{self._tag(shard)}:due"
@@ -181,6 +201,7 @@ class RedisStore:
             else:
                 due_add[cid] = float(state.next_review_at)
         shard_blob = msgpack.packb(shard_state.to_wire())
+        index_add, index_remove, segments = self._index_changes(shard, changed)
         # A token written in the same transaction tells a retry whether a MULTI/EXEC whose reply
         # was lost did apply: the stream and history appends must not happen twice.
         token = os.urandom(12)
@@ -201,6 +222,12 @@ class RedisStore:
             if due_remove:
                 pipe.zrem(f"{tag}:due", *due_remove)
             pipe.set(f"{tag}:shard", shard_blob)
+            for segment, members in index_remove.items():
+                pipe.zrem(f"{tag}:u:{segment}", *members)
+            for segment, scores in index_add.items():
+                pipe.zadd(f"{tag}:u:{segment}", scores)
+            if segments:
+                pipe.sadd(f"{tag}:useg", *segments)
             for transition in transitions:
                 record = transition.as_dict()
                 fields = {k: json.dumps(v) if isinstance(v, list) else str(v)
@@ -213,6 +240,144 @@ class RedisStore:
             pipe.execute()
 
         self._call("write_state", write)
+
+    def _index_changes(self, shard: int, changed: Mapping[str, CustomerState]
+                       ) -> tuple[dict[str, dict[str, float]], dict[str, list[str]], set[str]]:
+        """What the urgency index of a shard needs for a batch: scores to add per segment,
+        members to remove per segment (customers whose segment changed, or lost their score),
+        and the segments in use."""
+        loaded = self._loaded_segments.pop(shard, {})
+        add: dict[str, dict[str, float]] = {}
+        remove: dict[str, list[str]] = {}
+        unknown: list[str] = []
+        for cid, state in changed.items():
+            segment = segment_key_part(state.segment)
+            score = urgency_score(state)
+            if score is not None:
+                add.setdefault(segment, {})[cid] = score
+            if cid not in loaded:
+                unknown.append(cid)
+                continue
+            old = loaded[cid]
+            if old is not None and (old != segment or score is None):
+                remove.setdefault(old, []).append(cid)
+        if unknown:
+            # Committed without a load through this store (a bulk loader, a test): take the
+            # customers out of every other segment's index of the shard.
+            key = f"{self._tag(shard)}:useg"
+            known = {m.decode() for m in self._call("read_state",
+                                                     lambda: self.client.smembers(key))}
+            for cid in unknown:
+                state = changed[cid]
+                segment = segment_key_part(state.segment)
+                listed = urgency_score(state) is not None
+                for other in known:
+                    if other != segment or not listed:
+                        remove.setdefault(other, []).append(cid)
+        return add, remove, set(add)
+
+    def urgency_page(self, selection: UrgencySelection, offset: int, limit: int
+                     ) -> tuple[list[tuple[str, CustomerState]], int]:
+        wanted = offset + limit
+
+        def segments() -> list[Any]:
+            pipe = self.client.pipeline(transaction=False)
+            for shard in range(self.shards):
+                pipe.smembers(f"{self._tag(shard)}:useg")
+            return pipe.execute()
+
+        keys: list[tuple[str, int]] = []  # (index key, tier)
+        for shard, members in enumerate(self._call("read_state", segments)):
+            for raw in sorted(members):
+                segment = raw.decode()
+                if selection.segment_filter is None or selection.segment_filter(segment or None):
+                    keys.extend((f"{self._tag(shard)}:u:{segment}", tier)
+                                for tier in sorted(selection.tiers))
+
+        # The first read counts every range and takes a few members of each; further reads
+        # take more only from the ranges that can still reach the page.
+        chunk = max(8, -(-2 * wanted // max(len(keys), 1)))
+        ranked: list[tuple[int, list[tuple[str, float]]]] = [(tier, []) for _, tier in keys]
+        counts: list[int] = []
+        todo = list(range(len(keys)))
+        while todo:
+            def read(todo: list[int] = todo, chunk: int = chunk, first: bool = not counts
+                     ) -> list[Any]:
+                pipe = self.client.pipeline(transaction=False)
+                for i in todo:
+                    key, tier = keys[i]
+                    low, high = urgency_ranges(tier, selection.value_tier)
+                    if first:
+                        pipe.zcount(key, low, high)
+                    pipe.zrangebyscore(key, low, high, start=len(ranked[i][1]), num=chunk,
+                                       withscores=True)
+                return pipe.execute()
+
+            replies = self._call("read_state", read)
+            if not counts:
+                counts = [int(n) for n in replies[0::2]]
+                replies = replies[1::2]
+            for i, items in zip(todo, replies, strict=True):
+                ranked[i][1].extend((m.decode(), s) for m, s in items)
+            todo = ranges_needing_more(ranked, counts, wanted)
+            chunk *= 4
+        total = sum(counts)
+        ids = merge_ranked(ranked, wanted)[offset:]
+        if not ids:
+            return [], total
+        blobs = self._call("read_state", lambda: self.client.mget(
+            [self.customer_key(cid) for cid in ids]))
+        return [(cid, CustomerState.from_wire(msgpack.unpackb(raw, strict_map_key=False)))
+                for cid, raw in zip(ids, blobs, strict=True) if raw], total
+
+    def rebuild_urgency_index(self) -> int:
+        """Write the urgency index of every customer afresh, shard by shard (for state written
+        by a version without the index: ``churnwatch reindex``). Returns the customers indexed.
+        A commit racing with it for the same customer may leave that customer's previous place
+        until the customer's next commit; run it before the monitor, or accept that."""
+        indexed = 0
+        for shard in range(self.shards):
+            tag = self._tag(shard)
+            keys = self._call("read_state", lambda t=tag: [  # type: ignore[misc]
+                k for k in self.client.scan_iter(match=f"{t}:u:*", count=1000)])
+            by_segment: dict[str, dict[str, float]] = {}
+            prefix_len = len(tag) + 3
+            for chunk in self._customer_chunks(shard):
+                for key, raw in chunk:
+                    state = CustomerState.from_wire(msgpack.unpackb(raw, strict_map_key=False))
+                    score = urgency_score(state)
+                    if score is not None:
+                        cid = key.decode()[prefix_len:]
+                        by_segment.setdefault(segment_key_part(state.segment), {})[cid] = score
+                        indexed += 1
+
+            def write(keys: list[Any] = keys,
+                      by_segment: dict[str, dict[str, float]] = by_segment, tag: str = tag
+                      ) -> None:
+                pipe = self.client.pipeline(transaction=True)
+                if keys:
+                    pipe.delete(*keys)
+                pipe.delete(f"{tag}:useg")
+                for segment, scores in by_segment.items():
+                    items = list(scores.items())
+                    for start in range(0, len(items), 10_000):
+                        pipe.zadd(f"{tag}:u:{segment}", dict(items[start:start + 10_000]))
+                if by_segment:
+                    pipe.sadd(f"{tag}:useg", *by_segment)
+                pipe.execute()
+
+            self._call("write_state", write)
+        return indexed
+
+    def _customer_chunks(self, shard: int) -> Iterator[list[tuple[bytes, bytes]]]:
+        """The shard's stored customers as (key, blob), 2,000 per read."""
+        tag = self._tag(shard)
+        keys = self._call("read_state", lambda: list(
+            self.client.scan_iter(match=f"{tag}:c:*", count=5000)))
+        for start in range(0, len(keys), 2000):
+            chunk = keys[start:start + 2000]
+            raws = self._call("read_state", lambda c=chunk: self.client.mget(c))  # type: ignore[misc]
+            yield [(k, r) for k, r in zip(chunk, raws, strict=True) if r]
 
     def customer(self, customer_id: str) -> CustomerState | None:
         return self.load_customers(shard_of(customer_id, self.shards), [customer_id])[
@@ -318,6 +483,8 @@ def _transition_from_fields(fields: Mapping[bytes, bytes]) -> dict[str, object]:
             record[name] = json.loads(text)
         elif name in ("old_score", "new_score", "at"):
             record[name] = float(text)
+        elif name == "holdout":
+            record[name] = text == "True"
         else:
             record[name] = text
     record.setdefault("old_score", None)

@@ -30,8 +30,10 @@ def test_top_prints_the_worklist_most_urgent_first(args: list[str],
     assert code == 0
     lines = out.splitlines()
     assert lines[0].split() == ["#", "customer", "segment", "tier", "score", "value",
-                                "tier", "since", "last", "order"]
+                                "tier", "since", "last", "order", "next", "action"]
     rows = lines[1:-1]
+    # Every at-risk or churned customer gets a playbook's action, or is held out.
+    assert all(row.rstrip().endswith(")") or "hold-out:" in row for row in rows), rows
     assert rows and all(" fashion " in row for row in rows)
     ids = [row.split("  ")[1].strip() for row in rows]
     assert ODD_ID in ids and "plain-3" in ids

@@ -28,6 +28,7 @@ from replayed_shop import Shop, replayed_shop  # noqa: F401
 from churnwatch.core.config import COMPONENTS, TIERS, ChurnwatchConfig
 from churnwatch.core.engine import SCORE_BANDS, BatchResult, ShardState
 from churnwatch.core.events import DEAD_LETTER_REASONS, InvalidEvent
+from churnwatch.core.playbooks import DEFAULT_PLAYBOOKS
 from churnwatch.replay import replay
 
 BOUNDED_LABELS = {
@@ -39,6 +40,10 @@ BOUNDED_LABELS = {
     "source": set(SOURCES),
     "reason": set(DEAD_LETTER_REASONS),
     "operation": set(REDIS_OPERATIONS),
+    # Win-back: playbook names come from the configuration (here the defaults).
+    "playbook": {p.name for p in DEFAULT_PLAYBOOKS},
+    "group": {"treated", "holdout"},
+    "bound": {"estimate", "low", "high"},
 }
 
 

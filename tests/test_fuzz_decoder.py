@@ -31,7 +31,7 @@ from churnwatch.core.events import (
 NOW = 1_700_000_000.0
 POSITION = "fuzz.jsonl:42"
 FIELDS = ("customer_id", "type", "ts", "event_id", "amount", "channel", "score", "kind",
-          "severity", "segment", "category", "value_tier")
+          "severity", "segment", "category", "value_tier", "playbook")
 
 json_scalars = (st.none() | st.booleans() | st.integers() | st.integers(min_value=-10**400,
                                                                           max_value=10**400)
@@ -183,9 +183,11 @@ def test_amount_above_the_ceiling_is_a_dead_letter_naming_the_key() -> None:
                                    max_amount=1000), Event)
 
 
-@pytest.mark.parametrize("field", ["customer_id", "event_id", "segment"])
-def test_lone_surrogates_in_kept_strings_are_invalid_fields(field: str) -> None:
-    text = f'{{"customer_id": "c1", "type": "profile", "ts": 1, "{field}": "a\\ud800b"}}'
+@pytest.mark.parametrize(("kind", "field"), [("profile", "customer_id"), ("profile", "event_id"),
+                                             ("profile", "segment"), ("intervention", "playbook")])
+def test_lone_surrogates_in_kept_strings_are_invalid_fields(kind: str, field: str) -> None:
+    text = (f'{{"customer_id": "c1", "type": "{kind}", "ts": 1, "channel": "phone", '
+            f'"{field}": "a\\ud800b"}}')
     for payload in (text.encode(), text, json.loads(text)):
         result = decode(payload)
         assert isinstance(result, InvalidEvent) and result.reason == "invalid_field"

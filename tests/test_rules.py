@@ -32,7 +32,7 @@ ROUTES_TEST = ALERTMANAGER_CONFIG.parent / "routes_test.yml"
 RUNBOOKS = REPO_ROOT / "docs" / "runbooks.md"
 RUNBOOK_URL = "https://github.com/churnwatch/churnwatch/blob/main/docs/runbooks.md#"
 WORKLIST_URL = (
-    "http://127.0.0.1:9464/api/v1/customers?segment={{ $labels.segment | urlquery }}&tier=at_risk"
+    "http://127.0.0.1:9464/?segment={{ $labels.segment | urlquery }}&tier=at_risk"
 )
 TOOL_TIMEOUT_SECONDS = 120
 

@@ -18,6 +18,7 @@ from redis_server import redis_server  # noqa: F401
 from replayed_shop import ODD_ID, Shop, replayed_shop  # noqa: F401
 
 from churnwatch.core.config import TIERS, ChurnwatchConfig
+from churnwatch.core.playbooks import DEFAULT_PLAYBOOKS
 
 TOKEN = "worklist-test-token"
 
@@ -185,6 +186,45 @@ def test_customer_detail_explains_score_and_history(api: str) -> None:
     assert history[-1]["tier"] == detail["tier"]
 
 
+def test_rows_and_customers_carry_reason_codes_and_a_suggestion(api: str) -> None:
+    status, page = get(f"{api}/api/v1/customers?limit=1000")
+    assert status == 200
+    playbooks = {p.name for p in DEFAULT_PLAYBOOKS}
+    for row in page["customers"]:
+        assert row["main_reason"] and isinstance(row["reason_codes"], list)
+        if row["suggestion"] is None:
+            # No suggestion only for a hold-out (every at-risk or churned customer matches
+            # one of the defaults).
+            assert row["holdout_playbook"] in playbooks, row
+        else:
+            assert row["suggestion"]["playbook"] in playbooks
+            assert row["suggestion"]["action"] and row["suggestion"]["channel"]
+    status, detail = get(f"{api}/api/v1/customers/{quote(ODD_ID, safe='')}")
+    assert status == 200 and "suggestion" in detail and "interventions" in detail
+
+
+def test_segments_and_winback_endpoints_add_up(api: str, replayed_shop: Shop) -> None:  # noqa: F811
+    status, overview = get(f"{api}/api/v1/segments")
+    assert status == 200
+    store = replayed_shop.store()
+    try:
+        everyone = list(store.iter_customers())
+    finally:
+        store.close()
+    assert sum(s["customers"] for s in overview["segments"]) == len(everyone)
+    by_name = {s["segment"]: s for s in overview["segments"]}
+    assert set(by_name) == set(replayed_shop.config.segments)
+    fashion_at_risk = sum(1 for _, s in everyone if s.segment == "fashion" and s.tier == 2)
+    assert by_name["fashion"]["tiers"]["at_risk"] == fashion_at_risk
+    status, winback = get(f"{api}/api/v1/winback")
+    assert status == 200
+    assert [w["playbook"] for w in winback["playbooks"]] == [p.name for p in DEFAULT_PLAYBOOKS]
+    assigned = sum(w["treated"]["assigned"] + w["holdout"]["assigned"]
+                   for w in winback["playbooks"])
+    assert assigned > 0
+    assert overview["winback"] == winback["playbooks"]
+
+
 def test_unknown_customer_is_404_and_unknown_endpoint_is_404(api: str) -> None:
     status, body = get(f"{api}/api/v1/customers/nobody-here")
     assert status == 404 and "nobody-here" in body["error"]
@@ -301,3 +341,51 @@ def test_with_a_token_a_server_beyond_loopback_serves_the_api_to_anyone_with_it(
         assert get(f"http://{address}:{server.port}/api/v1/transitions", token=None)[0] == 401
     finally:
         server.shutdown()
+
+
+# -- the pages on the same server (what `churnwatch run` serves) ----------------------------------
+
+
+class NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args, **kwargs):  # noqa: ANN002, ANN003, ANN201
+        return None
+
+
+def raw(url: str, data: bytes | None = None, cookie: str | None = None
+        ) -> tuple[int, dict[str, str], str]:
+    opener = urllib.request.build_opener(NoRedirect)
+    request = urllib.request.Request(url, data=data, method="POST" if data else "GET")
+    if cookie:
+        request.add_header("Cookie", cookie)
+    try:
+        with opener.open(request, timeout=30) as reply:
+            return reply.status, dict(reply.headers), reply.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, dict(error.headers), error.read().decode()
+
+
+def test_pages_need_a_session_that_login_sets_with_a_strict_http_only_cookie(api: str) -> None:
+    status, headers, _ = raw(f"{api}/?segment=fashion")
+    assert status == 303 and headers["Location"] == "/login?next=%2F%3Fsegment%3Dfashion"
+    status, headers, body = raw(f"{api}/login", data=b"token=wrong&next=/")
+    assert status == 401 and "Wrong token." in body and "Set-Cookie" not in headers
+    status, headers, _ = raw(f"{api}/login",
+                             data=f"token={TOKEN}&next=https://evil.example/".encode())
+    assert status == 303 and headers["Location"] == "/"
+    cookie = headers["Set-Cookie"]
+    assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and TOKEN not in cookie
+    session = cookie.split(";")[0]
+    status, headers, body = raw(f"{api}/?segment=fashion", cookie=session)
+    assert status == 200 and headers["Content-Type"].startswith("text/html")
+    assert "script-src" not in headers["Content-Security-Policy"]
+    assert "default-src 'none'" in headers["Content-Security-Policy"]
+    assert 'class="customer-row"' in body
+    status, _, body = raw(f"{api}/customers/{quote(ODD_ID, safe='')}", cookie=session)
+    assert status == 200 and "vip/1 é" in body and "<svg" in body
+    status, _, body = raw(f"{api}/customers/nobody-here", cookie=session)
+    assert status == 404 and "nobody-here" in body
+    status, _, body = raw(f"{api}/?tier=lost", cookie=session)
+    assert status == 400 and "unknown tier" in body
+    # The session cookie also opens the API, for a browser.
+    status, _, body = raw(f"{api}/api/v1/customers?limit=1", cookie=session)
+    assert status == 200 and json.loads(body)["customers"]

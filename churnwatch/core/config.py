@@ -22,6 +22,14 @@ from typing import Any
 
 import tomllib
 
+from churnwatch.core.playbooks import (
+    DEFAULT_PLAYBOOKS,
+    Playbook,
+    WinbackPolicy,
+    parse_playbooks,
+    parse_winback,
+)
+
 COMPONENTS = ("recency", "trend", "engagement", "service")
 TIERS = ("healthy", "watch", "at_risk", "churned")
 UNASSIGNED_SEGMENT = "unassigned"
@@ -94,6 +102,9 @@ class ChurnwatchConfig:
     kafka_topic: str = "churnwatch-events"
     batch_size: int = 5000
     source_file: str = "<defaults>"
+    # Customer success (churnwatch.core.playbooks): [playbooks.NAME] and [winback].
+    playbooks: tuple[Playbook, ...] = DEFAULT_PLAYBOOKS
+    winback: WinbackPolicy = field(default_factory=WinbackPolicy)
 
     @property
     def segments(self) -> tuple[str, ...]:
@@ -135,7 +146,8 @@ def parse_config(data: Mapping[str, Any], *, source: str) -> ChurnwatchConfig:
     """Validate an already-parsed TOML document."""
     reader = _Reader(source)
     reader.only(data, "", {"scoring", "tiers", "segments", "recency", "windows", "alerts",
-                            "value", "state", "input", "metrics", "source"})
+                            "value", "state", "input", "metrics", "source", "playbooks",
+                            "winback"})
     scoring = reader.table(data, "scoring")
     reader.only(scoring, "scoring", {"horizon_days", "weights", "churn_rate_objective"})
     tiers = reader.table(data, "tiers")
@@ -245,7 +257,14 @@ def parse_config(data: Mapping[str, Any], *, source: str) -> ChurnwatchConfig:
         kafka_brokers=reader.string(src, "source", "kafka_brokers", d.kafka_brokers),
         kafka_topic=reader.string(src, "source", "kafka_topic", d.kafka_topic),
         source_file=source,
+        **_customer_success(reader, data),
     )
+
+
+def _customer_success(reader: _Reader, data: Mapping[str, Any]) -> dict[str, Any]:
+    """``[playbooks.NAME]`` and ``[winback]``, parsed by ``churnwatch.core.playbooks``."""
+    return {"playbooks": parse_playbooks(reader.table(data, "playbooks"), source=reader.source),
+            "winback": parse_winback(reader.table(data, "winback"), source=reader.source)}
 
 
 def _policy(reader: _Reader, base: SegmentPolicy, table: Mapping[str, Any], where: str,

@@ -78,6 +78,7 @@ class CustomerState:
         "score", "tier", "components", "scored_at", "next_review_at", "tier_since",
         "peak_score", "peak_at", "drop_counted", "high_value",
         "offsets", "recent_ids",
+        "outreach",
     )
 
     def __init__(self, first_seen: float) -> None:
@@ -117,6 +118,9 @@ class CustomerState:
         # Idempotence: the last applied offset per source partition, recent event ids.
         self.offsets: dict[int, int] = {}
         self.recent_ids: list[int] = []
+        # Customer success (churnwatch.core.winback): the open playbook assignment and the
+        # latest interventions; ``None`` until there is any.
+        self.outreach: dict[str, Any] | None = None
 
     # -- windows -------------------------------------------------------------------------------
 
@@ -166,6 +170,8 @@ class CustomerState:
             value_tier = event.attributes.get("value_tier")
             if value_tier:
                 self.declared_value_tier = value_tier
+        elif kind == ev.INTERVENTION:
+            self._intervened(event)
 
     def _engage(self, channel: str, slot: int, ts: float, half_life: float) -> None:
         counters = self.channels.get(channel)
@@ -196,6 +202,22 @@ class CustomerState:
         if feedback is not None:
             self.fb_sum += feedback * weight
             self.fb_weight += weight
+
+    def _intervened(self, event: ev.Event) -> None:
+        """Remember an intervention; the first one that answers the open playbook assignment
+        marks the customer contacted (``churnwatch.core.winback`` counts it)."""
+        outreach = self.outreach if self.outreach is not None else {}
+        playbook = event.attributes.get("playbook")
+        log = list(outreach.get("log", []))
+        log.append([math.floor(event.ts), event.channel, playbook])
+        log.sort(key=lambda entry: entry[0])
+        outreach["log"] = log[-INTERVENTIONS_KEPT:]
+        assigned = outreach.get("playbook")
+        if (assigned is not None and outreach.get("contacted_at") is None
+                and event.ts >= outreach.get("assigned_at", 0)
+                and playbook in (None, assigned)):
+            outreach["contacted_at"] = math.floor(event.ts)
+        self.outreach = outreach
 
     # -- derived -------------------------------------------------------------------------------
 
@@ -234,7 +256,7 @@ class CustomerState:
             _ot_up(self.next_review_at), _t(self.tier_since),
             round(self.peak_score * 100), _t(self.peak_at), self.drop_counted, self.high_value,
             self.offsets or None, self.recent_ids or None,
-        ]
+        ] + ([self.outreach] if self.outreach else [])
 
     @classmethod
     def from_wire(cls, data: list[Any]) -> CustomerState:
@@ -247,7 +269,9 @@ class CustomerState:
          state.svc_ref, state.visits, state.last_visit, state.score, state.tier,
          state.components, state.scored_at, state.next_review_at, state.tier_since,
          state.peak_score, state.peak_at, state.drop_counted, state.high_value,
-         offsets, recent_ids) = data
+         offsets, recent_ids) = data[:34]
+        # Optional trailing fields, absent in states written before they existed.
+        state.outreach = data[34] if len(data) > 34 else None
         state.channels = channels or {}
         if state.score is not None:
             state.score = state.score / 100.0
@@ -270,6 +294,9 @@ def _ot_up(ts: float | None) -> int | None:
     # Review times round up: a review a moment late is harmless, one early would find nothing.
     return None if ts is None else math.ceil(ts)
 
+
+#: Interventions remembered per customer (for the customer page).
+INTERVENTIONS_KEPT = 10
 
 _ENGAGEMENT_SLOT = {
     ev.CAMPAIGN_SENT: SENT,

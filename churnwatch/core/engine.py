@@ -40,6 +40,7 @@ from churnwatch.core.scoring import (
     tier_name,
     windows_of,
 )
+from churnwatch.core.winback import Suggestion, track
 
 RECENT_IDS_KEPT = 8
 SCORE_BANDS = tuple(f"{lo:02d}-{lo + 10}" for lo in range(0, 100, 10))
@@ -69,14 +70,26 @@ class TierTransition:
     at: float
     reasons: tuple[str, ...]
     cause: str  # "event" or "silence"
+    #: The playbook suggested at this change (churnwatch.core.winback), if any.
+    suggestion: Suggestion | None = None
 
     def as_dict(self) -> dict[str, object]:
         """The record as plain data (for streams, files and the API)."""
-        return {"customer_id": self.customer_id, "segment": self.segment,
-                "from": self.from_tier, "to": self.to_tier,
-                "old_score": None if self.old_score is None else round(self.old_score, 1),
-                "new_score": round(self.new_score, 1), "at": self.at,
-                "reasons": list(self.reasons), "cause": self.cause}
+        record: dict[str, object] = {
+            "customer_id": self.customer_id, "segment": self.segment,
+            "from": self.from_tier, "to": self.to_tier,
+            "old_score": None if self.old_score is None else round(self.old_score, 1),
+            "new_score": round(self.new_score, 1), "at": self.at,
+            "reasons": list(self.reasons), "cause": self.cause}
+        if self.suggestion is not None:
+            record["playbook"] = self.suggestion.playbook
+            record["holdout"] = self.suggestion.holdout
+            if not self.suggestion.holdout:
+                record["action"] = self.suggestion.action
+                record["channel"] = self.suggestion.channel
+                if self.suggestion.message is not None:
+                    record["message"] = self.suggestion.message
+        return record
 
 
 @dataclass(frozen=True, slots=True)
@@ -304,6 +317,9 @@ class ShardEngine:
                             or state.spend >= priors.spend_quantile_floor(
                                 config.high_value_top_share) > 0)
         segment = config.segment_label(state.segment)
+        # Playbook assignment and win-back counting (churnwatch.core.winback).
+        suggestion = track(cid, state, assessment, now, old_tier, new_tier, config,
+                           self.state.counters)
         if new_tier != old_tier:
             # A customer's first tier is an assignment, not a change: it is in the state and the
             # tier gauges, but makes no transition record.
@@ -314,7 +330,7 @@ class ShardEngine:
                     component_moves(previous, state.components),)
                 result.transitions.append(TierTransition(
                     cid, segment, tier_name(old_tier), tier_name(new_tier), old_score, score,
-                    now, why, cause))
+                    now, why, cause, suggestion))
                 key = f"transitions|{segment}|{TIERS[old_tier]}|{TIERS[new_tier]}"
                 self.state.counters[key] = self.state.counters.get(key, 0.0) + 1.0
                 if new_tier == HEALTHY and old_tier >= AT_RISK:

@@ -45,6 +45,8 @@ SUPPORT_TICKET = "support_ticket"
 FEEDBACK = "feedback"
 VISIT = "visit"
 PROFILE = "profile"
+#: Customer success acted: a playbook's outreach went out (see docs/events.md).
+INTERVENTION = "intervention"
 
 CAMPAIGN_CHANNELS = frozenset({"email", "whatsapp", "sms", "push"})
 MESSAGE_CHANNELS = frozenset({"whatsapp", "email", "sms", "chat"})
@@ -61,6 +63,7 @@ EVENT_TYPES = frozenset(
         FEEDBACK,
         VISIT,
         PROFILE,
+        INTERVENTION,
     }
 )
 FEEDBACK_KINDS = frozenset({"nps", "csat", "review"})
@@ -330,6 +333,8 @@ def _validate(
                 f"{', '.join(TICKET_SEVERITIES)}",
             )
         return Event(customer_id, kind, ts, event_id, severity=TICKET_SEVERITIES[severity])
+    if kind == INTERVENTION:
+        return _intervention(obj, customer_id, ts, event_id)
     if kind == PROFILE:
         attributes: dict[str, str] = {}
         for key in ("segment", "category", "value_tier"):
@@ -502,3 +507,32 @@ def _show(value: Any) -> str:
 
 def _clip(text: str, limit: int = 200) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
+
+
+# -- interventions -------------------------------------------------------------------------------
+
+#: Channels an intervention can go out on.
+INTERVENTION_CHANNELS = frozenset({"phone", "whatsapp", "email", "sms", "chat", "letter", "visit"})
+
+
+def _intervention(obj: Mapping[str, Any], customer_id: str, ts: float,
+                  event_id: str | None) -> Event:
+    """An ``intervention``: ``channel`` required, ``playbook`` (the playbook acted on) optional.
+
+    >>> e = decode_event({"customer_id": "c1", "type": "intervention", "ts": 0,
+    ...                   "channel": "phone", "playbook": "fix_service_first"}, position="x:1")
+    >>> e.channel, e.attributes["playbook"]
+    ('phone', 'fix_service_first')
+    """
+    channel = _channel(obj, INTERVENTION, INTERVENTION_CHANNELS)
+    attributes: dict[str, str] = {}
+    playbook = obj.get("playbook")
+    if playbook is not None:
+        playbook = _text(playbook, "playbook")
+        if len(playbook) > 64:
+            raise ContractViolation(
+                "invalid_field",
+                f"field 'playbook' must be at most 64 characters, got {_show(playbook)}",
+            )
+        attributes["playbook"] = playbook
+    return Event(customer_id, INTERVENTION, ts, event_id, channel=channel, attributes=attributes)
