@@ -35,11 +35,12 @@ PROMETHEUS = dashboard_models.DataSourceRef(type_val="prometheus", uid=PROMETHEU
 
 DASHBOARD_TAG = "churnwatch"
 
-WORKLIST_URL = "http://127.0.0.1:9464/api/v1/customers?segment=${segment}&tier=at_risk"
-"""The customer-success worklist served by `churnwatch run` for the selected segment."""
+WORKLIST_URL = "http://127.0.0.1:9464/?segment=${segment}&tier=at_risk"
+"""The customer-success worklist page served by `churnwatch run` (and `churnwatch serve`) for
+the selected segment."""
 
 SEGMENT_WORKLIST_URL = (
-    "http://127.0.0.1:9464/api/v1/customers?segment=${__field.labels.segment}&tier=at_risk"
+    "http://127.0.0.1:9464/?segment=${__field.labels.segment}&tier=at_risk"
 )
 """The worklist for the segment of the series (or bar) that was clicked."""
 

@@ -28,7 +28,7 @@ RECORDING_RULES = RULES_DIR / "recording.yml"
 
 PROMETHEUS_UID = "churnwatch-prometheus"
 EXPECTED_UIDS = {"churnwatch-overview", "churnwatch-segment", "churnwatch-pipeline"}
-WORKLIST_URL = "http://127.0.0.1:9464/api/v1/customers?segment=${segment}&tier=at_risk"
+WORKLIST_URL = "http://127.0.0.1:9464/?segment=${segment}&tier=at_risk"
 
 # Series Prometheus itself creates, which no catalog lists.
 PROMETHEUS_BUILTIN_SERIES = {"ALERTS", "ALERTS_FOR_STATE", "up"}
