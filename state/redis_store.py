@@ -13,7 +13,8 @@ shard's keys in one Redis Cluster slot, so a batch commits in one MULTI/EXEC):
 
 Every call goes through :meth:`RedisStore._call`, which retries with exponential backoff while
 Redis is unreachable, logging and reporting each failure to the observer, so an outage pauses
-the flow instead of crashing it.
+the flow instead of crashing it. A refused login (wrong password) is raised at once: waiting
+cannot cure it (see ``churnwatch.state.connection``).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from typing import Any, Protocol, TypeVar
 import msgpack
 import redis
 from churnwatch.state.base import shard_of
+from churnwatch.state.connection import is_lost_connection
 
 from churnwatch.core.customer import CustomerState
 from churnwatch.core.engine import ShardState, SuddenDrop, TierTransition
@@ -96,6 +98,8 @@ class RedisStore:
             except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError,
                     redis.ReadOnlyError) as exc:
                 self.observer.error(operation, exc)
+                if not is_lost_connection(exc):
+                    raise
                 waited = time.monotonic() - started
                 if self.max_wait is not None and waited >= self.max_wait:
                     raise
