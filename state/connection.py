@@ -39,7 +39,11 @@ def redact_url(url: str) -> str:
         f"{key}=***" if key.lower() == "password" else item
         for item in parts.query.split("&") if item
         for key in [item.partition("=")[0]]) if parts.query else ""
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    if not parts.scheme:
+        return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    # By hand: urlunsplit would drop the empty host of ``unix:///path``.
+    return (f"{parts.scheme}://{netloc}{parts.path}" + (f"?{query}" if query else "")
+            + (f"#{parts.fragment}" if parts.fragment else ""))
 
 
 def is_authentication_error(exc: BaseException) -> bool:
@@ -71,7 +75,7 @@ def is_lost_connection(exc: BaseException) -> bool:
 def describe_failure(url: str, exc: BaseException) -> str:
     """One line for a person: which Redis (redacted) and what went wrong.
 
-    >>> describe_failure("redis://:pw@h:1/0", redis.AuthenticationError("bad password"))[:58]
+    >>> describe_failure("redis://:pw@h:1/0", redis.AuthenticationError("bad password"))[:60]
     'Redis at redis://:***@h:1/0 refused the login (bad password)'
     """
     where = f"Redis at {redact_url(url)}"
