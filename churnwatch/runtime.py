@@ -192,8 +192,8 @@ class GracefulStop:
         self.signal = signum
         self.requested.set()
         # os.write, not print: a handler may run while the main thread is inside print().
-        os.write(2, f"churnwatch {self.command}: stopping: committing what was read and taking "
-                    "a final snapshot (signal again to stop at once)\n".encode())
+        os.write(2, f"churnwatch {self.command}: stopping cleanly, committing what was read "
+                    "(signal again to stop at once)\n".encode())
 
     @contextlib.contextmanager
     def installed(self) -> Iterator[GracefulStop]:

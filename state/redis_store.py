@@ -9,6 +9,9 @@ shard's keys in one Redis Cluster slot, so a batch commits in one MULTI/EXEC):
 - ``P:{sN}:transitions``      stream of tier transitions (capped), for a CRM or WhatsApp tool
 - ``P:{sN}:h:<customer_id>``  list of the customer's newest transitions (capped)
 - ``P:{sN}:commit``           token of the shard's last commit (makes a retried commit safe)
+- ``P:{sN}:positions``        hash: source partition id -> highest offset the shard processed,
+                              and ``committed_at`` (wall clock of the last commit); written in
+                              the commit's transaction (``churnwatch status`` reads it)
 - ``P:deadletters``           stream of dead letters (capped)
 
 Every call goes through :meth:`RedisStore._call`, which retries with exponential backoff while
@@ -24,7 +27,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Any, Protocol, TypeVar
+from typing import Any, NamedTuple, Protocol, TypeVar
 
 import msgpack
 import redis
@@ -113,8 +116,51 @@ class RedisStore:
     # -- StateStore ---------------------------------------------------------------------------
 
     def load_shard(self, shard: int) -> ShardState:
-        raw = self._call("read_state", lambda: self.client.get(f"{self._tag(shard)}:shard"))
-        return ShardState.from_wire(msgpack.unpackb(raw, strict_map_key=False) if raw else None)
+        tag = self._tag(shard)
+
+        def read() -> list[Any]:
+            pipe = self.client.pipeline(transaction=False)
+            pipe.get(f"{tag}:shard")
+            pipe.hgetall(f"{tag}:positions")
+            return pipe.execute()
+
+        raw, positions = self._call("read_state", read)
+        state = ShardState.from_wire(msgpack.unpackb(raw, strict_map_key=False) if raw else None)
+        state.positions = _positions(positions)
+        return state
+
+    def committed_positions(self) -> dict[int, CommittedPositions]:
+        """Per shard that has committed: the highest offset it processed per source partition
+        id, and the wall-clock time of its last commit (for ``churnwatch status``)."""
+
+        def read() -> list[Any]:
+            pipe = self.client.pipeline(transaction=False)
+            for shard in range(self.shards):
+                pipe.hgetall(f"{self._tag(shard)}:positions")
+            return pipe.execute()
+
+        out: dict[int, CommittedPositions] = {}
+        for shard, fields in enumerate(self._call("read_state", read)):
+            if fields:
+                at = fields.get(b"committed_at")
+                out[shard] = CommittedPositions(_positions(fields),
+                                                float(at) if at is not None else None)
+        return out
+
+    def dead_letter_count(self) -> tuple[int, int]:
+        """Dead letters ever added to the dead-letter stream, and how many it still holds
+        (it is capped at about ``DEAD_LETTERS_KEPT``)."""
+        key = f"{self.prefix}:deadletters"
+
+        def read() -> tuple[int, int]:
+            try:
+                info = self.client.xinfo_stream(key)
+            except redis.ResponseError:  # no such key: none yet
+                return 0, 0
+            length = int(info["length"])
+            return int(info.get("entries-added", length)), length
+
+        return self._call("read_state", read)
 
     def load_customers(self, shard: int, customer_ids: Sequence[str]
                        ) -> dict[str, CustomerState | None]:
@@ -151,6 +197,8 @@ class RedisStore:
             else:
                 due_add[cid] = float(state.next_review_at)
         shard_blob = msgpack.packb(shard_state.to_wire())
+        positions: dict[str, str] = {str(p): str(o) for p, o in shard_state.positions.items()}
+        positions["committed_at"] = repr(time.time())
         # A token written in the same transaction tells a retry whether a MULTI/EXEC whose reply
         # was lost did apply: the stream and history appends must not happen twice.
         token = os.urandom(12)
@@ -171,6 +219,7 @@ class RedisStore:
             if due_remove:
                 pipe.zrem(f"{tag}:due", *due_remove)
             pipe.set(f"{tag}:shard", shard_blob)
+            pipe.hset(f"{tag}:positions", mapping=positions)
             for transition in transitions:
                 record = transition.as_dict()
                 fields = {k: json.dumps(v) if isinstance(v, list) else str(v)
@@ -258,6 +307,18 @@ class RedisStore:
 
     def close(self) -> None:
         self.client.close()
+
+
+class CommittedPositions(NamedTuple):
+    """What one shard has committed: the highest offset processed per source partition id,
+    and when (wall clock; ``None`` if unknown)."""
+
+    offsets: dict[int, int]
+    committed_at: float | None
+
+
+def _positions(fields: Mapping[bytes, bytes]) -> dict[int, int]:
+    return {int(k): int(v) for k, v in fields.items() if k.isdigit()}
 
 
 def _transition_from_fields(fields: Mapping[bytes, bytes]) -> dict[str, object]:
