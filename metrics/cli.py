@@ -1,8 +1,10 @@
 """``churnwatch top`` and ``churnwatch explain``: the worklist on the command line.
 
 Both read the state a running (or finished) churnwatch left in Redis: pass ``--redis-url`` or
-set ``CHURNWATCH_REDIS_URL``, and the same ``--config`` the monitor runs with (segments,
-shards and key prefix must match).
+set ``CHURNWATCH_REDIS_URL`` (or ``CHURNWATCH_REDIS_URL_FILE``), and the same ``--config`` the
+monitor runs with (segments, shards and key prefix must match). Without a URL they refuse: a
+private Redis would be empty. An unreachable Redis or a refused login is a one-line error
+(exit 2).
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ from churnwatch.metrics.worklist import (
 def register(sub: argparse._SubParsersAction,  # type: ignore[type-arg]
              common: Callable[[argparse.ArgumentParser], None]) -> None:
     """Add ``top`` and ``explain`` to the ``churnwatch`` command."""
+    from churnwatch.runtime import add_monitor_options
+
     p = sub.add_parser("top", help="the customers to act on first (the CS worklist)",
                        description=f"Customers in the given tiers, most urgent first: {URGENCY}.")
     p.add_argument("--tier", default=",".join(DEFAULT_TIERS),
@@ -38,29 +42,21 @@ def register(sub: argparse._SubParsersAction,  # type: ignore[type-arg]
     p.add_argument("--limit", type=int, default=20, help=f"1..{MAX_LIMIT} (default: 20)")
     p.add_argument("--offset", type=int, default=0, help="skip this many (default: 0)")
     p.add_argument("--json", action="store_true", help="print the API's JSON instead of a table")
-    common(p)
+    add_monitor_options(p)
     p.set_defaults(func=cmd_top)
 
     p = sub.add_parser("explain", help="one customer's score, components, reasons and history")
     p.add_argument("customer_id", metavar="CUSTOMER_ID")
     p.add_argument("--json", action="store_true", help="print the API's JSON instead of text")
-    common(p)
+    add_monitor_options(p)
     p.set_defaults(func=cmd_explain)
-
-
-def _open_store(args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    """The configuration and a context manager yielding the store, as churnwatch.cli does."""
-    from churnwatch.runtime import config_from_args, store_factory
-
-    config = config_from_args(args)
-    return config, store_factory(args, config, max_wait=5.0)
 
 
 def cmd_top(args: argparse.Namespace) -> int:
     """``churnwatch top``."""
-    from churnwatch.runtime import UsageError
+    from churnwatch.runtime import UsageError, config_from_args, monitor_store
 
-    config, opened = _open_store(args)
+    config = config_from_args(args)
     params = {"tier": [args.tier], "limit": [str(args.limit)], "offset": [str(args.offset)]}
     if args.segment:
         params["segment"] = [args.segment]
@@ -70,8 +66,7 @@ def cmd_top(args: argparse.Namespace) -> int:
         query = parse_worklist_query(params, config)
     except BadRequest as exc:
         raise UsageError(f"--{exc.parameter.replace('_', '-')}: {exc.message}") from None
-    with opened as (factory, _url):
-        store = factory()
+    with monitor_store(args, config, "top") as store:
         page = worklist(store.iter_customers(), config, query)
     if args.json:
         print(json.dumps(page.as_dict(), indent=2))
@@ -82,9 +77,11 @@ def cmd_top(args: argparse.Namespace) -> int:
 
 def cmd_explain(args: argparse.Namespace) -> int:
     """``churnwatch explain CUSTOMER_ID``; exit code 1 for an unknown customer."""
-    config, opened = _open_store(args)
-    with opened as (factory, _url):
-        detail = customer_detail(factory(), config, args.customer_id)
+    from churnwatch.runtime import config_from_args, monitor_store
+
+    config = config_from_args(args)
+    with monitor_store(args, config, "explain") as store:
+        detail = customer_detail(store, config, args.customer_id)
     if detail is None:
         print(f"churnwatch: unknown customer {args.customer_id!r}", file=sys.stderr)
         return 1
