@@ -158,8 +158,9 @@ def _partition_status(client: redis.Redis, stream: str,
     last_committed: str | None = start[1:] if done else None
     scanned = 0
     capped = False
-    while not capped:
-        entries = client.xrange(stream, start, "+", count=SCAN_CHUNK)
+    while True:
+        wanted = min(SCAN_CHUNK, scan_limit - scanned)
+        entries = client.xrange(stream, start, "+", count=wanted)
         for raw_id, fields in entries:
             entry_id = _text(raw_id)
             if _is_committed(stream, entry_id, fields, done, config, now, dead):
@@ -169,10 +170,12 @@ def _partition_status(client: redis.Redis, stream: str,
                 pending += 1
                 first_pending = first_pending or entry_id
         scanned += len(entries)
-        if len(entries) < SCAN_CHUNK:
+        if len(entries) < wanted:
             break
-        capped = scanned >= scan_limit
         start = f"({_text(entries[-1][0])}"
+        if scanned >= scan_limit:
+            capped = bool(client.xrange(stream, start, "+", count=1))
+            break
     return PartitionStatus(stream, end_id, int(info["length"]),
                            last_committed if first_pending or capped else end_id,
                            pending, capped, last_commit)
