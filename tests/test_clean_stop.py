@@ -8,6 +8,7 @@ shell (CI) start with SIGINT ignored, and a test must see what a terminal user s
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -25,6 +26,7 @@ from live_servers import (
     kill_hard,
     live_redis,  # noqa: F401
     tail,
+    tansu,  # noqa: F401
     wait_for,
     write_config,
 )
@@ -66,10 +68,10 @@ def assert_clean(log: Path) -> None:
         assert word not in text, f"{word!r} in the output:\n{text[-3000:]}"
 
 
-def counter(metrics_url: str, name: str) -> float:
+def counter(metrics_url: str, name: str, source: str = "redis") -> float:
     with urllib.request.urlopen(metrics_url, timeout=10) as reply:
         text = reply.read().decode()
-    found = re.search(rf'^{name}{{source="redis"}} (\S+)$', text, re.MULTILINE)
+    found = re.search(rf'^{name}{{source="{source}"}} (\S+)$', text, re.MULTILINE)
     assert found, f"{name} missing from {metrics_url}"
     return float(found.group(1))
 
@@ -121,6 +123,76 @@ def test_sigterm_commits_and_snapshots_so_a_restart_rereads_nothing_and_ctrl_c_e
         kill_hard(second)
     assert_clean(second_log)
     assert "stopped (Ctrl-C)" in second_log.read_text()
+
+
+def test_a_kafka_run_stops_cleanly_and_resumes_after_what_it_read(
+        live_redis: LiveRedis, tansu: str, tmp_path: Path) -> None:
+    from confluent_kafka import Producer
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    topic = "clean-stop"
+    admin = AdminClient({"bootstrap.servers": tansu})
+    for future in admin.create_topics([NewTopic(topic, 2, 1)]).values():
+        future.result(timeout=30)
+
+    def produce(events: list[dict[str, object]]) -> None:
+        producer = Producer({"bootstrap.servers": tansu, "linger.ms": 5})
+        for event in events:
+            producer.produce(topic, value=json.dumps(event).encode(),
+                             key=str(event["customer_id"]).encode())
+        assert producer.flush(30) == 0
+
+    now = time.time()
+    first_events = [{"customer_id": f"k{i % 50}", "type": "order", "ts": now - 86400 * (300 - i),
+                     "amount": 10.0} for i in range(300)]
+    produce(first_events)
+    config_path = write_config(tmp_path / "k.toml", "kstop", state={"shards": 4},
+                               source={"stream_partitions": 2, "kafka_brokers": tansu,
+                                       "kafka_topic": topic})
+    argv = ["run", "--source", "kafka", "--redis-url", live_redis.url, "--config",
+            str(config_path), "--metrics-port", "0", "--recovery-dir",
+            str(tmp_path / "recovery"), "--snapshot-interval", "3600"]
+    first_log = tmp_path / "first.log"
+    first = start(argv, first_log)
+    try:
+        metrics = serving(first_log)
+        wait_for(lambda: counter(metrics, "churnwatch_events_received_total", "kafka") == 300,
+                 90, "all 300 messages read")
+        assert stopped_with(first, signal.SIGTERM, first_log) == 0, tail(first_log)
+    finally:
+        kill_hard(first)
+    assert_clean(first_log)
+    second_log = tmp_path / "second.log"
+    second = start(argv, second_log)
+    try:
+        metrics = serving(second_log)
+        produce([{"customer_id": "k-new", "type": "order", "ts": now, "amount": 1.0}])
+        wait_for(lambda: counter(metrics, "churnwatch_events_scored_total", "kafka") == 1, 90,
+                 "the new message scored")
+        assert counter(metrics, "churnwatch_events_received_total", "kafka") == 1
+        assert stopped_with(second, signal.SIGINT, second_log) == 130, tail(second_log)
+    finally:
+        kill_hard(second)
+    assert_clean(second_log)
+
+
+def test_a_simulator_run_on_a_private_redis_stops_cleanly_on_ctrl_c(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CHURNWATCH_REDIS_URL", raising=False)
+    monkeypatch.delenv("CHURNWATCH_REDIS_URL_FILE", raising=False)
+    log = tmp_path / "sim.log"
+    run = start(["run", "--source", "simulator", "--customers", "40", "--seconds-per-day",
+                 "0.05", "--metrics-port", "0"], log)
+    try:
+        metrics = serving(log)
+        wait_for(lambda: counter(metrics, "churnwatch_events_scored_total", "simulator") > 0,
+                 60, "events scored")
+        assert stopped_with(run, signal.SIGINT, log) == 130, tail(log)
+    finally:
+        kill_hard(run)
+    assert_clean(log)
+    assert "state in a private Redis (discarded on exit)" in log.read_text()
+    assert "stopped (Ctrl-C)" in log.read_text()
 
 
 @pytest.mark.parametrize(("sig", "code", "said"), [(signal.SIGINT, 130, "Ctrl-C"),
