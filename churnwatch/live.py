@@ -273,7 +273,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                     exc, lambda e: isinstance(e, KeyboardInterrupt)) is not None:
                 print(f"churnwatch run: stopped at once ({stop.reason}, twice); a restart "
                       "re-reads up to one snapshot interval", file=sys.stderr, flush=True)
-                return 130 if stop.exit_code == 130 else 1
+                return 130 if stop.exit_code == 130 else 143  # 128 + the signal, as a shell
             raise
     if stop.requested.is_set():
         print(f"churnwatch run: stopped ({stop.reason}): every batch read was committed"

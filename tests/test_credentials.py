@@ -213,3 +213,21 @@ def test_redact_url_never_keeps_the_password(user: str, password: str, host: str
     shown = redact_url(url)
     assert password not in shown.replace(f"{scheme}://{user}:***@{host}:6379/0", "")
     assert shown == f"{scheme}://{user}:***@{host}:6379/0"
+
+
+def test_simulate_publish_needs_the_monitors_redis_and_its_password(
+        secured: SecuredRedis) -> None:
+    # Publishing a simulated shop into a private Redis would feed no monitor.
+    result = churnwatch("simulate", "--publish", "--customers", "3", env={})
+    assert result.returncode == 2
+    assert "simulate --publish works on the monitor's Redis" in assert_one_clean_line(result)
+    result = churnwatch("simulate", "--publish", "--customers", "3",
+                        env={"CHURNWATCH_REDIS_URL": secured.url(WRONG)})
+    assert result.returncode == 2
+    assert "refused the login" in assert_one_clean_line(result, WRONG)
+    result = churnwatch("simulate", "--publish", "--customers", "3", "--days", "30",
+                        env={"CHURNWATCH_REDIS_URL": secured.url()})
+    assert result.returncode == 0, result.stderr
+    client = redis.Redis(port=secured.port, password=PASSWORD)
+    assert sum(client.xlen(f"churnwatch:events:{p}") for p in range(4)) > 0
+    client.close()
