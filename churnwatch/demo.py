@@ -3,7 +3,9 @@
 Starts a private Redis (unless one is given), runs the same dataflow as ``churnwatch run`` over
 the simulator paced in wall-clock time (event time inside: a simulated day passes every
 ``--seconds-per-day``), and redraws customers per tier, recent transitions with their reasons
-and the event rate.
+and the event rate. Ctrl-C or SIGTERM stops it cleanly: the last batches are committed, the
+final summary printed, and the private Redis stopped (exit status 130 after Ctrl-C, 0 after
+SIGTERM).
 """
 
 from __future__ import annotations
@@ -95,8 +97,9 @@ def render(store: StateStore, summary: LiveSummary, config: ChurnwatchConfig) ->
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Run the demo until the simulated period ends (or Ctrl-C)."""
-    from churnwatch.runtime import config_from_args, store_factory
+    """Run the demo until the simulated period ends (or Ctrl-C, or SIGTERM)."""
+    from churnwatch.runtime import GracefulStop, config_from_args, store_factory
+    from churnwatch.state.connection import redact_url
 
     if not args.config and not os.environ.get("CHURNWATCH_CONFIG"):
         args.config = str(Path(__file__).with_name("data") / "demo.toml")
@@ -104,9 +107,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     sim = ShopSimulator(customers=args.customers, seed=args.seed,
                         start=time.time() - args.days * DAY, days=args.days)
     summary = LiveSummary()
-    with store_factory(args, config) as (factory, url):
-        settings = FlowSettings(config, factory, clock="event", hooks=summary)
-        flow = build_flow(settings, SimulatorSource(sim, args.seconds_per_day), "simulator")
+    stop = GracefulStop("demo")
+    with stop.installed(), store_factory(args, config) as (factory, url):
+        settings = FlowSettings(config, factory, clock="event", hooks=summary,
+                                stop=stop.requested)
+        flow = build_flow(settings, SimulatorSource(sim, args.seconds_per_day,
+                                                    stop=stop.requested), "simulator")
         store = factory()
         done = threading.Event()
         tty = sys.stdout.isatty()
@@ -124,7 +130,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         printer = threading.Thread(target=show, daemon=True)
         printer.start()
         print(f"churnwatch demo: {args.customers} simulated customers over {args.days:.0f} days,"
-              f" one day every {args.seconds_per_day} s; state in {url}", flush=True)
+              f" one day every {args.seconds_per_day} s; state in {redact_url(url)}; Ctrl-C "
+              "stops", flush=True)
         try:
             run_main(flow)
         finally:
@@ -132,9 +139,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
             printer.join(timeout=5)
         summary.tick()
         print(render(store, summary, config))
-        print("\ndemo finished: replay it on a file with `churnwatch simulate --out shop.jsonl` "
-              "then `churnwatch replay shop.jsonl --export scores.csv`")
-    return 0
+        ended = f"stopped ({stop.reason})" if stop.requested.is_set() else "finished"
+        print(f"\ndemo {ended}: replay it on a file with `churnwatch simulate --out "
+              "shop.jsonl` then `churnwatch replay shop.jsonl --export scores.csv`", flush=True)
+    return stop.exit_code
 
 
 def register(sub: argparse._SubParsersAction,  # type: ignore[type-arg]

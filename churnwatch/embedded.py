@@ -44,7 +44,10 @@ def embedded_redis() -> Iterator[str]:
         [_server_binary(), "--port", "0", "--unixsocket", socket, "--unixsocketperm", "700",
          "--save", "", "--appendonly", "no", "--dir", workdir, "--daemonize", "no",
          "--loglevel", "warning"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        # Its own session: Ctrl-C on the terminal reaches the command, which stops cleanly and
+        # still needs this Redis to commit its last batches; we stop the server after that.
+        start_new_session=True)
     url = f"unix://{socket}"
     try:
         deadline = time.monotonic() + 10
@@ -69,17 +72,25 @@ def embedded_redis() -> Iterator[str]:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-@contextlib.contextmanager
-def redis_url_or_embedded(url: str | None) -> Iterator[str]:
-    """The given URL, else ``CHURNWATCH_REDIS_URL``, else an embedded server for the duration.
+def configured_redis_url(url: str | None) -> str | None:
+    """The given URL, else ``CHURNWATCH_REDIS_URL``, else the contents of the file named by
+    ``CHURNWATCH_REDIS_URL_FILE``; ``None`` when none is set.
 
-    A password belongs in the URL taken from the environment (or ``CHURNWATCH_REDIS_URL_FILE``),
-    never on a command line that ``ps`` shows.
+    A password belongs in the URL taken from the environment or that file, never on a command
+    line that ``ps`` shows.
     """
     url = url or os.environ.get("CHURNWATCH_REDIS_URL")
     url_file = os.environ.get("CHURNWATCH_REDIS_URL_FILE")
     if not url and url_file:
         url = Path(url_file).read_text().strip()
+    return url or None
+
+
+@contextlib.contextmanager
+def redis_url_or_embedded(url: str | None) -> Iterator[str]:
+    """The configured URL (:func:`configured_redis_url`), else an embedded server for the
+    duration of the block."""
+    url = configured_redis_url(url)
     if url:
         yield url
         return

@@ -9,6 +9,17 @@ Scaling and recovery are Bytewax's: ``--workers`` threads in a process, ``-i/-a`
 several processes (on one host or many) into one cluster, ``--recovery-dir`` to resume after a
 crash from the last snapshot of the source positions. Redis is the source of truth for state and
 every commit is idempotent, so a resume repeats nothing (see docs/operations.md).
+
+Redis: ``--redis-url`` (or $CHURNWATCH_REDIS_URL, or the file named by
+$CHURNWATCH_REDIS_URL_FILE) is required with the Redis Streams source: it holds the streams
+that ``churnwatch publish`` fills and the state that ``top``, ``explain``, ``export`` and
+``status`` read. Only with ``--source kafka`` or ``--source simulator`` and no URL does the
+monitor start a private Redis, whose state is discarded when it stops. A refused login stops
+at once (exit 2); a Redis that is down is waited for.
+
+Stopping: SIGTERM or Ctrl-C ends every source partition, commits what was read and (with
+``--recovery-dir``) takes a final snapshot, so a restart re-reads nothing; exit status 0 after
+SIGTERM, 130 after Ctrl-C. A second signal stops at once.
 """
 
 from __future__ import annotations
@@ -16,9 +27,8 @@ from __future__ import annotations
 import argparse
 import fcntl
 import logging
-import os
-import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -60,6 +70,8 @@ class RunOptions:
     simulator_seed: int = 1
     simulator_days: float = 365.0
     seconds_per_day: float = 0.0
+    # Set on a clean stop (SIGTERM, Ctrl-C): every source partition ends at its next batch.
+    stop: threading.Event | None = None
 
     @property
     def total_workers(self) -> int:
@@ -100,13 +112,14 @@ def build_source(options: RunOptions, metrics: Any = None) -> tuple[Any, str]:
         return RedisStreamSource(options.redis_url,
                                  stream_names(config.stream_prefix, config.stream_partitions),
                                  batch_size=config.batch_size, stop_at_end=options.stop_at_end,
-                                 observer=metrics, lag_reporter=reporter), "redis"
+                                 observer=metrics, lag_reporter=reporter,
+                                 stop=options.stop), "redis"
     if options.source == "kafka":
         from churnwatch.dataflows.kafka_source import KafkaEventSource
 
         return KafkaEventSource(config.kafka_brokers, config.kafka_topic,
                                 batch_size=config.batch_size,
-                                tail=not options.stop_at_end), "kafka"
+                                tail=not options.stop_at_end, stop=options.stop), "kafka"
     if options.source == "simulator":
         from churnwatch.dataflows.simulator_source import SimulatorSource
         from churnwatch.simulator import DAY, ShopSimulator
@@ -114,8 +127,8 @@ def build_source(options: RunOptions, metrics: Any = None) -> tuple[Any, str]:
         sim = ShopSimulator(customers=options.simulator_customers, seed=options.simulator_seed,
                             start=time.time() - options.simulator_days * DAY,
                             days=options.simulator_days)
-        return SimulatorSource(sim, options.seconds_per_day,
-                               batch_size=config.batch_size), "simulator"
+        return SimulatorSource(sim, options.seconds_per_day, batch_size=config.batch_size,
+                               stop=options.stop), "simulator"
     raise ValueError(f"unknown source {options.source!r}; expected one of {', '.join(SOURCES)}")
 
 
@@ -158,7 +171,7 @@ def metrics_server(options: RunOptions, store_factory: Callable[[], Any]) -> Ite
 
 
 def run(options: RunOptions, hooks: Any = None) -> None:
-    """Run the live dataflow until its source ends (``stop_at_end``) or the process is stopped.
+    """Run the live dataflow until its source ends (``stop_at_end``, or ``options.stop`` set).
 
     ``hooks`` (a ``FlowHooks``) replace the metrics exporter's, for embedding and tests.
     """
@@ -189,7 +202,8 @@ def run(options: RunOptions, hooks: Any = None) -> None:
         settings = FlowSettings(config, store_factory, clock=options.clock,
                                 hooks=active or FlowHooks(),
                                 transitions_path=options.transitions_path,
-                                dead_letters_path=options.dead_letters_path)
+                                dead_letters_path=options.dead_letters_path,
+                                stop=options.stop)
         flow = build_flow(settings, source, source_name)
         cli_main(flow, workers_per_process=options.workers, process_id=options.process_id,
                  addresses=options.addresses,
@@ -202,20 +216,11 @@ def _given(hooks: Any) -> Iterator[Any]:
     yield hooks
 
 
-class _Stopped(KeyboardInterrupt):
-    """SIGTERM: an orderly stop, asked for by a service manager."""
-
-
-def _terminate(signum: int, frame: Any) -> None:
-    # Bytewax checks for Python signals between activations: SIGTERM stops the flow as Ctrl-C
-    # does (state is committed batch by batch, so nothing is lost either way).
-    raise _Stopped
-
-
 def cmd_run(args: argparse.Namespace) -> int:
     """``churnwatch run``."""
-    from churnwatch.embedded import redis_url_or_embedded
-    from churnwatch.runtime import UsageError, config_from_args
+    from churnwatch.embedded import configured_redis_url, redis_url_or_embedded
+    from churnwatch.runtime import GracefulStop, UsageError, check_login, config_from_args
+    from churnwatch.state.connection import describe_failure, is_authentication_error, redact_url
 
     config = config_from_args(args)
     source = args.source or config.source
@@ -232,12 +237,16 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise UsageError(f"--workers must be at least 1, got {args.workers}")
     if args.snapshot_interval <= 0:
         raise UsageError(f"--snapshot-interval must be positive, got {args.snapshot_interval}")
-    url = args.redis_url or os.environ.get("CHURNWATCH_REDIS_URL")
-    if not url and not os.environ.get("CHURNWATCH_REDIS_URL_FILE") and source == "redis":
-        raise UsageError("run --source redis needs --redis-url (or CHURNWATCH_REDIS_URL): the "
-                         "Redis holding the event streams and the state")
-    signal.signal(signal.SIGTERM, _terminate)
-    with redis_url_or_embedded(url) as redis_url:
+    url = configured_redis_url(args.redis_url)
+    if not url and source == "redis":
+        raise UsageError("run --source redis needs the monitor's Redis, which holds the event "
+                         "streams and the state: give --redis-url or set CHURNWATCH_REDIS_URL "
+                         "(or CHURNWATCH_REDIS_URL_FILE). Only --source kafka or simulator "
+                         "start a private Redis when none is given")
+    if url:
+        check_login(url, must_answer=False)
+    stop = GracefulStop("run")
+    with stop.installed(), redis_url_or_embedded(url) as redis_url:
         options = RunOptions(
             config=config, redis_url=redis_url, source=source, clock=clock,
             workers=args.workers, process_id=args.process_id, addresses=addresses,
@@ -247,29 +256,39 @@ def cmd_run(args: argparse.Namespace) -> int:
             metrics_port=args.metrics_port, stop_at_end=args.stop_at_end,
             transitions_path=args.transitions_out, dead_letters_path=args.dead_letters_out,
             simulator_customers=args.customers, simulator_seed=args.seed,
-            simulator_days=args.days, seconds_per_day=args.seconds_per_day)
+            simulator_days=args.days, seconds_per_day=args.seconds_per_day,
+            stop=stop.requested)
+        where = redact_url(redis_url) if url else "a private Redis (discarded on exit)"
         print(f"churnwatch run: source {source}, clock {clock}, "
-              f"{options.total_workers} worker(s) in the cluster, state in {redis_url}",
+              f"{options.total_workers} worker(s) in the cluster, state in {where}",
               file=sys.stderr, flush=True)
         try:
             run(options)
         except BaseException as exc:
-            # Bytewax re-raises a signal handler's exception wrapped in its own error.
-            cause = _interrupt_in(exc)
-            if isinstance(cause, _Stopped):
-                print("churnwatch run: stopped (SIGTERM)", file=sys.stderr, flush=True)
-                return 0
-            if cause is not None:
-                raise KeyboardInterrupt from None
+            # Bytewax wraps what a step raised in its own error: find the cause.
+            login = _cause_in(exc, is_authentication_error)
+            if login is not None:
+                raise UsageError(describe_failure(redis_url, login)) from None
+            if stop.requested.is_set() and _cause_in(
+                    exc, lambda e: isinstance(e, KeyboardInterrupt)) is not None:
+                print(f"churnwatch run: stopped at once ({stop.reason}, twice); a restart "
+                      "re-reads up to one snapshot interval", file=sys.stderr, flush=True)
+                return 130 if stop.exit_code == 130 else 143  # 128 + the signal, as a shell
             raise
+    if stop.requested.is_set():
+        print(f"churnwatch run: stopped ({stop.reason}): every batch read was committed"
+              + (", final snapshot taken" if args.recovery_dir else ""),
+              file=sys.stderr, flush=True)
+        return stop.exit_code
     return 0
 
 
-def _interrupt_in(exc: BaseException | None) -> KeyboardInterrupt | None:
-    """The KeyboardInterrupt (Ctrl-C, or our SIGTERM) in an exception's chain of causes."""
+def _cause_in(exc: BaseException | None, matches: Callable[[BaseException], bool]
+              ) -> BaseException | None:
+    """The first exception in ``exc``'s chain of causes that ``matches``."""
     seen = 0
     while exc is not None and seen < 10:
-        if isinstance(exc, KeyboardInterrupt):
+        if matches(exc):
             return exc
         exc = exc.__cause__ or exc.__context__
         seen += 1
@@ -279,6 +298,8 @@ def _interrupt_in(exc: BaseException | None) -> KeyboardInterrupt | None:
 def register(sub: argparse._SubParsersAction,  # type: ignore[type-arg]
              common: Callable[[argparse.ArgumentParser], None]) -> None:
     """Add ``run`` (and ``publish``, which feeds it)."""
+    from churnwatch.runtime import add_monitor_options
+
     p = sub.add_parser("run", help="the live monitor: read the event stream, score, serve "
                        "/metrics", description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -303,8 +324,9 @@ def register(sub: argparse._SubParsersAction,  # type: ignore[type-arg]
                      help="partitions to create in an empty --recovery-dir (default: the "
                      "cluster's worker count; use the most workers you will ever run)")
     rec.add_argument("--snapshot-interval", type=float, default=5.0, metavar="SECS",
-                     help="seconds between snapshots (Bytewax epochs); a resume re-reads at "
-                     "most this much, harmlessly (default: 5)")
+                     help="seconds between snapshots (Bytewax epochs); a resume after a crash "
+                     "re-reads at most this much, harmlessly; after SIGTERM or Ctrl-C nothing "
+                     "(default: 5)")
     rec.add_argument("--backup-interval", type=float, default=0.0, metavar="SECS",
                      help="keep older snapshots this long, for backups of DIR (default: 0)")
     met = p.add_argument_group("metrics")
@@ -328,7 +350,11 @@ def register(sub: argparse._SubParsersAction,  # type: ignore[type-arg]
     sim.add_argument("--days", type=float, default=365.0)
     sim.add_argument("--seconds-per-day", type=float, default=0.1,
                      help="wall seconds per simulated day (0: as fast as possible)")
-    common(p)
+    add_monitor_options(p, redis_help=(
+        "the Redis holding the event streams and the state (default: $CHURNWATCH_REDIS_URL, "
+        "or the file named by $CHURNWATCH_REDIS_URL_FILE for URLs with a password); required "
+        "with --source redis. With --source kafka or simulator and no URL, a private Redis "
+        "is started and its state discarded on exit"))
     p.set_defaults(func=cmd_run)
 
     from churnwatch import publish

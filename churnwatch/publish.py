@@ -197,12 +197,10 @@ def cmd_publish(args: argparse.Namespace) -> int:
     """``churnwatch publish FILE...``."""
     import os
 
-    from churnwatch.runtime import UsageError
+    from churnwatch.runtime import UsageError, check_login, monitor_redis_url
+    from churnwatch.state.connection import describe_failure
 
-    url = args.redis_url or os.environ.get("CHURNWATCH_REDIS_URL")
-    if not url:
-        raise UsageError("publish: give --redis-url (or set CHURNWATCH_REDIS_URL): the Redis "
-                         "that `churnwatch run` reads")
+    url = monitor_redis_url(args, "publish")
     for path in args.files:
         if path != "-" and not os.path.isfile(path):
             raise UsageError(f"publish: no such file: {path}")
@@ -210,12 +208,13 @@ def cmd_publish(args: argparse.Namespace) -> int:
         raise UsageError(f"--rate must be a positive number of events per second, got "
                          f"{args.rate}")
     config = load_config(args.config or os.environ.get("CHURNWATCH_CONFIG"))
+    check_login(url, must_answer=True)
     publisher = Publisher(url, config, format=args.format, maxlen=args.maxlen)
     started = time.perf_counter()
     try:
         count = publisher.publish(read_lines(args.files), on_batch=Pacer(args.rate))
     except redis.RedisError as exc:
-        raise UsageError(f"publish: Redis at {url}: {exc}") from None
+        raise UsageError(f"publish: {describe_failure(url, exc)}") from None
     finally:
         publisher.close()
     elapsed = time.perf_counter() - started
@@ -227,6 +226,8 @@ def cmd_publish(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction,  # type: ignore[type-arg]
              common: Callable[[argparse.ArgumentParser], None]) -> None:
     """Add ``publish`` to the ``churnwatch`` command."""
+    from churnwatch.runtime import add_monitor_options
+
     p = sub.add_parser("publish", help="append JSON Lines events to the Redis streams that "
                        "`churnwatch run` reads")
     p.add_argument("files", nargs="+", metavar="FILE", help="JSON Lines files ('-': stdin)")
@@ -236,5 +237,5 @@ def register(sub: argparse._SubParsersAction,  # type: ignore[type-arg]
                    help="publish at this average rate instead of flat out")
     p.add_argument("--maxlen", type=int, metavar="N",
                    help="cap each stream at about N entries (XADD MAXLEN ~)")
-    common(p)
+    add_monitor_options(p)
     p.set_defaults(func=cmd_publish)

@@ -1,5 +1,5 @@
 """What every command shares: configuration loading, the state store it runs against, time
-options and the one-line usage error.
+options, the one-line usage error and the clean stop on SIGTERM or Ctrl-C.
 
 The CLI (``churnwatch.cli``) only wires commands together; the command modules (replay, live,
 demo, publish, the worklist, ...) import what they share from here, never from the CLI.
@@ -10,13 +10,23 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import signal
+import threading
 from collections.abc import Callable, Iterator
+from types import FrameType
+
+import redis
 
 from churnwatch.core.config import ChurnwatchConfig, load_config
 from churnwatch.core.events import ContractViolation, parse_timestamp
-from churnwatch.embedded import redis_url_or_embedded
+from churnwatch.embedded import configured_redis_url, redis_url_or_embedded
 from churnwatch.state.base import StateStore
+from churnwatch.state.connection import describe_failure, is_authentication_error
 from churnwatch.state.redis_store import RedisStore
+
+MONITOR_REDIS_HELP = ("the monitor's Redis, where `churnwatch run` keeps its streams and state "
+                      "(default: $CHURNWATCH_REDIS_URL, or the file named by "
+                      "$CHURNWATCH_REDIS_URL_FILE for URLs with a password)")
 
 
 class UsageError(Exception):
@@ -80,8 +90,118 @@ def store_factory(args: argparse.Namespace, config: ChurnwatchConfig,
 
 
 def add_common_options(parser: argparse.ArgumentParser) -> None:
-    """``--config`` and ``--redis-url``, as every command that touches state takes them."""
+    """``--config`` and ``--redis-url``, as the commands that may run on a private Redis take
+    them (replay, backtest, demo)."""
     parser.add_argument("--config", help="TOML configuration (default: built-in defaults, or "
                         "$CHURNWATCH_CONFIG)")
     parser.add_argument("--redis-url", help="Redis to use (default: $CHURNWATCH_REDIS_URL, else "
-                        "a private embedded Redis for the duration of the command)")
+                        "a private embedded Redis for the duration of the command, whose state "
+                        "is discarded on exit)")
+
+
+def add_monitor_options(parser: argparse.ArgumentParser, redis_help: str = MONITOR_REDIS_HELP
+                        ) -> None:
+    """``--config`` and ``--redis-url`` for the commands that work on a running monitor's Redis
+    (run, publish, top, explain, export, status): no private Redis, it would be empty."""
+    parser.add_argument("--config", help="TOML configuration, the same as the monitor's "
+                        "(default: built-in defaults, or $CHURNWATCH_CONFIG)")
+    parser.add_argument("--redis-url", help=redis_help)
+
+
+def monitor_redis_url(args: argparse.Namespace, command: str) -> str:
+    """The monitor's Redis URL (``--redis-url``, the environment, or its file), else a
+    :class:`UsageError` saying that ``command`` needs it."""
+    url = configured_redis_url(getattr(args, "redis_url", None))
+    if not url:
+        raise UsageError(f"{command} works on the monitor's Redis: give --redis-url or set "
+                         "CHURNWATCH_REDIS_URL (or CHURNWATCH_REDIS_URL_FILE, a file holding "
+                         "the URL)")
+    return url
+
+
+def check_login(url: str, must_answer: bool) -> None:
+    """Ping Redis once before a command starts: a refused login is a :class:`UsageError`
+    (exit 2, one line, password redacted); so is no answer at all when ``must_answer`` (the
+    one-shot commands), while the live monitor waits for a Redis that is down."""
+    client: redis.Redis | None = None
+    try:
+        client = redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=5)
+        client.ping()
+    except redis.RedisError as exc:
+        if must_answer or is_authentication_error(exc):
+            raise UsageError(describe_failure(url, exc)) from None
+    except (OSError, ValueError) as exc:  # a malformed URL, a missing socket file
+        raise UsageError(describe_failure(url, exc)) from None
+    finally:
+        if client is not None:
+            client.close()
+
+
+@contextlib.contextmanager
+def monitor_store(args: argparse.Namespace, config: ChurnwatchConfig, command: str,
+                  max_wait: float = 5.0) -> Iterator[RedisStore]:
+    """A store on the monitor's Redis for a one-shot command (top, explain, export, status).
+
+    Redis must answer and accept the login; a Redis failure inside the block becomes a
+    one-line :class:`UsageError` naming the (redacted) URL instead of a traceback.
+    """
+    url = monitor_redis_url(args, command)
+    check_login(url, must_answer=True)
+    store = RedisStore(url, config.shards, config.key_prefix, max_wait=max_wait)
+    try:
+        yield store
+    except redis.RedisError as exc:
+        raise UsageError(f"{command}: {describe_failure(url, exc)}") from None
+    finally:
+        store.close()
+
+
+class GracefulStop:
+    """SIGTERM and Ctrl-C (SIGINT) as a request to stop cleanly, for the long-running commands.
+
+    While :meth:`installed`, the first of those signals only sets :attr:`requested`: the
+    dataflow's sources see it and end, so the flow reaches its end as a backfill does, commits
+    its last batches and (with ``--recovery-dir``) takes a final snapshot; a restart re-reads
+    nothing. A second signal stops at once (``KeyboardInterrupt``), at the cost of re-reading up
+    to one snapshot interval after a restart. :attr:`exit_code` is what the command returns:
+    0 after SIGTERM, 130 after Ctrl-C (the shell's convention for SIGINT).
+
+    >>> stop = GracefulStop("demo")
+    >>> stop.requested.is_set(), stop.exit_code
+    (False, 0)
+    """
+
+    def __init__(self, command: str) -> None:
+        self.command = command
+        self.requested = threading.Event()
+        self.signal: int | None = None
+
+    @property
+    def exit_code(self) -> int:
+        """0 unless the stop came from Ctrl-C (130)."""
+        return 130 if self.signal == signal.SIGINT else 0
+
+    @property
+    def reason(self) -> str:
+        """``SIGTERM`` or ``Ctrl-C``, for the closing message."""
+        return "Ctrl-C" if self.signal == signal.SIGINT else "SIGTERM"
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.requested.is_set():
+            raise KeyboardInterrupt
+        self.signal = signum
+        self.requested.set()
+        # os.write, not print: a handler may run while the main thread is inside print().
+        os.write(2, f"churnwatch {self.command}: stopping cleanly, committing what was read "
+                    "(signal again to stop at once)\n".encode())
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[GracefulStop]:
+        """Handle SIGTERM and SIGINT as above inside the block; the old handlers after it."""
+        previous = {sig: signal.signal(sig, self._handle)
+                    for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            yield self
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)

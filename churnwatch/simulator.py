@@ -275,23 +275,25 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         time.time() - args.days * DAY
     sim = ShopSimulator(customers=args.customers, seed=args.seed, start=start, days=args.days)
     if args.publish:
-        from churnwatch.embedded import redis_url_or_embedded
         from churnwatch.publish import Publisher
-        from churnwatch.runtime import config_from_args
+        from churnwatch.runtime import check_login, config_from_args, monitor_redis_url
 
         config = config_from_args(args)
-        with redis_url_or_embedded(args.redis_url) as url:
-            publisher = Publisher(url, config)
-            events = paced(sim.events(), args.seconds_per_day) if args.seconds_per_day else \
-                sim.events()
-            batch: list[dict[str, object]] = []
-            for event in events:
-                batch.append(event)
-                if len(batch) >= 500 or args.seconds_per_day:
-                    publisher.publish(batch)
-                    batch = []
-            if batch:
+        # The monitor's streams: publishing into a private Redis would feed nobody.
+        url = monitor_redis_url(args, "simulate --publish")
+        check_login(url, must_answer=True)
+        publisher = Publisher(url, config)
+        events = paced(sim.events(), args.seconds_per_day) if args.seconds_per_day else \
+            sim.events()
+        batch: list[dict[str, object]] = []
+        for event in events:
+            batch.append(event)
+            if len(batch) >= 500 or args.seconds_per_day:
                 publisher.publish(batch)
+                batch = []
+        if batch:
+            publisher.publish(batch)
+        publisher.close()
         return 0
     count = write_jsonl(args.out, sim)
     print(f"wrote {count} events for {args.customers} customers to {args.out}", file=sys.stderr)
@@ -301,6 +303,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction,  # type: ignore[type-arg]
              common: Callable[[argparse.ArgumentParser], None]) -> None:
     """Add ``simulate`` and ``demo``."""
+    from churnwatch.runtime import add_monitor_options
+
     p = sub.add_parser("simulate", help="generate a simulated shop's event stream",
                        description="Generate a simulated shop's event stream: JSON Lines to a "
                        "file or standard output, or published to the Redis streams that "
@@ -320,7 +324,8 @@ def register(sub: argparse._SubParsersAction,  # type: ignore[type-arg]
     p.add_argument("--seconds-per-day", type=float, default=0.0,
                    help="with --publish: pace the stream, wall seconds per simulated day "
                    "(default: %(default)s, as fast as possible)")
-    common(p)
+    add_monitor_options(p, redis_help="with --publish: the monitor's Redis (default: "
+                        "$CHURNWATCH_REDIS_URL, or the file named by $CHURNWATCH_REDIS_URL_FILE)")
     p.set_defaults(func=cmd_simulate)
 
     from churnwatch import demo

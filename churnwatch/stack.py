@@ -3,7 +3,9 @@
 Starts, each on 127.0.0.1: a redis-server (persistence on, data under ``--workdir``),
 ``churnwatch run`` on the Redis streams, the shop simulator publishing to them, Prometheus with
 the project's rule files scraping the monitor, and Alertmanager with the project's routing. The
-same configuration as ``docker-compose.yml``, from Debian's packages. Ctrl-C stops everything.
+same configuration as ``docker-compose.yml``, from Debian's packages. Ctrl-C or SIGTERM stops
+everything, newest first, each service waited for before the next (``churnwatch run`` commits
+its last batches before its Redis stops); exit status 130 after Ctrl-C, 0 after SIGTERM.
 """
 
 from __future__ import annotations
@@ -85,16 +87,17 @@ class Stack:
         return [n for n, p in self.processes.items() if p.poll() is not None]
 
     def stop(self) -> None:
-        """Stop every service, newest first."""
+        """Stop every service, newest first, each before the next (the monitor needs its Redis
+        until it has committed); one that does not stop within 15 s is killed."""
         for name in reversed(list(self.processes)):
             process = self.processes[name]
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
-        for process in self.processes.values():
             try:
                 process.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 process.kill()
+                process.wait(timeout=15)
 
 
 def prometheus_config(metrics_port: int, alertmanager_port: int) -> str:
@@ -156,13 +159,28 @@ def _wait_http(url: str, what: str, timeout: float = 60.0) -> None:
     raise RuntimeError(f"{what} did not answer {url} within {timeout:.0f} s")
 
 
+class _StopRequested(Exception):
+    """Ctrl-C or SIGTERM reached the stack."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _stop_requested(signum: int, frame: object) -> None:
+    raise _StopRequested(signum)
+
+
 def cmd_stack(args: argparse.Namespace) -> int:
-    """Run the stack until Ctrl-C (or ``--duration`` seconds)."""
+    """Run the stack until Ctrl-C or SIGTERM (or ``--duration`` seconds)."""
     stack = Stack(Path(args.workdir), redis_port=args.redis_port,
                   metrics_port=args.metrics_port, prometheus_port=args.prometheus_port,
                   alertmanager_port=args.alertmanager_port)
     config = args.config or os.environ.get("CHURNWATCH_CONFIG") or str(
         _package_file("churnwatch", "data/demo.toml"))
+    previous = {sig: signal.signal(sig, _stop_requested)
+                for sig in (signal.SIGINT, signal.SIGTERM)}
+    code = 0
     try:
         stack.start(args.customers, args.seconds_per_day, config)
         print(f"""churnwatch stack is up (logs in {stack.workdir / 'logs'}):
@@ -173,20 +191,35 @@ def cmd_stack(args: argparse.Namespace) -> int:
   redis                 {stack.redis_url}
 Grafana is not packaged for Debian: point one at the Prometheus above with
 deploy/grafana/provisioning, or push the dashboards with `churnwatch dashboards push`.
-Ctrl-C stops everything.""", flush=True)
+Ctrl-C (or SIGTERM) stops everything.""", flush=True)
         deadline = time.monotonic() + args.duration if args.duration else None
         while deadline is None or time.monotonic() < deadline:
             dead = stack.failed()
             if dead:
                 print(f"churnwatch stack: {', '.join(dead)} exited; see the logs",
                       file=sys.stderr)
-                return 1
+                code = 1
+                break
             time.sleep(1)
-    except KeyboardInterrupt:
-        pass
+    except RuntimeError as exc:  # a service missing or not ready: say which, stop the rest
+        print(f"churnwatch stack: {exc}", file=sys.stderr, flush=True)
+        code = 1
+    except _StopRequested as stop:
+        code = 130 if stop.signum == signal.SIGINT else 0
+        print(f"churnwatch stack: stopping every service "
+              f"({'Ctrl-C' if code == 130 else 'SIGTERM'})", file=sys.stderr, flush=True)
     finally:
-        stack.stop()
-    return 0
+        # A second signal must not cut the stop short and leave services behind.
+        for sig in previous:
+            signal.signal(sig, signal.SIG_IGN)
+        try:
+            stack.stop()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+    if code != 1:
+        print("churnwatch stack: stopped", file=sys.stderr, flush=True)
+    return code
 
 
 def register(sub: argparse._SubParsersAction,  # type: ignore[type-arg]

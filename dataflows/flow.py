@@ -72,6 +72,8 @@ class FlowSettings:
     hooks: FlowHooks = FlowHooks()
     transitions_path: str | None = None
     dead_letters_path: str | None = None
+    # Set on a clean stop (SIGTERM, Ctrl-C): the flow's own sources (the shard ticks) end.
+    stop: threading.Event | None = None
 
 
 class FlowStore:
@@ -262,7 +264,8 @@ def build_flow(settings: FlowSettings, source: Source[RawMessage], source_name: 
     if settings.clock == "wall":
         # Every shard hears from the clock, so its silent customers are reviewed after a
         # restart even if no event of the shard ever arrives again.
-        ticks = op.input("shard_ticks", flow, ShardTickSource(settings.config.shards))
+        ticks = op.input("shard_ticks", flow, ShardTickSource(settings.config.shards,
+                                                             stop=settings.stop))
         keyed = op.merge("events_and_ticks", keyed, ticks)
     store = FlowStore(settings.store_factory)
     scored = op.stateful_batch(
@@ -286,25 +289,31 @@ class ShardTick:
 
 
 class ShardTickSource(DynamicSource[tuple[str, ShardTick]]):
-    """Every ``interval`` seconds, one tick per shard (from worker 0 only), keyed like events."""
+    """Every ``interval`` seconds, one tick per shard (from worker 0 only), keyed like events;
+    ends once ``stop`` is set, as the event sources do, so a clean stop reaches the flow's end."""
 
-    def __init__(self, shards: int, interval: float = 30.0) -> None:
+    def __init__(self, shards: int, interval: float = 30.0,
+                 stop: threading.Event | None = None) -> None:
         self.shards = shards
         self.interval = interval
+        self.stop = stop
 
     def build(self, step_id: str, worker_index: int, worker_count: int
               ) -> StatelessSourcePartition[tuple[str, ShardTick]]:
         """Called by Bytewax once per worker; only worker 0 ticks."""
-        return _TickPartition(self.shards if worker_index == 0 else 0, self.interval)
+        return _TickPartition(self.shards if worker_index == 0 else 0, self.interval, self.stop)
 
 
 class _TickPartition(StatelessSourcePartition[tuple[str, ShardTick]]):
-    def __init__(self, shards: int, interval: float) -> None:
+    def __init__(self, shards: int, interval: float, stop: threading.Event | None) -> None:
         self.shards = shards
         self.interval = timedelta(seconds=interval)
         self.next = datetime.now(timezone.utc)
+        self.stop = stop
 
     def next_batch(self) -> list[tuple[str, ShardTick]]:
+        if self.stop is not None and self.stop.is_set():
+            raise StopIteration
         now = datetime.now(timezone.utc)
         if not self.shards or now < self.next:
             return []

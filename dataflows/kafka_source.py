@@ -16,6 +16,7 @@ broker connection is librdkafka's to re-establish, never a reason to stop the fl
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
@@ -29,15 +30,18 @@ log = logging.getLogger("churnwatch.kafka_source")
 
 
 class KafkaEventSource(FixedPartitionedSource[RawMessage, Any]):
-    """Every partition of ``topic``; ``tail=False`` finishes each at its end (a backfill)."""
+    """Every partition of ``topic``; ``tail=False`` finishes each at its end (a backfill).
+    Once ``stop`` is set (a clean stop) every partition ends at its next batch."""
 
     def __init__(self, brokers: Sequence[str] | str, topic: str, batch_size: int = 5000,
                  tail: bool = True, poll_interval: float = 0.005,
-                 add_config: dict[str, str] | None = None) -> None:
+                 add_config: dict[str, str] | None = None,
+                 stop: threading.Event | None = None) -> None:
         self.brokers = [b for b in brokers.split(",") if b] if isinstance(brokers, str) else \
             list(brokers)
         self.topic = topic
         self.poll_interval = poll_interval
+        self.stop = stop
         self.inner = KafkaSource(self.brokers, [topic], tail=tail, batch_size=batch_size,
                                  add_config=add_config, raise_on_errors=False)
 
@@ -50,13 +54,14 @@ class KafkaEventSource(FixedPartitionedSource[RawMessage, Any]):
         """Called on the worker owning the partition; ``resume_state`` is the next offset."""
         inner = self.inner.build_part(step_id, for_part, resume_state)
         number = int(for_part.split("-", 1)[0])
-        return _KafkaEventPartition(inner, self.topic, number, self.poll_interval)
+        return _KafkaEventPartition(inner, self.topic, number, self.poll_interval, self.stop)
 
 
 class _KafkaEventPartition(StatefulSourcePartition[RawMessage, Any]):
     def __init__(self, inner: StatefulSourcePartition[Any, Any], topic: str, number: int,
-                 poll_interval: float) -> None:
+                 poll_interval: float, stop: threading.Event | None = None) -> None:
         self._inner = inner
+        self._stop = stop
         self._name = f"kafka:{topic}:{number}"
         self._label = f"{topic}:{number}"
         self._poll = poll_interval
@@ -64,6 +69,8 @@ class _KafkaEventPartition(StatefulSourcePartition[RawMessage, Any]):
         self._next: int | None = None  # the offset after the last message handed on
 
     def next_batch(self) -> list[RawMessage]:
+        if self._stop is not None and self._stop.is_set():
+            raise StopIteration
         messages = self._inner.next_batch()
         now = time.time()
         out: list[RawMessage] = []

@@ -29,6 +29,7 @@ from typing import Any, Protocol
 import redis
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from churnwatch.dataflows.messages import RawMessage
+from churnwatch.state.connection import is_lost_connection
 
 log = logging.getLogger("churnwatch.redis_source")
 
@@ -82,14 +83,17 @@ class RedisStreamSource(FixedPartitionedSource[RawMessage, str]):
     ``start_id`` is where a partition without a snapshot begins (``"0"``: the oldest entry).
     ``lag_reporter`` is called about once a second with the number of entries not yet read in
     the streams this process reads (known once a partition started from the oldest entry or
-    caught up with its stream; needs Redis 7 for ``entries-added``).
+    caught up with its stream; needs Redis 7 for ``entries-added``). Once ``stop`` is set (a
+    clean stop: SIGTERM, Ctrl-C) every partition ends at its next batch, so the flow reaches
+    its end normally: the last batches are committed and Bytewax takes a final snapshot.
     """
 
     def __init__(self, url: str, streams: Sequence[str], batch_size: int = 5000,
                  poll_interval: float = 0.005, stop_at_end: bool = False, start_id: str = "0",
                  observer: SourceObserver | None = None,
                  lag_reporter: Callable[[int], None] | None = None,
-                 client_factory: Callable[[], redis.Redis] | None = None) -> None:
+                 client_factory: Callable[[], redis.Redis] | None = None,
+                 stop: threading.Event | None = None) -> None:
         self.url = url
         self.streams = list(streams)
         self.batch_size = batch_size
@@ -99,6 +103,7 @@ class RedisStreamSource(FixedPartitionedSource[RawMessage, str]):
         self.observer = observer
         self.lag_reporter = lag_reporter
         self.client_factory = client_factory
+        self.stop = stop
         self._lags: dict[str, int] = {}
         self._lags_lock = threading.Lock()
 
@@ -123,7 +128,8 @@ class RedisStreamSource(FixedPartitionedSource[RawMessage, str]):
         return RedisStreamPartition(client, for_part, self.batch_size, self.poll_interval,
                                     self.stop_at_end, resume_state or self.start_id,
                                     self.observer,
-                                    self._report_lag if self.lag_reporter else None)
+                                    self._report_lag if self.lag_reporter else None,
+                                    self.stop)
 
 
 class RedisStreamPartition(StatefulSourcePartition[RawMessage, str]):
@@ -131,7 +137,8 @@ class RedisStreamPartition(StatefulSourcePartition[RawMessage, str]):
 
     def __init__(self, client: redis.Redis, stream: str, batch_size: int, poll_interval: float,
                  stop_at_end: bool, last_id: str, observer: SourceObserver | None,
-                 lag_reporter: Callable[[str, int], None] | None = None) -> None:
+                 lag_reporter: Callable[[str, int], None] | None = None,
+                 stop: threading.Event | None = None) -> None:
         self._client = client
         self._stream = stream
         self._partition = f"redis:{stream}"
@@ -150,9 +157,13 @@ class RedisStreamPartition(StatefulSourcePartition[RawMessage, str]):
         self._position: int | None = None
         self._from_oldest = last_id in ("0", "0-0")
         self._read = 0
+        self._stop = stop
 
     def next_batch(self) -> list[RawMessage]:
-        """Called by Bytewax whenever the worker is free and ``next_awake`` has passed."""
+        """Called by Bytewax whenever the worker is free and ``next_awake`` has passed; ends
+        the partition (``StopIteration``) once a clean stop is requested."""
+        if self._stop is not None and self._stop.is_set():
+            raise StopIteration
         started = time.perf_counter()
         info: Any = None
         try:
@@ -169,6 +180,8 @@ class RedisStreamPartition(StatefulSourcePartition[RawMessage, str]):
                 reply = self._client.xread({self._stream: self._last_id},
                                            count=self._batch_size)
         except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError) as exc:
+            if not is_lost_connection(exc):  # a refused login: waiting cannot cure it
+                raise
             self._failed(exc)
             return []
         except redis.ResponseError as exc:  # e.g. WRONGTYPE: a configuration error, say where

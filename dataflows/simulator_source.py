@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
@@ -14,11 +15,13 @@ from churnwatch.simulator import DAY, ShopSimulator
 
 
 class SimulatorSource(FixedPartitionedSource[RawMessage, int]):
-    """One partition; ``seconds_per_day`` wall seconds pass per simulated day (0: no pacing)."""
+    """One partition; ``seconds_per_day`` wall seconds pass per simulated day (0: no pacing).
+    Once ``stop`` is set (a clean stop) the partition ends at its next batch."""
 
     def __init__(self, simulator: ShopSimulator, seconds_per_day: float = 0.1,
-                 batch_size: int = 2000) -> None:
+                 batch_size: int = 2000, stop: threading.Event | None = None) -> None:
         self.simulator = simulator
+        self.stop = stop
         self.seconds_per_day = seconds_per_day
         self.batch_size = batch_size
 
@@ -43,11 +46,14 @@ class _SimulatorPartition(StatefulSourcePartition[RawMessage, int]):
         self._first_ts: float | None = None
         self._pending: dict[str, object] | None = None
         self._awake: datetime | None = None
+        self._stop = source.stop
         for _ in range(skip):
             next(self._events, None)
             self._offset += 1
 
     def next_batch(self) -> list[RawMessage]:
+        if self._stop is not None and self._stop.is_set():
+            raise StopIteration
         out: list[RawMessage] = []
         now = time.time()
         self._awake = None

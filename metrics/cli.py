@@ -2,8 +2,10 @@
 line, and the customer-success pages on their own server.
 
 Both read the state a running (or finished) churnwatch left in Redis: pass ``--redis-url`` or
-set ``CHURNWATCH_REDIS_URL``, and the same ``--config`` the monitor runs with (segments,
-shards and key prefix must match).
+set ``CHURNWATCH_REDIS_URL`` (or ``CHURNWATCH_REDIS_URL_FILE``), and the same ``--config`` the
+monitor runs with (segments, shards and key prefix must match). Without a URL they refuse: a
+private Redis would be empty. An unreachable Redis or a refused login is a one-line error
+(exit 2).
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ SERVE_PORT = 9465
 def register(sub: argparse._SubParsersAction,  # type: ignore[type-arg]
              common: Callable[[argparse.ArgumentParser], None]) -> None:
     """Add ``top`` and ``explain`` to the ``churnwatch`` command."""
+    from churnwatch.runtime import add_monitor_options
+
     p = sub.add_parser("top", help="the customers to act on first (the CS worklist)",
                        description=f"Customers in the given tiers, most urgent first: {URGENCY}.")
     p.add_argument("--tier", default=",".join(DEFAULT_TIERS),
@@ -42,13 +46,13 @@ def register(sub: argparse._SubParsersAction,  # type: ignore[type-arg]
     p.add_argument("--limit", type=int, default=20, help=f"1..{MAX_LIMIT} (default: 20)")
     p.add_argument("--offset", type=int, default=0, help="skip this many (default: 0)")
     p.add_argument("--json", action="store_true", help="print the API's JSON instead of a table")
-    common(p)
+    add_monitor_options(p)
     p.set_defaults(func=cmd_top)
 
     p = sub.add_parser("explain", help="one customer's score, components, reasons and history")
     p.add_argument("customer_id", metavar="CUSTOMER_ID")
     p.add_argument("--json", action="store_true", help="print the API's JSON instead of text")
-    common(p)
+    add_monitor_options(p)
     p.set_defaults(func=cmd_explain)
 
     p = sub.add_parser("serve", help="the customer-success pages and worklist API over a "
@@ -60,28 +64,20 @@ def register(sub: argparse._SubParsersAction,  # type: ignore[type-arg]
     p.add_argument("--host", default=None, help="address to bind (default: 127.0.0.1)")
     p.add_argument("--port", type=int, default=SERVE_PORT,
                    help="port (default: %(default)s; 0 picks a free one)")
-    common(p)
+    add_monitor_options(p)
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("reindex", help="rebuild the worklist's urgency index from the stored "
                        "customers (once, after upgrading from a version without it)")
-    common(p)
+    add_monitor_options(p)
     p.set_defaults(func=cmd_reindex)
-
-
-def _open_store(args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    """The configuration and a context manager yielding the store, as churnwatch.cli does."""
-    from churnwatch.runtime import config_from_args, store_factory
-
-    config = config_from_args(args)
-    return config, store_factory(args, config, max_wait=5.0)
 
 
 def cmd_top(args: argparse.Namespace) -> int:
     """``churnwatch top``."""
-    from churnwatch.runtime import UsageError
+    from churnwatch.runtime import UsageError, config_from_args, monitor_store
 
-    config, opened = _open_store(args)
+    config = config_from_args(args)
     params = {"tier": [args.tier], "limit": [str(args.limit)], "offset": [str(args.offset)]}
     if args.segment:
         params["segment"] = [args.segment]
@@ -91,8 +87,7 @@ def cmd_top(args: argparse.Namespace) -> int:
         query = parse_worklist_query(params, config)
     except BadRequest as exc:
         raise UsageError(f"--{exc.parameter.replace('_', '-')}: {exc.message}") from None
-    with opened as (factory, _url):
-        store = factory()
+    with monitor_store(args, config, "top") as store:
         page = worklist_page(store, config, query)
     if args.json:
         print(json.dumps(page.as_dict(), indent=2))
@@ -103,9 +98,11 @@ def cmd_top(args: argparse.Namespace) -> int:
 
 def cmd_explain(args: argparse.Namespace) -> int:
     """``churnwatch explain CUSTOMER_ID``; exit code 1 for an unknown customer."""
-    config, opened = _open_store(args)
-    with opened as (factory, _url):
-        detail = customer_detail(factory(), config, args.customer_id)
+    from churnwatch.runtime import config_from_args, monitor_store
+
+    config = config_from_args(args)
+    with monitor_store(args, config, "explain") as store:
+        detail = customer_detail(store, config, args.customer_id)
     if detail is None:
         print(f"churnwatch: unknown customer {args.customer_id!r}", file=sys.stderr)
         return 1
@@ -174,19 +171,24 @@ def _next_action(row: dict[str, Any]) -> str:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """``churnwatch serve``: until interrupted (Ctrl-C or SIGTERM)."""
-    import os
     import signal
     import threading
 
     from churnwatch.metrics.exporter import start_metrics_server
     from prometheus_client import CollectorRegistry
 
-    from churnwatch.runtime import UsageError, config_from_args, store_factory
+    from churnwatch.runtime import (
+        UsageError,
+        check_login,
+        config_from_args,
+        monitor_redis_url,
+        store_factory,
+    )
 
-    if not (args.redis_url or os.environ.get("CHURNWATCH_REDIS_URL")
-            or os.environ.get("CHURNWATCH_REDIS_URL_FILE")):
-        raise UsageError("serve: name the monitor's Redis with --redis-url, "
-                         "$CHURNWATCH_REDIS_URL or $CHURNWATCH_REDIS_URL_FILE")
+    # The monitor's Redis only; a refused login stops here, a Redis that is down shows on the
+    # pages and /healthz until it is back.
+    args.redis_url = monitor_redis_url(args, "serve")
+    check_login(args.redis_url, must_answer=False)
     config = config_from_args(args)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -212,19 +214,12 @@ def cmd_reindex(args: argparse.Namespace) -> int:
     """``churnwatch reindex``: the urgency index of every stored customer, written afresh."""
     import time
 
-    from churnwatch.state.redis_store import RedisStore
-
-    from churnwatch.embedded import redis_url_or_embedded
-    from churnwatch.runtime import config_from_args
+    from churnwatch.runtime import config_from_args, monitor_store
 
     config = config_from_args(args)
-    with redis_url_or_embedded(args.redis_url) as url:
-        store = RedisStore(url, config.shards, config.key_prefix, max_wait=30.0)
-        try:
-            started = time.perf_counter()
-            indexed = store.rebuild_urgency_index()
-        finally:
-            store.close()
+    with monitor_store(args, config, "reindex", max_wait=30.0) as store:
+        started = time.perf_counter()
+        indexed = store.rebuild_urgency_index()
     print(f"indexed {indexed} customers in {time.perf_counter() - started:.1f} s",
           file=sys.stderr)
     return 0

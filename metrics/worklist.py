@@ -513,15 +513,18 @@ class WorklistAPI:
 
     def _healthz(self) -> tuple[int, Any]:
         """Liveness: the server answers. Redis's state is reported, not required, since the
-        dataflow rides out an outage by retrying."""
+        dataflow rides out an outage by retrying: ``ok``, ``unreachable`` or ``login refused``
+        (a wrong password: no retry cures that). Never the URL, which may hold a password."""
+        from churnwatch.state.connection import is_authentication_error
+
         client = getattr(self.store, "client", None)
         redis_state = "unknown"
         if client is not None:
             try:
                 client.ping()
                 redis_state = "ok"
-            except Exception:  # noqa: BLE001
-                redis_state = "unreachable"
+            except Exception as exc:  # noqa: BLE001
+                redis_state = "login refused" if is_authentication_error(exc) else "unreachable"
         return 200, {"status": "ok", "redis": redis_state}
 
 

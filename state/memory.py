@@ -28,6 +28,7 @@ class MemoryStore:
         self.shards = shards
         self._customers: dict[str, bytes] = {}
         self._shards: dict[int, bytes] = {}
+        self._positions: dict[int, dict[int, int]] = {}
         self._due: dict[int, dict[str, float]] = defaultdict(dict)
         self._transitions: deque[dict[str, object]] = deque(maxlen=100_000)
         self._dead: deque[dict[str, object]] = deque(maxlen=100_000)
@@ -37,7 +38,9 @@ class MemoryStore:
 
     def load_shard(self, shard: int) -> ShardState:
         raw = self._shards.get(shard)
-        return ShardState.from_wire(msgpack.unpackb(raw, strict_map_key=False) if raw else None)
+        state = ShardState.from_wire(msgpack.unpackb(raw, strict_map_key=False) if raw else None)
+        state.positions = dict(self._positions.get(shard, {}))
+        return state
 
     def load_customers(self, shard: int, customer_ids: Sequence[str]
                        ) -> dict[str, CustomerState | None]:
@@ -66,6 +69,7 @@ class MemoryStore:
             else:
                 self._due[shard][cid] = float(state.next_review_at)
         self._shards[shard] = msgpack.packb(shard_state.to_wire())
+        self._positions[shard] = dict(shard_state.positions)
         for transition in transitions:
             self._transitions.append(transition.as_dict())
 

@@ -12,13 +12,17 @@ shard's keys in one Redis Cluster slot, so a batch commits in one MULTI/EXEC):
 - ``P:{sN}:u:<segment>``      sorted set, the urgency index of the customers who declared
   ``segment`` ("" for none): customer -> :func:`~churnwatch.state.base.urgency_score`
 - ``P:{sN}:useg``             set of the declared segments that have an urgency index
+- ``P:{sN}:positions``        hash: source partition id -> highest offset the shard processed,
+                              and ``committed_at`` (wall clock of the last commit); written in
+                              the commit's transaction (``churnwatch status`` reads it)
 - ``P:deadletters``           stream of dead letters (capped)
 - ``P:deadletters:offsets``   hash, source partition -> highest offset dead-lettered (each source
   position is dead-lettered once, see :meth:`RedisStore.add_dead_letters`)
 
 Every call goes through :meth:`RedisStore._call`, which retries with exponential backoff while
 Redis is unreachable, logging and reporting each failure to the observer, so an outage pauses
-the flow instead of crashing it.
+the flow instead of crashing it. A refused login (wrong password) is raised at once: waiting
+cannot cure it (see ``churnwatch.state.connection``).
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any, Protocol, TypeVar
+from typing import Any, NamedTuple, Protocol, TypeVar
 
 import msgpack
 import redis
@@ -42,6 +46,7 @@ from churnwatch.state.base import (
     urgency_ranges,
     urgency_score,
 )
+from churnwatch.state.connection import is_lost_connection
 
 from churnwatch.core.customer import CustomerState
 from churnwatch.core.engine import ShardState, SuddenDrop, TierTransition
@@ -146,6 +151,8 @@ class RedisStore:
             except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError,
                     redis.ReadOnlyError) as exc:
                 self.observer.error(operation, exc)
+                if not is_lost_connection(exc):
+                    raise
                 waited = time.monotonic() - started
                 if self.max_wait is not None and waited >= self.max_wait:
                     raise
@@ -159,8 +166,51 @@ class RedisStore:
     # -- StateStore ---------------------------------------------------------------------------
 
     def load_shard(self, shard: int) -> ShardState:
-        raw = self._call("read_state", lambda: self.client.get(f"{self._tag(shard)}:shard"))
-        return ShardState.from_wire(msgpack.unpackb(raw, strict_map_key=False) if raw else None)
+        tag = self._tag(shard)
+
+        def read() -> list[Any]:
+            pipe = self.client.pipeline(transaction=False)
+            pipe.get(f"{tag}:shard")
+            pipe.hgetall(f"{tag}:positions")
+            return pipe.execute()
+
+        raw, positions = self._call("read_state", read)
+        state = ShardState.from_wire(msgpack.unpackb(raw, strict_map_key=False) if raw else None)
+        state.positions = _positions(positions)
+        return state
+
+    def committed_positions(self) -> dict[int, CommittedPositions]:
+        """Per shard that has committed: the highest offset it processed per source partition
+        id, and the wall-clock time of its last commit (for ``churnwatch status``)."""
+
+        def read() -> list[Any]:
+            pipe = self.client.pipeline(transaction=False)
+            for shard in range(self.shards):
+                pipe.hgetall(f"{self._tag(shard)}:positions")
+            return pipe.execute()
+
+        out: dict[int, CommittedPositions] = {}
+        for shard, fields in enumerate(self._call("read_state", read)):
+            if fields:
+                at = fields.get(b"committed_at")
+                out[shard] = CommittedPositions(_positions(fields),
+                                                float(at) if at is not None else None)
+        return out
+
+    def dead_letter_count(self) -> tuple[int, int]:
+        """Dead letters ever added to the dead-letter stream, and how many it still holds
+        (it is capped at about ``DEAD_LETTERS_KEPT``)."""
+        key = f"{self.prefix}:deadletters"
+
+        def read() -> tuple[int, int]:
+            try:
+                info = self.client.xinfo_stream(key)
+            except redis.ResponseError:  # no such key: none yet
+                return 0, 0
+            length = int(info["length"])
+            return int(info.get("entries-added", length)), length
+
+        return self._call("read_state", read)
 
     def load_customers(self, shard: int, customer_ids: Sequence[str]
                        ) -> dict[str, CustomerState | None]:
@@ -202,6 +252,8 @@ class RedisStore:
                 due_add[cid] = float(state.next_review_at)
         shard_blob = msgpack.packb(shard_state.to_wire())
         index_add, index_remove, segments = self._index_changes(shard, changed)
+        positions: dict[str, str] = {str(p): str(o) for p, o in shard_state.positions.items()}
+        positions["committed_at"] = repr(time.time())
         # A token written in the same transaction tells a retry whether a MULTI/EXEC whose reply
         # was lost did apply: the stream and history appends must not happen twice.
         token = os.urandom(12)
@@ -228,6 +280,7 @@ class RedisStore:
                 pipe.zadd(f"{tag}:u:{segment}", scores)
             if segments:
                 pipe.sadd(f"{tag}:useg", *segments)
+            pipe.hset(f"{tag}:positions", mapping=positions)
             for transition in transitions:
                 record = transition.as_dict()
                 fields = {k: json.dumps(v) if isinstance(v, list) else str(v)
@@ -472,6 +525,18 @@ class RedisStore:
 
     def close(self) -> None:
         self.client.close()
+
+
+class CommittedPositions(NamedTuple):
+    """What one shard has committed: the highest offset processed per source partition id,
+    and when (wall clock; ``None`` if unknown)."""
+
+    offsets: dict[int, int]
+    committed_at: float | None
+
+
+def _positions(fields: Mapping[bytes, bytes]) -> dict[int, int]:
+    return {int(k): int(v) for k, v in fields.items() if k.isdigit()}
 
 
 def _transition_from_fields(fields: Mapping[bytes, bytes]) -> dict[str, object]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from redis_server import redis_server  # noqa: F401
@@ -88,12 +89,26 @@ def test_explain_json_and_unknown_customer(args: list[str],
     assert code == 1 and out == "" and "unknown customer 'nobody'" in err
 
 
-def test_top_on_an_empty_redis_says_so(capsys: pytest.CaptureFixture[str],
+def test_top_on_an_empty_redis_says_so(replayed_shop: Shop, tmp_path: Path,
+                                       capsys: pytest.CaptureFixture[str],
                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    # No --redis-url and no CHURNWATCH_REDIS_URL: a private, empty embedded Redis.
-    monkeypatch.delenv("CHURNWATCH_REDIS_URL", raising=False)
-    monkeypatch.delenv("CHURNWATCH_REDIS_URL_FILE", raising=False)
-    monkeypatch.delenv("CHURNWATCH_CONFIG", raising=False)
-    code, out, _ = run(capsys, "top")
+    # The monitor's Redis given by the environment, but a key prefix nothing was written under.
+    config = tmp_path / "other.toml"
+    config.write_text('[state]\nkey_prefix = "nothing-here"\n')
+    monkeypatch.setenv("CHURNWATCH_REDIS_URL", replayed_shop.url)
+    code, out, _ = run(capsys, "top", "--config", str(config))
     assert code == 0
     assert out.startswith("no customer matches")
+
+
+@pytest.mark.parametrize("command", [("top",), ("explain", "vip-2"), ("export",), ("status",)])
+def test_commands_on_the_monitors_state_refuse_to_run_without_its_redis(
+        command: tuple[str, ...], capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # A private Redis would be empty: "unknown customer" would be a lie.
+    monkeypatch.delenv("CHURNWATCH_REDIS_URL", raising=False)
+    monkeypatch.delenv("CHURNWATCH_REDIS_URL_FILE", raising=False)
+    code, out, err = run(capsys, *command)
+    assert code == 2 and out == ""
+    assert f"{command[0]} works on the monitor's Redis: give --redis-url" in err
+    assert "unknown customer" not in err

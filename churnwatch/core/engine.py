@@ -106,15 +106,31 @@ class SuddenDrop:
 class ShardState:
     """What a shard keeps besides its customers: learned priors, event-time watermark, and the
     running aggregates the metrics are read from (absolute values, so rewriting them is
-    idempotent)."""
+    idempotent).
 
-    __slots__ = ("priors", "watermark", "gauges", "counters")
+    ``positions`` holds, per source partition id, the highest offset the shard has processed
+    (applied, or skipped as a duplicate). It is not part of :meth:`to_wire`: a store keeps it
+    beside the wire form, committed in the same transaction, so an operator can see how far the
+    monitor has consumed each partition (``churnwatch status``).
+
+    >>> from churnwatch.core.config import ChurnwatchConfig
+    >>> from churnwatch.core.events import Event
+    >>> engine = ShardEngine(0, ChurnwatchConfig(), ShardState())
+    >>> _ = engine.process([Incoming(Event("c1", "visit", 0.0), partition=7, offset=41),
+    ...                     Incoming(Event("c1", "visit", 0.0), partition=7, offset=40)],
+    ...                    {"c1": None}, now=0.0)
+    >>> engine.state.positions
+    {7: 41}
+    """
+
+    __slots__ = ("priors", "watermark", "gauges", "counters", "positions")
 
     def __init__(self) -> None:
         self.priors = PopulationPriors()
         self.watermark = 0.0
         self.gauges: dict[str, float] = {}
         self.counters: dict[str, float] = {}
+        self.positions: dict[int, int] = {}
 
     def to_wire(self) -> list[object]:
         """A compact msgpack-able form."""
@@ -183,7 +199,10 @@ class ShardEngine:
                 touched[cid] = state
                 before[cid] = self._contribution(state)
                 heapq.heappush(pending, (state.next_review_at, cid))
+        positions = self.state.positions
         for item in items:
+            if item.partition and item.offset > positions.get(item.partition, -1):
+                positions[item.partition] = item.offset
             event = item.event
             cid = event.customer_id
             state = touched.get(cid)
