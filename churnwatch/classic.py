@@ -106,8 +106,44 @@ def _gamma_poisson_head(r: float, alpha: float, x: FloatArray) -> FloatArray:
     return np.asarray(special.gammaln(r + x) - special.gammaln(r) + r * math.log(alpha))
 
 
+class _AliveOrGone:
+    """What the three models share: each customer's likelihood splits into "still alive at
+    ``T``" and "gone after ``t_x``" terms (``_log_terms``; BG/NBD: Fader, Hardie and Lee 2005,
+    eq. 6; MBG/NBD: Batislam et al. 2007; Pareto/NBD: Fader and Hardie, note 008), from which the
+    total likelihood and P(alive) follow the same way."""
+
+    def _log_terms(self, x: FloatArray, t_x: FloatArray, T: FloatArray
+                   ) -> tuple[FloatArray, FloatArray]:
+        raise NotImplementedError
+
+    def log_likelihood(self, summaries: Summaries) -> float:
+        """Total log-likelihood of the summaries."""
+        alive, gone = self._log_terms(summaries.x, summaries.t_x, summaries.T)
+        return float(np.sum(summaries.weight * np.logaddexp(alive, gone)))
+
+    def p_alive(self, x: ArrayLike, t_x: ArrayLike, T: ArrayLike) -> FloatArray:
+        """P(alive at ``T``)."""
+        xs, txs, Ts = _arrays(x, t_x, T)
+        alive, gone = self._log_terms(xs, txs, Ts)
+        return np.asarray(np.exp(alive - np.logaddexp(alive, gone)))
+
+
+class _BetaGeometric(_AliveOrGone):
+    """BG/NBD and MBG/NBD: dropping out happens only at a purchase, so it cannot prevent the
+    first one in a window, and given alive ``lambda ~ Gamma(r + x, alpha + T)``."""
+
+    r: float
+    alpha: float
+
+    def p_purchase(self, t: float, x: ArrayLike, t_x: ArrayLike, T: ArrayLike) -> FloatArray:
+        """P(alive) times P(a purchase within ``t`` | alive)."""
+        xs, _, Ts = _arrays(x, t_x, T)
+        none_if_alive = ((self.alpha + Ts) / (self.alpha + Ts + t)) ** (self.r + xs)
+        return np.asarray(self.p_alive(x, t_x, T) * (1.0 - none_if_alive))
+
+
 @dataclass(frozen=True)
-class BGNBD:
+class BGNBD(_BetaGeometric):
     """BG/NBD: dropout after a repeat purchase with probability ``p ~ Beta(a, b)``.
 
     >>> m = BGNBD(r=0.243, alpha=4.414, a=0.793, b=2.426)
@@ -131,25 +167,6 @@ class BGNBD:
                             - special.betaln(a, b) - (r + x) * np.log(alpha + t_x), -np.inf)
         return alive, gone
 
-    def log_likelihood(self, summaries: Summaries) -> float:
-        """Total log-likelihood (Fader, Hardie and Lee 2005, eq. 6)."""
-        alive, gone = self._log_terms(summaries.x, summaries.t_x, summaries.T)
-        return float(np.sum(summaries.weight * np.logaddexp(alive, gone)))
-
-    def p_alive(self, x: ArrayLike, t_x: ArrayLike, T: ArrayLike) -> FloatArray:
-        """P(alive at ``T``)."""
-        xs, txs, Ts = _arrays(x, t_x, T)
-        alive, gone = self._log_terms(xs, txs, Ts)
-        return np.asarray(np.exp(alive - np.logaddexp(alive, gone)))
-
-    def p_purchase(self, t: float, x: ArrayLike, t_x: ArrayLike, T: ArrayLike) -> FloatArray:
-        """P(alive) times P(a purchase within ``t``); dropping out happens only after a purchase,
-        so it cannot prevent the first one, and given alive ``lambda ~ Gamma(r + x, alpha + T)``.
-        """
-        xs, _, Ts = _arrays(x, t_x, T)
-        none_if_alive = ((self.alpha + Ts) / (self.alpha + Ts + t)) ** (self.r + xs)
-        return np.asarray(self.p_alive(x, t_x, T) * (1.0 - none_if_alive))
-
     def expected_purchases(self, t: float, x: ArrayLike, t_x: ArrayLike, T: ArrayLike
                            ) -> FloatArray:
         """Conditional expectation (Fader, Hardie and Lee 2005, eq. 10)."""
@@ -165,7 +182,7 @@ class BGNBD:
 
 
 @dataclass(frozen=True)
-class MBGNBD:
+class MBGNBD(_BetaGeometric):
     """MBG/NBD: dropout after every purchase, the first included.
 
     >>> m = MBGNBD(r=0.525, alpha=6.183, a=0.891, b=1.614)
@@ -188,23 +205,6 @@ class MBGNBD:
                 - (r + x) * np.log(alpha + t_x))
         return alive, gone
 
-    def log_likelihood(self, summaries: Summaries) -> float:
-        """Total log-likelihood (Batislam et al. 2007)."""
-        alive, gone = self._log_terms(summaries.x, summaries.t_x, summaries.T)
-        return float(np.sum(summaries.weight * np.logaddexp(alive, gone)))
-
-    def p_alive(self, x: ArrayLike, t_x: ArrayLike, T: ArrayLike) -> FloatArray:
-        """P(alive at ``T``)."""
-        xs, txs, Ts = _arrays(x, t_x, T)
-        alive, gone = self._log_terms(xs, txs, Ts)
-        return np.asarray(np.exp(alive - np.logaddexp(alive, gone)))
-
-    def p_purchase(self, t: float, x: ArrayLike, t_x: ArrayLike, T: ArrayLike) -> FloatArray:
-        """P(alive) times P(a purchase within ``t`` | alive), as for BG/NBD."""
-        xs, _, Ts = _arrays(x, t_x, T)
-        none_if_alive = ((self.alpha + Ts) / (self.alpha + Ts + t)) ** (self.r + xs)
-        return np.asarray(self.p_alive(x, t_x, T) * (1.0 - none_if_alive))
-
     def expected_purchases(self, t: float, x: ArrayLike, t_x: ArrayLike, T: ArrayLike
                            ) -> FloatArray:
         """Conditional expectation of purchases within ``t`` (Batislam et al. 2007)."""
@@ -225,7 +225,7 @@ _WEIGHTS = 0.5 * _WEIGHTS
 
 
 @dataclass(frozen=True)
-class ParetoNBD:
+class ParetoNBD(_AliveOrGone):
     """Pareto/NBD: Poisson purchases until an exponential lifetime ends.
 
     >>> m = ParetoNBD(r=0.553, alpha=10.578, s=0.606, beta=11.669)  # CDNOW, weeks
@@ -269,17 +269,6 @@ class ParetoNBD:
         alive = head - (r + x) * np.log(alpha + T) - s * np.log(beta + T)
         gone = head + math.log(s) - np.log(r + s + x) + self._log_a0(x, t_x, T)
         return alive, gone
-
-    def log_likelihood(self, summaries: Summaries) -> float:
-        """Total log-likelihood (Fader and Hardie, note 008)."""
-        alive, gone = self._log_terms(summaries.x, summaries.t_x, summaries.T)
-        return float(np.sum(summaries.weight * np.logaddexp(alive, gone)))
-
-    def p_alive(self, x: ArrayLike, t_x: ArrayLike, T: ArrayLike) -> FloatArray:
-        """P(alive at ``T``)."""
-        xs, txs, Ts = _arrays(x, t_x, T)
-        alive, gone = self._log_terms(xs, txs, Ts)
-        return np.asarray(np.exp(alive - np.logaddexp(alive, gone)))
 
     def p_purchase(self, t: float, x: ArrayLike, t_x: ArrayLike, T: ArrayLike) -> FloatArray:
         """P(alive) times P(a purchase within ``t`` | alive).
