@@ -27,7 +27,7 @@ the instant of the next tier change absent events has a direct solution
 ...     c.apply(Event("c1", "order", day * 86400.0, amount=30.0), windows=windows_of(cfg))
 >>> fresh = assess(c, now=181 * 86400.0, config=cfg, priors=priors)
 >>> silent = assess(c, now=260 * 86400.0, config=cfg, priors=priors)
->>> fresh.score > silent.score, tier_name(tier_for(fresh.score, -1, cfg.policy(None)))
+>>> fresh.score > silent.score, tier_name(tier_for(chance_percent(fresh), -1, cfg.policy(None)))
 (True, 'healthy')
 """
 
@@ -36,6 +36,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from churnwatch.core.buyers import BuyerModel
 from churnwatch.core.config import COMPONENTS, TIERS, ChurnwatchConfig, SegmentPolicy
 from churnwatch.core.customer import DAY, LN2, CustomerState, Windows
 from churnwatch.core.priors import PopulationPriors
@@ -92,39 +93,31 @@ def windows_of(config: ChurnwatchConfig) -> Windows:
                    config.engagement_half_life_days * DAY, config.service_half_life_days * DAY)
 
 
-def return_probability(inputs: RecencyInputs, horizon_days: float, config: ChurnwatchConfig
-                       ) -> float:
-    """P(the customer orders again within ``horizon_days``), given their history.
+def return_probability(inputs: RecencyInputs, horizon_days: float, model: BuyerModel) -> float:
+    """The buyer model's P(the customer orders again within ``horizon_days``), uncalibrated.
 
-    Two things can explain a silence: the customer is still with us and simply has not needed to
-    order yet, or they left. Leaving is a dropout after any order with a probability that starts
-    at ``a / (a + b)`` and shrinks with every return (a Beta prior, so ``a / (a + b + repeats)``);
-    unlike BG/NBD this includes the first order, so one-time buyers are not rated certainly
-    alive. A customer who stayed orders after waiting times with a heavy (Lomax) tail around
-    their own mean gap, shrunk towards the population's while they have few orders.
+    See :mod:`churnwatch.core.buyers`: a tempered MBG/NBD whose population parameters each
+    shard learns from its own stream. One-time buyers may have left after their first order,
+    so they are never rated certainly alive; every repeat makes leaving less likely and every
+    day of silence more.
 
-    >>> from churnwatch.core.config import ChurnwatchConfig
-    >>> cfg = ChurnwatchConfig()
+    >>> from churnwatch.core.buyers import BuyerModel
+    >>> model = BuyerModel()
     >>> regular = RecencyInputs(repeats=9, span_days=180, silence_days=10, population_gap_days=40)
     >>> once = RecencyInputs(repeats=0, span_days=0, silence_days=10, population_gap_days=40)
-    >>> p_regular = return_probability(regular, 180, cfg)
-    >>> p_once = return_probability(once, 180, cfg)
+    >>> p_regular = return_probability(regular, 180, model)
+    >>> p_once = return_probability(once, 180, model)
     >>> 0 < p_once < p_regular < 1
     True
     """
-    model = config.recency
-    k = model.cadence_shrinkage
-    mean_gap = (k * inputs.population_gap_days + inputs.span_days) / (k + inputs.repeats)
-    shape = model.tail_shape
-    scale = shape * max(mean_gap, 1e-6)
     silence = min(max(inputs.silence_days, 0.0), _MAX_SILENCE_DAYS)
-    still_waiting = (scale / (scale + silence)) ** shape
-    dropout = model.dropout_prior_a / (model.dropout_prior_a + model.dropout_prior_b
-                                       + inputs.repeats)
-    alive = (1.0 - dropout) * still_waiting
-    p_alive = alive / (alive + dropout)
-    p_order_if_alive = 1.0 - ((scale + silence) / (scale + silence + horizon_days)) ** shape
-    return float(p_alive * p_order_if_alive)
+    return model.p_order_within(inputs.repeats, inputs.span_days, inputs.span_days + silence,
+                                horizon_days)
+
+
+def buyer_model(priors: PopulationPriors, config: ChurnwatchConfig) -> BuyerModel:
+    """The shard's fitted buyer model, or the configured prior before its first fit."""
+    return priors.buyer_model(config.recency.prior())
 
 
 def recency_inputs(state: CustomerState, now: float, priors: PopulationPriors,
@@ -155,8 +148,12 @@ def assess(state: CustomerState, now: float, config: ChurnwatchConfig,
     policy = config.policy(state.segment)
     weights = policy.weights
     inputs = recency_inputs(state, now, priors, config)
-    probability = return_probability(inputs, policy.horizon_days, config)
-    recency = Component(100.0 * math.sqrt(probability), 1.0)
+    model_probability = return_probability(inputs, policy.horizon_days,
+                                           buyer_model(priors, config))
+    probability = priors.calibrated(model_probability, policy.horizon_days)
+    # The score ranks on the model's own probability: the calibration map is monotone but
+    # flat in places, and a flat stretch would tie customers the model tells apart.
+    recency = Component(100.0 * math.sqrt(model_probability), 1.0)
     trend = _trend(state, config)
     engagement = _engagement(state, config, priors)
     service = _service(state)
@@ -172,6 +169,11 @@ def assess(state: CustomerState, now: float, config: ChurnwatchConfig,
     score = min(score, recency.value + MAX_LIFT_POINTS)
     return Assessment(min(max(score, 0.0), 100.0), (recency, trend, engagement, service),
                       probability, fixed_sum, fixed_weight, w_recency, inputs, now)
+
+
+def chance_percent(assessment: Assessment) -> float:
+    """The calibrated return probability in percent: what tiers are defined on."""
+    return 100.0 * assessment.return_probability
 
 
 def _trend(state: CustomerState, config: ChurnwatchConfig) -> Component:
@@ -234,28 +236,29 @@ def tier_name(tier: int) -> str:
     return TIERS[tier] if tier >= 0 else "none"
 
 
-def tier_for(score: float, current: int, policy: SegmentPolicy) -> int:
-    """The tier for ``score``, given the ``current`` tier (``-1`` for none), with hysteresis.
+def tier_for(chance: float, current: int, policy: SegmentPolicy) -> int:
+    """The tier for a return ``chance`` (percent), given the ``current`` tier (``-1`` for
+    none), with hysteresis.
 
     A boundary is crossed downwards only ``hysteresis`` points below it and upwards only that
-    far above it, so a score hovering at a boundary does not flap.
+    far above it, so a chance hovering at a boundary does not flap.
 
     >>> from churnwatch.core.config import SegmentPolicy
-    >>> p = SegmentPolicy()  # healthy >= 60, watch >= 45, at_risk >= 32, hysteresis 3
-    >>> tier_for(59.0, HEALTHY, p), tier_for(56.0, HEALTHY, p), tier_for(61.0, WATCH, p)
+    >>> p = SegmentPolicy()  # healthy >= 65 %, watch >= 45 %, at_risk >= 25 %, hysteresis 3
+    >>> tier_for(64.0, HEALTHY, p), tier_for(61.0, HEALTHY, p), tier_for(66.0, WATCH, p)
     (0, 1, 1)
-    >>> tier_for(10.0, HEALTHY, p), tier_for(59.0, -1, p)
+    >>> tier_for(10.0, HEALTHY, p), tier_for(64.0, -1, p)
     (3, 1)
     """
     bounds = policy.boundaries
     if current < 0:
-        return sum(1 for b in bounds if score < b)
+        return sum(1 for b in bounds if chance < b)
     margin = policy.hysteresis
     tier = current
-    while tier < CHURNED and score < bounds[tier] - margin:
+    while tier < CHURNED and chance < bounds[tier] - margin:
         tier += 1
     if tier == current:
-        while tier > HEALTHY and score >= bounds[tier - 1] + margin:
+        while tier > HEALTHY and chance >= bounds[tier - 1] + margin:
             tier -= 1
     return tier
 
@@ -264,45 +267,32 @@ def next_review_at(state: CustomerState, assessment: Assessment, now: float,
                    config: ChurnwatchConfig, priors: PopulationPriors) -> float | None:
     """When the customer's tier would next fall if no new event arrives (``None``: never).
 
-    Only recency moves with silence, so the score crossing the current tier's exit threshold is
-    a crossing of the return probability, found by bisection on the silence.
+    Tiers are defined on the calibrated return chance, which only falls with silence (the
+    buyer model's probability falls with every silent day and the calibration map is
+    monotone), so the exit is found by bisection on the silence.
     """
     tier = state.tier
     if tier < 0 or tier >= CHURNED:
         return None
     policy = config.policy(state.segment)
     # Aim a hair below the exit so the review lands past it despite rounding.
-    threshold = policy.boundaries[tier] - policy.hysteresis - 0.01
-    w = assessment.recency_weight
-    needed = (threshold * (assessment.fixed_weight + w) - assessment.fixed_weighted_sum) / w
-    # The score also falls below the threshold once recency alone drops below it minus the
-    # ceiling's lift; whichever comes first.
-    needed = max(needed, threshold - MAX_LIFT_POINTS)
-    if needed <= 0.0:
+    target = (policy.boundaries[tier] - policy.hysteresis - 0.01) / 100.0
+    if target <= 0.0:
         return None
-    target = (needed / 100.0) ** 2
     if assessment.return_probability < target:
         return now
     inputs = _inputs_at(assessment, state, now, priors, config)
     anchor = now - inputs.silence_days * DAY
     horizon = policy.horizon_days
-    exit_silence = _exit_silence(inputs, horizon, config, target)
+    model = buyer_model(priors, config)
+
+    def still_above(silence: float) -> bool:
+        at = RecencyInputs(inputs.repeats, inputs.span_days, silence,
+                           inputs.population_gap_days)
+        return priors.calibrated(return_probability(at, horizon, model), horizon) >= target
+
     low = inputs.silence_days
     high = max(low, 1.0) * 2.0
-    if exit_silence is None:
-        def still_above(silence: float) -> bool:
-            return return_probability(RecencyInputs(inputs.repeats, inputs.span_days, silence,
-                                                    inputs.population_gap_days), horizon,
-                                      config) >= target
-    else:
-        # The crossing is known in closed form, so each step is a comparison rather than a
-        # model evaluation (the model clamps silence to 0.._MAX_SILENCE_DAYS, hence the clamp).
-        crossing = exit_silence
-
-        def still_above(silence: float) -> bool:
-            return min(max(silence, 0.0), _MAX_SILENCE_DAYS) <= crossing
-
-    # Bisection to the minute; its steps fix the instant, whichever predicate answers them.
     while still_above(high):
         if high >= _MAX_SILENCE_DAYS:
             return None
@@ -316,42 +306,6 @@ def next_review_at(state: CustomerState, assessment: Assessment, now: float,
         else:
             high = mid
     return max(anchor + high * DAY, now)
-
-
-def _exit_silence(inputs: RecencyInputs, horizon_days: float, config: ChurnwatchConfig,
-                  target: float) -> float | None:
-    """The silence (days) at which :func:`return_probability` falls to ``target``, in closed
-    form for the default tail shape 1 (``None`` for other shapes: evaluate the model).
-
-    With shape 1 and ``x = scale + silence`` the model is
-    ``(1 - d) scale h / (((1 - d) scale + d x) (x + h))``, so the crossing is the positive root
-    of ``t d x^2 + t (d h + (1 - d) scale) x - (1 - t)(1 - d) scale h = 0``, taken in the form
-    that does not cancel.
-
-    >>> from churnwatch.core.config import ChurnwatchConfig
-    >>> cfg = ChurnwatchConfig()
-    >>> inputs = RecencyInputs(repeats=4, span_days=120, silence_days=0, population_gap_days=30)
-    >>> s = _exit_silence(inputs, 180.0, cfg, 0.3)
-    >>> at = RecencyInputs(4, 120, s, 30)
-    >>> round(return_probability(at, 180.0, cfg), 9)
-    0.3
-    """
-    model = config.recency
-    if model.tail_shape != 1.0:
-        return None
-    if target >= 1.0:
-        return -math.inf
-    k = model.cadence_shrinkage
-    mean_gap = (k * inputs.population_gap_days + inputs.span_days) / (k + inputs.repeats)
-    scale = max(mean_gap, 1e-6)
-    dropout = model.dropout_prior_a / (model.dropout_prior_a + model.dropout_prior_b
-                                       + inputs.repeats)
-    stay = 1.0 - dropout
-    a = target * dropout
-    b = target * (dropout * horizon_days + stay * scale)
-    minus_c = (1.0 - target) * stay * scale * horizon_days
-    x = 2.0 * minus_c / (b + math.sqrt(b * b + 4.0 * a * minus_c))
-    return x - scale
 
 
 # -- reasons -------------------------------------------------------------------------------------
@@ -415,5 +369,5 @@ def component_values(assessment: Assessment) -> list[int]:
     return [round(c.value) if c.confidence > 0 else -1 for c in assessment.components]
 
 
-__all__ = ["COMPONENTS", "Assessment", "Component", "assess", "next_review_at", "reasons",
-           "return_probability", "tier_for", "tier_name"]
+__all__ = ["COMPONENTS", "Assessment", "Component", "assess", "buyer_model", "chance_percent",
+           "next_review_at", "reasons", "return_probability", "tier_for", "tier_name"]
