@@ -23,6 +23,7 @@ True
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import minimize
 from scipy.special import betaln, gammaln
+from scipy.stats import rankdata
 
 #: Evidence weights tried on the matured outcomes, most trusting first.
 EVIDENCE_WEIGHTS = (1.0, 0.7, 0.5, 0.35, 0.25)
@@ -147,6 +149,66 @@ def choose_evidence_weight(model: BuyerModel, x: np.ndarray, t_x: np.ndarray, ag
         if score > best + 1e-9:
             best_weight, best = weight, score
     return best_weight
+
+
+def choose_ranking_weight(model: BuyerModel, x: np.ndarray, t_x: np.ndarray, age: np.ndarray,
+                          horizon: float, returned: np.ndarray) -> float:
+    """The evidence weight whose predictions rank ``returned`` best (ROC AUC); ties keep the
+    more trusting weight. Ranking and calibration may want different weights: a weight that
+    predicts the level of returns well can order customers less well."""
+    best_weight, best = 1.0, -math.inf
+    for weight in EVIDENCE_WEIGHTS:
+        tempered = BuyerModel(model.r, model.alpha, model.a, model.b, weight)
+        score = roc_auc(p_order_within_many(tempered, x, t_x, age, horizon), returned)
+        if score > best + 1e-4:
+            best_weight, best = weight, score
+    return best_weight
+
+
+def roc_auc(score: np.ndarray, positive: np.ndarray) -> float:
+    """ROC AUC of ``score`` for the ``positive`` labels, ties counted one half.
+
+    >>> roc_auc(np.array([0.9, 0.8, 0.3, 0.1]), np.array([1.0, 1.0, 0.0, 0.0]))
+    1.0
+    """
+    n_pos = float(positive.sum())
+    n_neg = len(positive) - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return 0.5
+    ranks = rankdata(score)
+    return float((ranks[positive > 0].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+@dataclass(frozen=True, slots=True)
+class PercentileMap:
+    """Where a probability stands among a shard's sampled customers (0..1), from the sample's
+    quantiles at the last refit. Each shard fits its own model, so its probabilities sit at a
+    level of their own; a percentile puts every shard's customers on one scale.
+
+    >>> m = PercentileMap((0.1, 0.2, 0.4, 0.8, 0.9))
+    >>> m.apply(0.05), m.apply(0.3), m.apply(0.95)
+    (0.0, 0.375, 1.0)
+    """
+
+    knots: tuple[float, ...]
+
+    def apply(self, p: float) -> float:
+        """The share of the sample whose probability is below ``p``, interpolated."""
+        knots = self.knots
+        if len(knots) < 2 or p <= knots[0]:
+            return 0.0
+        if p >= knots[-1]:
+            return 1.0
+        i = bisect.bisect_right(knots, p) - 1
+        lo, hi = knots[i], knots[i + 1]
+        frac = (p - lo) / (hi - lo) if hi > lo else 0.0
+        return (i + frac) / (len(knots) - 1)
+
+
+def percentile_map(predicted: np.ndarray, knots: int = 32) -> PercentileMap:
+    """The quantiles of ``predicted`` at ``knots`` equal steps."""
+    quantiles = np.quantile(predicted, np.linspace(0.0, 1.0, knots + 1))
+    return PercentileMap(tuple(round(float(q), 8) for q in quantiles))
 
 
 @dataclass(frozen=True, slots=True)

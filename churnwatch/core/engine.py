@@ -344,6 +344,13 @@ class ShardEngine:
         due = next_review_at(state, assessment, now, config, priors)
         if due is not None and due <= now:
             due = now + 60.0  # already past the threshold but held by hysteresis: look again
+        if due is not None:
+            # The shard's next refit moves every probability a little: look again right after
+            # it, so a silent customer's tier follows the model rather than the one it was
+            # scored with. (Churned customers wait for an event.)
+            refit_at = priors.next_fit_day * DAY + 1.0
+            if now < refit_at < due:
+                due = refit_at
         # Whole seconds, as stored: the due index must read back exactly as written.
         state.next_review_at = None if due is None else float(math.ceil(due))
 

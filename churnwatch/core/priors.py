@@ -35,10 +35,13 @@ import numpy as np
 from churnwatch.core.buyers import (
     BuyerModel,
     CalibrationMap,
+    PercentileMap,
     choose_evidence_weight,
+    choose_ranking_weight,
     fit_buyer_model,
     fit_calibration,
     p_order_within_many,
+    percentile_map,
 )
 
 DAY = 86400.0
@@ -66,7 +69,8 @@ class PopulationPriors:
     """
 
     __slots__ = ("gap_sum_days", "gap_count", "sent", "responded", "spend_bins", "_floor",
-                 "sample", "model", "calibration", "next_fit_day", "_top")
+                 "sample", "model", "calibration", "next_fit_day", "rank_weight", "percentiles",
+                 "_top")
 
     def __init__(self) -> None:
         self.gap_sum_days = 0.0
@@ -82,6 +86,10 @@ class PopulationPriors:
         self.model: BuyerModel | None = None
         self.calibration: dict[float, CalibrationMap] = {}
         self.next_fit_day = 0
+        # The evidence weight that ranks best, and per horizon where the sample's customers
+        # stand under it: the health score's scale.
+        self.rank_weight = 1.0
+        self.percentiles: dict[float, PercentileMap] = {}
         self._top: int | None = None
 
     # -- the buyer model ---------------------------------------------------------------------
@@ -140,6 +148,7 @@ class PopulationPriors:
         model = fit_buyer_model(x, t_x, age, start, prior)
         horizons = list(dict.fromkeys(horizons))
         weight = model.evidence_weight
+        rank_weight = self.rank_weight
         window = min(horizons[0], history / 2.0) if horizons else 0.0
         fitted_at: dict[float, BuyerModel] = {}
         if window >= 7.0:
@@ -147,8 +156,13 @@ class PopulationPriors:
             if len(xc) >= MIN_OUTCOMES:
                 earlier = fit_buyer_model(xc, tc, agec, model, prior)
                 weight = choose_evidence_weight(earlier, xc, tc, agec, window, returned)
+                rank_weight = choose_ranking_weight(earlier, xc, tc, agec, window, returned)
                 fitted_at[window] = earlier
         self.model = BuyerModel(model.r, model.alpha, model.a, model.b, weight)
+        self.rank_weight = rank_weight
+        ranking = self.ranking_model(self.model)
+        self.percentiles = {h: percentile_map(p_order_within_many(ranking, x, t_x, age, h))
+                            for h in horizons}
         calibration: dict[float, CalibrationMap] = {}
         for horizon in horizons:
             if history < horizon + 7.0:
@@ -161,6 +175,16 @@ class PopulationPriors:
             predicted = p_order_within_many(tempered, xc, tc, agec, horizon)
             calibration[horizon] = fit_calibration(predicted, returned)
         self.calibration = calibration
+
+    def ranking_model(self, model: BuyerModel) -> BuyerModel:
+        """``model`` with the evidence weight that ranks best."""
+        return BuyerModel(model.r, model.alpha, model.a, model.b, self.rank_weight)
+
+    def standing(self, p: float, horizon: float) -> float | None:
+        """Where the ranking model's probability ``p`` stands among the shard's sampled
+        customers at the last refit (0..1; ``None`` before the first fit)."""
+        scale = self.percentiles.get(horizon)
+        return None if scale is None else scale.apply(p)
 
     def calibrated(self, p: float, horizon: float) -> float:
         """The model probability ``p`` for ``horizon`` through the shard's calibration map
@@ -237,6 +261,8 @@ class PopulationPriors:
             "model": None if self.model is None else self.model.to_wire(),
             "calibration": [[h, *m.to_wire()] for h, m in sorted(self.calibration.items())],
             "next_fit_day": self.next_fit_day,
+            "rank_weight": self.rank_weight,
+            "percentiles": [[h, list(m.knots)] for h, m in sorted(self.percentiles.items())],
         }
 
     @classmethod
@@ -267,6 +293,9 @@ class PopulationPriors:
         priors.calibration = {float(row[0]): CalibrationMap.from_wire(row[1:])
                               for row in data["calibration"]}  # type: ignore[attr-defined]
         priors.next_fit_day = int(data["next_fit_day"])  # type: ignore[call-overload]
+        priors.rank_weight = float(data["rank_weight"])  # type: ignore[arg-type]
+        priors.percentiles = {float(h): PercentileMap(tuple(float(v) for v in knots))
+                              for h, knots in data["percentiles"]}  # type: ignore[attr-defined]
         return priors
 
 

@@ -115,6 +115,17 @@ def return_probability(inputs: RecencyInputs, horizon_days: float, model: BuyerM
                                 horizon_days)
 
 
+def _standing(inputs: RecencyInputs, horizon: float, model: BuyerModel,
+              priors: PopulationPriors) -> float:
+    """The recency component's 0..1: where the customer's chance, under the evidence weight
+    that ranks best, stands among the shard's sampled customers (``sqrt`` of the chance before
+    the shard's first fit). A monotone map of a probability that falls with silence, so it
+    falls with silence too."""
+    p = return_probability(inputs, horizon, priors.ranking_model(model))
+    standing = priors.standing(p, horizon)
+    return math.sqrt(p) if standing is None else standing
+
+
 def buyer_model(priors: PopulationPriors, config: ChurnwatchConfig) -> BuyerModel:
     """The shard's fitted buyer model, or the configured prior before its first fit."""
     return priors.buyer_model(config.recency.prior())
@@ -148,12 +159,10 @@ def assess(state: CustomerState, now: float, config: ChurnwatchConfig,
     policy = config.policy(state.segment)
     weights = policy.weights
     inputs = recency_inputs(state, now, priors, config)
-    model_probability = return_probability(inputs, policy.horizon_days,
-                                           buyer_model(priors, config))
-    probability = priors.calibrated(model_probability, policy.horizon_days)
-    # The score ranks on the model's own probability: the calibration map is monotone but
-    # flat in places, and a flat stretch would tie customers the model tells apart.
-    recency = Component(100.0 * math.sqrt(model_probability), 1.0)
+    model = buyer_model(priors, config)
+    horizon = policy.horizon_days
+    probability = priors.calibrated(return_probability(inputs, horizon, model), horizon)
+    recency = Component(100.0 * _standing(inputs, horizon, model, priors), 1.0)
     trend = _trend(state, config)
     engagement = _engagement(state, config, priors)
     service = _service(state)
