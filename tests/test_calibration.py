@@ -1,4 +1,4 @@
-"""The buyer model learned from the stream: its sample, its fits, its calibration, its invariants."""
+"""The buyer model learned from the stream: its sample, fits, calibration and invariants."""
 
 from __future__ import annotations
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 
@@ -266,36 +267,30 @@ class PopulationPriors:
         }
 
     @classmethod
-    def from_wire(cls, data: list[object] | dict[str, object] | None) -> PopulationPriors:
+    def from_wire(cls, data: list[Any] | dict[str, Any] | None) -> PopulationPriors:
         """Inverse of :meth:`to_wire`; ``None`` gives empty priors. Reads the previous format
-        (a positional list without sample or model) too: the model is then refitted at the
-        next refit day."""
+        (a positional list without sample or model) too: the model is then fitted at the next
+        refit day."""
         priors = cls()
         if not data:
             return priors
         if isinstance(data, list):
             gap_sum, gap_count, sent, responded, bins = data
-            priors.gap_sum_days = float(gap_sum)  # type: ignore[arg-type]
-            priors.gap_count = int(gap_count)  # type: ignore[call-overload]
-            priors.sent = float(sent)  # type: ignore[arg-type]
-            priors.responded = float(responded)  # type: ignore[arg-type]
-            priors.spend_bins = [int(b) for b in bins]  # type: ignore[attr-defined]
-            return priors
-        gap_sum, gap_count = data["gaps"]  # type: ignore[misc]
-        sent, responded = data["engagement"]  # type: ignore[misc]
-        priors.gap_sum_days, priors.gap_count = float(gap_sum), int(gap_count)
-        priors.sent, priors.responded = float(sent), float(responded)
-        priors.spend_bins = [int(b) for b in data["spend"]]  # type: ignore[attr-defined]
-        priors.sample = {int(row[0]): [int(v) for v in row[1:]]
-                         for row in data["sample"]}  # type: ignore[attr-defined]
-        model = data.get("model")
-        priors.model = None if model is None else BuyerModel.from_wire(model)  # type: ignore
-        priors.calibration = {float(row[0]): CalibrationMap.from_wire(row[1:])
-                              for row in data["calibration"]}  # type: ignore[attr-defined]
-        priors.next_fit_day = int(data["next_fit_day"])  # type: ignore[call-overload]
-        priors.rank_weight = float(data["rank_weight"])  # type: ignore[arg-type]
-        priors.percentiles = {float(h): PercentileMap(tuple(float(v) for v in knots))
-                              for h, knots in data["percentiles"]}  # type: ignore[attr-defined]
+            gaps, engagement = [gap_sum, gap_count], [sent, responded]
+        else:
+            gaps, engagement, bins = data["gaps"], data["engagement"], data["spend"]
+            priors.sample = {int(row[0]): [int(v) for v in row[1:]] for row in data["sample"]}
+            model = data.get("model")
+            priors.model = None if model is None else BuyerModel.from_wire(model)
+            priors.calibration = {float(row[0]): CalibrationMap.from_wire(row[1:])
+                                  for row in data["calibration"]}
+            priors.next_fit_day = int(data["next_fit_day"])
+            priors.rank_weight = float(data["rank_weight"])
+            priors.percentiles = {float(h): PercentileMap(tuple(float(v) for v in knots))
+                                  for h, knots in data["percentiles"]}
+        priors.gap_sum_days, priors.gap_count = float(gaps[0]), int(gaps[1])
+        priors.sent, priors.responded = float(engagement[0]), float(engagement[1])
+        priors.spend_bins = [int(b) for b in bins]
         return priors
 
 
