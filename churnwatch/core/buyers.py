@@ -35,6 +35,9 @@ from scipy.stats import rankdata
 
 #: Evidence weights tried on the matured outcomes, most trusting first.
 EVIDENCE_WEIGHTS = (1.0, 0.7, 0.5, 0.35, 0.25)
+#: How much better a less trusting weight must do to be chosen (see the choose_* functions).
+LOGLIK_MARGIN = 2.0
+AUC_MARGIN = 0.05
 _LOG_BOUNDS = (-5.0, 8.0)
 # A weak normal prior on the log parameters (sd 2 around the defaults): a shard with a handful
 # of customers gets sensible parameters, a shard with hundreds gets its own.
@@ -140,13 +143,15 @@ def fit_buyer_model(x: np.ndarray, t_x: np.ndarray, age: np.ndarray, start: Buye
 def choose_evidence_weight(model: BuyerModel, x: np.ndarray, t_x: np.ndarray, age: np.ndarray,
                            horizon: float, returned: np.ndarray) -> float:
     """The evidence weight whose predictions of ``returned`` (within ``horizon`` after ``age``)
-    have the highest log-likelihood; ties keep the more trusting weight."""
+    have the highest log-likelihood. A less trusting weight must win by ``LOGLIK_MARGIN``
+    (total log-likelihood, as an information criterion would ask of one more parameter), so a
+    small shard's noise does not move it."""
     best_weight, best = 1.0, -math.inf
     for weight in EVIDENCE_WEIGHTS:
         tempered = BuyerModel(model.r, model.alpha, model.a, model.b, weight)
         p = np.clip(p_order_within_many(tempered, x, t_x, age, horizon), 1e-6, 1.0 - 1e-6)
-        score = float(np.mean(returned * np.log(p) + (1.0 - returned) * np.log1p(-p)))
-        if score > best + 1e-9:
+        score = float(np.sum(returned * np.log(p) + (1.0 - returned) * np.log1p(-p)))
+        if score > best + (LOGLIK_MARGIN if best > -math.inf else 0.0):
             best_weight, best = weight, score
     return best_weight
 
@@ -155,12 +160,15 @@ def choose_ranking_weight(model: BuyerModel, x: np.ndarray, t_x: np.ndarray, age
                           horizon: float, returned: np.ndarray) -> float:
     """The evidence weight whose predictions rank ``returned`` best (ROC AUC); ties keep the
     more trusting weight. Ranking and calibration may want different weights: a weight that
-    predicts the level of returns well can order customers less well."""
+    predicts the level of returns well can order customers less well. A less trusting weight
+    must win by ``AUC_MARGIN / sqrt(n)``, a token margin: on real logs less trust ranks
+    better, so the data is followed rather than second-guessed."""
     best_weight, best = 1.0, -math.inf
+    margin = AUC_MARGIN / math.sqrt(max(len(x), 1))
     for weight in EVIDENCE_WEIGHTS:
         tempered = BuyerModel(model.r, model.alpha, model.a, model.b, weight)
         score = roc_auc(p_order_within_many(tempered, x, t_x, age, horizon), returned)
-        if score > best + 1e-4:
+        if score > best + (margin if best > -math.inf else 0.0):
             best_weight, best = weight, score
     return best_weight
 

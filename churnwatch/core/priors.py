@@ -47,9 +47,9 @@ from churnwatch.core.buyers import (
 
 DAY = 86400.0
 #: Customers kept in a shard's buyer sample.
-SAMPLE_SIZE = 512
+SAMPLE_SIZE = 1024
 #: Most recent order days kept per sampled customer (older ones are only counted).
-KEPT_DAYS = 16
+KEPT_DAYS = 12
 #: Fewest sampled customers worth a fit; fewer keep the defaults.
 MIN_FIT = 30
 #: Fewest matured outcomes for an evidence weight or a calibration map.
