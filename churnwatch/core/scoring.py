@@ -1,21 +1,25 @@
-"""The Customer Health Score: components, tiers with hysteresis, reasons, next review time.
+"""The Customer Health Score, the return probability, tiers with hysteresis, reasons, next
+review time.
 
-The score (0..100) is a weighted mean of four components, each 0..100 with a confidence 0..1
-(how much evidence stands behind it); a component without evidence drops out instead of
-pretending to be average:
+``return_probability`` is the shard's buyer model (:mod:`churnwatch.core.buyers`) passed
+through the calibration map the shard learned from matured outcomes: the chance of at least one
+order within the segment's horizon. Tiers are defined on it, in percent.
 
-- ``recency``: the probability that the customer orders again within the segment's horizon,
-  given their silence, their own cadence and how many times they came back (see
-  :func:`return_probability`), as ``100 * sqrt(p)``.
+The score (0..100) ranks. It is a weighted mean of four components, each 0..100 with a
+confidence 0..1 (how much evidence stands behind it); a component without evidence drops out
+instead of pretending to be average:
+
+- ``recency``: where the customer's chance of ordering within the horizon (given their
+  silence, their number of orders and the shard's learned population) stands among the shard's
+  sampled buyers, as a percentile.
 - ``trend``: purchase frequency and value in recent months against the customer's earlier months.
 - ``engagement``: their answer rate to campaigns and messages against the population's.
 - ``service``: support tickets and feedback.
 
 Only ``recency`` moves while a customer is silent; the others are taken as of their last event,
 and together they can lift the score at most ``MAX_LIFT_POINTS`` above recency alone, so a
-customer silent long enough always ends ``churned``. So a score never rises with silence, and
-the instant of the next tier change absent events has a direct solution
-(:func:`next_review_at`).
+customer silent long enough always ends low. So a score never rises with silence, and nor does
+the return probability, whose crossing of the current tier's exit :func:`next_review_at` finds.
 
 >>> from churnwatch.core.config import ChurnwatchConfig
 >>> from churnwatch.core.customer import CustomerState
