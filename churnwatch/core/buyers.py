@@ -258,7 +258,7 @@ class CalibrationMap:
 
     def to_wire(self) -> list[list[float]]:
         """A compact msgpack-able form."""
-        return [[round(v, 6) for v in self.predicted], [round(v, 6) for v in self.observed]]
+        return [list(self.predicted), list(self.observed)]
 
     @classmethod
     def from_wire(cls, data: Sequence[Sequence[float]]) -> CalibrationMap:
@@ -298,4 +298,5 @@ def fit_calibration(predicted: np.ndarray, returned: np.ndarray, pseudo_count: f
             weights[-1] += w2
             sizes[-1] += n2
     observed = [rate for rate, n in zip(rates, sizes, strict=True) for _ in range(n)]
-    return CalibrationMap(tuple(means), tuple(observed))
+    # Rounded once, here: a map must read back from the store exactly as it was used.
+    return CalibrationMap(tuple(round(v, 6) for v in means), tuple(round(v, 6) for v in observed))
