@@ -15,7 +15,7 @@ from churnwatch.core.customer import DAY, CustomerState
 from churnwatch.core.engine import Incoming, ShardEngine, ShardState
 from churnwatch.core.events import Event
 from churnwatch.core.priors import SAMPLE_SIZE, PopulationPriors
-from churnwatch.core.scoring import assess, chance_percent, windows_of
+from churnwatch.core.scoring import assess, chance_percent, next_review_at, windows_of
 
 CONFIG = ChurnwatchConfig()
 T0 = 1_700_000_000.0
@@ -198,3 +198,25 @@ def test_refits_fall_on_the_same_events_whatever_the_batch_boundaries() -> None:
     small, large = run(97), run(1000)
     assert small == large
     assert small[0]["model"] is not None  # type: ignore[index]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.floats(min_value=0, max_value=300), min_size=1, max_size=25),
+       st.integers(min_value=0, max_value=2))
+def test_with_learned_priors_the_next_review_is_when_the_chance_leaves_the_tier(
+        days: list[float], tier: int) -> None:
+    state = CustomerState(first_seen=T0 + min(days) * DAY)
+    for day in days:
+        state.apply(Event("c", "order", T0 + day * DAY, amount=20.0), windows_of(CONFIG))
+    now = state.last_event_ts
+    policy = CONFIG.policy(None)
+    assessment = assess(state, now, CONFIG, FITTED)
+    threshold = policy.boundaries[tier] - policy.hysteresis
+    if chance_percent(assessment) < threshold:
+        return
+    state.tier = tier
+    due = next_review_at(state, assessment, now, CONFIG, FITTED)
+    assert due is not None  # a long enough silence always leaves every tier but churned
+    assert chance_percent(assess(state, due + 120, CONFIG, FITTED)) < threshold
+    if due - 120 > now:
+        assert chance_percent(assess(state, due - 120, CONFIG, FITTED)) >= threshold - 0.02
