@@ -341,16 +341,14 @@ class ShardEngine:
             self.state.counters[key] = self.state.counters.get(key, 0.0) + 1.0
         state.score = score
         state.scored_at = now
-        due = next_review_at(state, assessment, now, config, priors)
+        # The shard's next refit moves every probability a little: a silent customer is looked
+        # at again right after it, so their tier follows the model rather than the one they
+        # were scored with. (Churned customers wait for an event.)
+        refit_at = priors.next_fit_day * DAY + 1.0
+        due = next_review_at(state, assessment, now, config, priors,
+                             not_after=refit_at if refit_at > now else None)
         if due is not None and due <= now:
             due = now + 60.0  # already past the threshold but held by hysteresis: look again
-        if due is not None:
-            # The shard's next refit moves every probability a little: look again right after
-            # it, so a silent customer's tier follows the model rather than the one it was
-            # scored with. (Churned customers wait for an event.)
-            refit_at = priors.next_fit_day * DAY + 1.0
-            if now < refit_at < due:
-                due = refit_at
         # Whole seconds, as stored: the due index must read back exactly as written.
         state.next_review_at = None if due is None else float(math.ceil(due))
 

@@ -277,12 +277,14 @@ def tier_for(chance: float, current: int, policy: SegmentPolicy) -> int:
 
 
 def next_review_at(state: CustomerState, assessment: Assessment, now: float,
-                   config: ChurnwatchConfig, priors: PopulationPriors) -> float | None:
+                   config: ChurnwatchConfig, priors: PopulationPriors,
+                   not_after: float | None = None) -> float | None:
     """When the customer's tier would next fall if no new event arrives (``None``: never).
 
     Tiers are defined on the calibrated return chance, which only falls with silence (the
     buyer model's probability falls with every silent day and the calibration map is
-    monotone), so the exit is found by bisection on the silence.
+    monotone), so the exit is found by bisection on the silence. With ``not_after`` (a review
+    due then anyway), a tier still held at that instant answers ``not_after`` without a search.
     """
     tier = state.tier
     if tier < 0 or tier >= CHURNED:
@@ -305,7 +307,12 @@ def next_review_at(state: CustomerState, assessment: Assessment, now: float,
         return priors.calibrated(return_probability(at, horizon, model), horizon) >= target
 
     low = inputs.silence_days
-    high = max(low, 1.0) * 2.0
+    if not_after is not None and not_after > now:
+        if still_above(low + (not_after - now) / DAY):
+            return not_after
+        high = low + (not_after - now) / DAY
+    else:
+        high = max(low, 1.0) * 2.0
     while still_above(high):
         if high >= _MAX_SILENCE_DAYS:
             return None
