@@ -9,8 +9,9 @@ first), the chance of at least one order within the next ``h`` days has a closed
 
 Real customers are less regular than a Poisson clock: their rate drifts, so old purchases say
 less about today than the model assumes. ``evidence_weight`` ``w`` (0 < w <= 1) tempers the
-evidence: ``x``, ``t_x``, ``T`` and ``h`` enter as ``w x``, ``w t_x``, ``w T`` and ``w h``, a
-lighter posterior that trusts a frequent buyer's long silence less. ``w`` is chosen on the
+evidence: ``x``, ``t_x`` and ``T`` enter as ``w x``, ``w t_x`` and ``w T``, a wider posterior
+of the same mean that trusts a frequent buyer's long silence less. The horizon is the future,
+not evidence: it enters whole. ``w`` is chosen on the
 stream's own matured outcomes (see :mod:`churnwatch.core.priors`), never fixed per data set.
 
 >>> model = BuyerModel()
@@ -77,7 +78,7 @@ class BuyerModel:
         w = self.evidence_weight
         age = max(age, t_x)
         base = self.alpha + w * age
-        quiet = math.exp((self.r + w * x) * math.log(base / (base + w * horizon)))
+        quiet = math.exp((self.r + w * x) * math.log(base / (base + horizon)))
         return self.p_alive(x, t_x, age) * (1.0 - quiet)
 
     def mean_gap_days(self) -> float:
@@ -104,7 +105,7 @@ def p_order_within_many(model: BuyerModel, x: np.ndarray, t_x: np.ndarray, age: 
     base = model.alpha + w * age
     odds = model.a / (model.b + xe) * np.exp(shape * np.log(base / (model.alpha + w * t_x)))
     alive = 1.0 / (1.0 + odds)
-    return np.asarray(alive * (1.0 - np.exp(shape * np.log(base / (base + w * horizon)))))
+    return np.asarray(alive * (1.0 - np.exp(shape * np.log(base / (base + horizon)))))
 
 
 def _neg_log_posterior(theta: np.ndarray, x: np.ndarray, t_x: np.ndarray, age: np.ndarray,
