@@ -11,7 +11,7 @@ from churnwatch.core.config import ChurnwatchConfig
 from churnwatch.core.customer import DAY, LN2, CustomerState
 from churnwatch.core.events import Event
 from churnwatch.core.priors import PopulationPriors
-from churnwatch.core.scoring import assess, next_review_at, windows_of
+from churnwatch.core.scoring import assess, chance_percent, next_review_at, windows_of
 
 CONFIG = ChurnwatchConfig()
 WINDOWS = windows_of(CONFIG)
@@ -119,24 +119,28 @@ def test_score_stays_within_0_100_and_more_silence_never_raises_it(
 
 @settings(max_examples=60, deadline=None)
 @given(st.lists(events(), min_size=1, max_size=20), st.integers(min_value=0, max_value=2))
-def test_next_review_is_when_the_score_falls_below_the_tier_exit(evs: list[Event],
-                                                                  tier: int) -> None:
+def test_next_review_is_when_the_return_chance_falls_below_the_tier_exit(evs: list[Event],
+                                                                         tier: int) -> None:
     state = fold(evs)
     priors = PopulationPriors()
     now = state.last_event_ts
     policy = CONFIG.policy(None)
     assessment = assess(state, now, CONFIG, priors)
     threshold = policy.boundaries[tier] - policy.hysteresis
-    if assessment.score < threshold:
+    if chance_percent(assessment) < threshold:
         return
     state.tier = tier
     due = next_review_at(state, assessment, now, CONFIG, priors)
+
+    def chance(at: float) -> float:
+        return chance_percent(assess(state, at, CONFIG, priors))
+
     if due is None:  # never: even endless silence keeps it above the threshold
-        assert assess(state, now + 36000 * DAY, CONFIG, priors).score >= threshold - 1e-6
+        assert chance(now + 36000 * DAY) >= threshold - 1e-6
         return
-    assert assess(state, due + 120, CONFIG, priors).score < threshold + 1e-6
+    assert chance(due + 120) < threshold + 1e-6
     if due - 120 > now:
-        assert assess(state, due - 120, CONFIG, priors).score >= threshold - 0.02
+        assert chance(due - 120) >= threshold - 0.02
 
 
 @settings(max_examples=60, deadline=None)

@@ -131,16 +131,19 @@ def test_a_change_whose_scores_print_alike_says_which_threshold_was_crossed() ->
     assert f"{old:.0f}" == f"{assessment.score:.0f}" and f"{old:.2f}" != f"{assessment.score:.2f}"
     text = reasons(state, assessment, now, CONFIG, priors, component_values(assessment),
                    from_tier=HEALTHY, to_tier=WATCH, old_score=old)
-    assert text[-1] == (f"score {old:.2f} -> {assessment.score:.2f} crossed 57: the healthy "
-                        "boundary 60 less the 3-point hysteresis")
+    chance = 100.0 * assessment.return_probability
+    assert text[-1] == (f"score {old:.2f} -> {assessment.score:.2f} barely moved, but the tier "
+                        f"follows the chance: the chance of ordering within 180 days, "
+                        f"{chance:.1f}%, is below 62% (the healthy boundary 65% less the "
+                        "3-point hysteresis)")
     same = reasons(state, assessment, now, CONFIG, priors, None, from_tier=AT_RISK,
                    to_tier=WATCH, old_score=assessment.score)
-    assert same[-1].startswith(f"score unchanged at {assessment.score:.2f}: the tier follows "
-                               "the threshold 48 (the watch boundary 45 plus the 3-point "
-                               "hysteresis)")
+    assert same[-1] == (f"score unchanged at {assessment.score:.2f}, but the tier follows the "
+                        f"chance: the chance of ordering within 180 days, {chance:.1f}%, is at "
+                        "or above 48% (the watch boundary 45% plus the 3-point hysteresis)")
     apart = reasons(state, assessment, now, CONFIG, priors, None, from_tier=HEALTHY,
                     to_tier=WATCH, old_score=assessment.score + 5)
-    assert not any("crossed" in r or "unchanged" in r for r in apart)
+    assert not any("barely moved" in r or "unchanged" in r for r in apart)
 
 
 def test_a_fresh_order_reads_ordered_today_not_zero_days() -> None:

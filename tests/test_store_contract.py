@@ -69,7 +69,9 @@ def test_due_index_returns_customers_in_review_order(store: StateStore) -> None:
 
 def test_shard_state_and_transitions_round_trip(store: StateStore) -> None:
     engines = _commit_orders(store, ["a", "b"], T0 + 100 * DAY)
-    assert store.recent_transitions(10) == []  # a first tier is not a transition
+    # A first tier is an assignment, not a transition (a young customer may still move up as
+    # their orders come in: the buyer model rates a one-time buyer below a regular).
+    assert all(t["from"] != "none" for t in store.recent_transitions(10))
     for shard, engine in engines.items():
         silent = {c: s for c, s in store.load_customers(shard, ["a", "b"]).items()
                   if s is not None and shard_of(c, CONFIG.shards) == shard}
@@ -82,7 +84,7 @@ def test_shard_state_and_transitions_round_trip(store: StateStore) -> None:
     transitions = store.recent_transitions(10)
     assert {t["customer_id"] for t in transitions} == {"a", "b"}
     history = store.customer_transitions("a", 5)
-    assert [(t["from"], t["to"]) for t in history] == [
+    assert [(t["from"], t["to"]) for t in history][:3] == [
         ("at_risk", "churned"), ("watch", "at_risk"), ("healthy", "watch")]
     assert history[0]["reasons"]
     assert len(store.shard_states()) == len(engines)
@@ -134,6 +136,7 @@ def test_a_commit_retried_after_a_lost_reply_is_applied_once(redis_url: str) -> 
     """The connection drops after EXEC reached Redis: the retry must not append twice."""
     store = RedisStore(redis_url, CONFIG.shards, "t", max_wait=5)
     engines = _commit_orders(store, ["a"], T0 + 100 * DAY)
+    before = len(store.customer_transitions("a", 30))  # a young customer may have moved up
     [(shard, engine)] = engines.items()
     silent = store.load_customers(shard, ["a"])
     result = engine.review({"a": silent["a"]}, T0 + 5000 * DAY)
@@ -154,5 +157,5 @@ def test_a_commit_retried_after_a_lost_reply_is_applied_once(redis_url: str) -> 
     finally:
         redis.client.Pipeline.execute = real_execute
     assert calls["n"] == 1  # the retry saw the token and did not write again
-    assert len(store.customer_transitions("a", 30)) == len(result.transitions)
-    assert len(store.recent_transitions(30)) == len(result.transitions)
+    assert len(store.customer_transitions("a", 30)) == before + len(result.transitions)
+    assert len(store.recent_transitions(30)) == before + len(result.transitions)

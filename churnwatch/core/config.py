@@ -22,6 +22,7 @@ from typing import Any
 
 import tomllib
 
+from churnwatch.core.buyers import BuyerModel
 from churnwatch.core.playbooks import (
     DEFAULT_PLAYBOOKS,
     Playbook,
@@ -48,9 +49,10 @@ class SegmentPolicy:
     weights: Mapping[str, float] = field(
         default_factory=lambda: {"recency": 0.6, "trend": 0.15, "engagement": 0.15,
                                  "service": 0.1})
-    healthy: float = 60.0
+    # Lower bounds of the tiers on the calibrated chance of an order within the horizon, in %.
+    healthy: float = 65.0
     watch: float = 45.0
-    at_risk: float = 32.0
+    at_risk: float = 25.0
     hysteresis: float = 3.0
     churn_rate_objective: float = 0.05
 
@@ -62,14 +64,19 @@ class SegmentPolicy:
 
 @dataclass(frozen=True, slots=True)
 class RecencyModel:
-    """Population priors of the return-probability model (see docs/scoring.md)."""
+    """Prior centres of the buyer model, which each shard then learns from its stream (see
+    docs/scoring.md)."""
 
     default_gap_days: float = 30.0
     default_gap_weight: float = 10.0
-    cadence_shrinkage: float = 3.0
     dropout_prior_a: float = 1.0
     dropout_prior_b: float = 2.0
-    tail_shape: float = 1.0
+
+    def prior(self) -> BuyerModel:
+        """The buyer model before any fit, and the centre its fits are shrunk towards: rates
+        around one order per ``default_gap_days``, a first dropout chance ``a / (a + b)``."""
+        return BuyerModel(1.0, self.default_gap_days, self.dropout_prior_a,
+                          self.dropout_prior_b, 1.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,13 +178,10 @@ def parse_config(data: Mapping[str, Any], *, source: str) -> ChurnwatchConfig:
                                        base.default_gap_days, low=0.01),
         default_gap_weight=reader.number(rec, "recency", "default_gap_weight",
                                          base.default_gap_weight, low=0.0),
-        cadence_shrinkage=reader.number(rec, "recency", "cadence_shrinkage",
-                                        base.cadence_shrinkage, low=0.01),
         dropout_prior_a=reader.number(rec, "recency", "dropout_prior_a",
                                       base.dropout_prior_a, low=0.01),
         dropout_prior_b=reader.number(rec, "recency", "dropout_prior_b",
                                       base.dropout_prior_b, low=0.01),
-        tail_shape=reader.number(rec, "recency", "tail_shape", base.tail_shape, low=0.05),
     )
     reader.only(rec, "recency", set(RecencyModel.__dataclass_fields__))
 

@@ -33,6 +33,7 @@ from churnwatch.core.scoring import (
     CHURNED,
     HEALTHY,
     assess,
+    chance_percent,
     component_values,
     next_review_at,
     reasons,
@@ -174,6 +175,9 @@ class ShardEngine:
         self.windows = windows_of(config)
         self._lateness = config.allowed_lateness_days * DAY
         self._keys: dict[str | None, _GaugeKeys] = {}
+        # The default horizon first: the evidence weight is chosen on its window.
+        self._horizons = [config.default_policy.horizon_days] + sorted(
+            {p.horizon_days for p in config.segment_policies.values()})
 
     # -- entry points -------------------------------------------------------------------------
 
@@ -244,6 +248,7 @@ class ShardEngine:
                 result.last_event_ts = event.ts
             if event.ts > self.state.watermark:
                 self.state.watermark = event.ts
+                self._refit_if_due()
             mark = self.state.watermark
             while pending and pending[0][0] <= mark:
                 queued_at, silent = heapq.heappop(pending)
@@ -293,8 +298,10 @@ class ShardEngine:
     def _apply(self, state: CustomerState, event: ev.Event) -> None:
         priors = self.state.priors
         kind = event.type
-        if kind == ev.ORDER and state.last_order is not None and event.ts > state.last_order:
-            priors.observe_gap(event.ts - state.last_order)
+        if kind == ev.ORDER:
+            priors.observe_order(event.customer_id, event.ts)
+            if state.last_order is not None and event.ts > state.last_order:
+                priors.observe_gap(event.ts - state.last_order)
         old_spend = state.spend if state.orders or state.refunds else -1.0
         state.apply(event, self.windows)
         if kind in (ev.ORDER, ev.REFUND):
@@ -307,6 +314,14 @@ class ShardEngine:
             priors.observe_engagement(0.0, 0.4)
         elif kind == ev.MESSAGE_REPLIED:
             priors.observe_engagement(0.0, 1.0)
+
+    def _refit_if_due(self) -> None:
+        """Refit the shard's buyer model when the watermark passes the next refit day: an
+        instant of event time, so the refit falls at the same event whatever the batching."""
+        priors = self.state.priors
+        mark = self.state.watermark
+        if priors.refit_due(mark):
+            priors.refit(mark, self._horizons, self.config.recency.prior())
 
     def _advance(self, cid: str, state: CustomerState, until: float, result: BatchResult) -> None:
         """Re-score at every review time up to ``until``: tier changes of silence, on time."""
@@ -328,7 +343,7 @@ class ShardEngine:
         assessment = assess(state, now, config, priors)
         old_tier = state.tier
         old_score = state.score
-        new_tier = tier_for(assessment.score, old_tier, policy)
+        new_tier = tier_for(chance_percent(assessment), old_tier, policy)
         score = round(assessment.score, 2)
         previous = state.components
         state.components = component_values(assessment)
@@ -370,7 +385,12 @@ class ShardEngine:
             self.state.counters[key] = self.state.counters.get(key, 0.0) + 1.0
         state.score = score
         state.scored_at = now
-        due = next_review_at(state, assessment, now, config, priors)
+        # The shard's next refit moves every probability a little: a silent customer is looked
+        # at again right after it, so their tier follows the model rather than the one they
+        # were scored with. (Churned customers wait for an event.)
+        refit_at = priors.next_fit_day * DAY + 1.0
+        due = next_review_at(state, assessment, now, config, priors,
+                             not_after=refit_at if refit_at > now else None)
         if due is not None and due <= now:
             due = now + 60.0  # already past the threshold but held by hysteresis: look again
         # Whole seconds, as stored: the due index must read back exactly as written.

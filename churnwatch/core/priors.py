@@ -1,8 +1,17 @@
 """Population priors learned from the stream itself.
 
-Nothing here is tuned to a data set: the typical gap between orders, the usual response rate to
-campaigns and messages, and the spend that marks the top value tier are all learned from the
-events as they arrive, starting from weak defaults that the data quickly outweighs.
+Nothing here is tuned to a data set: the buyer model's population parameters (how purchase rates
+vary across customers, how the chance of leaving falls with every order, how much to trust old
+purchases), the calibration of its probability, the typical gap between orders, the usual
+response rate to campaigns and messages, and the spend that marks the top value tier are all
+learned from the events as they arrive, starting from weak defaults that the data outweighs.
+
+The buyer model is fitted on a sample of the shard's buyers: the ``SAMPLE_SIZE`` customers whose
+id hashes lowest (a bottom-k sample, so which customers are in it depends only on who ordered,
+never on arrival order or batching), each kept as their first order day, their most recent
+``KEPT_DAYS`` order days and a count of the older ones. The engine refits when the shard's
+watermark passes the next refit day (:meth:`PopulationPriors.refit_due`), so a refit happens at
+the same event on one worker or many.
 
 Each shard of the dataflow keeps its own :class:`PopulationPriors` (see docs/scoring.md), so that
 what a shard computes depends only on the events it has seen, in order: the same input gives the
@@ -17,20 +26,52 @@ same state on one worker or on a cluster.
 
 from __future__ import annotations
 
+import hashlib
 import math
+from collections.abc import Iterable
+from typing import Any
 
+import numpy as np
+
+from churnwatch.core.buyers import (
+    BuyerModel,
+    CalibrationMap,
+    PercentileMap,
+    choose_evidence_weight,
+    choose_ranking_weight,
+    fit_buyer_model,
+    fit_calibration,
+    p_order_within_many,
+    percentile_map,
+)
+
+DAY = 86400.0
+#: Customers kept in a shard's buyer sample.
+SAMPLE_SIZE = 1024
+#: Most recent order days kept per sampled customer (older ones are only counted).
+KEPT_DAYS = 12
+#: Fewest sampled customers worth a fit; fewer keep the defaults.
+MIN_FIT = 30
+#: Fewest matured outcomes for an evidence weight or a calibration map.
+MIN_OUTCOMES = 100
+#: Wire format version of :class:`PopulationPriors`.
+WIRE_VERSION = 2
 _SPEND_BINS = 48  # log2-spaced: bin i holds spends in [2**(i/2 - 1), 2**((i+1)/2 - 1))
 
 
 class PopulationPriors:
     """Sufficient statistics of the population, updated one event at a time.
 
-    ``observe_gap`` records a completed gap between two consecutive orders of one customer;
-    ``observe_engagement`` the decayed-free counts of outreach and answers; ``move_spend`` keeps
-    a histogram of every customer's current spend so a top share can be located.
+    ``observe_order`` feeds the buyer sample; ``refit`` refits the buyer model and its
+    calibration from it; ``observe_gap`` records a completed gap between two consecutive orders
+    of one customer; ``observe_engagement`` the decayed-free counts of outreach and answers;
+    ``move_spend`` keeps a histogram of every customer's current spend so a top share can be
+    located.
     """
 
-    __slots__ = ("gap_sum_days", "gap_count", "sent", "responded", "spend_bins", "_floor")
+    __slots__ = ("gap_sum_days", "gap_count", "sent", "responded", "spend_bins", "_floor",
+                 "sample", "model", "calibration", "next_fit_day", "rank_weight", "percentiles",
+                 "_top")
 
     def __init__(self) -> None:
         self.gap_sum_days = 0.0
@@ -41,6 +82,118 @@ class PopulationPriors:
         # (top_share, floor) of the last spend_quantile_floor call: every scoring asks, the
         # histogram changes only when a customer's spend crosses a bin edge.
         self._floor: tuple[float, float] | None = None
+        # Buyer sample: id hash -> [first order day, older order days, *recent order days].
+        self.sample: dict[int, list[int]] = {}
+        self.model: BuyerModel | None = None
+        self.calibration: dict[float, CalibrationMap] = {}
+        self.next_fit_day = 0
+        # The evidence weight that ranks best, and per horizon where the sample's customers
+        # stand under it: the health score's scale.
+        self.rank_weight = 1.0
+        self.percentiles: dict[float, PercentileMap] = {}
+        self._top: int | None = None
+
+    # -- the buyer model ---------------------------------------------------------------------
+
+    def observe_order(self, customer_id: str, ts: float) -> None:
+        """Record an order in the buyer sample (if the customer belongs to it)."""
+        key = customer_hash(customer_id)
+        day = math.floor(ts / DAY)
+        entry = self.sample.get(key)
+        if entry is None:
+            if len(self.sample) >= SAMPLE_SIZE:
+                top = self._top
+                if top is None:
+                    top = self._top = max(self.sample)
+                if key >= top:
+                    return
+                del self.sample[top]
+                self._top = None
+            entry = self.sample[key] = [day, 0]
+        if day in entry[2:]:
+            return
+        entry.append(day)
+        recent = sorted(entry[2:])
+        if len(recent) > KEPT_DAYS:
+            recent.pop(0)
+            entry[1] += 1
+        entry[0] = min(entry[0], day)
+        entry[2:] = recent
+
+    def buyer_model(self, prior: BuyerModel) -> BuyerModel:
+        """The fitted model, or ``prior`` before the first fit."""
+        return self.model if self.model is not None else prior
+
+    def refit_due(self, now: float) -> bool:
+        """Whether the watermark ``now`` has passed the next refit day."""
+        return now / DAY >= self.next_fit_day
+
+    def refit(self, now: float, horizons: Iterable[float], prior: BuyerModel) -> None:
+        """Refit the buyer model on the sample as of ``now``; choose the evidence weight and
+        fit a calibration map per horizon on the sample's matured outcomes.
+
+        Outcomes mature inside the sample: the customers' histories as of ``now - h`` predict
+        whether they ordered within the ``h`` days that followed. The evidence weight is chosen
+        on a window of the first horizon, or half the sample's history when that is shorter; a
+        calibration map is made only for a horizon that has fully matured.
+        """
+        today = now / DAY
+        entries = [self.sample[k] for k in sorted(self.sample)]
+        first_day = min((e[0] for e in entries), default=today)
+        history = today - first_day
+        self.next_fit_day = math.floor(today) + int(min(28, max(2, round(history / 8.0))))
+        if len(entries) < MIN_FIT:
+            return
+        x, t_x, age, _ = _summaries(entries, today, today)
+        start = self.model if self.model is not None else prior
+        model = fit_buyer_model(x, t_x, age, start, prior)
+        horizons = list(dict.fromkeys(horizons))
+        weight = model.evidence_weight
+        rank_weight = self.rank_weight
+        window = min(horizons[0], history / 2.0) if horizons else 0.0
+        fitted_at: dict[float, BuyerModel] = {}
+        if window >= 7.0:
+            xc, tc, agec, returned = _summaries(entries, today - window, today)
+            if len(xc) >= MIN_OUTCOMES:
+                earlier = fit_buyer_model(xc, tc, agec, model, prior)
+                weight = choose_evidence_weight(earlier, xc, tc, agec, window, returned)
+                rank_weight = choose_ranking_weight(earlier, xc, tc, agec, window, returned)
+                fitted_at[window] = earlier
+        self.model = BuyerModel(model.r, model.alpha, model.a, model.b, weight)
+        self.rank_weight = rank_weight
+        ranking = self.ranking_model(self.model)
+        self.percentiles = {h: percentile_map(p_order_within_many(ranking, x, t_x, age, h))
+                            for h in horizons}
+        calibration: dict[float, CalibrationMap] = {}
+        for horizon in horizons:
+            if history < horizon + 7.0:
+                continue
+            xc, tc, agec, returned = _summaries(entries, today - horizon, today)
+            if len(xc) < MIN_OUTCOMES:
+                continue
+            earlier = fitted_at.get(horizon) or fit_buyer_model(xc, tc, agec, model, prior)
+            tempered = BuyerModel(earlier.r, earlier.alpha, earlier.a, earlier.b, weight)
+            predicted = p_order_within_many(tempered, xc, tc, agec, horizon)
+            calibration[horizon] = fit_calibration(predicted, returned)
+        self.calibration = calibration
+
+    def ranking_model(self, model: BuyerModel) -> BuyerModel:
+        """``model`` with the evidence weight that ranks best."""
+        return BuyerModel(model.r, model.alpha, model.a, model.b, self.rank_weight)
+
+    def standing(self, p: float, horizon: float) -> float | None:
+        """Where the ranking model's probability ``p`` stands among the shard's sampled
+        customers at the last refit (0..1; ``None`` before the first fit)."""
+        scale = self.percentiles.get(horizon)
+        return None if scale is None else scale.apply(p)
+
+    def calibrated(self, p: float, horizon: float) -> float:
+        """The model probability ``p`` for ``horizon`` through the shard's calibration map
+        (unchanged while no outcome of that horizon has matured)."""
+        cal = self.calibration.get(horizon)
+        return p if cal is None else cal.apply(p)
+
+    # -- cadence, engagement, spend ----------------------------------------------------------
 
     def observe_gap(self, gap_seconds: float) -> None:
         """Record a completed gap between two consecutive orders."""
@@ -96,24 +249,85 @@ class PopulationPriors:
                 return _bin_floor(index)
         return 0.0
 
-    def to_wire(self) -> list[object]:
-        """A compact msgpack-able form."""
-        return [self.gap_sum_days, self.gap_count, self.sent, self.responded,
-                list(self.spend_bins)]
+    # -- wire format -------------------------------------------------------------------------
+
+    def to_wire(self) -> dict[str, object]:
+        """A compact msgpack-able form, versioned (``v``), fields named."""
+        return {
+            "v": WIRE_VERSION,
+            "gaps": [self.gap_sum_days, self.gap_count],
+            "engagement": [self.sent, self.responded],
+            "spend": list(self.spend_bins),
+            "sample": [[key, *entry] for key, entry in sorted(self.sample.items())],
+            "model": None if self.model is None else self.model.to_wire(),
+            "calibration": [[h, *m.to_wire()] for h, m in sorted(self.calibration.items())],
+            "next_fit_day": self.next_fit_day,
+            "rank_weight": self.rank_weight,
+            "percentiles": [[h, list(m.knots)] for h, m in sorted(self.percentiles.items())],
+        }
 
     @classmethod
-    def from_wire(cls, data: list[object] | None) -> PopulationPriors:
-        """Inverse of :meth:`to_wire`; ``None`` gives empty priors."""
+    def from_wire(cls, data: list[Any] | dict[str, Any] | None) -> PopulationPriors:
+        """Inverse of :meth:`to_wire`; ``None`` gives empty priors. Reads the previous format
+        (a positional list without sample or model) too: the model is then fitted at the next
+        refit day."""
         priors = cls()
-        if data:
+        if not data:
+            return priors
+        if isinstance(data, list):
             gap_sum, gap_count, sent, responded, bins = data
-            priors.gap_sum_days = float(gap_sum)  # type: ignore[arg-type]
-            priors.gap_count = int(gap_count)  # type: ignore[call-overload]
-            priors.sent = float(sent)  # type: ignore[arg-type]
-            priors.responded = float(responded)  # type: ignore[arg-type]
-            priors.spend_bins = [int(b) for b in bins]  # type: ignore[attr-defined]
-            priors._floor = None
+            gaps, engagement = [gap_sum, gap_count], [sent, responded]
+        else:
+            gaps, engagement, bins = data["gaps"], data["engagement"], data["spend"]
+            priors.sample = {int(row[0]): [int(v) for v in row[1:]] for row in data["sample"]}
+            model = data.get("model")
+            priors.model = None if model is None else BuyerModel.from_wire(model)
+            priors.calibration = {float(row[0]): CalibrationMap.from_wire(row[1:])
+                                  for row in data["calibration"]}
+            priors.next_fit_day = int(data["next_fit_day"])
+            priors.rank_weight = float(data["rank_weight"])
+            priors.percentiles = {float(h): PercentileMap(tuple(float(v) for v in knots))
+                                  for h, knots in data["percentiles"]}
+        priors.gap_sum_days, priors.gap_count = float(gaps[0]), int(gaps[1])
+        priors.sent, priors.responded = float(engagement[0]), float(engagement[1])
+        priors.spend_bins = [int(b) for b in bins]
         return priors
+
+
+def customer_hash(customer_id: str) -> int:
+    """A stable 32-bit hash of a customer id, which orders the bottom-k buyer sample.
+
+    >>> customer_hash("c1") == customer_hash("c1") != customer_hash("c2")
+    True
+    """
+    return int.from_bytes(hashlib.blake2b(customer_id.encode(), digest_size=4,
+                                          person=b"cw-sample").digest(), "big")
+
+
+def _summaries(entries: list[list[int]], at: float, until: float
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(x, t_x, age, returned)`` of the sampled customers as of day ``at``, with whether they
+    ordered after ``at`` up to ``until``; customers not yet buying at ``at``, or whose last
+    order before it is no longer kept, are left out."""
+    xs: list[float] = []
+    ts: list[float] = []
+    ages: list[float] = []
+    back: list[float] = []
+    for first, older, *recent in entries:
+        if first > at:
+            continue
+        before = [d for d in recent if d <= at]
+        if before:
+            last = before[-1]
+        elif older == 0 or not recent:
+            continue
+        else:
+            continue  # the last order before `at` has been forgotten
+        xs.append(older + len(before) - 1)
+        ts.append(last - first)
+        ages.append(at - first)
+        back.append(1.0 if any(at < d <= until for d in recent) else 0.0)
+    return np.array(xs, float), np.array(ts, float), np.array(ages, float), np.array(back)
 
 
 def _spend_bin(spend: float) -> int:

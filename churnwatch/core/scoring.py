@@ -1,21 +1,25 @@
-"""The Customer Health Score: components, tiers with hysteresis, reasons, next review time.
+"""The Customer Health Score, the return probability, tiers with hysteresis, reasons, next
+review time.
 
-The score (0..100) is a weighted mean of four components, each 0..100 with a confidence 0..1
-(how much evidence stands behind it); a component without evidence drops out instead of
-pretending to be average:
+``return_probability`` is the shard's buyer model (:mod:`churnwatch.core.buyers`) passed
+through the calibration map the shard learned from matured outcomes: the chance of at least one
+order within the segment's horizon. Tiers are defined on it, in percent.
 
-- ``recency``: the probability that the customer orders again within the segment's horizon,
-  given their silence, their own cadence and how many times they came back (see
-  :func:`return_probability`), as ``100 * sqrt(p)``.
+The score (0..100) ranks. It is a weighted mean of four components, each 0..100 with a
+confidence 0..1 (how much evidence stands behind it); a component without evidence drops out
+instead of pretending to be average:
+
+- ``recency``: where the customer's chance of ordering within the horizon (given their
+  silence, their number of orders and the shard's learned population) stands among the shard's
+  sampled buyers, as a percentile.
 - ``trend``: purchase frequency and value in recent months against the customer's earlier months.
 - ``engagement``: their answer rate to campaigns and messages against the population's.
 - ``service``: support tickets and feedback.
 
 Only ``recency`` moves while a customer is silent; the others are taken as of their last event,
 and together they can lift the score at most ``MAX_LIFT_POINTS`` above recency alone, so a
-customer silent long enough always ends ``churned``. So a score never rises with silence, and
-the instant of the next tier change absent events has a direct solution
-(:func:`next_review_at`).
+customer silent long enough always ends low. So a score never rises with silence, and nor does
+the return probability, whose crossing of the current tier's exit :func:`next_review_at` finds.
 
 >>> from churnwatch.core.config import ChurnwatchConfig
 >>> from churnwatch.core.customer import CustomerState
@@ -27,7 +31,7 @@ the instant of the next tier change absent events has a direct solution
 ...     c.apply(Event("c1", "order", day * 86400.0, amount=30.0), windows=windows_of(cfg))
 >>> fresh = assess(c, now=181 * 86400.0, config=cfg, priors=priors)
 >>> silent = assess(c, now=260 * 86400.0, config=cfg, priors=priors)
->>> fresh.score > silent.score, tier_name(tier_for(fresh.score, -1, cfg.policy(None)))
+>>> fresh.score > silent.score, tier_name(tier_for(chance_percent(fresh), -1, cfg.policy(None)))
 (True, 'healthy')
 """
 
@@ -36,6 +40,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from churnwatch.core.buyers import BuyerModel
 from churnwatch.core.config import COMPONENTS, TIERS, ChurnwatchConfig, SegmentPolicy
 from churnwatch.core.customer import DAY, LN2, CustomerState, Windows
 from churnwatch.core.priors import PopulationPriors
@@ -92,39 +97,42 @@ def windows_of(config: ChurnwatchConfig) -> Windows:
                    config.engagement_half_life_days * DAY, config.service_half_life_days * DAY)
 
 
-def return_probability(inputs: RecencyInputs, horizon_days: float, config: ChurnwatchConfig
-                       ) -> float:
-    """P(the customer orders again within ``horizon_days``), given their history.
+def return_probability(inputs: RecencyInputs, horizon_days: float, model: BuyerModel) -> float:
+    """The buyer model's P(the customer orders again within ``horizon_days``), uncalibrated.
 
-    Two things can explain a silence: the customer is still with us and simply has not needed to
-    order yet, or they left. Leaving is a dropout after any order with a probability that starts
-    at ``a / (a + b)`` and shrinks with every return (a Beta prior, so ``a / (a + b + repeats)``);
-    unlike BG/NBD this includes the first order, so one-time buyers are not rated certainly
-    alive. A customer who stayed orders after waiting times with a heavy (Lomax) tail around
-    their own mean gap, shrunk towards the population's while they have few orders.
+    See :mod:`churnwatch.core.buyers`: a tempered MBG/NBD whose population parameters each
+    shard learns from its own stream. One-time buyers may have left after their first order,
+    so they are never rated certainly alive; every repeat makes leaving less likely and every
+    day of silence more.
 
-    >>> from churnwatch.core.config import ChurnwatchConfig
-    >>> cfg = ChurnwatchConfig()
+    >>> from churnwatch.core.buyers import BuyerModel
+    >>> model = BuyerModel()
     >>> regular = RecencyInputs(repeats=9, span_days=180, silence_days=10, population_gap_days=40)
     >>> once = RecencyInputs(repeats=0, span_days=0, silence_days=10, population_gap_days=40)
-    >>> p_regular = return_probability(regular, 180, cfg)
-    >>> p_once = return_probability(once, 180, cfg)
+    >>> p_regular = return_probability(regular, 180, model)
+    >>> p_once = return_probability(once, 180, model)
     >>> 0 < p_once < p_regular < 1
     True
     """
-    model = config.recency
-    k = model.cadence_shrinkage
-    mean_gap = (k * inputs.population_gap_days + inputs.span_days) / (k + inputs.repeats)
-    shape = model.tail_shape
-    scale = shape * max(mean_gap, 1e-6)
     silence = min(max(inputs.silence_days, 0.0), _MAX_SILENCE_DAYS)
-    still_waiting = (scale / (scale + silence)) ** shape
-    dropout = model.dropout_prior_a / (model.dropout_prior_a + model.dropout_prior_b
-                                       + inputs.repeats)
-    alive = (1.0 - dropout) * still_waiting
-    p_alive = alive / (alive + dropout)
-    p_order_if_alive = 1.0 - ((scale + silence) / (scale + silence + horizon_days)) ** shape
-    return float(p_alive * p_order_if_alive)
+    return model.p_order_within(inputs.repeats, inputs.span_days, inputs.span_days + silence,
+                                horizon_days)
+
+
+def _standing(inputs: RecencyInputs, horizon: float, model: BuyerModel,
+              priors: PopulationPriors) -> float:
+    """The recency component's 0..1: where the customer's chance, under the evidence weight
+    that ranks best, stands among the shard's sampled customers (``sqrt`` of the chance before
+    the shard's first fit). A monotone map of a probability that falls with silence, so it
+    falls with silence too."""
+    p = return_probability(inputs, horizon, priors.ranking_model(model))
+    standing = priors.standing(p, horizon)
+    return math.sqrt(p) if standing is None else standing
+
+
+def buyer_model(priors: PopulationPriors, config: ChurnwatchConfig) -> BuyerModel:
+    """The shard's fitted buyer model, or the configured prior before its first fit."""
+    return priors.buyer_model(config.recency.prior())
 
 
 def recency_inputs(state: CustomerState, now: float, priors: PopulationPriors,
@@ -155,8 +163,10 @@ def assess(state: CustomerState, now: float, config: ChurnwatchConfig,
     policy = config.policy(state.segment)
     weights = policy.weights
     inputs = recency_inputs(state, now, priors, config)
-    probability = return_probability(inputs, policy.horizon_days, config)
-    recency = Component(100.0 * math.sqrt(probability), 1.0)
+    model = buyer_model(priors, config)
+    horizon = policy.horizon_days
+    probability = priors.calibrated(return_probability(inputs, horizon, model), horizon)
+    recency = Component(100.0 * _standing(inputs, horizon, model, priors), 1.0)
     trend = _trend(state, config)
     engagement = _engagement(state, config, priors)
     service = _service(state)
@@ -172,6 +182,11 @@ def assess(state: CustomerState, now: float, config: ChurnwatchConfig,
     score = min(score, recency.value + MAX_LIFT_POINTS)
     return Assessment(min(max(score, 0.0), 100.0), (recency, trend, engagement, service),
                       probability, fixed_sum, fixed_weight, w_recency, inputs, now)
+
+
+def chance_percent(assessment: Assessment) -> float:
+    """The calibrated return probability in percent: what tiers are defined on."""
+    return 100.0 * assessment.return_probability
 
 
 def _trend(state: CustomerState, config: ChurnwatchConfig) -> Component:
@@ -234,75 +249,70 @@ def tier_name(tier: int) -> str:
     return TIERS[tier] if tier >= 0 else "none"
 
 
-def tier_for(score: float, current: int, policy: SegmentPolicy) -> int:
-    """The tier for ``score``, given the ``current`` tier (``-1`` for none), with hysteresis.
+def tier_for(chance: float, current: int, policy: SegmentPolicy) -> int:
+    """The tier for a return ``chance`` (percent), given the ``current`` tier (``-1`` for
+    none), with hysteresis.
 
     A boundary is crossed downwards only ``hysteresis`` points below it and upwards only that
-    far above it, so a score hovering at a boundary does not flap.
+    far above it, so a chance hovering at a boundary does not flap.
 
     >>> from churnwatch.core.config import SegmentPolicy
-    >>> p = SegmentPolicy()  # healthy >= 60, watch >= 45, at_risk >= 32, hysteresis 3
-    >>> tier_for(59.0, HEALTHY, p), tier_for(56.0, HEALTHY, p), tier_for(61.0, WATCH, p)
+    >>> p = SegmentPolicy()  # healthy >= 65 %, watch >= 45 %, at_risk >= 25 %, hysteresis 3
+    >>> tier_for(64.0, HEALTHY, p), tier_for(61.0, HEALTHY, p), tier_for(66.0, WATCH, p)
     (0, 1, 1)
-    >>> tier_for(10.0, HEALTHY, p), tier_for(59.0, -1, p)
+    >>> tier_for(10.0, HEALTHY, p), tier_for(64.0, -1, p)
     (3, 1)
     """
     bounds = policy.boundaries
     if current < 0:
-        return sum(1 for b in bounds if score < b)
+        return sum(1 for b in bounds if chance < b)
     margin = policy.hysteresis
     tier = current
-    while tier < CHURNED and score < bounds[tier] - margin:
+    while tier < CHURNED and chance < bounds[tier] - margin:
         tier += 1
     if tier == current:
-        while tier > HEALTHY and score >= bounds[tier - 1] + margin:
+        while tier > HEALTHY and chance >= bounds[tier - 1] + margin:
             tier -= 1
     return tier
 
 
 def next_review_at(state: CustomerState, assessment: Assessment, now: float,
-                   config: ChurnwatchConfig, priors: PopulationPriors) -> float | None:
+                   config: ChurnwatchConfig, priors: PopulationPriors,
+                   not_after: float | None = None) -> float | None:
     """When the customer's tier would next fall if no new event arrives (``None``: never).
 
-    Only recency moves with silence, so the score crossing the current tier's exit threshold is
-    a crossing of the return probability, found by bisection on the silence.
+    Tiers are defined on the calibrated return chance, which only falls with silence (the
+    buyer model's probability falls with every silent day and the calibration map is
+    monotone), so the exit is found by bisection on the silence. With ``not_after`` (a review
+    due then anyway), a tier still held at that instant answers ``not_after`` without a search.
     """
     tier = state.tier
     if tier < 0 or tier >= CHURNED:
         return None
     policy = config.policy(state.segment)
     # Aim a hair below the exit so the review lands past it despite rounding.
-    threshold = policy.boundaries[tier] - policy.hysteresis - 0.01
-    w = assessment.recency_weight
-    needed = (threshold * (assessment.fixed_weight + w) - assessment.fixed_weighted_sum) / w
-    # The score also falls below the threshold once recency alone drops below it minus the
-    # ceiling's lift; whichever comes first.
-    needed = max(needed, threshold - MAX_LIFT_POINTS)
-    if needed <= 0.0:
+    target = (policy.boundaries[tier] - policy.hysteresis - 0.01) / 100.0
+    if target <= 0.0:
         return None
-    target = (needed / 100.0) ** 2
     if assessment.return_probability < target:
         return now
     inputs = _inputs_at(assessment, state, now, priors, config)
     anchor = now - inputs.silence_days * DAY
     horizon = policy.horizon_days
-    exit_silence = _exit_silence(inputs, horizon, config, target)
+    model = buyer_model(priors, config)
+
+    def still_above(silence: float) -> bool:
+        at = RecencyInputs(inputs.repeats, inputs.span_days, silence,
+                           inputs.population_gap_days)
+        return priors.calibrated(return_probability(at, horizon, model), horizon) >= target
+
     low = inputs.silence_days
-    high = max(low, 1.0) * 2.0
-    if exit_silence is None:
-        def still_above(silence: float) -> bool:
-            return return_probability(RecencyInputs(inputs.repeats, inputs.span_days, silence,
-                                                    inputs.population_gap_days), horizon,
-                                      config) >= target
+    if not_after is not None and not_after > now:
+        if still_above(low + (not_after - now) / DAY):
+            return not_after
+        high = low + (not_after - now) / DAY
     else:
-        # The crossing is known in closed form, so each step is a comparison rather than a
-        # model evaluation (the model clamps silence to 0.._MAX_SILENCE_DAYS, hence the clamp).
-        crossing = exit_silence
-
-        def still_above(silence: float) -> bool:
-            return min(max(silence, 0.0), _MAX_SILENCE_DAYS) <= crossing
-
-    # Bisection to the minute; its steps fix the instant, whichever predicate answers them.
+        high = max(low, 1.0) * 2.0
     while still_above(high):
         if high >= _MAX_SILENCE_DAYS:
             return None
@@ -316,42 +326,6 @@ def next_review_at(state: CustomerState, assessment: Assessment, now: float,
         else:
             high = mid
     return max(anchor + high * DAY, now)
-
-
-def _exit_silence(inputs: RecencyInputs, horizon_days: float, config: ChurnwatchConfig,
-                  target: float) -> float | None:
-    """The silence (days) at which :func:`return_probability` falls to ``target``, in closed
-    form for the default tail shape 1 (``None`` for other shapes: evaluate the model).
-
-    With shape 1 and ``x = scale + silence`` the model is
-    ``(1 - d) scale h / (((1 - d) scale + d x) (x + h))``, so the crossing is the positive root
-    of ``t d x^2 + t (d h + (1 - d) scale) x - (1 - t)(1 - d) scale h = 0``, taken in the form
-    that does not cancel.
-
-    >>> from churnwatch.core.config import ChurnwatchConfig
-    >>> cfg = ChurnwatchConfig()
-    >>> inputs = RecencyInputs(repeats=4, span_days=120, silence_days=0, population_gap_days=30)
-    >>> s = _exit_silence(inputs, 180.0, cfg, 0.3)
-    >>> at = RecencyInputs(4, 120, s, 30)
-    >>> round(return_probability(at, 180.0, cfg), 9)
-    0.3
-    """
-    model = config.recency
-    if model.tail_shape != 1.0:
-        return None
-    if target >= 1.0:
-        return -math.inf
-    k = model.cadence_shrinkage
-    mean_gap = (k * inputs.population_gap_days + inputs.span_days) / (k + inputs.repeats)
-    scale = max(mean_gap, 1e-6)
-    dropout = model.dropout_prior_a / (model.dropout_prior_a + model.dropout_prior_b
-                                       + inputs.repeats)
-    stay = 1.0 - dropout
-    a = target * dropout
-    b = target * (dropout * horizon_days + stay * scale)
-    minus_c = (1.0 - target) * stay * scale * horizon_days
-    x = 2.0 * minus_c / (b + math.sqrt(b * b + 4.0 * a * minus_c))
-    return x - scale
 
 
 # -- reasons -------------------------------------------------------------------------------------
@@ -506,7 +480,11 @@ def _service_text(state: CustomerState) -> str:
 
 def _crossing(state: CustomerState, assessment: Assessment, config: ChurnwatchConfig,
               from_tier: int | None, to_tier: int | None, old_score: float | None) -> str:
-    """Why the tier changed when the old and new score print alike (``""`` otherwise)."""
+    """Why the tier changed when the old and new score print alike (``""`` otherwise).
+
+    Tiers follow the calibrated return chance, not the score, so the reason names the chance
+    and the boundary (less or plus the hysteresis) it crossed.
+    """
     if from_tier is None or to_tier is None or old_score is None or from_tier < 0 \
             or to_tier == from_tier or f"{old_score:.0f}" != f"{assessment.score:.0f}":
         return ""
@@ -514,17 +492,20 @@ def _crossing(state: CustomerState, assessment: Assessment, config: ChurnwatchCo
     margin = policy.hysteresis
     if to_tier > from_tier:
         boundary, side = policy.boundaries[to_tier - 1], -1.0
-        edge = f"the {TIERS[to_tier - 1]} boundary {policy.boundaries[to_tier - 1]:g}"
+        edge = f"the {TIERS[to_tier - 1]} boundary {policy.boundaries[to_tier - 1]:g}%"
     else:
         boundary, side = policy.boundaries[to_tier], 1.0
-        edge = f"the {TIERS[to_tier]} boundary {policy.boundaries[to_tier]:g}"
+        edge = f"the {TIERS[to_tier]} boundary {policy.boundaries[to_tier]:g}%"
     threshold = boundary + side * margin
     hysteresis = f"{'less' if side < 0 else 'plus'} the {margin:g}-point hysteresis"
+    chance = (f"the chance of ordering within {policy.horizon_days:.0f} days, "
+              f"{chance_percent(assessment):.1f}%, is {'below' if side < 0 else 'at or above'} "
+              f"{threshold:g}% ({edge} {hysteresis})")
     if f"{old_score:.2f}" == f"{assessment.score:.2f}":
-        return (f"score unchanged at {assessment.score:.2f}: the tier follows the threshold "
-                f"{threshold:g} ({edge} {hysteresis}), held until this review")
-    return (f"score {old_score:.2f} -> {assessment.score:.2f} crossed {threshold:g}: "
-            f"{edge} {hysteresis}")
+        return (f"score unchanged at {assessment.score:.2f}, but the tier follows the chance: "
+                f"{chance}")
+    return (f"score {old_score:.2f} -> {assessment.score:.2f} barely moved, but the tier follows "
+            f"the chance: {chance}")
 
 
 def _days(days: float) -> str:
@@ -569,5 +550,5 @@ def component_values(assessment: Assessment) -> list[int]:
     return [round(c.value) if c.confidence > 0 else -1 for c in assessment.components]
 
 
-__all__ = ["COMPONENTS", "Assessment", "Component", "assess", "next_review_at", "reasons",
-           "return_probability", "tier_for", "tier_name"]
+__all__ = ["COMPONENTS", "Assessment", "Component", "assess", "buyer_model", "chance_percent",
+           "next_review_at", "reasons", "return_probability", "tier_for", "tier_name"]

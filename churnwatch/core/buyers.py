@@ -1,0 +1,303 @@
+"""The buyer model: a tempered MBG/NBD whose population parameters are learned from the stream.
+
+Each customer buys at a rate of their own while they stay, and may leave right after any
+purchase, the first included (the MBG/NBD of Batislam et al., 2007, so one-time buyers are never
+rated certainly alive). Rates vary across customers as a gamma distribution ``(r, alpha)``; the
+chance of leaving after a purchase varies as a beta distribution ``(a, b)``. Given a customer's
+``x`` repeat purchases, the age ``t_x`` of their last purchase and their age ``T`` (days since the
+first), the chance of at least one order within the next ``h`` days has a closed form.
+
+Real customers are less regular than a Poisson clock: their rate drifts, so old purchases say
+less about today than the model assumes. ``evidence_weight`` ``w`` (0 < w <= 1) tempers the
+evidence: ``x``, ``t_x`` and ``T`` enter as ``w x``, ``w t_x`` and ``w T``, a wider posterior
+of the same mean that trusts a frequent buyer's long silence less. The horizon is the future,
+not evidence: it enters whole. ``w`` is chosen on the
+stream's own matured outcomes (see :mod:`churnwatch.core.priors`), never fixed per data set.
+
+>>> model = BuyerModel()
+>>> loyal = model.p_order_within(x=9, t_x=180.0, age=190.0, horizon=90.0)
+>>> once = model.p_order_within(x=0, t_x=0.0, age=10.0, horizon=90.0)
+>>> gone = model.p_order_within(x=9, t_x=180.0, age=400.0, horizon=90.0)
+>>> 0 < gone < once < loyal < 1
+True
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.optimize import minimize
+from scipy.special import betaln, gammaln
+from scipy.stats import rankdata
+
+#: Evidence weights tried on the matured outcomes, most trusting first.
+EVIDENCE_WEIGHTS = (1.0, 0.7, 0.5, 0.35, 0.25)
+#: How much better a less trusting weight must do to be chosen (see the choose_* functions).
+LOGLIK_MARGIN = 2.0
+AUC_MARGIN = 0.05
+_LOG_BOUNDS = (-5.0, 8.0)
+# A weak normal prior on the log parameters (sd 2 around the defaults): a shard with a handful
+# of customers gets sensible parameters, a shard with hundreds gets its own.
+_PRIOR_SD = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class BuyerModel:
+    """Population parameters of the tempered MBG/NBD (times in days)."""
+
+    r: float = 1.0
+    alpha: float = 30.0
+    a: float = 1.0
+    b: float = 2.0
+    evidence_weight: float = 1.0
+
+    def p_alive(self, x: float, t_x: float, age: float) -> float:
+        """P(the customer has not left), given ``x`` repeats, the last at ``t_x``, now ``age``.
+
+        >>> m = BuyerModel()
+        >>> m.p_alive(3, 60.0, 70.0) > m.p_alive(3, 60.0, 200.0)
+        True
+        """
+        w = self.evidence_weight
+        xe = w * x
+        ratio = (self.alpha + w * max(age, t_x)) / (self.alpha + w * t_x)
+        odds = self.a / (self.b + xe) * math.exp((self.r + xe) * math.log(ratio))
+        return 1.0 / (1.0 + odds) if math.isfinite(odds) else 0.0
+
+    def p_order_within(self, x: float, t_x: float, age: float, horizon: float) -> float:
+        """P(at least one order within ``horizon`` days after ``age``).
+
+        Alive, the rate's posterior is gamma ``(r + x, alpha + T)``, so no order within ``h``
+        has probability ``((alpha + T) / (alpha + T + h)) ** (r + x)``. It falls with every day
+        of silence (``age`` up, ``x`` and ``t_x`` fixed): both factors do.
+        """
+        w = self.evidence_weight
+        age = max(age, t_x)
+        base = self.alpha + w * age
+        quiet = math.exp((self.r + w * x) * math.log(base / (base + horizon)))
+        return self.p_alive(x, t_x, age) * (1.0 - quiet)
+
+    def mean_gap_days(self) -> float:
+        """The population's typical gap between orders (mean of the gamma's inverse rate)."""
+        return self.alpha / (self.r - 1.0) if self.r > 1.05 else self.alpha / 0.05 * self.r
+
+    def to_wire(self) -> list[float]:
+        """A compact msgpack-able form."""
+        return [self.r, self.alpha, self.a, self.b, self.evidence_weight]
+
+    @classmethod
+    def from_wire(cls, data: Sequence[float]) -> BuyerModel:
+        """Inverse of :meth:`to_wire`."""
+        r, alpha, a, b, w = (float(v) for v in data)
+        return cls(r, alpha, a, b, w)
+
+
+def p_order_within_many(model: BuyerModel, x: np.ndarray, t_x: np.ndarray, age: np.ndarray,
+                        horizon: float) -> np.ndarray:
+    """:meth:`BuyerModel.p_order_within` over arrays (for fitting and calibration)."""
+    w = model.evidence_weight
+    xe = w * x
+    shape = model.r + xe
+    base = model.alpha + w * age
+    odds = model.a / (model.b + xe) * np.exp(shape * np.log(base / (model.alpha + w * t_x)))
+    alive = 1.0 / (1.0 + odds)
+    return np.asarray(alive * (1.0 - np.exp(shape * np.log(base / (base + horizon)))))
+
+
+def _neg_log_posterior(theta: np.ndarray, x: np.ndarray, t_x: np.ndarray, age: np.ndarray,
+                       centre: np.ndarray) -> float:
+    r, alpha, a, b = np.exp(theta)
+    a1 = gammaln(r + x) - gammaln(r) + r * np.log(alpha)
+    a2 = betaln(a, b + x + 1.0) - betaln(a, b)
+    a3 = -(r + x) * np.log(alpha + age)
+    a4 = np.log(a) - np.log(b + x) + (r + x) * (np.log(alpha + age) - np.log(alpha + t_x))
+    loglik = np.sum(a1 + a2 + a3 + np.logaddexp(a4, 0.0))
+    prior = -0.5 * np.sum(((theta - centre) / _PRIOR_SD) ** 2)
+    return float(-(loglik + prior))
+
+
+def fit_buyer_model(x: np.ndarray, t_x: np.ndarray, age: np.ndarray, start: BuyerModel,
+                    prior: BuyerModel) -> BuyerModel:
+    """The MAP parameters for customers' ``(x, t_x, age)`` summaries, from ``start``.
+
+    Deterministic: the same summaries and start give the same parameters.
+
+    >>> x = np.array([0, 0, 1, 3, 6, 0, 2]); t = np.array([0, 0, 30, 80, 150, 0, 40])
+    >>> age = np.array([200, 20, 90, 100, 160, 300, 200])
+    >>> fitted = fit_buyer_model(x, t, age, BuyerModel(), BuyerModel())
+    >>> fitted.r > 0 and fitted.alpha > 0
+    True
+    """
+    centre = np.log([prior.r, prior.alpha, prior.a, prior.b])
+    first = np.clip(np.log([start.r, start.alpha, start.a, start.b]), *_LOG_BOUNDS)
+    result = minimize(_neg_log_posterior, first, args=(x, t_x, age, centre),
+                      method="L-BFGS-B", bounds=[_LOG_BOUNDS] * 4,
+                      options={"maxiter": 200})
+    r, alpha, a, b = (float(v) for v in np.exp(result.x))
+    return BuyerModel(r, alpha, a, b, start.evidence_weight)
+
+
+def choose_evidence_weight(model: BuyerModel, x: np.ndarray, t_x: np.ndarray, age: np.ndarray,
+                           horizon: float, returned: np.ndarray) -> float:
+    """The evidence weight whose predictions of ``returned`` (within ``horizon`` after ``age``)
+    have the highest log-likelihood. A less trusting weight must win by ``LOGLIK_MARGIN``
+    (total log-likelihood, as an information criterion would ask of one more parameter), so a
+    small shard's noise does not move it."""
+    best_weight, best = 1.0, -math.inf
+    for weight in EVIDENCE_WEIGHTS:
+        tempered = BuyerModel(model.r, model.alpha, model.a, model.b, weight)
+        p = np.clip(p_order_within_many(tempered, x, t_x, age, horizon), 1e-6, 1.0 - 1e-6)
+        score = float(np.sum(returned * np.log(p) + (1.0 - returned) * np.log1p(-p)))
+        if score > best + (LOGLIK_MARGIN if best > -math.inf else 0.0):
+            best_weight, best = weight, score
+    return best_weight
+
+
+def choose_ranking_weight(model: BuyerModel, x: np.ndarray, t_x: np.ndarray, age: np.ndarray,
+                          horizon: float, returned: np.ndarray) -> float:
+    """The evidence weight whose predictions rank ``returned`` best (ROC AUC); ties keep the
+    more trusting weight. Ranking and calibration may want different weights: a weight that
+    predicts the level of returns well can order customers less well. A less trusting weight
+    must win by ``AUC_MARGIN / sqrt(n)``, a token margin: on real logs less trust ranks
+    better, so the data is followed rather than second-guessed."""
+    best_weight, best = 1.0, -math.inf
+    margin = AUC_MARGIN / math.sqrt(max(len(x), 1))
+    for weight in EVIDENCE_WEIGHTS:
+        tempered = BuyerModel(model.r, model.alpha, model.a, model.b, weight)
+        score = roc_auc(p_order_within_many(tempered, x, t_x, age, horizon), returned)
+        if score > best + (margin if best > -math.inf else 0.0):
+            best_weight, best = weight, score
+    return best_weight
+
+
+def roc_auc(score: np.ndarray, positive: np.ndarray) -> float:
+    """ROC AUC of ``score`` for the ``positive`` labels, ties counted one half.
+
+    >>> roc_auc(np.array([0.9, 0.8, 0.3, 0.1]), np.array([1.0, 1.0, 0.0, 0.0]))
+    1.0
+    """
+    n_pos = float(positive.sum())
+    n_neg = len(positive) - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return 0.5
+    ranks = rankdata(score)
+    return float((ranks[positive > 0].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+@dataclass(frozen=True, slots=True)
+class PercentileMap:
+    """Where a probability stands among a shard's sampled customers (0..1), from the sample's
+    quantiles at the last refit. Each shard fits its own model, so its probabilities sit at a
+    level of their own; a percentile puts every shard's customers on one scale.
+
+    >>> m = PercentileMap((0.1, 0.2, 0.4, 0.8, 0.9))
+    >>> m.apply(0.05), m.apply(0.3), m.apply(0.95)
+    (0.0, 0.375, 1.0)
+    """
+
+    knots: tuple[float, ...]
+
+    def apply(self, p: float) -> float:
+        """The share of the sample whose probability is below ``p``, interpolated."""
+        knots = self.knots
+        if len(knots) < 2 or p <= knots[0]:
+            return 0.0
+        if p >= knots[-1]:
+            return 1.0
+        i = bisect.bisect_right(knots, p) - 1
+        lo, hi = knots[i], knots[i + 1]
+        frac = (p - lo) / (hi - lo) if hi > lo else 0.0
+        return (i + frac) / (len(knots) - 1)
+
+
+def percentile_map(predicted: np.ndarray, knots: int = 32) -> PercentileMap:
+    """The quantiles of ``predicted`` at ``knots`` equal steps."""
+    quantiles = np.quantile(predicted, np.linspace(0.0, 1.0, knots + 1))
+    return PercentileMap(tuple(round(float(q), 8) for q in quantiles))
+
+
+@dataclass(frozen=True, slots=True)
+class CalibrationMap:
+    """A monotone map from the model's probability to the observed return rate.
+
+    Knots ``(predicted, observed)`` from matured outcomes, pooled-adjacent-violators so the map
+    never falls, interpolated linearly and pinned at (0, 0) and (1, 1). Monotone, so a model
+    probability that falls with silence stays falling once calibrated.
+
+    >>> m = CalibrationMap((0.2, 0.5, 0.8), (0.3, 0.6, 0.85))
+    >>> m.apply(0.2), round(m.apply(0.35), 3), m.apply(0.0), m.apply(1.0)
+    (0.3, 0.45, 0.0, 1.0)
+    """
+
+    predicted: tuple[float, ...]
+    observed: tuple[float, ...]
+
+    def apply(self, p: float) -> float:
+        """The calibrated probability for a model probability ``p``."""
+        xs, ys = self.predicted, self.observed
+        if not xs:
+            return p
+        if p <= xs[0]:
+            return ys[0] * p / xs[0] if xs[0] > 0 else ys[0]
+        if p >= xs[-1]:
+            span = 1.0 - xs[-1]
+            return ys[-1] + (1.0 - ys[-1]) * (p - xs[-1]) / span if span > 0 else ys[-1]
+        lo, hi = 0, len(xs) - 1
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if xs[mid] <= p:
+                lo = mid
+            else:
+                hi = mid
+        if xs[hi] == xs[lo]:
+            return ys[hi]
+        return ys[lo] + (ys[hi] - ys[lo]) * (p - xs[lo]) / (xs[hi] - xs[lo])
+
+    def to_wire(self) -> list[list[float]]:
+        """A compact msgpack-able form."""
+        return [list(self.predicted), list(self.observed)]
+
+    @classmethod
+    def from_wire(cls, data: Sequence[Sequence[float]]) -> CalibrationMap:
+        """Inverse of :meth:`to_wire`."""
+        return cls(tuple(float(v) for v in data[0]), tuple(float(v) for v in data[1]))
+
+
+def fit_calibration(predicted: np.ndarray, returned: np.ndarray, pseudo_count: float = 20.0
+                    ) -> CalibrationMap:
+    """Bin matured predictions by rank, shrink each bin's observed rate towards its mean
+    prediction with ``pseudo_count`` outcomes' weight, and pool adjacent violators.
+
+    >>> p = np.linspace(0.05, 0.95, 400); y = (np.arange(400) % 10 < 10 * p).astype(float)
+    >>> m = fit_calibration(p, y)
+    >>> all(a <= b for a, b in zip(m.observed, m.observed[1:]))
+    True
+    """
+    order = np.argsort(predicted, kind="stable")
+    p, y = predicted[order], returned[order]
+    bins = int(min(10, max(2, len(p) // 50)))
+    means: list[float] = []
+    rates: list[float] = []
+    weights: list[float] = []
+    sizes: list[int] = []
+    for group in np.array_split(np.arange(len(p)), bins):
+        if len(group) == 0:
+            continue
+        mean = float(p[group].mean())
+        rate = (float(y[group].sum()) + pseudo_count * mean) / (len(group) + pseudo_count)
+        means.append(mean)
+        rates.append(rate)
+        weights.append(len(group) + pseudo_count)
+        sizes.append(1)
+        while len(rates) > 1 and rates[-2] > rates[-1]:
+            w2, r2, n2 = weights.pop(), rates.pop(), sizes.pop()
+            rates[-1] = (rates[-1] * weights[-1] + r2 * w2) / (weights[-1] + w2)
+            weights[-1] += w2
+            sizes[-1] += n2
+    observed = [rate for rate, n in zip(rates, sizes, strict=True) for _ in range(n)]
+    # Rounded once, here: a map must read back from the store exactly as it was used.
+    return CalibrationMap(tuple(round(v, 6) for v in means), tuple(round(v, 6) for v in observed))

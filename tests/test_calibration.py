@@ -1,0 +1,222 @@
+"""The buyer model learned from the stream: its sample, fits, calibration and invariants."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from churnwatch.core.buyers import BuyerModel, CalibrationMap, fit_calibration
+from churnwatch.core.config import ChurnwatchConfig
+from churnwatch.core.customer import DAY, CustomerState
+from churnwatch.core.engine import Incoming, ShardEngine, ShardState
+from churnwatch.core.events import Event
+from churnwatch.core.priors import SAMPLE_SIZE, PopulationPriors
+from churnwatch.core.scoring import assess, chance_percent, next_review_at, windows_of
+
+CONFIG = ChurnwatchConfig()
+T0 = 1_700_000_000.0
+
+
+def buyers(n: int, days: float, seed: int, mean_gap: float = 20.0, dropout: float = 0.2,
+           join_days: float = 60.0) -> list[tuple[float, str]]:
+    """(ts, customer) orders of gamma-heterogeneous Poisson buyers who may leave after each
+    order (the model's own world, so its parameters are known)."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        rate = rng.gammavariate(2.0, 1.0 / (2.0 * mean_gap) * 2.0) / 2.0 * 2.0
+        t = rng.random() * join_days
+        while t < days:
+            out.append((T0 + t * DAY, f"b{seed}-{i}"))
+            if rng.random() < dropout:
+                break
+            t += rng.expovariate(rate)
+    out.sort()
+    return out
+
+
+def learned(orders: list[tuple[float, str]], horizons: list[float]) -> PopulationPriors:
+    priors = PopulationPriors()
+    prior = CONFIG.recency.prior()
+    for ts, cid in orders:
+        priors.observe_order(cid, ts)
+        if priors.refit_due(ts):
+            priors.refit(ts, horizons, prior)
+    return priors
+
+
+STREAM = buyers(1500, 400.0, seed=5)
+FITTED = learned(STREAM, [60.0])
+
+
+def test_the_buyer_sample_is_the_same_whatever_the_arrival_order() -> None:
+    # One order a day per customer: like the customer windows' basket lines, a second order on
+    # a day that has already left the kept days counts again when it arrives late.
+    orders = list({(cid, int(ts // DAY)): (ts, cid) for ts, cid in buyers(1200, 200.0, seed=2)}
+                  .values())
+    shuffled = list(orders)
+    random.Random(9).shuffle(shuffled)
+    a, b = PopulationPriors(), PopulationPriors()
+    for ts, cid in orders:
+        a.observe_order(cid, ts)
+    for ts, cid in shuffled:
+        b.observe_order(cid, ts)
+    assert len(a.sample) == SAMPLE_SIZE
+    assert a.sample == b.sample
+
+
+def test_the_shard_learns_its_population_from_the_stream() -> None:
+    model = FITTED.model
+    assert model is not None
+    # The buyers order about every 20 days and leave after an order one time in five: the fit
+    # finds rates and a dropout chance of that order, far from the defaults (30 days, 1/3).
+    mean_rate_gap = model.alpha / model.r
+    assert 10.0 < mean_rate_gap < 40.0, model
+    assert 0.08 < model.a / (model.a + model.b) < 0.3, model
+    assert 60.0 in FITTED.calibration and 60.0 in FITTED.percentiles
+
+
+def test_matured_outcomes_calibrate_the_return_probability() -> None:
+    # A world the model does not describe: customers order like clockwork every 10 to 40 days
+    # and all stop at a fixed date, whatever their history. The calibration learned from the
+    # matured outcomes moves the model's probability towards what really happened.
+    rng = random.Random(3)
+    orders = []
+    for i in range(1500):
+        t, gap = rng.random() * 100.0, rng.uniform(10.0, 40.0)
+        stop = rng.uniform(150.0, 500.0)
+        while t < min(stop, 420.0):
+            orders.append((T0 + t * DAY, f"r{i}"))
+            t += gap
+    orders.sort()
+    priors = learned(orders, [60.0])
+    cal = priors.calibration[60.0]
+    model = priors.buyer_model(CONFIG.recency.prior())
+    raw, calibrated = [], []
+    outcome = []
+    now = orders[-1][0]
+    by_customer: dict[str, list[float]] = {}
+    for ts, cid in orders:
+        by_customer.setdefault(cid, []).append(ts)
+    at = now - 60 * DAY
+    for times in by_customer.values():
+        before = [t for t in times if t <= at]
+        if not before:
+            continue
+        p = model.p_order_within(len(before) - 1, (before[-1] - before[0]) / DAY,
+                                 (at - before[0]) / DAY, 60.0)
+        raw.append(p)
+        calibrated.append(cal.apply(p))
+        outcome.append(any(at < t <= now for t in times))
+    y = np.array(outcome, float)
+    brier_raw = float(np.mean((np.array(raw) - y) ** 2))
+    brier_cal = float(np.mean((np.array(calibrated) - y) ** 2))
+    assert brier_cal < brier_raw
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.floats(0.0, 1.0), st.booleans()), min_size=5, max_size=400))
+def test_a_calibration_map_is_monotone_and_stays_within_0_1(pairs) -> None:
+    p = np.array([a for a, _ in pairs])
+    y = np.array([float(b) for _, b in pairs])
+    cal = fit_calibration(p, y)
+    grid = [cal.apply(v) for v in np.linspace(0.0, 1.0, 101)]
+    assert all(0.0 <= v <= 1.0 for v in grid)
+    assert all(a <= b + 1e-12 for a, b in zip(grid, grid[1:], strict=False))
+    assert CalibrationMap.from_wire(cal.to_wire()) == cal  # reads back exactly as it is used
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.floats(min_value=0, max_value=300), min_size=1, max_size=25),
+       st.floats(min_value=0, max_value=2000), st.floats(min_value=0, max_value=2000))
+def test_with_learned_priors_more_silence_never_raises_score_or_chance(
+        days: list[float], a_days: float, b_days: float) -> None:
+    state = CustomerState(first_seen=T0 + min(days) * DAY)
+    for day in days:
+        state.apply(Event("c", "order", T0 + day * DAY, amount=20.0), windows_of(CONFIG))
+    start = state.last_event_ts
+    early, late = sorted((a_days, b_days))
+    a = assess(state, start + early * DAY, CONFIG, FITTED)
+    b = assess(state, start + late * DAY, CONFIG, FITTED)
+    assert 0.0 <= b.score <= a.score <= 100.0
+    assert 0.0 <= b.return_probability <= a.return_probability <= 1.0
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.floats(min_value=0.01, max_value=5000), st.floats(min_value=0.05, max_value=1.0))
+def test_one_time_buyers_are_never_certainly_alive(age: float, weight: float) -> None:
+    fitted = FITTED.model
+    assert fitted is not None
+    for model in (BuyerModel(), BuyerModel(fitted.r, fitted.alpha, fitted.a, fitted.b, weight)):
+        assert model.p_alive(0, 0.0, age) < 1.0
+        assert model.p_order_within(0, 0.0, age, 60.0) < 1.0
+
+
+def test_long_silence_ends_churned_with_learned_priors() -> None:
+    state = CustomerState(first_seen=T0)
+    for day in range(0, 300, 10):
+        state.apply(Event("c", "order", T0 + day * DAY, amount=20.0), windows_of(CONFIG))
+    gone = assess(state, T0 + 300 * DAY + 20 * 365 * DAY, CONFIG, FITTED)
+    assert chance_percent(gone) < CONFIG.policy(None).at_risk
+
+
+def test_priors_survive_the_wire_and_the_previous_format_still_reads() -> None:
+    again = PopulationPriors.from_wire(FITTED.to_wire())
+    assert again.to_wire() == FITTED.to_wire()
+    assert again.model == FITTED.model
+    # Format 1: a positional list [gap_sum, gap_count, sent, responded, spend_bins].
+    old = PopulationPriors.from_wire([120.0, 4, 10.0, 3.0, [0] * 48])
+    assert (old.gap_count, old.sent, old.model, old.sample) == (4, 10.0, None, {})
+    assert math.isclose(old.mean_gap_days(30.0, 0.0), 30.0)
+
+
+def test_refits_fall_on_the_same_events_whatever_the_batch_boundaries() -> None:
+    orders = buyers(300, 200.0, seed=8)
+    items = [Incoming(Event(cid, "order", ts, amount=10.0), partition=3, offset=n + 1)
+             for n, (ts, cid) in enumerate(orders)]
+
+    def run(batch: int) -> list[object]:
+        engine = ShardEngine(0, CONFIG, ShardState())
+        store: dict[str, CustomerState] = {}
+        for start in range(0, len(items), batch):
+            chunk = items[start:start + batch]
+            ids = {i.event.customer_id for i in chunk}
+            due = [c for c, s in store.items() if s.next_review_at is not None
+                   and s.next_review_at <= chunk[-1].event.ts]
+            loaded = {c: store.get(c) for c in ids | set(due)}
+            result = engine.process(chunk, loaded, chunk[-1].event.ts, due)
+            store.update(result.changed)
+        return [engine.state.priors.to_wire(), engine.state.counters,
+                sorted((c, s.to_wire()) for c, s in store.items())]
+
+    # (Gauges hold float sums whose rounding follows the batching; they are compared in
+    # tests/test_dataflow.py through the store.)
+    small, large = run(97), run(1000)
+    assert small == large
+    assert small[0]["model"] is not None  # type: ignore[index]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.floats(min_value=0, max_value=300), min_size=1, max_size=25),
+       st.integers(min_value=0, max_value=2))
+def test_with_learned_priors_the_next_review_is_when_the_chance_leaves_the_tier(
+        days: list[float], tier: int) -> None:
+    state = CustomerState(first_seen=T0 + min(days) * DAY)
+    for day in days:
+        state.apply(Event("c", "order", T0 + day * DAY, amount=20.0), windows_of(CONFIG))
+    now = state.last_event_ts
+    policy = CONFIG.policy(None)
+    assessment = assess(state, now, CONFIG, FITTED)
+    threshold = policy.boundaries[tier] - policy.hysteresis
+    if chance_percent(assessment) < threshold:
+        return
+    state.tier = tier
+    due = next_review_at(state, assessment, now, CONFIG, FITTED)
+    assert due is not None  # a long enough silence always leaves every tier but churned
+    assert chance_percent(assess(state, due + 120, CONFIG, FITTED)) < threshold
+    if due - 120 > now:
+        assert chance_percent(assess(state, due - 120, CONFIG, FITTED)) >= threshold - 0.02
