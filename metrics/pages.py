@@ -31,7 +31,7 @@ from churnwatch.metrics.worklist import (
 from jinja2 import Environment, PackageLoader, select_autoescape
 from markupsafe import Markup
 
-from churnwatch.core.config import TIERS, SegmentPolicy
+from churnwatch.core.config import TIERS
 
 log = logging.getLogger("churnwatch.pages")
 
@@ -135,8 +135,7 @@ class WorkbenchPages:
         if detail is None:
             return 404, self.error("Unknown customer",
                                    f"No customer {customer_id!r} in the state.")
-        policy = self.api.config.policy(detail["segment"])
-        chart = score_chart(detail["score_history"], policy)
+        chart = score_chart(detail["score_history"])
         return 200, self.render("customer.html", title=customer_id, c=detail, chart=chart,
                                 meanings=COMPONENT_MEANINGS)
 
@@ -169,17 +168,22 @@ def _ts(text: str | None) -> float | None:
     return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
-def score_chart(points: Sequence[Mapping[str, Any]], policy: SegmentPolicy) -> Markup:
-    """The score history as an inline SVG: the score at each tier change and now, over the
-    tier thresholds of the customer's segment. Only numbers and dates go into it.
+#: The colour of a point by the tier it opened (as the tier badges on the pages).
+TIER_COLOURS = {"healthy": "#2e8b57", "watch": "#c99a06", "at_risk": "#e07b39",
+                "churned": "#c0392b"}
+
+
+def score_chart(points: Sequence[Mapping[str, Any]]) -> Markup:
+    """The score history as an inline SVG: the score at each tier change and now, each point
+    coloured by the tier it opened. Tiers follow the calibrated return chance, not the score, so
+    no tier bands are drawn on the score's axis. Only numbers and dates go into it.
 
     >>> svg = score_chart([{"at": "2024-01-01T00:00:00Z", "health_score": 70, "tier": "healthy"},
-    ...                    {"at": "2024-03-01T00:00:00Z", "health_score": 30, "tier": "churned"}],
-    ...                   SegmentPolicy())
+    ...                    {"at": "2024-03-01T00:00:00Z", "health_score": 30, "tier": "churned"}])
     >>> svg.startswith("<svg") and "<polyline" in svg
     True
     """
-    series = [(t, float(p["health_score"])) for p in points
+    series = [(t, float(p["health_score"]), str(p.get("tier") or "")) for p in points
               if (t := _ts(p.get("at"))) is not None and p.get("health_score") is not None]
     plot_w, plot_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
 
@@ -188,11 +192,6 @@ def score_chart(points: Sequence[Mapping[str, Any]], policy: SegmentPolicy) -> M
 
     parts = [f'<svg class="chart" id="score-chart" xmlns="http://www.w3.org/2000/svg" '
              f'viewBox="0 0 {WIDTH} {HEIGHT}" role="img" aria-label="health score history">']
-    bands = ((100.0, policy.healthy, "#eaf6ee"), (policy.healthy, policy.watch, "#fff8e1"),
-             (policy.watch, policy.at_risk, "#fff0e4"), (policy.at_risk, 0.0, "#fdecee"))
-    for high, low, colour in bands:
-        parts.append(f'<rect x="{LEFT}" y="{y(high):.1f}" width="{plot_w}" '
-                     f'height="{y(low) - y(high):.1f}" fill="{colour}"/>')
     for value in (0, 25, 50, 75, 100):
         parts.append(f'<text x="{LEFT - 6}" y="{y(value) + 4:.1f}" font-size="11" '
                      f'text-anchor="end" fill="#5d6677">{value}</text>')
@@ -203,12 +202,14 @@ def score_chart(points: Sequence[Mapping[str, Any]], policy: SegmentPolicy) -> M
         def x(ts: float) -> float:
             return LEFT + plot_w * ((ts - first) / span if len(series) > 1 else 0.5)
 
-        coords = " ".join(f"{x(t):.1f},{y(s):.1f}" for t, s in series)
+        coords = " ".join(f"{x(t):.1f},{y(s):.1f}" for t, s, _ in series)
         parts.append(f'<polyline points="{coords}" fill="none" stroke="#2457c5" '
                      f'stroke-width="2"/>')
-        for t, s in series:
-            parts.append(f'<circle cx="{x(t):.1f}" cy="{y(s):.1f}" r="3.5" fill="#2457c5">'
-                         f'<title>{s:.1f}</title></circle>')
+        for t, s, tier in series:
+            colour = TIER_COLOURS.get(tier, "#2457c5")
+            name = tier if tier in TIER_COLOURS else "score"
+            parts.append(f'<circle cx="{x(t):.1f}" cy="{y(s):.1f}" r="4.5" fill="{colour}">'
+                         f'<title>{name}: {s:.1f}</title></circle>')
         for ts, anchor in ((first, "start"), (last, "end")):
             label = html.escape(datetime.fromtimestamp(ts, tz=timezone.utc).strftime("%Y-%m-%d"))
             parts.append(f'<text x="{x(ts) if len(series) > 1 else LEFT + plot_w / 2:.1f}" '

@@ -13,7 +13,7 @@ from churnwatch.state.memory import MemoryStore
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from churnwatch.core.config import ChurnwatchConfig, SegmentPolicy
+from churnwatch.core.config import ChurnwatchConfig
 from churnwatch.core.engine import Incoming, ShardEngine, ShardState
 from churnwatch.core.events import Event
 
@@ -100,6 +100,8 @@ PAGES = pages_over(["a<b>", "plain", "é/ü"])
 
 def test_score_chart_is_drawn_from_numbers_only() -> None:
     svg = score_chart([{"at": "2024-01-01T00:00:00Z", "health_score": 80.0},
-                       {"at": "2024-02-01T00:00:00Z", "health_score": 40.0}], SegmentPolicy())
+                       {"at": "2024-02-01T00:00:00Z", "health_score": 40.0, "tier": "churned"}])
     assert svg.count("<circle") == 2 and "2024-01-01" in svg and "2024-02-01" in svg
-    assert "no score yet" in score_chart([], SegmentPolicy())
+    # Each point in its tier's colour; tier thresholds are chances, never bands on the score.
+    assert 'fill="#c0392b"' in svg and "churned: 40.0" in svg and "<rect" not in svg
+    assert "no score yet" in score_chart([])
