@@ -493,8 +493,11 @@ def advance_all(store: StateStore, config: ChurnwatchConfig, now: float,
     """Bring every shard's silent customers to ``now`` (``replay --as-of``), through the same
     engine and commit as the flow."""
     out: list[TierTransition] = []
+    refitted: dict[int, ShardEngine] = {}
     for shard in range(config.shards):
         engine = ShardEngine(shard, config, store.load_shard(shard))
+        if engine.refit_at(now):
+            refitted[shard] = engine
         for _ in range(100_000):
             due = store.due_customers(shard, now, DUE_BATCH)
             if not due:
@@ -509,4 +512,25 @@ def advance_all(store: StateStore, config: ChurnwatchConfig, now: float,
                 hooks.transitions(result.transitions)
             if len(due) < DUE_BATCH:
                 break
+        if shard in refitted and not due:
+            # Nothing more was due; the committed shard state still has to hold the refit.
+            store.commit(shard, engine.state, {}, [], [])
+    if refitted:
+        # The model moved for every customer of those shards: re-score them all under it.
+        members: dict[int, list[str]] = {shard: [] for shard in refitted}
+        for cid, _ in store.iter_customers():
+            shard = shard_of(cid, config.shards)
+            if shard in members:
+                members[shard].append(cid)
+        for shard, ids in members.items():
+            engine = refitted[shard]
+            for start in range(0, len(ids), DUE_BATCH):
+                chunk = ids[start:start + DUE_BATCH]
+                loaded = {c: s for c, s in store.load_customers(shard, chunk).items() if s}
+                result = engine.rescore(loaded, now)
+                store.commit(shard, engine.state, result.changed, result.transitions,
+                             result.drops)
+                out.extend(result.transitions)
+                if hooks and result.transitions:
+                    hooks.transitions(result.transitions)
     return out

@@ -248,7 +248,9 @@ class ShardEngine:
                 result.last_event_ts = event.ts
             if event.ts > self.state.watermark:
                 self.state.watermark = event.ts
-                self._refit_if_due()
+            # Checked at every event: the sample's growth is a trigger too, and it grows at
+            # the same events whatever the batching.
+            self._refit_if_due()
             mark = self.state.watermark
             while pending and pending[0][0] <= mark:
                 queued_at, silent = heapq.heappop(pending)
@@ -315,9 +317,38 @@ class ShardEngine:
         elif kind == ev.MESSAGE_REPLIED:
             priors.observe_engagement(0.0, 1.0)
 
+    def refit_at(self, now: float) -> bool:
+        """Refit the buyer model at ``now`` if orders reached the sample since the last fit
+        (``replay --as-of``: the final model has then seen every order, in whatever order the
+        log came); ``True`` if it refitted, and the shard's customers should be re-scored with
+        :meth:`rescore`."""
+        priors = self.state.priors
+        if not priors.unfitted_orders():
+            return False
+        if now > self.state.watermark:
+            self.state.watermark = now
+        priors.refit(max(now, self.state.watermark), self._horizons,
+                     self.config.recency.prior())
+        return True
+
+    def rescore(self, customers: Mapping[str, CustomerState], now: float) -> BatchResult:
+        """Re-score ``customers`` at ``now`` under the shard's current model (after
+        :meth:`refit_at`), so stored tiers follow it; a tier change is a silence transition."""
+        result = BatchResult()
+        now = float(math.floor(now))
+        before = {cid: self._contribution(state) for cid, state in customers.items()}
+        for cid, state in customers.items():
+            if state.tier < 0:
+                continue
+            self._advance(cid, state, now, result)
+            self._score(cid, state, max(now, state.scored_at), result, cause="silence")
+            result.changed[cid] = state
+        self._account(before, dict(customers))
+        return result
+
     def _refit_if_due(self) -> None:
-        """Refit the shard's buyer model when the watermark passes the next refit day: an
-        instant of event time, so the refit falls at the same event whatever the batching."""
+        """Refit the shard's buyer model when the watermark passes the next refit day or the
+        buyer sample has grown by half: both fall at the same event whatever the batching."""
         priors = self.state.priors
         mark = self.state.watermark
         if priors.refit_due(mark):

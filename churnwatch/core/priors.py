@@ -71,7 +71,7 @@ class PopulationPriors:
 
     __slots__ = ("gap_sum_days", "gap_count", "sent", "responded", "spend_bins", "_floor",
                  "sample", "model", "calibration", "next_fit_day", "rank_weight", "percentiles",
-                 "_top")
+                 "_top", "pending_days", "fitted_days")
 
     def __init__(self) -> None:
         self.gap_sum_days = 0.0
@@ -92,6 +92,11 @@ class PopulationPriors:
         self.rank_weight = 1.0
         self.percentiles: dict[float, PercentileMap] = {}
         self._top: int | None = None
+        # Order days the sample gained since the last fit, and the sample's order days then: a
+        # log in customer order (CDNOW's is) brings most of the shard after the watermark has
+        # reached its end, so the sample's growth triggers a refit as well as the calendar.
+        self.pending_days = 0
+        self.fitted_days = 0
 
     # -- the buyer model ---------------------------------------------------------------------
 
@@ -112,6 +117,7 @@ class PopulationPriors:
             entry = self.sample[key] = [day, 0]
         if day in entry[2:]:
             return
+        self.pending_days += 1
         entry.append(day)
         recent = sorted(entry[2:])
         if len(recent) > KEPT_DAYS:
@@ -125,8 +131,23 @@ class PopulationPriors:
         return self.model if self.model is not None else prior
 
     def refit_due(self, now: float) -> bool:
-        """Whether the watermark ``now`` has passed the next refit day."""
-        return now / DAY >= self.next_fit_day
+        """Whether the watermark ``now`` has passed the next refit day, or the sample has grown
+        by half since the last fit (whatever the order the events come in).
+
+        >>> p = PopulationPriors()
+        >>> p.next_fit_day = 10**6  # the calendar says not yet
+        >>> for n in range(MIN_FIT):
+        ...     p.observe_order(f"c{n}", 0.0)
+        >>> p.refit_due(0.0)
+        True
+        """
+        return now / DAY >= self.next_fit_day or self.pending_days >= max(
+            MIN_FIT, self.fitted_days // 2)
+
+    def unfitted_orders(self) -> bool:
+        """Whether the sample gained orders since the last fit (``replay --as-of`` refits then,
+        so the final model has seen every order)."""
+        return self.pending_days > 0 and len(self.sample) >= MIN_FIT
 
     def refit(self, now: float, horizons: Iterable[float], prior: BuyerModel) -> None:
         """Refit the buyer model on the sample as of ``now``; choose the evidence weight and
@@ -139,6 +160,8 @@ class PopulationPriors:
         """
         today = now / DAY
         entries = [self.sample[k] for k in sorted(self.sample)]
+        self.pending_days = 0
+        self.fitted_days = sum(e[1] + len(e) - 2 for e in entries)
         first_day = min((e[0] for e in entries), default=today)
         history = today - first_day
         self.next_fit_day = math.floor(today) + int(min(28, max(2, round(history / 8.0))))
@@ -264,6 +287,7 @@ class PopulationPriors:
             "next_fit_day": self.next_fit_day,
             "rank_weight": self.rank_weight,
             "percentiles": [[h, list(m.knots)] for h, m in sorted(self.percentiles.items())],
+            "growth": [self.pending_days, self.fitted_days],
         }
 
     @classmethod
@@ -288,6 +312,8 @@ class PopulationPriors:
             priors.rank_weight = float(data["rank_weight"])
             priors.percentiles = {float(h): PercentileMap(tuple(float(v) for v in knots))
                                   for h, knots in data["percentiles"]}
+            # Absent from blobs written before the growth trigger: count from now on.
+            priors.pending_days, priors.fitted_days = (int(v) for v in data.get("growth", (0, 0)))
         priors.gap_sum_days, priors.gap_count = float(gaps[0]), int(gaps[1])
         priors.sent, priors.responded = float(engagement[0]), float(engagement[1])
         priors.spend_bins = [int(b) for b in bins]
