@@ -233,6 +233,11 @@ class ShardEngine:
                         item.offset if item.partition else -1))
                     continue
                 result.late += 1
+            if event.ts > self.state.watermark:
+                # The refit comes before the event is scored: the customer's tier before the
+                # event and after it are then judged under the same model (docs/scoring.md).
+                self.state.watermark = event.ts
+                self._refit_if_due()
             self._advance(cid, state, event.ts, result)
             # The wait before a new latest order, for the reasons of an upgrade it causes.
             waited = (event.ts - state.last_order) / DAY if event.type == ev.ORDER and \
@@ -246,9 +251,6 @@ class ShardEngine:
             result.scored += 1
             if event.ts > result.last_event_ts:
                 result.last_event_ts = event.ts
-            if event.ts > self.state.watermark:
-                self.state.watermark = event.ts
-                self._refit_if_due()
             mark = self.state.watermark
             while pending and pending[0][0] <= mark:
                 queued_at, silent = heapq.heappop(pending)
@@ -388,7 +390,7 @@ class ShardEngine:
         # The shard's next refit moves every probability a little: a silent customer is looked
         # at again right after it, so their tier follows the model rather than the one they
         # were scored with. (Churned customers wait for an event.)
-        refit_at = priors.next_fit_day * DAY + 1.0
+        refit_at = priors.next_fit_day * DAY
         due = next_review_at(state, assessment, now, config, priors,
                              not_after=refit_at if refit_at > now else None)
         if due is not None and due <= now:

@@ -52,6 +52,10 @@ SAMPLE_SIZE = 1024
 KEPT_DAYS = 12
 #: Fewest sampled customers worth a fit; fewer keep the defaults.
 MIN_FIT = 30
+#: Fewest sampled customers with a repeat order before the first fit: without repeats the
+#: model cannot tell a slow buyer from one who left (both explain the silence), and a fit on a
+#: history shorter than the usual gap reads everyone as gone.
+MIN_REPEATERS = 10
 #: Fewest matured outcomes for an evidence weight or a calibration map.
 MIN_OUTCOMES = 100
 #: Wire format version of :class:`PopulationPriors`.
@@ -142,7 +146,8 @@ class PopulationPriors:
         first_day = min((e[0] for e in entries), default=today)
         history = today - first_day
         self.next_fit_day = math.floor(today) + int(min(28, max(2, round(history / 8.0))))
-        if len(entries) < MIN_FIT:
+        repeaters = sum(1 for e in entries if e[1] + len(e) - 3 >= 1)  # x >= 1
+        if len(entries) < MIN_FIT or repeaters < MIN_REPEATERS:
             return
         x, t_x, age, _ = _summaries(entries, today, today)
         start = self.model if self.model is not None else prior
