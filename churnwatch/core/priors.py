@@ -75,7 +75,7 @@ class PopulationPriors:
 
     __slots__ = ("gap_sum_days", "gap_count", "sent", "responded", "spend_bins", "_floor",
                  "sample", "model", "calibration", "next_fit_day", "rank_weight", "percentiles",
-                 "_top")
+                 "fitted_at", "_top")
 
     def __init__(self) -> None:
         self.gap_sum_days = 0.0
@@ -95,6 +95,9 @@ class PopulationPriors:
         # stand under it: the health score's scale.
         self.rank_weight = 1.0
         self.percentiles: dict[float, PercentileMap] = {}
+        # The refit day (event time, seconds) from which the current model is in force; 0
+        # before the first fit. A customer last scored before it was judged by an older model.
+        self.fitted_at = 0.0
         self._top: int | None = None
 
     # -- the buyer model ---------------------------------------------------------------------
@@ -132,6 +135,11 @@ class PopulationPriors:
         """Whether the watermark ``now`` has passed the next refit day."""
         return now / DAY >= self.next_fit_day
 
+    def may_change_at_refit(self) -> bool:
+        """Whether the next refit can change the model: not while the sample is too small for
+        a first fit (then nobody need be looked at again after it)."""
+        return self.model is not None or len(self.sample) >= MIN_FIT
+
     def refit(self, now: float, horizons: Iterable[float], prior: BuyerModel) -> None:
         """Refit the buyer model on the sample as of ``now``; choose the evidence weight and
         fit a calibration map per horizon on the sample's matured outcomes.
@@ -142,6 +150,7 @@ class PopulationPriors:
         calibration map is made only for a horizon that has fully matured.
         """
         today = now / DAY
+        due_day = self.next_fit_day
         entries = [self.sample[k] for k in sorted(self.sample)]
         first_day = min((e[0] for e in entries), default=today)
         history = today - first_day
@@ -165,6 +174,7 @@ class PopulationPriors:
                 rank_weight = choose_ranking_weight(earlier, xc, tc, agec, window, returned)
                 fitted_at[window] = earlier
         self.model = BuyerModel(model.r, model.alpha, model.a, model.b, weight)
+        self.fitted_at = due_day * DAY
         self.rank_weight = rank_weight
         ranking = self.ranking_model(self.model)
         self.percentiles = {h: percentile_map(p_order_within_many(ranking, x, t_x, age, h))
@@ -269,6 +279,7 @@ class PopulationPriors:
             "next_fit_day": self.next_fit_day,
             "rank_weight": self.rank_weight,
             "percentiles": [[h, list(m.knots)] for h, m in sorted(self.percentiles.items())],
+            "fitted_at": self.fitted_at,
         }
 
     @classmethod
@@ -293,6 +304,7 @@ class PopulationPriors:
             priors.rank_weight = float(data["rank_weight"])
             priors.percentiles = {float(h): PercentileMap(tuple(float(v) for v in knots))
                                   for h, knots in data["percentiles"]}
+            priors.fitted_at = float(data.get("fitted_at", 0.0))
         priors.gap_sum_days, priors.gap_count = float(gaps[0]), int(gaps[1])
         priors.sent, priors.responded = float(engagement[0]), float(engagement[1])
         priors.spend_bins = [int(b) for b in bins]
