@@ -16,7 +16,6 @@ from churnwatch.core.engine import Incoming, ShardEngine, ShardState, TierTransi
 from churnwatch.core.events import Event
 from churnwatch.core.priors import PopulationPriors
 from churnwatch.core.scoring import (
-    CHURNED,
     HEALTHY,
     WATCH,
     assess,

@@ -597,5 +597,6 @@ def component_values(assessment: Assessment) -> list[int]:
     return [round(c.value) if c.confidence > 0 else -1 for c in assessment.components]
 
 
-__all__ = ["COMPONENTS", "Assessment", "Component", "after_order", "assess", "buyer_model", "chance_percent",
-           "next_review_at", "reasons", "return_probability", "tier_for", "tier_name"]
+__all__ = ["COMPONENTS", "Assessment", "Component", "after_order", "assess", "buyer_model",
+           "chance_percent", "next_review_at", "reasons", "return_probability", "tier_for",
+           "tier_name"]
