@@ -165,3 +165,27 @@ def test_a_tier_move_the_refit_caused_says_so_with_the_score_going_its_way() -> 
     plain = reasons(state, a, now + 2 * DAY, CONFIG, priors, [60, -1, -1, -1],
                     from_tier=WATCH, to_tier=HEALTHY, old_score=100.0)
     assert not plain[0].startswith("the shard's model") and "rose" not in plain[0]
+
+
+def test_a_review_by_the_wall_clock_before_the_refit_is_judged_again_before_the_next_order(
+) -> None:
+    engine = ShardEngine(0, CONFIG, ShardState())
+    ids = [f"q{n:03d}" for n in range(100)] + ["x"]
+    early = [Event(c, "order", T0 + d * DAY, amount=20.0) for d in (0, 2) for c in ids]
+    result = engine.process([Incoming(e) for e in early], dict.fromkeys(ids), T0 + 2 * DAY)
+    states = dict(result.changed)
+    assert engine.state.priors.model is None  # nobody had repeated at the last refit day
+    refit_day = engine.state.priors.next_fit_day * DAY
+    # Live: the wall clock reaches the refit day before any event carries the watermark there,
+    # so the review there is made by the old model.
+    reviewed = engine.review(states, T0 + 60 * DAY)
+    assert reviewed.changed["x"].scored_at > refit_day
+    order = Event("x", "order", T0 + 60 * DAY, amount=20.0)
+    result = engine.process([Incoming(order)], {"x": reviewed.changed["x"]}, T0 + 60 * DAY)
+    assert engine.state.priors.model is not None and engine.state.priors.fits == 1
+    moves = [(t.cause, t.from_tier, t.to_tier, t.reasons[0]) for t in result.transitions]
+    refit = [m for m in moves if m[0] == "silence"]
+    assert refit and refit[0][3].startswith("the shard's model was refitted"), moves
+    for cause, before, after, _ in moves:
+        if cause == "event":
+            assert CONFIG_TIERS.index(after) < CONFIG_TIERS.index(before), moves

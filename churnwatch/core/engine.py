@@ -240,12 +240,12 @@ class ShardEngine:
                 # event and after it are then judged under the same model (docs/scoring.md).
                 self.state.watermark = event.ts
                 self._refit_if_due()
-            if state.score is not None and state.scored_at < self.state.priors.fitted_at:
+            if self._judged_by_older_model(state):
                 # Last judged by an older model and not looked at since the refit: judge them
                 # under the current one first, so what the event changes is measured under one
                 # model (an order never lowers the tier or the score; docs/scoring.md).
-                self._score(cid, state, max(self.state.priors.fitted_at, state.scored_at),
-                            result, cause="silence")
+                self._score(cid, state, max(event.ts, state.scored_at), result,
+                            cause="silence")
             self._advance(cid, state, event.ts, result)
             # The wait before a new latest order, for the reasons of an upgrade it causes.
             waited = (event.ts - state.last_order) / DAY if event.type == ev.ORDER and \
@@ -337,6 +337,13 @@ class ShardEngine:
         if priors.refit_due(mark):
             priors.refit(mark, self._horizons, self.config.recency.prior())
 
+    def _judged_by_older_model(self, state: CustomerState) -> bool:
+        """Whether the customer's tier and score came from another of the shard's model fits
+        than the one in force. A count, not a time: live, reviews follow the wall clock while
+        refits follow the watermark, so a review after the refit day may still have used the
+        model before it."""
+        return state.score is not None and state.model_fit != self.state.priors.fits
+
     def _advance(self, cid: str, state: CustomerState, until: float, result: BatchResult) -> None:
         """Re-score at every review time up to ``until``: tier changes of silence, on time."""
         guard = 0
@@ -361,7 +368,7 @@ class ShardEngine:
         old_tier = state.tier
         old_score = state.score
         # Scored before the model in force was fitted: a change of tier now is the refit's.
-        refitted = old_score is not None and state.scored_at < priors.fitted_at <= now
+        refitted = self._judged_by_older_model(state)
         new_tier = tier_for(chance_percent(assessment), old_tier, policy)
         score = round(assessment.score, 2)
         previous = state.components
@@ -405,6 +412,7 @@ class ShardEngine:
             self.state.counters[key] = self.state.counters.get(key, 0.0) + 1.0
         state.score = score
         state.scored_at = now
+        state.model_fit = priors.fits
         # The shard's next refit moves every probability a little: a silent customer is looked
         # at again right after it, so their tier follows the model rather than the one they
         # were scored with. (Churned customers wait for an event.)

@@ -75,7 +75,7 @@ class PopulationPriors:
 
     __slots__ = ("gap_sum_days", "gap_count", "sent", "responded", "spend_bins", "_floor",
                  "sample", "model", "calibration", "next_fit_day", "rank_weight", "percentiles",
-                 "fitted_at", "_top")
+                 "fits", "_top")
 
     def __init__(self) -> None:
         self.gap_sum_days = 0.0
@@ -95,9 +95,9 @@ class PopulationPriors:
         # stand under it: the health score's scale.
         self.rank_weight = 1.0
         self.percentiles: dict[float, PercentileMap] = {}
-        # The refit day (event time, seconds) from which the current model is in force; 0
-        # before the first fit. A customer last scored before it was judged by an older model.
-        self.fitted_at = 0.0
+        # How many times the model was fitted: a customer scored at another count was judged
+        # by another model (CustomerState.model_fit).
+        self.fits = 0
         self._top: int | None = None
 
     # -- the buyer model ---------------------------------------------------------------------
@@ -150,7 +150,6 @@ class PopulationPriors:
         calibration map is made only for a horizon that has fully matured.
         """
         today = now / DAY
-        due_day = self.next_fit_day
         entries = [self.sample[k] for k in sorted(self.sample)]
         first_day = min((e[0] for e in entries), default=today)
         history = today - first_day
@@ -174,7 +173,7 @@ class PopulationPriors:
                 rank_weight = choose_ranking_weight(earlier, xc, tc, agec, window, returned)
                 fitted_at[window] = earlier
         self.model = BuyerModel(model.r, model.alpha, model.a, model.b, weight)
-        self.fitted_at = due_day * DAY
+        self.fits += 1
         self.rank_weight = rank_weight
         ranking = self.ranking_model(self.model)
         self.percentiles = {h: percentile_map(p_order_within_many(ranking, x, t_x, age, h))
@@ -279,7 +278,7 @@ class PopulationPriors:
             "next_fit_day": self.next_fit_day,
             "rank_weight": self.rank_weight,
             "percentiles": [[h, list(m.knots)] for h, m in sorted(self.percentiles.items())],
-            "fitted_at": self.fitted_at,
+            "fits": self.fits,
         }
 
     @classmethod
@@ -304,7 +303,7 @@ class PopulationPriors:
             priors.rank_weight = float(data["rank_weight"])
             priors.percentiles = {float(h): PercentileMap(tuple(float(v) for v in knots))
                                   for h, knots in data["percentiles"]}
-            priors.fitted_at = float(data.get("fitted_at", 0.0))
+            priors.fits = int(data.get("fits", 0))
         priors.gap_sum_days, priors.gap_count = float(gaps[0]), int(gaps[1])
         priors.sent, priors.responded = float(engagement[0]), float(engagement[1])
         priors.spend_bins = [int(b) for b in bins]
