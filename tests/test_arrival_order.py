@@ -8,12 +8,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from churnwatch.replay import export_rows, replay
 from churnwatch.state.redis_store import RedisStore
 from redis_server import redis_server, redis_url  # noqa: F401
 
 from churnwatch.backtest import roc_auc
 from churnwatch.core.config import ChurnwatchConfig
+from churnwatch.replay import export_rows, replay
 from churnwatch.simulator import ShopSimulator
 
 DAY = 86400.0

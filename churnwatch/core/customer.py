@@ -77,7 +77,7 @@ class CustomerState:
         "visits", "last_visit",
         "score", "tier", "components", "scored_at", "next_review_at", "tier_since",
         "peak_score", "peak_at", "drop_counted", "high_value",
-        "offsets", "recent_ids",
+        "offsets", "recent_ids", "model_fit",
         "outreach",
     )
 
@@ -121,6 +121,8 @@ class CustomerState:
         # Customer success (churnwatch.core.winback): the open playbook assignment and the
         # latest interventions; ``None`` until there is any.
         self.outreach: dict[str, Any] | None = None
+        # Which of the shard's model fits (PopulationPriors.fits) the tier and score came from.
+        self.model_fit = 0
 
     # -- windows -------------------------------------------------------------------------------
 
@@ -256,7 +258,8 @@ class CustomerState:
             _ot_up(self.next_review_at), _t(self.tier_since),
             round(self.peak_score * 100), _t(self.peak_at), self.drop_counted, self.high_value,
             self.offsets or None, self.recent_ids or None,
-        ] + ([self.outreach] if self.outreach else [])
+        ] + ([self.outreach, self.model_fit] if self.model_fit else
+             [self.outreach] if self.outreach else [])
 
     @classmethod
     def from_wire(cls, data: list[Any]) -> CustomerState:
@@ -272,6 +275,7 @@ class CustomerState:
          offsets, recent_ids) = data[:34]
         # Optional trailing fields, absent in states written before they existed.
         state.outreach = data[34] if len(data) > 34 else None
+        state.model_fit = int(data[35]) if len(data) > 35 else 0
         state.channels = channels or {}
         if state.score is not None:
             state.score = state.score / 100.0

@@ -32,6 +32,8 @@ from churnwatch.core.scoring import (
     AT_RISK,
     CHURNED,
     HEALTHY,
+    Assessment,
+    after_order,
     assess,
     chance_percent,
     component_values,
@@ -233,24 +235,36 @@ class ShardEngine:
                         item.offset if item.partition else -1))
                     continue
                 result.late += 1
+            if event.ts > self.state.watermark:
+                self.state.watermark = event.ts
+            # The refit comes before the event is scored: the customer's tier before the event
+            # and after it are then judged under the same model (docs/scoring.md). Checked at
+            # every event: the sample's growth by the events before this one triggers a refit
+            # too, at the same event whatever the batching.
+            self._refit_if_due()
+            if self._judged_by_older_model(state):
+                # Last judged by an older model and not looked at since the refit: judge them
+                # under the current one first, so what the event changes is measured under one
+                # model (an order never lowers the tier or the score; docs/scoring.md).
+                self._score(cid, state, max(event.ts, state.scored_at), result,
+                            cause="silence")
             self._advance(cid, state, event.ts, result)
             # The wait before a new latest order, for the reasons of an upgrade it causes.
             waited = (event.ts - state.last_order) / DAY if event.type == ev.ORDER and \
                 state.last_order is not None and event.ts > state.last_order else None
+            at = max(event.ts, state.scored_at)
+            # An order never lowers the score: what it was just before, at the same instant.
+            just_before = assess(state, at, self.config, self.state.priors) \
+                if event.type == ev.ORDER and state.score is not None else None
             self._apply(state, event)
             self._remember(state, item)
-            at = max(event.ts, state.scored_at)
-            self._score(cid, state, at, result, cause="event", waited_days=waited)
+            self._score(cid, state, at, result, cause="event", waited_days=waited,
+                        before=just_before)
             if state.next_review_at is not None:
                 heapq.heappush(pending, (state.next_review_at, cid))
             result.scored += 1
             if event.ts > result.last_event_ts:
                 result.last_event_ts = event.ts
-            if event.ts > self.state.watermark:
-                self.state.watermark = event.ts
-            # Checked at every event: the sample's growth is a trigger too, and it grows at
-            # the same events whatever the batching.
-            self._refit_if_due()
             mark = self.state.watermark
             while pending and pending[0][0] <= mark:
                 queued_at, silent = heapq.heappop(pending)
@@ -354,6 +368,13 @@ class ShardEngine:
         if priors.refit_due(mark):
             priors.refit(mark, self._horizons, self.config.recency.prior())
 
+    def _judged_by_older_model(self, state: CustomerState) -> bool:
+        """Whether the customer's tier and score came from another of the shard's model fits
+        than the one in force. A count, not a time: live, reviews follow the wall clock while
+        refits follow the watermark, so a review after the refit day may still have used the
+        model before it."""
+        return state.score is not None and state.model_fit != self.state.priors.fits
+
     def _advance(self, cid: str, state: CustomerState, until: float, result: BatchResult) -> None:
         """Re-score at every review time up to ``until``: tier changes of silence, on time."""
         guard = 0
@@ -364,7 +385,8 @@ class ShardEngine:
             guard += 1
 
     def _score(self, cid: str, state: CustomerState, now: float, result: BatchResult,
-               cause: str, waited_days: float | None = None) -> None:
+               cause: str, waited_days: float | None = None,
+               before: Assessment | None = None) -> None:
         # Stored times read back as whole-second ints: make "now" one type whichever way it
         # came, so a record reads the same whether or not the state was reloaded in between.
         now = float(now)
@@ -372,8 +394,12 @@ class ShardEngine:
         priors = self.state.priors
         policy = config.policy(state.segment)
         assessment = assess(state, now, config, priors)
+        if before is not None:
+            assessment = after_order(before, assessment)
         old_tier = state.tier
         old_score = state.score
+        # Scored before the model in force was fitted: a change of tier now is the refit's.
+        refitted = self._judged_by_older_model(state)
         new_tier = tier_for(chance_percent(assessment), old_tier, policy)
         score = round(assessment.score, 2)
         previous = state.components
@@ -391,7 +417,8 @@ class ShardEngine:
             if old_tier >= 0:
                 why = tuple(reasons(state, assessment, now, config, priors, previous,
                                     from_tier=old_tier, to_tier=new_tier, old_score=old_score,
-                                    gap_before_days=waited_days)) + (
+                                    gap_before_days=waited_days,
+                                    refitted=refitted and cause == "silence")) + (
                     component_moves(previous, state.components),)
                 result.transitions.append(TierTransition(
                     cid, segment, tier_name(old_tier), tier_name(new_tier), old_score, score,
@@ -416,12 +443,14 @@ class ShardEngine:
             self.state.counters[key] = self.state.counters.get(key, 0.0) + 1.0
         state.score = score
         state.scored_at = now
+        state.model_fit = priors.fits
         # The shard's next refit moves every probability a little: a silent customer is looked
         # at again right after it, so their tier follows the model rather than the one they
         # were scored with. (Churned customers wait for an event.)
-        refit_at = priors.next_fit_day * DAY + 1.0
+        refit_at = priors.next_fit_day * DAY
+        capped = refit_at > now and priors.may_change_at_refit()
         due = next_review_at(state, assessment, now, config, priors,
-                             not_after=refit_at if refit_at > now else None)
+                             not_after=refit_at if capped else None)
         if due is not None and due <= now:
             due = now + 60.0  # already past the threshold but held by hysteresis: look again
         # Whole seconds, as stored: the due index must read back exactly as written.

@@ -52,6 +52,10 @@ SAMPLE_SIZE = 1024
 KEPT_DAYS = 12
 #: Fewest sampled customers worth a fit; fewer keep the defaults.
 MIN_FIT = 30
+#: Fewest sampled customers with a repeat order before the first fit: without repeats the
+#: model cannot tell a slow buyer from one who left (both explain the silence), and a fit on a
+#: history shorter than the usual gap reads everyone as gone.
+MIN_REPEATERS = 10
 #: Fewest matured outcomes for an evidence weight or a calibration map.
 MIN_OUTCOMES = 100
 #: Wire format version of :class:`PopulationPriors`.
@@ -71,7 +75,7 @@ class PopulationPriors:
 
     __slots__ = ("gap_sum_days", "gap_count", "sent", "responded", "spend_bins", "_floor",
                  "sample", "model", "calibration", "next_fit_day", "rank_weight", "percentiles",
-                 "_top", "pending_days", "fitted_days")
+                 "fits", "_top", "pending_days", "fitted_days")
 
     def __init__(self) -> None:
         self.gap_sum_days = 0.0
@@ -91,6 +95,9 @@ class PopulationPriors:
         # stand under it: the health score's scale.
         self.rank_weight = 1.0
         self.percentiles: dict[float, PercentileMap] = {}
+        # How many times the model was fitted: a customer scored at another count was judged
+        # by another model (CustomerState.model_fit).
+        self.fits = 0
         self._top: int | None = None
         # Order days the sample gained since the last fit, and the sample's order days then: a
         # log in customer order (CDNOW's is) brings most of the shard after the watermark has
@@ -149,6 +156,11 @@ class PopulationPriors:
         so the final model has seen every order)."""
         return self.pending_days > 0 and len(self.sample) >= MIN_FIT
 
+    def may_change_at_refit(self) -> bool:
+        """Whether the next refit can change the model: not while the sample is too small for
+        a first fit (then nobody need be looked at again after it)."""
+        return self.model is not None or len(self.sample) >= MIN_FIT
+
     def refit(self, now: float, horizons: Iterable[float], prior: BuyerModel) -> None:
         """Refit the buyer model on the sample as of ``now``; choose the evidence weight and
         fit a calibration map per horizon on the sample's matured outcomes.
@@ -165,7 +177,8 @@ class PopulationPriors:
         first_day = min((e[0] for e in entries), default=today)
         history = today - first_day
         self.next_fit_day = math.floor(today) + int(min(28, max(2, round(history / 8.0))))
-        if len(entries) < MIN_FIT:
+        repeaters = sum(1 for e in entries if e[1] + len(e) - 3 >= 1)  # x >= 1
+        if len(entries) < MIN_FIT or repeaters < MIN_REPEATERS:
             return
         x, t_x, age, _ = _summaries(entries, today, today)
         start = self.model if self.model is not None else prior
@@ -183,6 +196,7 @@ class PopulationPriors:
                 rank_weight = choose_ranking_weight(earlier, xc, tc, agec, window, returned)
                 fitted_at[window] = earlier
         self.model = BuyerModel(model.r, model.alpha, model.a, model.b, weight)
+        self.fits += 1
         self.rank_weight = rank_weight
         ranking = self.ranking_model(self.model)
         self.percentiles = {h: percentile_map(p_order_within_many(ranking, x, t_x, age, h))
@@ -288,6 +302,7 @@ class PopulationPriors:
             "rank_weight": self.rank_weight,
             "percentiles": [[h, list(m.knots)] for h, m in sorted(self.percentiles.items())],
             "growth": [self.pending_days, self.fitted_days],
+            "fits": self.fits,
         }
 
     @classmethod
@@ -314,6 +329,7 @@ class PopulationPriors:
                                   for h, knots in data["percentiles"]}
             # Absent from blobs written before the growth trigger: count from now on.
             priors.pending_days, priors.fitted_days = (int(v) for v in data.get("growth", (0, 0)))
+            priors.fits = int(data.get("fits", 0))
         priors.gap_sum_days, priors.gap_count = float(gaps[0]), int(gaps[1])
         priors.sent, priors.responded = float(engagement[0]), float(engagement[1])
         priors.spend_bins = [int(b) for b in bins]

@@ -38,7 +38,7 @@ the return probability, whose crossing of the current tier's exit :func:`next_re
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from churnwatch.core.buyers import BuyerModel
 from churnwatch.core.config import COMPONENTS, TIERS, ChurnwatchConfig, SegmentPolicy
@@ -182,6 +182,30 @@ def assess(state: CustomerState, now: float, config: ChurnwatchConfig,
     score = min(score, recency.value + MAX_LIFT_POINTS)
     return Assessment(min(max(score, 0.0), 100.0), (recency, trend, engagement, service),
                       probability, fixed_sum, fixed_weight, w_recency, inputs, now)
+
+
+def after_order(before: Assessment, after: Assessment) -> Assessment:
+    """The assessment ``after`` an order, given the one just ``before`` it (same instant, same
+    priors): an order never lowers the score.
+
+    The order raises the return chance and the recency component, but it also shows the trend
+    what the silence before it meant (a long wait, a small basket), which can pull the trend
+    component down by more than recency rose. That news belongs to the silence, which the score
+    has already been paying for; the order itself is good news, so the score holds at least
+    where it was.
+
+    >>> from churnwatch.core.config import ChurnwatchConfig
+    >>> from churnwatch.core.customer import CustomerState
+    >>> from churnwatch.core.events import Event
+    >>> cfg, priors = ChurnwatchConfig(), PopulationPriors()
+    >>> c = CustomerState(first_seen=0.0)
+    >>> for day in range(0, 200, 20):
+    ...     c.apply(Event("c1", "order", day * DAY, amount=30.0), windows=windows_of(cfg))
+    >>> high, low = assess(c, 181 * DAY, cfg, priors), assess(c, 260 * DAY, cfg, priors)
+    >>> after_order(high, low).score == high.score, after_order(low, high) is high
+    (True, True)
+    """
+    return after if after.score >= before.score else replace(after, score=before.score)
 
 
 def chance_percent(assessment: Assessment) -> float:
@@ -334,7 +358,8 @@ def next_review_at(state: CustomerState, assessment: Assessment, now: float,
 def reasons(state: CustomerState, assessment: Assessment, now: float, config: ChurnwatchConfig,
             priors: PopulationPriors, previous: list[int] | None = None, *,
             from_tier: int | None = None, to_tier: int | None = None,
-            old_score: float | None = None, gap_before_days: float | None = None) -> list[str]:
+            old_score: float | None = None, gap_before_days: float | None = None,
+            refitted: bool = False) -> list[str]:
     """Plain-language reasons for a CS agent to read, the biggest moves first.
 
     ``previous`` are the components (0..100) at the last scoring. For a tier change the engine
@@ -342,6 +367,8 @@ def reasons(state: CustomerState, assessment: Assessment, now: float, config: Ch
     improved (an order, answers, a better trend or service), a downgrade by the problems, and a
     change whose two scores print the same says which threshold the score crossed.
     ``gap_before_days``, when the caller knows it, is the wait before the latest order.
+    ``refitted``: the change comes from the shard's model, refitted since the last scoring,
+    not from the customer (said first, with where the score went, in the direction it went).
 
     >>> from churnwatch.core.config import ChurnwatchConfig
     >>> from churnwatch.core.customer import CustomerState
@@ -359,17 +386,21 @@ def reasons(state: CustomerState, assessment: Assessment, now: float, config: Ch
     'ordered again after 40 days, usually every 21 days'
     """
     upgrade = from_tier is not None and to_tier is not None and 0 <= to_tier < from_tier
+    horizon = config.policy(state.segment).horizon_days
+    chance = (f"chance of ordering within {horizon:.0f} days now "
+              f"{100 * assessment.return_probability:.0f}%")
+    lead: list[str] = []
+    if refitted:
+        lead = [f"the shard's model was refitted: {chance}; "
+                f"{_score_move(old_score, assessment.score)}"]
     if upgrade:
         out = _improvements(state, assessment, now, config, priors, previous, gap_before_days)
-        if not out:
-            # Nothing named moved (learned priors did, say): the rise itself, not the problems.
-            rose = "score rose" if old_score is None else f"score rose from {old_score:.0f}"
-            horizon = config.policy(state.segment).horizon_days
-            out = [(0.0, f"{rose} to {assessment.score:.0f}; chance of ordering within "
-                         f"{horizon:.0f} days now {100 * assessment.return_probability:.0f}%")]
+        if not out and not lead:
+            # Nothing named moved (learned priors did, say): the move itself, not the problems.
+            out = [(0.0, f"{_score_move(old_score, assessment.score)}; {chance}")]
     else:
         out = _problems(state, assessment, now, config, priors, previous)
-    texts = [text for _, text in sorted(out, key=lambda item: -item[0])]
+    texts = lead + [text for _, text in sorted(out, key=lambda item: -item[0])]
     crossing = _crossing(state, assessment, config, from_tier, to_tier, old_score)
     return texts + ([crossing] if crossing else [])
 
@@ -508,6 +539,22 @@ def _crossing(state: CustomerState, assessment: Assessment, config: ChurnwatchCo
             f"the chance: {chance}")
 
 
+def _score_move(old: float | None, new: float) -> str:
+    """Where the score went, in the direction the printed numbers go.
+
+    >>> _score_move(100.0, 98.1), _score_move(85.2, 99.6), _score_move(99.7, 100.0)
+    ('score fell from 100 to 98', 'score rose from 85 to 100', 'score unchanged at 100')
+    >>> _score_move(None, 72.0)
+    'score 72'
+    """
+    if old is None:
+        return f"score {new:.0f}"
+    before, after = round(old), round(new)
+    if before == after:
+        return f"score unchanged at {after}"
+    return f"score {'rose' if after > before else 'fell'} from {before} to {after}"
+
+
 def _days(days: float) -> str:
     """``1 day``, ``21 days``; less than a day reads as such, never as ``0 days``.
 
@@ -550,5 +597,6 @@ def component_values(assessment: Assessment) -> list[int]:
     return [round(c.value) if c.confidence > 0 else -1 for c in assessment.components]
 
 
-__all__ = ["COMPONENTS", "Assessment", "Component", "assess", "buyer_model", "chance_percent",
-           "next_review_at", "reasons", "return_probability", "tier_for", "tier_name"]
+__all__ = ["COMPONENTS", "Assessment", "Component", "after_order", "assess", "buyer_model",
+           "chance_percent", "next_review_at", "reasons", "return_probability", "tier_for",
+           "tier_name"]
