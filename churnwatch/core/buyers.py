@@ -245,7 +245,9 @@ class CalibrationMap:
             return ys[0] * p / xs[0] if xs[0] > 0 else ys[0]
         if p >= xs[-1]:
             span = 1.0 - xs[-1]
-            return ys[-1] + (1.0 - ys[-1]) * (p - xs[-1]) / span if span > 0 else ys[-1]
+            # Clamped: the interpolation towards 1 may round a hair above it.
+            return min(1.0, ys[-1] + (1.0 - ys[-1]) * (p - xs[-1]) / span) if span > 0 \
+                else ys[-1]
         lo, hi = 0, len(xs) - 1
         while hi - lo > 1:
             mid = (lo + hi) // 2
