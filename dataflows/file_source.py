@@ -28,7 +28,8 @@ from churnwatch.core.events import MAX_PAYLOAD_BYTES
 LINE_LIMIT = MAX_PAYLOAD_BYTES + 2
 
 STDIN = "-"
-GZIP_MAGIC = b"\x1f\x8b"
+#: A gzip member's first bytes: ID1, ID2 and CM 8 (deflate, the only method RFC 1952 defines).
+GZIP_MAGIC = b"\x1f\x8b\x08"
 
 
 def input_label(path: str | Path) -> str:
@@ -51,11 +52,25 @@ def open_input(path: str | Path) -> BinaryIO:
         if head == GZIP_MAGIC:
             return gzip.GzipFile(fileobj=stream, mode="rb")  # type: ignore[return-value]
         return stream
-    with open(path, "rb") as probe:
-        head = probe.read(len(GZIP_MAGIC))
-    if head == GZIP_MAGIC:
+    if _is_gzip_file(path):
         return gzip.open(path, "rb")  # type: ignore[return-value]
     return open(path, "rb")  # noqa: SIM115 - the caller closes it
+
+
+def _is_gzip_file(path: str | Path) -> bool:
+    """Whether a file is gzip: its magic bytes, and a header that decodes. A plain file that
+    merely starts with those bytes (a garbage first line) is read as plain text, its lines
+    dead-lettered as usual; a gzip file cut short after its first bytes is still gzip, and
+    its read error names the line it stopped at."""
+    with open(path, "rb") as probe:
+        if probe.read(len(GZIP_MAGIC)) != GZIP_MAGIC:
+            return False
+    try:
+        with gzip.open(path, "rb") as handle:
+            handle.read(1)
+    except (OSError, EOFError, zlib.error):
+        return False
+    return True
 
 
 def count_lines(path: str | Path) -> int:

@@ -18,7 +18,7 @@ import pytest
 from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSink, run_main
 from churnwatch.dataflows.file_source import FileSource
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from redis_server import redis_server, redis_url  # noqa: F401
 
@@ -366,6 +366,9 @@ def read_through_the_source(paths: list[str], labels: dict[str, str] | None = No
 @settings(max_examples=40, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(lines=lines_strategy)
+# Found by hypothesis: a plain file whose first line starts with gzip's magic bytes.
+@example(lines=[b"\x1f\x8b"])
+@example(lines=[b"\x1f\x8b\x08\x00garbage"])
 def test_any_bytes_read_the_same_plain_and_gzipped(tmp_path: Path, lines: list[bytes]) -> None:
     plain, packed = tmp_path / "in.jsonl", tmp_path / "in.bin"
     plain.write_bytes(b"".join(line + b"\n" for line in lines))
