@@ -17,7 +17,7 @@ import threading
 import time
 import zlib
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -80,20 +80,19 @@ class ReplayCounts(FlowHooks):
         self.inner = inner or FlowHooks()
         self.progress = progress
         self.lock = threading.Lock()
-        self.read = 0
-        self.applied = 0
-        self.duplicates = 0
-        self.late = 0
-        self.dead_letters = 0
-        self.transitions_seen = 0
-        self.newest_event: float | None = None
+        self.counts = ReplaySummary(None, 0)
+
+    @property
+    def newest_event(self) -> float | None:
+        """The newest event time applied so far."""
+        return self.counts.newest_event
 
     def decoded(self, source: str, received: int, invalid: Sequence[InvalidEvent],
                 newest_published_at: float | None) -> None:
         """A batch of ``received`` lines was decoded; ``invalid`` are dead letters."""
         with self.lock:
-            self.read += received
-            self.dead_letters += len(invalid)
+            self.counts.read += received
+            self.counts.dead_letters += len(invalid)
             if self.progress is not None:
                 self.progress.update(received)
         self.inner.decoded(source, received, invalid, newest_published_at)
@@ -102,29 +101,32 @@ class ReplayCounts(FlowHooks):
         """A shard batch was committed: its applied events, duplicates, late events and the
         dead letters the engine found (events too late to apply)."""
         with self.lock:
-            self.applied += result.scored
-            self.duplicates += result.duplicates
-            self.late += result.late
-            self.dead_letters += len(result.dead_letters)
-            if result.scored and (self.newest_event is None
-                                  or result.last_event_ts > self.newest_event):
-                self.newest_event = result.last_event_ts
+            counts = self.counts
+            counts.applied += result.scored
+            counts.duplicates += result.duplicates
+            counts.late += result.late
+            counts.dead_letters += len(result.dead_letters)
+            if result.scored and (counts.newest_event is None
+                                  or result.last_event_ts > counts.newest_event):
+                counts.newest_event = result.last_event_ts
         self.inner.committed(source, result, oldest_received_at)
 
     def transitions(self, transitions: Sequence[TierTransition]) -> None:
         """Tier transitions were committed (by the flow, or by the ``--as-of`` advance)."""
         with self.lock:
-            self.transitions_seen += len(transitions)
+            self.counts.transitions += len(transitions)
         self.inner.transitions(transitions)
+
+    def dead_lettered(self, source: str, items: Sequence[InvalidEvent]) -> None:
+        """Passed on: the summary counts dead letters as they are decoded or found late."""
+        self.inner.dead_lettered(source, items)
 
     def summary(self, as_of: float | None = None, silent_transitions: int = 0,
                 seconds: float = 0.0, read_errors: Sequence[str] = ()) -> ReplaySummary:
         """The counts so far as a :class:`ReplaySummary`."""
         with self.lock:
-            return ReplaySummary(as_of, silent_transitions, self.read, self.applied,
-                                 self.duplicates, self.late, self.dead_letters,
-                                 self.transitions_seen, self.newest_event, seconds,
-                                 list(read_errors))
+            return replace(self.counts, as_of=as_of, silent_transitions=silent_transitions,
+                           seconds=seconds, read_errors=list(read_errors))
 
 
 def progress_bar(paths: Sequence[str], enabled: bool) -> Any:
