@@ -56,7 +56,7 @@ FITTED = learned(STREAM, [60.0])
 def test_the_buyer_sample_is_the_same_whatever_the_arrival_order() -> None:
     # One order a day per customer: like the customer windows' basket lines, a second order on
     # a day that has already left the kept days counts again when it arrives late.
-    orders = list({(cid, int(ts // DAY)): (ts, cid) for ts, cid in buyers(1200, 200.0, seed=2)}
+    orders = list({(cid, int(ts // DAY)): (ts, cid) for ts, cid in buyers(SAMPLE_SIZE + 600, 200.0, seed=2)}
                   .values())
     shuffled = list(orders)
     random.Random(9).shuffle(shuffled)

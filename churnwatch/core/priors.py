@@ -38,7 +38,6 @@ from churnwatch.core.buyers import (
     CalibrationMap,
     PercentileMap,
     choose_evidence_weight,
-    choose_ranking_weight,
     fit_buyer_model,
     fit_calibration,
     p_order_within_many,
@@ -47,7 +46,7 @@ from churnwatch.core.buyers import (
 
 DAY = 86400.0
 #: Customers kept in a shard's buyer sample.
-SAMPLE_SIZE = 1024
+SAMPLE_SIZE = 2048
 #: Most recent order days kept per sampled customer (older ones are only counted).
 KEPT_DAYS = 12
 #: Fewest sampled customers worth a fit; fewer keep the defaults.
@@ -74,7 +73,7 @@ class PopulationPriors:
     """
 
     __slots__ = ("gap_sum_days", "gap_count", "sent", "responded", "spend_bins", "_floor",
-                 "sample", "model", "calibration", "next_fit_day", "rank_weight", "percentiles",
+                 "sample", "model", "calibration", "next_fit_day", "percentiles",
                  "fits", "_top", "pending_days", "fitted_days")
 
     def __init__(self) -> None:
@@ -91,9 +90,8 @@ class PopulationPriors:
         self.model: BuyerModel | None = None
         self.calibration: dict[float, CalibrationMap] = {}
         self.next_fit_day = 0
-        # The evidence weight that ranks best, and per horizon where the sample's customers
-        # stand under it: the health score's scale.
-        self.rank_weight = 1.0
+        # Per horizon, where the sample's customers stand under the model: the health score's
+        # scale.
         self.percentiles: dict[float, PercentileMap] = {}
         # How many times the model was fitted: a customer scored at another count was judged
         # by another model (CustomerState.model_fit).
@@ -185,7 +183,6 @@ class PopulationPriors:
         model = fit_buyer_model(x, t_x, age, start, prior)
         horizons = list(dict.fromkeys(horizons))
         weight = model.evidence_weight
-        rank_weight = self.rank_weight
         window = min(horizons[0], history / 2.0) if horizons else 0.0
         fitted_at: dict[float, BuyerModel] = {}
         if window >= 7.0:
@@ -193,13 +190,10 @@ class PopulationPriors:
             if len(xc) >= MIN_OUTCOMES:
                 earlier = fit_buyer_model(xc, tc, agec, model, prior)
                 weight = choose_evidence_weight(earlier, xc, tc, agec, window, returned)
-                rank_weight = choose_ranking_weight(earlier, xc, tc, agec, window, returned)
                 fitted_at[window] = earlier
         self.model = BuyerModel(model.r, model.alpha, model.a, model.b, weight)
         self.fits += 1
-        self.rank_weight = rank_weight
-        ranking = self.ranking_model(self.model)
-        self.percentiles = {h: percentile_map(p_order_within_many(ranking, x, t_x, age, h))
+        self.percentiles = {h: percentile_map(p_order_within_many(self.model, x, t_x, age, h))
                             for h in horizons}
         calibration: dict[float, CalibrationMap] = {}
         for horizon in horizons:
@@ -214,12 +208,8 @@ class PopulationPriors:
             calibration[horizon] = fit_calibration(predicted, returned)
         self.calibration = calibration
 
-    def ranking_model(self, model: BuyerModel) -> BuyerModel:
-        """``model`` with the evidence weight that ranks best."""
-        return BuyerModel(model.r, model.alpha, model.a, model.b, self.rank_weight)
-
     def standing(self, p: float, horizon: float) -> float | None:
-        """Where the ranking model's probability ``p`` stands among the shard's sampled
+        """Where the model's probability ``p`` stands among the shard's sampled
         customers at the last refit (0..1; ``None`` before the first fit)."""
         scale = self.percentiles.get(horizon)
         return None if scale is None else scale.apply(p)
@@ -299,7 +289,6 @@ class PopulationPriors:
             "model": None if self.model is None else self.model.to_wire(),
             "calibration": [[h, *m.to_wire()] for h, m in sorted(self.calibration.items())],
             "next_fit_day": self.next_fit_day,
-            "rank_weight": self.rank_weight,
             "percentiles": [[h, list(m.knots)] for h, m in sorted(self.percentiles.items())],
             "growth": [self.pending_days, self.fitted_days],
             "fits": self.fits,
@@ -324,7 +313,6 @@ class PopulationPriors:
             priors.calibration = {float(row[0]): CalibrationMap.from_wire(row[1:])
                                   for row in data["calibration"]}
             priors.next_fit_day = int(data["next_fit_day"])
-            priors.rank_weight = float(data["rank_weight"])
             priors.percentiles = {float(h): PercentileMap(tuple(float(v) for v in knots))
                                   for h, knots in data["percentiles"]}
             # Absent from blobs written before the growth trigger: count from now on.

@@ -119,13 +119,10 @@ def return_probability(inputs: RecencyInputs, horizon_days: float, model: BuyerM
                                 horizon_days)
 
 
-def _standing(inputs: RecencyInputs, horizon: float, model: BuyerModel,
-              priors: PopulationPriors) -> float:
-    """The recency component's 0..1: where the customer's chance, under the evidence weight
-    that ranks best, stands among the shard's sampled customers (``sqrt`` of the chance before
-    the shard's first fit). A monotone map of a probability that falls with silence, so it
-    falls with silence too."""
-    p = return_probability(inputs, horizon, priors.ranking_model(model))
+def _standing(p: float, horizon: float, priors: PopulationPriors) -> float:
+    """The recency component's 0..1: where the customer's chance ``p`` stands among the shard's
+    sampled customers (``sqrt`` of the chance before the shard's first fit). A monotone map of a
+    probability that falls with silence, so it falls with silence too."""
     standing = priors.standing(p, horizon)
     return math.sqrt(p) if standing is None else standing
 
@@ -165,8 +162,9 @@ def assess(state: CustomerState, now: float, config: ChurnwatchConfig,
     inputs = recency_inputs(state, now, priors, config)
     model = buyer_model(priors, config)
     horizon = policy.horizon_days
-    probability = priors.calibrated(return_probability(inputs, horizon, model), horizon)
-    recency = Component(100.0 * _standing(inputs, horizon, model, priors), 1.0)
+    raw = return_probability(inputs, horizon, model)
+    probability = priors.calibrated(raw, horizon)
+    recency = Component(100.0 * _standing(raw, horizon, priors), 1.0)
     trend = _trend(state, config)
     engagement = _engagement(state, config, priors)
     service = _service(state)
