@@ -113,3 +113,24 @@ def test_one_time_buyers_are_not_rated_certainly_alive() -> None:
     once = engine.review({"once": store["once"]}, T0 + 400 * DAY)
     assert store["once"].tier == 3, once.transitions
     assert store["regular"].tier == 0
+
+
+def test_recoveries_and_sudden_drops_are_counted_once() -> None:
+    # A regular customer falls silent, walks down to churned, orders again: one recovery.
+    engine, store = ShardEngine(0, CONFIG, ShardState()), {}
+    run(engine, store, regular_history(), T0 + 220 * DAY)
+    walk = engine.review({"c1": store["c1"]}, T0 + 420 * DAY)
+    assert [t.to_tier for t in walk.transitions] == ["watch", "at_risk", "churned"]
+    back = run(engine, store, [order("c1", 421, offset=20)], T0 + 421 * DAY)
+    assert [(t.from_tier, t.to_tier) for t in back.transitions] == [("churned", "healthy")]
+    assert engine.state.counters["recoveries|unassigned|churned"] == 1
+    assert "recoveries|unassigned|at_risk" not in engine.state.counters
+    # The same walk as a sudden drop (20 points within a year): counted once, not per step.
+    drops = ChurnwatchConfig(sudden_drop_points=20.0, sudden_drop_window_days=365.0)
+    engine, store = ShardEngine(0, drops, ShardState()), {}
+    run(engine, store, regular_history(), T0 + 220 * DAY)
+    walk = engine.review({"c1": store["c1"]}, T0 + 420 * DAY)
+    assert len(walk.drops) == 1 and walk.drops[0].from_score - walk.drops[0].to_score >= 20.0
+    assert engine.state.counters["sudden_drops|unassigned"] == 1
+    again = engine.review({"c1": store["c1"]}, T0 + 430 * DAY)
+    assert again.drops == [] and engine.state.counters["sudden_drops|unassigned"] == 1
