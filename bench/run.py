@@ -5,7 +5,9 @@ Every figure comes from data generated from a seed (:mod:`bench.workload`) and r
 reproduce it. What is measured (docs/benchmarks.md has the figures and the machine):
 
 1. replay: one worker over ``--events`` mixed events for ``--customers`` customers, from the
-   first event read to the export CSV written (``replay`` + ``export``);
+   first event read to the export CSV written (``replay`` + ``export``), beside the yardstick
+   (:mod:`bench.yardstick`: Bytewax parsing each line of the same file and counting per
+   customer, in the same run) and the ratio of the two;
 2. naive: a consumer doing one Redis round trip per event (GET, score, SET) with the same
    scoring engine, on the first ``--naive-events`` events; and the ratio to (1);
 3. memory: Redis ``used_memory`` per customer after the replay, and per kind of key;
@@ -48,6 +50,7 @@ from churnwatch.state.base import shard_of
 from churnwatch.state.redis_store import RedisStore
 
 from bench.workload import write_jsonl
+from bench.yardstick import parse_and_count
 from churnwatch.core.config import ChurnwatchConfig
 from churnwatch.core.engine import Incoming, ShardEngine, ShardState, partition_id
 from churnwatch.core.events import Event, decode_event
@@ -526,7 +529,7 @@ def main(argv: list[str] | None = None) -> int:
                         "sustained rate")
     parser.add_argument("--cluster-events", type=int, default=300_000)
     parser.add_argument("--worklist-customers", type=int, default=1_000_000)
-    parser.add_argument("--only", default="replay,naive,memory,live,cluster,worklist",
+    parser.add_argument("--only", default="yardstick,replay,naive,memory,live,cluster,worklist",
                         help="comma-separated subset of the benchmarks")
     args = parser.parse_args(argv)
     only = set(args.only.split(","))
@@ -538,6 +541,10 @@ def main(argv: list[str] | None = None) -> int:
         path = write_jsonl(path, args.events, args.customers, args.seed)
     config = ChurnwatchConfig(key_prefix="cw")
     results: dict[str, Any] = {"machine": machine(), "seed": args.seed}
+    if "yardstick" in only:
+        log("1. yardstick: Bytewax parse-and-count over the same file")
+        results["yardstick"] = parse_and_count(path)
+        log(f"yardstick: {results['yardstick']}")
     with redis_server() as url:
         if only & {"replay", "memory"}:
             log("1. replay")
@@ -549,6 +556,9 @@ def main(argv: list[str] | None = None) -> int:
                                                  replay.pop("baseline_used_memory"))
                 log(f"memory: {results['memory']}")
             replay.pop("baseline_used_memory", None)
+            if "yardstick" in results:
+                replay["replay_over_yardstick"] = round(
+                    replay["events_per_second"] / results["yardstick"]["events_per_second"], 3)
         if "naive" in only:
             log("2. naive")
             naive = bench_naive(path, url, config, args.naive_events)
