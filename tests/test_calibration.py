@@ -56,8 +56,8 @@ FITTED = learned(STREAM, [60.0])
 def test_the_buyer_sample_is_the_same_whatever_the_arrival_order() -> None:
     # One order a day per customer: like the customer windows' basket lines, a second order on
     # a day that has already left the kept days counts again when it arrives late.
-    orders = list({(cid, int(ts // DAY)): (ts, cid) for ts, cid in buyers(SAMPLE_SIZE + 600, 200.0, seed=2)}
-                  .values())
+    stream = buyers(SAMPLE_SIZE + 600, 200.0, seed=2)
+    orders = list({(cid, int(ts // DAY)): (ts, cid) for ts, cid in stream}.values())
     shuffled = list(orders)
     random.Random(9).shuffle(shuffled)
     a, b = PopulationPriors(), PopulationPriors()
@@ -223,3 +223,26 @@ def test_with_learned_priors_the_next_review_is_when_the_chance_leaves_the_tier(
     assert chance_percent(assess(state, due + 120, CONFIG, FITTED)) < threshold
     if due - 120 > now:
         assert chance_percent(assess(state, due - 120, CONFIG, FITTED)) >= threshold - 0.02
+
+
+def test_the_fit_gradient_is_the_posterior_s() -> None:
+    # The buyer model's fit follows an analytic gradient: it must be the finite differences'.
+    from scipy.optimize import check_grad
+
+    from churnwatch.core.buyers import neg_log_posterior
+
+    rng = np.random.default_rng(3)
+    x = rng.poisson(2.0, 400).astype(float)
+    t_x = rng.uniform(0.0, 300.0, 400) * (x > 0)
+    age = t_x + rng.uniform(0.0, 200.0, 400)
+    centre = np.log([1.0, 30.0, 1.0, 2.0])
+    for theta in (np.log([0.6, 50.0, 0.8, 1.3]), np.log([13.0, 4000.0, 0.05, 0.2]),
+                  np.array([0.1, 2.0, -1.0, 0.5])):
+        def value(th: np.ndarray) -> float:
+            return neg_log_posterior(th, x, t_x, age, centre)[0]
+
+        def gradient(th: np.ndarray) -> np.ndarray:
+            return neg_log_posterior(th, x, t_x, age, centre)[1]
+
+        error = check_grad(value, gradient, theta, epsilon=1e-6)
+        assert error < 1e-5 * max(1.0, float(np.linalg.norm(gradient(theta))))
