@@ -1,4 +1,5 @@
-"""One contract, every store: MemoryStore and RedisStore (against a real redis-server)."""
+"""One contract, every store: MemoryStore, and RedisStore against a real redis-server and
+against a real three-node Redis Cluster (tests/redis_cluster.py)."""
 
 from __future__ import annotations
 
@@ -20,12 +21,12 @@ CONFIG = ChurnwatchConfig(shards=4, stream_partitions=2)
 T0 = 1_700_000_000.0
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "cluster"])
 def store(request: pytest.FixtureRequest) -> Iterator[StateStore]:
     if request.param == "memory":
         yield MemoryStore(CONFIG.shards)
         return
-    url = request.getfixturevalue("redis_url")
+    url = request.getfixturevalue("cluster_url" if request.param == "cluster" else "redis_url")
     s = RedisStore(url, CONFIG.shards, "t", max_wait=5)
     yield s
     s.close()
