@@ -14,6 +14,7 @@ across slots. The store therefore asks a :class:`RedisTopology` where a command 
 
 - :meth:`RedisTopology.node_for`: the plain client of the node that holds a key's slot, for a
   shard's transaction, a script and a SCAN limited to one hash tag;
+- :meth:`RedisTopology.nodes`: a client per primary, to SCAN the whole keyspace once;
 - :meth:`RedisTopology.mget`: values of keys in any slots (one MGET per slot on a cluster);
 - :meth:`RedisTopology.used_memory`: ``used_memory`` summed over the primaries;
 - :meth:`RedisTopology.dead_letter_keys`: the dead-letter stream and its high-water hash, which
@@ -102,6 +103,9 @@ class RedisTopology(Protocol):
         """The plain client of the node holding ``key``'s slot (keys with the same hash tag
         share it): for a MULTI/EXEC, a Lua script or a SCAN within one hash tag."""
 
+    def nodes(self) -> list[redis.Redis]:
+        """A plain client per node holding data (the primaries), for a SCAN of everything."""
+
     def mget(self, keys: Sequence[str]) -> list[Any]:
         """The values of ``keys``, in order, whatever their slots (``None`` where missing)."""
 
@@ -123,6 +127,9 @@ class SingleNode:
 
     def node_for(self, key: str) -> redis.Redis:
         return self.client
+
+    def nodes(self) -> list[redis.Redis]:
+        return [self.client]
 
     def mget(self, keys: Sequence[str]) -> list[Any]:
         return list(self.client.mget(keys)) if keys else []
@@ -147,6 +154,9 @@ class ClusterNodes:
     def node_for(self, key: str) -> redis.Redis:
         node = self.client.get_node_from_key(key)
         return self.client.get_redis_connection(node)  # type: ignore[no-any-return]
+
+    def nodes(self) -> list[redis.Redis]:
+        return [self.client.get_redis_connection(node) for node in self.client.get_primaries()]
 
     def mget(self, keys: Sequence[str]) -> list[Any]:
         return list(self.client.mget_nonatomic(list(keys))) if keys else []
