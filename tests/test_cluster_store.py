@@ -3,7 +3,8 @@
 The store contract itself runs on the cluster in tests/test_store_contract.py (its ``cluster``
 parameter). Here: a replay into the cluster ends in the state a replay into one redis-server
 ends in, customer by customer and shard by shard; shards really spread over the nodes, each
-shard's keys on one node; a commit whose reply was lost is applied once on a cluster too.
+shard's keys on one node; a commit whose reply was lost is applied once on a cluster too; and
+``churnwatch run`` on the cluster, killed with -9 and restarted, ends as an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -11,18 +12,31 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import msgpack
 import pytest
 import redis
 import test_store_contract as contract
 from churnwatch.state.base import UrgencySelection, shard_of
 from churnwatch.state.cluster import is_cluster_url, redis_client
 from churnwatch.state.redis_store import RedisStore
+from live_servers import (
+    finish,
+    kill_hard,
+    start_run,
+    state_snapshot,
+    tail,
+    wait_for,
+    write_config,
+)
 from redis.cluster import RedisCluster
 from redis_cluster import RedisClusterServer
 from redis_server import redis_server, redis_url  # noqa: F401
 
-from churnwatch.core.config import ChurnwatchConfig
+from bench.workload import START as WORKLOAD_START
+from bench.workload import write_jsonl
+from churnwatch.core.config import ChurnwatchConfig, load_config
 from churnwatch.core.customer import DAY
+from churnwatch.publish import Publisher, read_lines
 from churnwatch.replay import export_rows, replay
 from churnwatch.simulator import ShopSimulator
 
@@ -185,3 +199,65 @@ def test_a_cluster_url_with_a_database_is_refused() -> None:
     with pytest.raises(ValueError, match="only database 0"):
         redis_client("redis+cluster://127.0.0.1:7000/2")
     assert isinstance(redis_client("redis://127.0.0.1:7000/2"), redis.Redis)
+
+
+LIVE_EVENTS = 40_000
+LIVE_CUSTOMERS = 4_000
+LIVE_SPAN_DAYS = 365.0
+RUN_TIMEOUT = 240.0
+
+
+def _cluster_progress(client: RedisCluster, prefix: str, shards: int) -> float:
+    raws = client.mget_nonatomic([f"{prefix}:{{s{s}}}:shard" for s in range(shards)])
+    marks = [msgpack.unpackb(r, strict_map_key=False)[1] for r in raws if r]
+    return (max(marks) - WORKLOAD_START) / (LIVE_SPAN_DAYS * DAY) if marks else 0.0
+
+
+def _without_dead_letters(snapshot: dict[str, object]) -> dict[str, object]:
+    return {k: v for k, v in snapshot.items() if "deadletters" not in k}
+
+
+def _dead_positions(client: RedisCluster, prefix: str) -> list[str]:
+    return sorted(fields[b"position"].decode()
+                  for _, fields in client.xrange(f"{prefix}:{{deadletters}}"))
+
+
+@pytest.mark.slow
+def test_a_run_on_the_cluster_killed_and_restarted_ends_as_an_uninterrupted_one(
+        cluster_url: str, tmp_path: Path) -> None:
+    """``churnwatch run`` with its streams and state on the cluster, killed with -9 three
+    times and restarted from its recovery directory, ends in the state (every key) and dead
+    letters of one uninterrupted run over the same streams."""
+    path = write_jsonl(tmp_path / "events.jsonl", LIVE_EVENTS, LIVE_CUSTOMERS, 7,
+                       span_days=LIVE_SPAN_DAYS, poison_every=997)
+    Publisher(cluster_url, load_config(write_config(tmp_path / "publish.toml", "unused"))
+              ).publish(read_lines([str(path)]))
+
+    def args(prefix: str, *extra: str) -> list[str]:
+        config = write_config(tmp_path / f"{prefix}.toml", prefix)
+        return ["--redis-url", cluster_url, "--config", str(config), "--clock", "event",
+                "--stop-at-end", "--no-metrics", *extra]
+
+    finish(start_run(args("ref"), tmp_path / "ref.log"), RUN_TIMEOUT, tmp_path / "ref.log")
+    client = redis_client(cluster_url)
+    assert isinstance(client, RedisCluster)
+    log = tmp_path / "kill.log"
+    killed = args("kill", "--recovery-dir", str(tmp_path / "recovery"),
+                  "--snapshot-interval", "0.5")
+    kills = []
+    for fraction in (0.2, 0.5, 0.8):
+        process = start_run(killed, log)
+        wait_for(lambda f=fraction, p=process: _cluster_progress(client, "kill", 16) >= f
+                 or p.poll() is not None, RUN_TIMEOUT, f"progress {fraction:.0%}")
+        assert process.poll() is None, f"the run ended before the kill:\n{tail(log)}"
+        kill_hard(process)
+        kills.append(_cluster_progress(client, "kill", 16))
+    assert kills == sorted(kills) and kills[-1] < 1.0
+    finish(start_run(killed, log), RUN_TIMEOUT, log)
+
+    reference = _without_dead_letters(state_snapshot(client, "ref"))
+    assert sum(":c:" in k for k in reference) > LIVE_CUSTOMERS * 0.9
+    assert_same(_without_dead_letters(state_snapshot(client, "kill")), reference)
+    dead = _dead_positions(client, "ref")
+    assert len(dead) == LIVE_EVENTS // 997 and _dead_positions(client, "kill") == dead
+    client.close()
