@@ -391,22 +391,33 @@ class RedisStore:
         """Write the urgency index of every customer afresh, shard by shard (for state written
         by a version without the index: ``churnwatch reindex``). Returns the customers indexed.
         A commit racing with it for the same customer may leave that customer's previous place
-        until the customer's next commit; run it before the monitor, or accept that."""
+        until the customer's next commit; run it before the monitor, or accept that.
+
+        Customers and old index keys are found by one SCAN each (per primary on a cluster), not
+        one per shard, and every shard's index is held in memory (about 100 B a customer)
+        before the writes, one transaction per shard."""
         indexed = 0
+        by_shard: dict[int, dict[str, dict[str, float]]] = {}
+        for cid, state in self.iter_customers():
+            score = urgency_score(state)
+            if score is not None:
+                by_shard.setdefault(shard_of(cid, self.shards), {}).setdefault(
+                    segment_key_part(state.segment), {})[cid] = score
+                indexed += 1
+        old: dict[int, list[bytes]] = {}
+        pattern = f"{self.prefix}:{{s*}}:u:*"
+        head = len(self.prefix) + 3  # "P:{s"
+        for node in self.topology.nodes():
+            found = self._call("read_state", lambda n=node: list(  # type: ignore[misc]
+                n.scan_iter(match=pattern, count=5000)))
+            for key in found:
+                shard, sep, _ = key.decode()[head:].partition("}:u:")
+                if sep and shard.isdigit():
+                    old.setdefault(int(shard), []).append(key)
         for shard in range(self.shards):
             tag = self._tag(shard)
-            keys = self._call("read_state", lambda t=tag: [  # type: ignore[misc]
-                k for k in self.topology.node_for(t).scan_iter(match=f"{t}:u:*", count=1000)])
-            by_segment: dict[str, dict[str, float]] = {}
-            prefix_len = len(tag) + 3
-            for chunk in self._customer_chunks(shard):
-                for key, raw in chunk:
-                    state = CustomerState.from_wire(msgpack.unpackb(raw, strict_map_key=False))
-                    score = urgency_score(state)
-                    if score is not None:
-                        cid = key.decode()[prefix_len:]
-                        by_segment.setdefault(segment_key_part(state.segment), {})[cid] = score
-                        indexed += 1
+            keys = old.get(shard, [])
+            by_segment = by_shard.get(shard, {})
 
             def write(keys: list[Any] = keys,
                       by_segment: dict[str, dict[str, float]] = by_segment, tag: str = tag
@@ -425,16 +436,6 @@ class RedisStore:
 
             self._call("write_state", write)
         return indexed
-
-    def _customer_chunks(self, shard: int) -> Iterator[list[tuple[bytes, bytes]]]:
-        """The shard's stored customers as (key, blob), 2,000 per read."""
-        tag = self._tag(shard)
-        keys = self._call("read_state", lambda: list(
-            self.topology.node_for(tag).scan_iter(match=f"{tag}:c:*", count=5000)))
-        for start in range(0, len(keys), 2000):
-            chunk = keys[start:start + 2000]
-            raws = self._call("read_state", lambda c=chunk: self.client.mget(c))  # type: ignore[misc]
-            yield [(k, r) for k, r in zip(chunk, raws, strict=True) if r]
 
     def customer(self, customer_id: str) -> CustomerState | None:
         return self.load_customers(shard_of(customer_id, self.shards), [customer_id])[

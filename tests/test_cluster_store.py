@@ -137,7 +137,11 @@ def test_replay_into_the_cluster_equals_replay_into_one_redis(
                     (c, s.to_wire()) for c, s in expected]
                 totals.append(total)
         assert totals[0] == len(customers) and min(totals) > 0, totals
+        ghost = "cw:{s3}:u:ghost"  # a stale index the rebuild must drop
+        for store in (single, cluster):
+            store.topology.node_for(ghost).zadd(ghost, {"nobody": 1.0})
         assert cluster.rebuild_urgency_index() == single.rebuild_urgency_index() > 0
+        assert not single.client.exists(ghost) and not cluster.client.exists(ghost)
         page, _ = cluster.urgency_page(UrgencySelection(frozenset({0, 1, 2, 3})), 0, 40)
         assert [c for c, _ in page] == [c for c, _ in single.urgency_page(
             UrgencySelection(frozenset({0, 1, 2, 3})), 0, 40)[0]]
