@@ -32,6 +32,7 @@ from urllib.parse import unquote, urlsplit
 import redis
 from churnwatch.state.connection import redact_url
 from redis.cluster import ClusterNode, RedisCluster
+from redis.exceptions import RedisClusterException
 
 CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
 
@@ -92,8 +93,18 @@ def redis_client(url: str, **options: Any) -> redis.Redis | RedisCluster:
     if not is_cluster_url(url):
         return redis.Redis.from_url(url, **options)
     first, seeds = cluster_seeds(url)
-    return RedisCluster.from_url(
-        first, startup_nodes=[ClusterNode(host, port) for host, port in seeds[1:]], **options)
+    try:
+        return RedisCluster.from_url(
+            first, startup_nodes=[ClusterNode(host, port) for host, port in seeds[1:]],
+            **options)
+    except RedisClusterException as exc:
+        # The cluster client connects at once, and says "no node reachable" for a refused
+        # login as for an outage: raise what the last node said, so that callers tell one from
+        # the other as they do for a single Redis (waited out, or stopped at once).
+        cause = exc.__cause__
+        if isinstance(cause, redis.RedisError):
+            raise type(cause)(*cause.args) from None
+        raise redis.ConnectionError(str(exc)) from None
 
 
 class RedisTopology(Protocol):
@@ -172,8 +183,31 @@ class ClusterNodes:
     def refresh(self) -> None:
         try:
             self.client.nodes_manager.initialize()
-        except redis.RedisError:
+        except (redis.RedisError, RedisClusterException):
             pass  # no node answers yet: the next retry tries again
+
+
+class NotConnected:
+    """No client yet (a cluster client connects when made): nothing to route, nothing to
+    refresh."""
+
+    def node_for(self, key: str) -> redis.Redis:
+        raise RuntimeError("not connected")
+
+    def nodes(self) -> list[redis.Redis]:
+        raise RuntimeError("not connected")
+
+    def mget(self, keys: Sequence[str]) -> list[Any]:
+        raise RuntimeError("not connected")
+
+    def used_memory(self) -> int:
+        raise RuntimeError("not connected")
+
+    def dead_letter_keys(self, prefix: str) -> tuple[str, str]:
+        raise RuntimeError("not connected")
+
+    def refresh(self) -> None:
+        pass
 
 
 def topology_of(client: redis.Redis | RedisCluster) -> RedisTopology:

@@ -46,7 +46,7 @@ from churnwatch.state.base import (
     urgency_ranges,
     urgency_score,
 )
-from churnwatch.state.cluster import RedisTopology, redis_client, topology_of
+from churnwatch.state.cluster import NotConnected, RedisTopology, redis_client, topology_of
 from churnwatch.state.connection import TRANSIENT_ERRORS, is_lost_connection
 from redis.cluster import RedisCluster
 
@@ -123,10 +123,12 @@ class RedisStore:
         self.prefix = prefix
         self.observer: RedisObserver = observer or _Quiet()
         self.max_wait = max_wait
-        self.client = client or redis_client(url, socket_connect_timeout=5, socket_timeout=30,
-                                             health_check_interval=10)
+        self.topology: RedisTopology = NotConnected()
+        # A cluster client connects when made: while no node answers, wait as any call does.
+        self.client = client or self._call("read_state", lambda: redis_client(
+            url, socket_connect_timeout=5, socket_timeout=30, health_check_interval=10))
         # One Redis or a cluster's nodes: where transactions, scripts and scans must go.
-        self.topology: RedisTopology = topology_of(self.client)
+        self.topology = topology_of(self.client)
         # The declared segment of each customer the last load_customers() of a shard read, so
         # commit() moves a customer whose segment changed out of its old urgency index without
         # another round trip (the dataflow loads a batch's customers, then commits them).

@@ -10,6 +10,9 @@ shard's keys on one node; a commit whose reply was lost is applied once on a clu
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import time
 from pathlib import Path
 
 import msgpack
@@ -20,6 +23,7 @@ from churnwatch.state.base import UrgencySelection, shard_of
 from churnwatch.state.cluster import is_cluster_url, redis_client
 from churnwatch.state.redis_store import RedisStore
 from live_servers import (
+    CHURNWATCH,
     finish,
     kill_hard,
     start_run,
@@ -31,6 +35,7 @@ from live_servers import (
 from redis.cluster import RedisCluster
 from redis_cluster import RedisClusterServer
 from redis_server import redis_server, redis_url  # noqa: F401
+from servers import free_port
 
 from bench.workload import START as WORKLOAD_START
 from bench.workload import write_jsonl
@@ -265,3 +270,22 @@ def test_a_run_on_the_cluster_killed_and_restarted_ends_as_an_uninterrupted_one(
     dead = _dead_positions(client, "ref")
     assert len(dead) == LIVE_EVENTS // 997 and _dead_positions(client, "kill") == dead
     client.close()
+
+
+def test_a_refused_login_or_no_reachable_node_is_one_line_with_exit_status_2(
+        redis_cluster: RedisClusterServer) -> None:
+    port = redis_cluster.ports[0]
+    for url, said in ((f"redis+cluster://:s3cret@127.0.0.1:{port}", "refused the login"),
+                      (f"redis+cluster://127.0.0.1:{free_port()}", "is unreachable")):
+        done = subprocess.run([CHURNWATCH, "status"], capture_output=True, text=True,
+                              timeout=60, env=dict(os.environ, CHURNWATCH_REDIS_URL=url))
+        assert done.returncode == 2 and said in done.stderr, done.stderr
+        assert "s3cret" not in done.stderr and "Traceback" not in done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_the_store_waits_for_a_cluster_that_does_not_answer_yet() -> None:
+    started = time.monotonic()
+    with pytest.raises(redis.ConnectionError):
+        RedisStore(f"redis+cluster://127.0.0.1:{free_port()}", 4, "cw", max_wait=0.5)
+    assert time.monotonic() - started >= 0.5  # retried (a live monitor waits for ever)
