@@ -271,6 +271,20 @@ def test_a_run_on_the_cluster_killed_and_restarted_ends_as_an_uninterrupted_one(
     assert len(dead) == LIVE_EVENTS // 997 and _dead_positions(client, "kill") == dead
     client.close()
 
+    # The one-shot commands read the same cluster: status sees every stream consumed, export
+    # writes every customer.
+    env = dict(os.environ, CHURNWATCH_REDIS_URL=cluster_url)
+    config = str(tmp_path / "kill.toml")
+    status = subprocess.run([CHURNWATCH, "status", "--config", config], env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert status.returncode == 0 and "all consumed" in status.stdout, status.stderr
+    export = tmp_path / "kill.csv"
+    done = subprocess.run([CHURNWATCH, "export", "--config", config, "--out", str(export)],
+                          env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    rows = export.read_text().splitlines()[1:]
+    assert len(rows) == sum(":c:" in k for k in reference)
+
 
 def test_a_refused_login_or_no_reachable_node_is_one_line_with_exit_status_2(
         redis_cluster: RedisClusterServer) -> None:
