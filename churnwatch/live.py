@@ -220,6 +220,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     """``churnwatch run``."""
     from churnwatch.embedded import configured_redis_url, redis_url_or_embedded
     from churnwatch.runtime import GracefulStop, UsageError, check_login, config_from_args
+    from churnwatch.state.cluster import is_cluster_url
     from churnwatch.state.connection import describe_failure, is_authentication_error, redact_url
 
     config = config_from_args(args)
@@ -244,7 +245,9 @@ def cmd_run(args: argparse.Namespace) -> int:
                          "(or CHURNWATCH_REDIS_URL_FILE). Only --source kafka or simulator "
                          "start a private Redis when none is given")
     if url:
-        check_login(url, must_answer=False)
+        # A cluster client connects when made (the source's too): the cluster must answer at
+        # start; one Redis may come up later, the monitor waits for it.
+        check_login(url, must_answer=is_cluster_url(url))
     stop = GracefulStop("run")
     with stop.installed(), redis_url_or_embedded(url) as redis_url:
         options = RunOptions(

@@ -29,11 +29,13 @@ from typing import Any
 
 import msgpack
 import redis
+from redis.cluster import RedisCluster
 
 from churnwatch.core.config import ChurnwatchConfig, load_config
 from churnwatch.core.events import MAX_PAYLOAD_BYTES, customer_id_of
 from churnwatch.dataflows.redis_source import PAYLOAD_FIELD, stream_names
 from churnwatch.state.base import shard_of
+from churnwatch.state.cluster import redis_client
 
 FORMATS = ("json", "msgpack")
 PIPELINE_SIZE = 1000
@@ -80,15 +82,15 @@ class Publisher:
 
     def __init__(self, url: str, config: ChurnwatchConfig | None = None, *,
                  format: str = "json", pipeline_size: int = PIPELINE_SIZE,
-                 maxlen: int | None = None, client: redis.Redis | None = None) -> None:
+                 maxlen: int | None = None,
+                 client: redis.Redis | RedisCluster | None = None) -> None:
         if format not in FORMATS:
             raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
         self.config = config or ChurnwatchConfig()
         self.format = format
         self.pipeline_size = max(1, pipeline_size)
         self.maxlen = maxlen
-        self.client = client or redis.Redis.from_url(url, socket_connect_timeout=5,
-                                                     socket_timeout=30)
+        self.client = client or redis_client(url, socket_connect_timeout=5, socket_timeout=30)
         self.streams = stream_names(self.config.stream_prefix, self.config.stream_partitions)
 
     def encode(self, event: Mapping[str, Any] | bytes | str) -> tuple[int, bytes]:

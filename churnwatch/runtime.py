@@ -16,11 +16,13 @@ from collections.abc import Callable, Iterator
 from types import FrameType
 
 import redis
+from redis.cluster import RedisCluster
 
 from churnwatch.core.config import ChurnwatchConfig, load_config
 from churnwatch.core.events import ContractViolation, parse_timestamp
 from churnwatch.embedded import configured_redis_url, redis_url_or_embedded
 from churnwatch.state.base import StateStore
+from churnwatch.state.cluster import redis_client
 from churnwatch.state.connection import describe_failure, is_authentication_error
 from churnwatch.state.redis_store import RedisStore
 
@@ -123,9 +125,9 @@ def check_login(url: str, must_answer: bool) -> None:
     """Ping Redis once before a command starts: a refused login is a :class:`UsageError`
     (exit 2, one line, password redacted); so is no answer at all when ``must_answer`` (the
     one-shot commands), while the live monitor waits for a Redis that is down."""
-    client: redis.Redis | None = None
+    client: redis.Redis | RedisCluster | None = None
     try:
-        client = redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=5)
+        client = redis_client(url, socket_connect_timeout=5, socket_timeout=5)
         client.ping()
     except redis.RedisError as exc:
         if must_answer or is_authentication_error(exc):

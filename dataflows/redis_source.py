@@ -29,6 +29,7 @@ from typing import Any, Protocol
 import redis
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from churnwatch.dataflows.messages import RawMessage
+from churnwatch.state.cluster import redis_client
 from churnwatch.state.connection import is_lost_connection
 
 log = logging.getLogger("churnwatch.redis_source")
@@ -124,7 +125,7 @@ class RedisStreamSource(FixedPartitionedSource[RawMessage, str]):
         """Called once per stream on the worker that owns it; ``resume_state`` is the last id
         read as of the snapshot the flow resumes from (``None`` on a fresh start)."""
         client = (self.client_factory() if self.client_factory else
-                  redis.Redis.from_url(self.url, socket_connect_timeout=5, socket_timeout=10))
+                  redis_client(self.url, socket_connect_timeout=5, socket_timeout=10))
         return RedisStreamPartition(client, for_part, self.batch_size, self.poll_interval,
                                     self.stop_at_end, resume_state or self.start_id,
                                     self.observer,

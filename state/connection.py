@@ -58,18 +58,24 @@ def is_authentication_error(exc: BaseException) -> bool:
                             redis.AuthenticationWrongNumberOfArgsError))
 
 
+# What waiting may cure; the cluster errors are a failover or a resharding while it lasts
+# (a slot without a primary, a key moved under a transaction sent to its old node).
+TRANSIENT_ERRORS: tuple[type[Exception], ...] = (
+    redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError, redis.ReadOnlyError,
+    redis.exceptions.ClusterError, redis.exceptions.TryAgainError, redis.exceptions.MovedError,
+    redis.exceptions.SlotNotCoveredError)
+
+
 def is_lost_connection(exc: BaseException) -> bool:
     """A failure that waiting may cure: the connection is down, timed out, or Redis is loading
-    its data or read-only during a failover. Not a refused login.
+    its data or read-only during a failover, or a cluster is moving a slot. Not a refused login.
 
     >>> is_lost_connection(redis.ConnectionError("Connection refused"))
     True
     >>> is_lost_connection(redis.AuthenticationError("invalid username-password pair"))
     False
     """
-    return (isinstance(exc, (redis.ConnectionError, redis.TimeoutError,
-                             redis.BusyLoadingError, redis.ReadOnlyError))
-            and not is_authentication_error(exc))
+    return isinstance(exc, TRANSIENT_ERRORS) and not is_authentication_error(exc)
 
 
 def describe_failure(url: str, exc: BaseException) -> str:

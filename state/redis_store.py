@@ -46,7 +46,9 @@ from churnwatch.state.base import (
     urgency_ranges,
     urgency_score,
 )
-from churnwatch.state.connection import is_lost_connection
+from churnwatch.state.cluster import NotConnected, RedisTopology, redis_client, topology_of
+from churnwatch.state.connection import TRANSIENT_ERRORS, is_lost_connection
+from redis.cluster import RedisCluster
 
 from churnwatch.core.customer import CustomerState
 from churnwatch.core.engine import ShardState, SuddenDrop, TierTransition
@@ -115,14 +117,18 @@ class RedisStore:
 
     def __init__(self, url: str, shards: int, prefix: str = "cw",
                  observer: RedisObserver | None = None, max_wait: float | None = None,
-                 client: redis.Redis | None = None) -> None:
+                 client: redis.Redis | RedisCluster | None = None) -> None:
         self.url = url
         self.shards = shards
         self.prefix = prefix
         self.observer: RedisObserver = observer or _Quiet()
         self.max_wait = max_wait
-        self.client = client or redis.Redis.from_url(url, socket_connect_timeout=5,
-                                                     socket_timeout=30, health_check_interval=10)
+        self.topology: RedisTopology = NotConnected()
+        # A cluster client connects when made: while no node answers, wait as any call does.
+        self.client = client or self._call("read_state", lambda: redis_client(
+            url, socket_connect_timeout=5, socket_timeout=30, health_check_interval=10))
+        # One Redis or a cluster's nodes: where transactions, scripts and scans must go.
+        self.topology = topology_of(self.client)
         # The declared segment of each customer the last load_customers() of a shard read, so
         # commit() moves a customer whose segment changed out of its old urgency index without
         # another round trip (the dataflow loads a batch's customers, then commits them).
@@ -148,8 +154,7 @@ class RedisStore:
             t0 = time.perf_counter()
             try:
                 result = fn()
-            except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError,
-                    redis.ReadOnlyError) as exc:
+            except TRANSIENT_ERRORS as exc:
                 self.observer.error(operation, exc)
                 if not is_lost_connection(exc):
                     raise
@@ -158,6 +163,7 @@ class RedisStore:
                     raise
                 log.warning("redis %s failed (%s); retrying in %.1f s", operation, exc, delay)
                 time.sleep(delay)
+                self.topology.refresh()
                 delay = min(delay * 2.0, 5.0)
                 continue
             self.observer.roundtrip(operation, time.perf_counter() - t0)
@@ -200,7 +206,7 @@ class RedisStore:
     def dead_letter_count(self) -> tuple[int, int]:
         """Dead letters ever added to the dead-letter stream, and how many it still holds
         (it is capped at about ``DEAD_LETTERS_KEPT``)."""
-        key = f"{self.prefix}:deadletters"
+        key, _ = self.topology.dead_letter_keys(self.prefix)
 
         def read() -> tuple[int, int]:
             try:
@@ -265,7 +271,7 @@ class RedisStore:
             attempts += 1
             if attempts > 1 and self.client.get(commit_key) == token:
                 return
-            pipe = self.client.pipeline(transaction=True)
+            pipe = self.topology.node_for(tag).pipeline(transaction=True)
             pipe.set(commit_key, token)
             if blobs:
                 pipe.mset(blobs)
@@ -378,7 +384,7 @@ class RedisStore:
         ids = merge_ranked(ranked, wanted)[offset:]
         if not ids:
             return [], total
-        blobs = self._call("read_state", lambda: self.client.mget(
+        blobs = self._call("read_state", lambda: self.topology.mget(
             [self.customer_key(cid) for cid in ids]))
         return [(cid, CustomerState.from_wire(msgpack.unpackb(raw, strict_map_key=False)))
                 for cid, raw in zip(ids, blobs, strict=True) if raw], total
@@ -387,27 +393,38 @@ class RedisStore:
         """Write the urgency index of every customer afresh, shard by shard (for state written
         by a version without the index: ``churnwatch reindex``). Returns the customers indexed.
         A commit racing with it for the same customer may leave that customer's previous place
-        until the customer's next commit; run it before the monitor, or accept that."""
+        until the customer's next commit; run it before the monitor, or accept that.
+
+        Customers and old index keys are found by one SCAN each (per primary on a cluster), not
+        one per shard, and every shard's index is held in memory (about 100 B a customer)
+        before the writes, one transaction per shard."""
         indexed = 0
+        by_shard: dict[int, dict[str, dict[str, float]]] = {}
+        for cid, state in self.iter_customers():
+            score = urgency_score(state)
+            if score is not None:
+                by_shard.setdefault(shard_of(cid, self.shards), {}).setdefault(
+                    segment_key_part(state.segment), {})[cid] = score
+                indexed += 1
+        old: dict[int, list[bytes]] = {}
+        pattern = f"{self.prefix}:{{s*}}:u:*"
+        head = len(self.prefix) + 3  # "P:{s"
+        for node in self.topology.nodes():
+            found = self._call("read_state", lambda n=node: list(  # type: ignore[misc]
+                n.scan_iter(match=pattern, count=5000)))
+            for key in found:
+                shard, sep, _ = key.decode()[head:].partition("}:u:")
+                if sep and shard.isdigit():
+                    old.setdefault(int(shard), []).append(key)
         for shard in range(self.shards):
             tag = self._tag(shard)
-            keys = self._call("read_state", lambda t=tag: [  # type: ignore[misc]
-                k for k in self.client.scan_iter(match=f"{t}:u:*", count=1000)])
-            by_segment: dict[str, dict[str, float]] = {}
-            prefix_len = len(tag) + 3
-            for chunk in self._customer_chunks(shard):
-                for key, raw in chunk:
-                    state = CustomerState.from_wire(msgpack.unpackb(raw, strict_map_key=False))
-                    score = urgency_score(state)
-                    if score is not None:
-                        cid = key.decode()[prefix_len:]
-                        by_segment.setdefault(segment_key_part(state.segment), {})[cid] = score
-                        indexed += 1
+            keys = old.get(shard, [])
+            by_segment = by_shard.get(shard, {})
 
             def write(keys: list[Any] = keys,
                       by_segment: dict[str, dict[str, float]] = by_segment, tag: str = tag
                       ) -> None:
-                pipe = self.client.pipeline(transaction=True)
+                pipe = self.topology.node_for(tag).pipeline(transaction=True)
                 if keys:
                     pipe.delete(*keys)
                 pipe.delete(f"{tag}:useg")
@@ -422,37 +439,41 @@ class RedisStore:
             self._call("write_state", write)
         return indexed
 
-    def _customer_chunks(self, shard: int) -> Iterator[list[tuple[bytes, bytes]]]:
-        """The shard's stored customers as (key, blob), 2,000 per read."""
-        tag = self._tag(shard)
-        keys = self._call("read_state", lambda: list(
-            self.client.scan_iter(match=f"{tag}:c:*", count=5000)))
-        for start in range(0, len(keys), 2000):
-            chunk = keys[start:start + 2000]
-            raws = self._call("read_state", lambda c=chunk: self.client.mget(c))  # type: ignore[misc]
-            yield [(k, r) for k, r in zip(chunk, raws, strict=True) if r]
-
     def customer(self, customer_id: str) -> CustomerState | None:
         return self.load_customers(shard_of(customer_id, self.shards), [customer_id])[
             customer_id]
 
     def iter_customers(self) -> Iterator[tuple[str, CustomerState]]:
-        for shard in range(self.shards):
-            tag = self._tag(shard)
-            prefix_len = len(tag) + 3
-            keys = [k for k in self._call("read_state", lambda t=tag: list(  # type: ignore[misc]
-                self.client.scan_iter(match=f"{t}:c:*", count=5000)))]
-            for start in range(0, len(keys), 2000):
-                chunk = keys[start:start + 2000]
-                raws = self._call("read_state", lambda c=chunk: self.client.mget(c))  # type: ignore[misc]
-                for key, raw in zip(chunk, raws, strict=True):
-                    if raw:
-                        yield (key.decode()[prefix_len:],
-                               CustomerState.from_wire(msgpack.unpackb(raw, strict_map_key=False)))
+        # One SCAN of the keyspace (of each primary, on a cluster) finds every shard's
+        # customers: a SCAN per shard would walk every key once per shard, which dominates an
+        # export at hundreds of shards. Order: as SCAN finds them.
+        pattern = f"{self.prefix}:{{s*}}:c:*"
+        head = len(self.prefix) + 3  # "P:{s"
+        for node in self.topology.nodes():
+            cursor = 0
+            while True:
+                cursor, found = self._call("read_state", lambda n=node, c=cursor: n.scan(  # type: ignore[misc]
+                    c, match=pattern, count=5000))
+                ids: list[str] = []
+                keys: list[bytes] = []
+                for key in found:
+                    shard, sep, cid = key.decode()[head:].partition("}:c:")
+                    if sep and shard.isdigit() and int(shard) < self.shards:
+                        ids.append(cid)
+                        keys.append(key)
+                for start in range(0, len(keys), 2000):
+                    chunk = keys[start:start + 2000]
+                    raws = self._call("read_state", lambda c=chunk: self.topology.mget(c))  # type: ignore[misc]
+                    for cid, raw in zip(ids[start:start + 2000], raws, strict=True):
+                        if raw:
+                            yield cid, CustomerState.from_wire(
+                                msgpack.unpackb(raw, strict_map_key=False))
+                if cursor == 0:
+                    break
 
     def shard_states(self) -> list[ShardState]:
         keys = [f"{self._tag(s)}:shard" for s in range(self.shards)]
-        raws = self._call("scrape", lambda: self.client.mget(keys))
+        raws = self._call("scrape", lambda: self.topology.mget(keys))
         return [ShardState.from_wire(msgpack.unpackb(raw, strict_map_key=False))
                 for raw in raws if raw]
 
@@ -476,8 +497,7 @@ class RedisStore:
     def add_dead_letters(self, records: Sequence[Mapping[str, object]]) -> list[bool]:
         if not records:
             return []
-        stream = f"{self.prefix}:deadletters"
-        offsets = f"{self.prefix}:deadletters:offsets"
+        stream, offsets = self.topology.dead_letter_keys(self.prefix)
         # Several script calls in one pipeline: each bounded in records and bytes.
         chunks: list[list[bytes | str | int]] = []
         args: list[bytes | str | int] = []
@@ -496,10 +516,11 @@ class RedisStore:
                 args += [key, value]
                 size += len(value)
             count += 1
-        script = self.client.register_script(_ADD_DEAD_LETTERS)
+        node = self.topology.node_for(stream)
+        script = node.register_script(_ADD_DEAD_LETTERS)
 
         def write() -> list[bool]:
-            pipe = self.client.pipeline(transaction=False)
+            pipe = node.pipeline(transaction=False)
             for args in chunks:
                 script(keys=[stream, offsets], args=args, client=pipe)
             return [bool(flag) for reply in pipe.execute() for flag in reply]
@@ -509,8 +530,8 @@ class RedisStore:
         return self._call("dead_letter", write)
 
     def dead_letters(self, count: int) -> list[dict[str, object]]:
-        entries = self._call("read_state", lambda: self.client.xrevrange(
-            f"{self.prefix}:deadletters", count=count))
+        stream, _ = self.topology.dead_letter_keys(self.prefix)
+        entries = self._call("read_state", lambda: self.client.xrevrange(stream, count=count))
         return [{k.decode(): v.decode(errors="replace") for k, v in fields.items()}
                 for _, fields in entries]
 
@@ -520,8 +541,7 @@ class RedisStore:
 
     def memory_bytes(self) -> int:
         """Redis ``used_memory``."""
-        info = self._call("scrape", lambda: self.client.info("memory"))
-        return int(info["used_memory"])
+        return self._call("scrape", self.topology.used_memory)
 
     def close(self) -> None:
         self.client.close()

@@ -1,5 +1,7 @@
 """Session fixtures shared across test modules.
 
+``redis_cluster`` and ``cluster_url``: a real three-node Redis Cluster (tests/redis_cluster.py).
+
 ``monitor_metrics_url``: a live ``churnwatch run --source redis`` (wall clock) on its own
 redis-server, fed a simulated shop's history, yielding its ``/metrics`` URL once the state holds
 every customer (for tests/test_dashboard_queries.py).
@@ -11,6 +13,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from redis_cluster import cluster_url, redis_cluster  # noqa: F401  (fixtures for every module)
 
 MONITOR_CONFIG = """\
 [segments.skincare]

@@ -1,4 +1,5 @@
-"""One contract, every store: MemoryStore and RedisStore (against a real redis-server)."""
+"""One contract, every store: MemoryStore, and RedisStore against a real redis-server and
+against a real three-node Redis Cluster (tests/redis_cluster.py)."""
 
 from __future__ import annotations
 
@@ -20,12 +21,12 @@ CONFIG = ChurnwatchConfig(shards=4, stream_partitions=2)
 T0 = 1_700_000_000.0
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "cluster"])
 def store(request: pytest.FixtureRequest) -> Iterator[StateStore]:
     if request.param == "memory":
         yield MemoryStore(CONFIG.shards)
         return
-    url = request.getfixturevalue("redis_url")
+    url = request.getfixturevalue("cluster_url" if request.param == "cluster" else "redis_url")
     s = RedisStore(url, CONFIG.shards, "t", max_wait=5)
     yield s
     s.close()
@@ -159,3 +160,12 @@ def test_a_commit_retried_after_a_lost_reply_is_applied_once(redis_url: str) -> 
     assert calls["n"] == 1  # the retry saw the token and did not write again
     assert len(store.customer_transitions("a", 30)) == before + len(result.transitions)
     assert len(store.recent_transitions(30)) == before + len(result.transitions)
+
+
+def test_iteration_finds_every_customer_whatever_the_id_holds(store: StateStore) -> None:
+    # Ids that look like key parts: iteration must neither lose them nor take a customer's
+    # transition history (``P:{sN}:h:<id>``) for a customer.
+    odd = ["x}:c:y", "{s1}:c:z", "h:q", "plain"]
+    _commit_orders(store, odd, T0 + 5000 * DAY)  # old enough for transitions, so histories
+    assert sorted(cid for cid, _ in store.iter_customers()) == sorted(odd)
+    assert all(store.customer(cid) is not None for cid in odd)
