@@ -283,6 +283,11 @@ class ShardEngine:
         that carries the shard's watermark past its review time, so where batches happen to
         start and end never changes the result. ``now`` is the instant everyone touched is
         brought to at the end: the watermark in replay, the wall clock live.
+
+        Each line below is one step, a method of its own: dedupe (:meth:`is_duplicate`),
+        lateness (:meth:`is_too_late`), apply and score (:meth:`apply_event`, which assesses,
+        records transitions and watches for sudden drops), reviews of silent customers on time
+        (:meth:`review_due`, :meth:`bring_to`) and the gauges' accounting (:meth:`account`).
         """
         result = BatchResult()
         touched = self.touch_due(due, customers)
