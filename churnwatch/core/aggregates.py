@@ -306,7 +306,7 @@ class ShardAggregates:
     True
     """
 
-    __slots__ = ("gauges", "counters", "unknown_gauges", "unknown_counters")
+    __slots__ = ("gauges", "counters", "unknown_gauges", "unknown_counters", "_names")
 
     def __init__(self, gauges: dict[GaugeKey, float] | None = None,
                  counters: dict[CounterKey, float] | None = None) -> None:
@@ -314,30 +314,42 @@ class ShardAggregates:
         self.counters: dict[CounterKey, float] = {} if counters is None else counters
         self.unknown_gauges: dict[str, float] = {}
         self.unknown_counters: dict[str, float] = {}
+        # Each key's stored string, made once: a shard is written back at every commit with
+        # the same few hundred keys (bounded labels, so this stays as small as they are).
+        self._names: dict[AggregateKey, str] = {}
 
     @classmethod
     def from_wire(cls, gauges: Mapping[str, float], counters: Mapping[str, float]
                   ) -> ShardAggregates:
         """Read the stored maps (as any version wrote them)."""
         out = cls()
+        names = out._names
         for text, value in gauges.items():
             key = decode_key(text)
             if isinstance(key, GAUGE_TYPES):
                 out.gauges[key] = value
+                names[key] = text
             else:
                 out.unknown_gauges[text] = value
         for text, value in counters.items():
             key = decode_key(text)
             if isinstance(key, COUNTER_TYPES):
                 out.counters[key] = value
+                names[key] = text
             else:
                 out.unknown_counters[text] = value
         return out
 
     def to_wire(self) -> tuple[dict[str, float], dict[str, float]]:
         """The stored maps: ``(gauges, counters)``."""
-        gauges = {encode_key(key): value for key, value in self.gauges.items()}
+        names = self._names
+        gauges = {names.get(key) or self._name(key): value for key, value in self.gauges.items()}
         gauges.update(self.unknown_gauges)
-        counters = {encode_key(key): value for key, value in self.counters.items()}
+        counters = {names.get(key) or self._name(key): value
+                    for key, value in self.counters.items()}
         counters.update(self.unknown_counters)
         return gauges, counters
+
+    def _name(self, key: AggregateKey) -> str:
+        text = self._names[key] = encode_key(key)
+        return text
