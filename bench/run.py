@@ -461,11 +461,11 @@ def bench_worklist(url: str, customers: int, seed: int, pages: int = 1000) -> di
         pending = batch.setdefault(shard, {})
         pending[cid] = state
         if len(pending) >= 5000:
-            store.commit(shard, shard_states[shard], pending, [], [])
+            store.commit(shard, shard_states[shard], pending, [])
             batch[shard] = {}
     for shard, pending in batch.items():
         if pending:
-            store.commit(shard, shard_states[shard], pending, [], [])
+            store.commit(shard, shard_states[shard], pending, [])
     build_seconds = time.perf_counter() - started
     log(f"worklist: indexed {customers} customers in {build_seconds:.1f} s")
     out: dict[str, Any] = {"customers": customers, "index_build_seconds": round(build_seconds, 1),

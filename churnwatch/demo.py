@@ -22,6 +22,7 @@ from pathlib import Path
 
 from bytewax.testing import run_main
 
+from churnwatch.core.aggregates import TierCustomers
 from churnwatch.core.config import TIERS, ChurnwatchConfig
 from churnwatch.core.engine import BatchResult, TierTransition
 from churnwatch.dataflows.flow import FlowHooks, FlowSettings, build_flow
@@ -70,9 +71,8 @@ def render(store: StateStore, summary: LiveSummary, config: ChurnwatchConfig) ->
     for shard in store.shard_states():
         watermark = max(watermark, shard.watermark)
         for key, value in shard.gauges.items():
-            if key.startswith("customers|"):
-                _, segment, tier = key.split("|")
-                counts[(segment, tier)] = counts.get((segment, tier), 0.0) + value
+            if isinstance(key, TierCustomers):
+                counts[(key.segment, key.tier)] = counts.get((key.segment, key.tier), 0.0) + value
     segments = sorted({s for s, _ in counts})
     day = datetime.fromtimestamp(watermark, tz=timezone.utc).strftime("%Y-%m-%d") \
         if watermark else "-"

@@ -26,6 +26,7 @@ from typing import Any
 
 import redis
 
+from churnwatch.core.aggregates import TierCustomers
 from churnwatch.core.config import TIERS, ChurnwatchConfig
 from churnwatch.core.engine import partition_id
 from churnwatch.core.events import Event, decode_event
@@ -127,11 +128,10 @@ def monitor_status(store: RedisStore, config: ChurnwatchConfig,
     segments: dict[str, dict[str, int]] = {}
     for shard in store.shard_states():
         for key, value in shard.gauges.items():
-            if key.startswith("customers|"):
-                _, segment, tier = key.split("|")
-                tiers[tier] = tiers.get(tier, 0) + round(value)
-                per = segments.setdefault(segment, {t: 0 for t in TIERS})
-                per[tier] = per.get(tier, 0) + round(value)
+            if isinstance(key, TierCustomers):
+                tiers[key.tier] = tiers.get(key.tier, 0) + round(value)
+                per = segments.setdefault(key.segment, {t: 0 for t in TIERS})
+                per[key.tier] = per.get(key.tier, 0) + round(value)
     added, kept = store.dead_letter_count()
     commits = [c.committed_at for c in committed.values() if c.committed_at is not None]
     return MonitorStatus(partitions, tiers, added, kept, max(commits) if commits else None,

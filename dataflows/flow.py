@@ -237,8 +237,7 @@ class ShardLogic(StatefulBatchLogic[tuple[Incoming, float], Any, None]):
             new = [d for d, w in zip(result.dead_letters, written, strict=True) if w]
             if new:
                 self.settings.hooks.dead_lettered(self.source, new)
-        self.store.commit(self.shard, self.engine.state, result.changed, result.transitions,
-                          result.drops)
+        self.store.commit(self.shard, self.engine.state, result.changed, result.transitions)
         dues = [s.next_review_at for s in result.changed.values() if s.next_review_at]
         if self._next_due is not None:
             dues.append(self._next_due)
@@ -506,7 +505,7 @@ def advance_all(store: StateStore, config: ChurnwatchConfig, now: float,
             result = engine.review(loaded, now)
             if now > engine.state.watermark:
                 engine.state.watermark = now
-            store.commit(shard, engine.state, result.changed, result.transitions, result.drops)
+            store.commit(shard, engine.state, result.changed, result.transitions)
             out.extend(result.transitions)
             if hooks and result.transitions:
                 hooks.transitions(result.transitions)
@@ -514,7 +513,7 @@ def advance_all(store: StateStore, config: ChurnwatchConfig, now: float,
                 break
         if shard in refitted and not due:
             # Nothing more was due; the committed shard state still has to hold the refit.
-            store.commit(shard, engine.state, {}, [], [])
+            store.commit(shard, engine.state, {}, [])
     if refitted:
         # The model moved for every customer of those shards: re-score them all under it.
         members: dict[int, list[str]] = {shard: [] for shard in refitted}
@@ -528,8 +527,7 @@ def advance_all(store: StateStore, config: ChurnwatchConfig, now: float,
                 chunk = ids[start:start + DUE_BATCH]
                 loaded = {c: s for c, s in store.load_customers(shard, chunk).items() if s}
                 result = engine.rescore(loaded, now)
-                store.commit(shard, engine.state, result.changed, result.transitions,
-                             result.drops)
+                store.commit(shard, engine.state, result.changed, result.transitions)
                 out.extend(result.transitions)
                 if hooks and result.transitions:
                     hooks.transitions(result.transitions)

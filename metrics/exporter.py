@@ -50,8 +50,17 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Proc
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 
+from churnwatch.core.aggregates import (
+    CounterKey,
+    GaugeKey,
+    RecoveryCount,
+    SegmentKeys,
+    SuddenDropCount,
+    TransitionCount,
+    merge_shards,
+)
 from churnwatch.core.config import COMPONENTS, TIERS, ChurnwatchConfig, ConfigError
-from churnwatch.core.engine import SCORE_BANDS, BatchResult, ShardState, TierTransition
+from churnwatch.core.engine import BatchResult, ShardState, TierTransition
 from churnwatch.core.events import DEAD_LETTER_REASONS, InvalidEvent
 
 log = logging.getLogger("churnwatch.metrics")
@@ -323,17 +332,15 @@ class BusinessCollector:
                   ) -> Iterator[Metric]:
         config = self.config
         segments = config.segments
-        gauges: dict[str, float] = {}
-        counters: dict[str, float] = {}
-        known = set(segments)
-        for shard in shards or ():
-            _merge(gauges, shard.gauges, known)
-            _merge(counters, shard.counters, known)
+        # A segment no longer configured (the configuration changed since the aggregate was
+        # written) counts as ``other``, so labels stay bounded.
+        gauges = merge_shards((shard.gauges for shard in shards or ()), segments)
+        counters = merge_shards((shard.counters for shard in shards or ()), segments)
 
-        def g(key: str) -> float:
+        def g(key: GaugeKey) -> float:
             return gauges.get(key, 0.0)
 
-        def c(key: str) -> float:
+        def c(key: CounterKey) -> float:
             return counters.get(key, 0.0)
 
         customers = GaugeMetricFamily(
@@ -380,28 +387,29 @@ class BusinessCollector:
 
         total = 0.0
         for segment in segments:
-            for tier in TIERS:
-                customers.add_metric([segment, tier], round(g(f"customers|{segment}|{tier}")))
-            for band in SCORE_BANDS:
-                bands.add_metric([segment, band], round(g(f"band|{segment}|{band}")))
-            scored = round(g(f"scored|{segment}"))
+            keys = SegmentKeys(segment)
+            for tier, key in zip(TIERS, keys.tiers, strict=True):
+                customers.add_metric([segment, tier], round(g(key)))
+            for key in keys.bands:
+                bands.add_metric([segment, key.band], round(g(key)))
+            scored = round(g(keys.scored))
             total += scored
             if scored > 0:
-                mean.add_metric([segment], g(f"score_sum|{segment}") / scored)
-            for name in COMPONENTS:
-                n = round(g(f"component_n|{segment}|{name}"))
+                mean.add_metric([segment], g(keys.score_sum) / scored)
+            for name, count, value in zip(COMPONENTS, keys.component_counts,
+                                          keys.component_sums, strict=True):
+                n = round(g(count))
                 if n > 0:
-                    components.add_metric([segment, name],
-                                          g(f"component_sum|{segment}|{name}") / n)
+                    components.add_metric([segment, name], g(value) / n)
             for old in TIERS:
                 for new in TIERS:
                     if old != new:
                         transitions.add_metric([segment, old, new],
-                                               c(f"transitions|{segment}|{old}|{new}"))
-            drops.add_metric([segment], c(f"sudden_drops|{segment}"))
+                                               c(TransitionCount(segment, old, new)))
+            drops.add_metric([segment], c(SuddenDropCount(segment)))
             for old in RECOVERABLE_TIERS:
-                recoveries.add_metric([segment, old], c(f"recoveries|{segment}|{old}"))
-            high_value.add_metric([segment], round(g(f"high_value_at_risk|{segment}")))
+                recoveries.add_metric([segment, old], c(RecoveryCount(segment, old)))
+            high_value.add_metric([segment], round(g(keys.high_value_at_risk)))
             objective.add_metric([segment], config.policy(segment).churn_rate_objective)
         state_customers.add_metric([], total)
         yield from (customers, bands, mean, components, transitions, drops, recoveries,
@@ -449,17 +457,6 @@ class BusinessCollector:
                 uplift.add_metric([name, "low"], low)
                 uplift.add_metric([name, "high"], high)
         return families
-
-
-def _merge(into: dict[str, float], source: dict[str, float], known: set[str]) -> None:
-    """Add a shard's aggregates; a segment no longer configured (the configuration changed
-    since the aggregate was written) counts as ``other``, so labels stay bounded."""
-    for key, value in source.items():
-        parts = key.split("|")
-        if len(parts) > 1 and parts[1] not in known and not key.startswith("winback_"):
-            parts[1] = "other"
-            key = "|".join(parts)
-        into[key] = into.get(key, 0.0) + value
 
 
 def _counted_by_store(exc: BaseException) -> bool:

@@ -37,6 +37,16 @@ from urllib.parse import parse_qs, unquote
 
 from churnwatch.state.base import StateStore, UrgencySelection, shard_of
 
+from churnwatch.core.aggregates import (
+    CounterKey,
+    GaugeKey,
+    HighValueAtRisk,
+    RecoveryCount,
+    TierCustomers,
+    TransitionCount,
+    WinbackCount,
+    merge_shards,
+)
 from churnwatch.core.config import COMPONENTS, TIERS, ChurnwatchConfig
 from churnwatch.core.customer import CustomerState
 from churnwatch.core.engine import ShardState
@@ -369,16 +379,16 @@ def winback_report(shards: list[ShardState], config: ChurnwatchConfig) -> list[d
     """Per configured playbook: customers assigned, contacted and recovered within the window,
     in the treated group and the hold-out, each rate with its Wilson interval, and the
     difference of the rates with Newcombe's interval (``None`` while a group is empty)."""
-    counts: dict[str, float] = {}
+    counts: dict[WinbackCount, float] = {}
     for shard in shards:
         for key, value in shard.counters.items():
-            if key.startswith("winback_"):
+            if isinstance(key, WinbackCount):
                 counts[key] = counts.get(key, 0.0) + value
     out = []
     for playbook in config.playbooks:
         entry: dict[str, Any] = {"playbook": playbook.name, "channel": playbook.channel}
         for group in GROUPS:
-            numbers = {what: round(counts.get(f"winback_{what}|{playbook.name}|{group}", 0.0))
+            numbers = {what: round(counts.get(WinbackCount(what, playbook.name, group), 0.0))
                        for what in WINBACK_COUNTERS}
             n, k = numbers["assigned"], numbers["recovered"]
             low, high = wilson_interval(k, n)
@@ -397,39 +407,30 @@ def segments_overview(store: StateStore, config: ChurnwatchConfig) -> dict[str, 
     recovered (since the state began), high-value customers at risk; and win-back per
     playbook. From the shards' aggregates: one read, whatever the number of customers."""
     shards = store.shard_states()
-    known = set(config.segments)
-    gauges: dict[str, float] = {}
-    counters: dict[str, float] = {}
-    for shard in shards:
-        for into, source in ((gauges, shard.gauges), (counters, shard.counters)):
-            for key, value in source.items():
-                parts = key.split("|")
-                # A segment no longer configured counts as ``other``, as in the metrics.
-                if not key.startswith("winback_") and len(parts) > 1 and parts[1] not in known:
-                    parts[1] = "other"
-                    key = "|".join(parts)
-                into[key] = into.get(key, 0.0) + value
+    # A segment no longer configured counts as ``other``, as in the metrics.
+    gauges = merge_shards((shard.gauges for shard in shards), config.segments)
+    counters = merge_shards((shard.counters for shard in shards), config.segments)
 
-    def g(key: str) -> int:
+    def g(key: GaugeKey) -> int:
         return round(gauges.get(key, 0.0))
 
-    def c(key: str) -> int:
+    def c(key: CounterKey) -> int:
         return round(counters.get(key, 0.0))
 
     segments = []
     for segment in config.segments:
-        tiers = {tier: g(f"customers|{segment}|{tier}") for tier in TIERS}
+        tiers = {tier: g(TierCustomers(segment, tier)) for tier in TIERS}
         customers = sum(tiers.values())
         segments.append({
             "segment": segment,
             "customers": customers,
             "tiers": tiers,
             "churned_share": tiers["churned"] / customers if customers else None,
-            "turned_churned": sum(c(f"transitions|{segment}|{old}|churned")
+            "turned_churned": sum(c(TransitionCount(segment, old, "churned"))
                                   for old in TIERS if old != "churned"),
-            "recoveries": sum(c(f"recoveries|{segment}|{old}") for old in ("at_risk",
-                                                                            "churned")),
-            "high_value_at_risk": g(f"high_value_at_risk|{segment}"),
+            "recoveries": sum(c(RecoveryCount(segment, old)) for old in ("at_risk",
+                                                                          "churned")),
+            "high_value_at_risk": g(HighValueAtRisk(segment)),
         })
     return {"segments": segments, "winback": winback_report(shards, config),
             "window_days": config.winback.window_days,

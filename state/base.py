@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from churnwatch.core.customer import CustomerState
-from churnwatch.core.engine import ShardState, SuddenDrop, TierTransition
+from churnwatch.core.engine import ShardState, TierTransition
 
 
 def shard_of(customer_id: str, shards: int) -> int:
@@ -73,8 +73,10 @@ class StateStore(Protocol):
         ...
 
     def commit(self, shard: int, shard_state: ShardState, changed: Mapping[str, CustomerState],
-               transitions: Sequence[TierTransition], drops: Sequence[SuddenDrop]) -> None:
-        """Write a batch's effects atomically: customers, due index, aggregates, transitions."""
+               transitions: Sequence[TierTransition]) -> None:
+        """Write a batch's effects atomically: customers, due index, aggregates, transitions.
+        (Sudden drops are in the aggregates, counted per segment: no store kept the records
+        one by one, so none is passed.)"""
         ...
 
     def customer(self, customer_id: str) -> CustomerState | None:

@@ -17,7 +17,7 @@ from churnwatch.state.base import (
 )
 
 from churnwatch.core.customer import CustomerState
-from churnwatch.core.engine import ShardState, SuddenDrop, TierTransition
+from churnwatch.core.engine import ShardState, TierTransition
 
 
 class MemoryStore:
@@ -60,7 +60,7 @@ class MemoryStore:
         return min(times) if times else None
 
     def commit(self, shard: int, shard_state: ShardState, changed: Mapping[str, CustomerState],
-               transitions: Sequence[TierTransition], drops: Sequence[SuddenDrop]) -> None:
+               transitions: Sequence[TierTransition]) -> None:
         for cid, state in changed.items():
             self._index(shard, cid, state)
             self._customers[cid] = msgpack.packb(state.to_wire())

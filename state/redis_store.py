@@ -50,8 +50,9 @@ from churnwatch.state.cluster import NotConnected, RedisTopology, redis_client, 
 from churnwatch.state.connection import TRANSIENT_ERRORS, is_lost_connection
 from redis.cluster import RedisCluster
 
+from churnwatch.core.aggregates import ScoredCustomers
 from churnwatch.core.customer import CustomerState
-from churnwatch.core.engine import ShardState, SuddenDrop, TierTransition
+from churnwatch.core.engine import ShardState, TierTransition
 
 log = logging.getLogger("churnwatch.state")
 T = TypeVar("T")
@@ -245,7 +246,7 @@ class RedisStore:
         return float(first[0][1]) if first else None
 
     def commit(self, shard: int, shard_state: ShardState, changed: Mapping[str, CustomerState],
-               transitions: Sequence[TierTransition], drops: Sequence[SuddenDrop]) -> None:
+               transitions: Sequence[TierTransition]) -> None:
         tag = self._tag(shard)
         blobs: dict[str, bytes] = {}
         due_add: dict[str, float] = {}
@@ -536,8 +537,8 @@ class RedisStore:
                 for _, fields in entries]
 
     def customer_count(self) -> int:
-        return sum(int(s.gauges.get(k, 0)) for s in self.shard_states() for k in s.gauges
-                   if k.startswith("scored|"))
+        return sum(int(value) for s in self.shard_states() for key, value in s.gauges.items()
+                   if isinstance(key, ScoredCustomers))
 
     def memory_bytes(self) -> int:
         """Redis ``used_memory``."""

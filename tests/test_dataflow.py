@@ -11,6 +11,7 @@ from churnwatch.dataflows.messages import RawMessage
 from churnwatch.state.redis_store import RedisStore
 from redis_server import redis_server, redis_url  # noqa: F401
 
+from churnwatch.core.aggregates import TierCustomers
 from churnwatch.core.config import ChurnwatchConfig
 from churnwatch.simulator import ShopSimulator
 
@@ -61,7 +62,7 @@ def test_flow_scores_customers_and_dead_letters_bad_input(redis_url: str) -> Non
     tiers = {}
     for shard in store.shard_states():
         for key, value in shard.gauges.items():
-            if key.startswith("customers|"):
+            if isinstance(key, TierCustomers):
                 tiers[key] = tiers.get(key, 0) + value
     assert sum(tiers.values()) == 120
 

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+from churnwatch.core.aggregates import (
+    RecoveryCount,
+    SuddenDropCount,
+    TierCustomers,
+    TransitionCount,
+)
 from churnwatch.core.config import ChurnwatchConfig, SegmentPolicy
 from churnwatch.core.customer import DAY
 from churnwatch.core.engine import Incoming, ShardEngine, ShardState
@@ -96,13 +102,13 @@ def test_aggregates_follow_customers_between_tiers() -> None:
     engine, store = ShardEngine(0, CONFIG, ShardState()), {}
     both = sorted(regular_history("a") + regular_history("b"), key=lambda i: i.event.ts)
     run(engine, store, both, T0 + 220 * DAY)
-    assert engine.state.gauges["customers|unassigned|healthy"] == 2
+    assert engine.state.gauges[TierCustomers("unassigned", "healthy")] == 2
     counters = dict(engine.state.counters)
     engine.review({"a": store["a"]}, T0 + 5000 * DAY)
     gauges = engine.state.gauges
-    assert gauges["customers|unassigned|healthy"] == 1
-    assert gauges["customers|unassigned|churned"] == 1
-    key = "transitions|unassigned|healthy|watch"
+    assert gauges[TierCustomers("unassigned", "healthy")] == 1
+    assert gauges[TierCustomers("unassigned", "churned")] == 1
+    key = TransitionCount("unassigned", "healthy", "watch")
     assert engine.state.counters[key] - counters.get(key, 0.0) == 1
 
 
@@ -123,14 +129,14 @@ def test_recoveries_and_sudden_drops_are_counted_once() -> None:
     assert [t.to_tier for t in walk.transitions] == ["watch", "at_risk", "churned"]
     back = run(engine, store, [order("c1", 421, offset=20)], T0 + 421 * DAY)
     assert [(t.from_tier, t.to_tier) for t in back.transitions] == [("churned", "healthy")]
-    assert engine.state.counters["recoveries|unassigned|churned"] == 1
-    assert "recoveries|unassigned|at_risk" not in engine.state.counters
+    assert engine.state.counters[RecoveryCount("unassigned", "churned")] == 1
+    assert RecoveryCount("unassigned", "at_risk") not in engine.state.counters
     # The same walk as a sudden drop (20 points within a year): counted once, not per step.
     drops = ChurnwatchConfig(sudden_drop_points=20.0, sudden_drop_window_days=365.0)
     engine, store = ShardEngine(0, drops, ShardState()), {}
     run(engine, store, regular_history(), T0 + 220 * DAY)
     walk = engine.review({"c1": store["c1"]}, T0 + 420 * DAY)
     assert len(walk.drops) == 1 and walk.drops[0].from_score - walk.drops[0].to_score >= 20.0
-    assert engine.state.counters["sudden_drops|unassigned"] == 1
+    assert engine.state.counters[SuddenDropCount("unassigned")] == 1
     again = engine.review({"c1": store["c1"]}, T0 + 430 * DAY)
-    assert again.drops == [] and engine.state.counters["sudden_drops|unassigned"] == 1
+    assert again.drops == [] and engine.state.counters[SuddenDropCount("unassigned")] == 1

@@ -25,8 +25,15 @@ from prometheus_client.parser import text_string_to_metric_families
 from redis_server import RedisServer, redis_server  # noqa: F401
 from replayed_shop import Shop, replayed_shop  # noqa: F401
 
+from churnwatch.core.aggregates import (
+    SCORE_BANDS,
+    ScoredCustomers,
+    ScoreSum,
+    TierCustomers,
+    TransitionCount,
+)
 from churnwatch.core.config import COMPONENTS, TIERS, ChurnwatchConfig
-from churnwatch.core.engine import SCORE_BANDS, BatchResult, ShardState
+from churnwatch.core.engine import BatchResult, ShardState
 from churnwatch.core.events import DEAD_LETTER_REASONS, InvalidEvent
 from churnwatch.core.playbooks import DEFAULT_PLAYBOOKS
 from churnwatch.replay import replay
@@ -188,11 +195,11 @@ def test_every_transition_pair_exists_at_zero_for_every_segment() -> None:
 def test_aggregates_of_a_segment_no_longer_configured_count_as_other() -> None:
     store = MemoryStore(2)
     state = ShardState()
-    state.gauges = {"customers|gone|healthy": 3.0, "scored|gone": 3.0, "score_sum|gone": 210.0,
-                    "customers|other|healthy": 1.0, "scored|other": 1.0,
-                    "score_sum|other": 90.0}
-    state.counters = {"transitions|gone|healthy|watch": 2.0}
-    store.commit(0, state, {}, [], [])
+    state.gauges = {TierCustomers("gone", "healthy"): 3.0, ScoredCustomers("gone"): 3.0,
+                    ScoreSum("gone"): 210.0, TierCustomers("other", "healthy"): 1.0,
+                    ScoredCustomers("other"): 1.0, ScoreSum("other"): 90.0}
+    state.counters = {TransitionCount("gone", "healthy", "watch"): 2.0}
+    store.commit(0, state, {}, [])
     registry = CollectorRegistry()
     registry.register(BusinessCollector(store, ChurnwatchConfig()))
     assert value(registry, "churnwatch_customers", segment="other", tier="healthy") == 4

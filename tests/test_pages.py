@@ -32,7 +32,7 @@ def pages_over(ids: list[str]) -> WorkbenchPages:
                  Incoming(Event(cid, "order", T0 + 5e6, amount=10.0), 1, 3 * n + 3)]
         result = engines[shard].process(items, store.load_customers(shard, [cid]),
                                         now=T0 + 4e7)
-        store.commit(shard, engines[shard].state, result.changed, result.transitions, [])
+        store.commit(shard, engines[shard].state, result.changed, result.transitions)
     return WorkbenchPages(WorklistAPI(CONFIG, lambda: store))
 
 

@@ -119,7 +119,7 @@ def add_nasty_customer(shop: Shop) -> None:
             events.append(Incoming(event, 7, n + 1))  # type: ignore[arg-type]
         loaded = store.load_customers(shard, [NASTY_ID])
         result = engine.process(events, loaded, now=1_650_000_000 + 300 * 86400.0)
-        store.commit(shard, engine.state, result.changed, result.transitions, result.drops)
+        store.commit(shard, engine.state, result.changed, result.transitions)
     finally:
         store.close()
 

@@ -91,7 +91,7 @@ def test_transition_records_in_the_stream_carry_the_playbook(redis_url: str) -> 
                      for n, d in enumerate((0, 20, 40))]
             result = engine.process(items, store.load_customers(shard, [cid]),
                                     now=T0 + 400 * DAY)
-            store.commit(shard, engine.state, result.changed, result.transitions, result.drops)
+            store.commit(shard, engine.state, result.changed, result.transitions)
         records = store.recent_transitions(1000)
         assert records
         raw = store.client.xrange(f"pb:{{s{shard_of(ids[0], 2)}}}:transitions")

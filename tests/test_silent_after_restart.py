@@ -10,6 +10,7 @@ from pathlib import Path
 from churnwatch.state.redis_store import RedisStore
 from redis_server import redis_server, redis_url  # noqa: F401
 
+from churnwatch.core.aggregates import TierCustomers
 from churnwatch.core.config import ChurnwatchConfig
 from churnwatch.simulator import DAY, ShopSimulator, write_jsonl
 
@@ -18,9 +19,8 @@ def tier_counts(store: RedisStore) -> dict[str, float]:
     counts: dict[str, float] = {}
     for shard in store.shard_states():
         for key, value in shard.gauges.items():
-            if key.startswith("customers|"):
-                tier = key.split("|")[2]
-                counts[tier] = counts.get(tier, 0.0) + value
+            if isinstance(key, TierCustomers):
+                counts[key.tier] = counts.get(key.tier, 0.0) + value
     return counts
 
 

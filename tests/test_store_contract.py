@@ -41,7 +41,7 @@ def _commit_orders(store: StateStore, customers: list[str], now: float) -> Shard
                  for d in range(0, 100, 10)]
         loaded = store.load_customers(shard, [cid])
         result = engine.process(items, loaded, now)
-        store.commit(shard, engine.state, result.changed, result.transitions, result.drops)
+        store.commit(shard, engine.state, result.changed, result.transitions)
     return engines
 
 
@@ -77,7 +77,7 @@ def test_shard_state_and_transitions_round_trip(store: StateStore) -> None:
         silent = {c: s for c, s in store.load_customers(shard, ["a", "b"]).items()
                   if s is not None and shard_of(c, CONFIG.shards) == shard}
         result = engine.review(silent, T0 + 5000 * DAY)
-        store.commit(shard, engine.state, result.changed, result.transitions, result.drops)
+        store.commit(shard, engine.state, result.changed, result.transitions)
         loaded = store.load_shard(shard)
         assert loaded.gauges == engine.state.gauges
         assert loaded.counters == engine.state.counters
@@ -154,7 +154,7 @@ def test_a_commit_retried_after_a_lost_reply_is_applied_once(redis_url: str) -> 
 
     redis.client.Pipeline.execute = execute_then_lose_the_reply
     try:
-        store.commit(shard, engine.state, result.changed, result.transitions, result.drops)
+        store.commit(shard, engine.state, result.changed, result.transitions)
     finally:
         redis.client.Pipeline.execute = real_execute
     assert calls["n"] == 1  # the retry saw the token and did not write again

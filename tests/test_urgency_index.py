@@ -54,7 +54,7 @@ def write(store: StateStore, states: dict[str, CustomerState], load_first: bool)
     for shard, changed in by_shard.items():
         if load_first:
             store.load_customers(shard, list(changed))
-        store.commit(shard, ShardState(), changed, [], [])
+        store.commit(shard, ShardState(), changed, [])
 
 
 def slow_page(everyone: dict[str, CustomerState], selection: UrgencySelection, offset: int,

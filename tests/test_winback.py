@@ -13,6 +13,7 @@ from churnwatch.metrics.worklist import winback_report
 from churnwatch.state.memory import MemoryStore
 from prometheus_client import CollectorRegistry, generate_latest
 
+from churnwatch.core.aggregates import WinbackCount
 from churnwatch.core.config import ChurnwatchConfig, parse_config
 from churnwatch.core.customer import DAY
 from churnwatch.core.engine import Incoming, ShardEngine, ShardState
@@ -34,7 +35,7 @@ def run(engine: ShardEngine, store: MemoryStore, events: list[Event], now: float
     loaded = store.load_customers(0, ids)
     items = [Incoming(e, 0, 0) for e in events]
     result = engine.process(items, loaded, now)
-    store.commit(0, engine.state, result.changed, result.transitions, result.drops)
+    store.commit(0, engine.state, result.changed, result.transitions)
 
 
 def test_assignment_contact_and_recovery_are_counted_per_group() -> None:
@@ -51,7 +52,7 @@ def test_assignment_contact_and_recovery_are_counted_per_group() -> None:
     silent_until = T0 + 170 * DAY
     states = dict(store.load_customers(0, ids))
     result = engine.review({c: s for c, s in states.items() if s is not None}, silent_until)
-    store.commit(0, engine.state, result.changed, result.transitions, result.drops)
+    store.commit(0, engine.state, result.changed, result.transitions)
     assigned = {cid: s.outreach for cid, s in store.load_customers(0, ids).items()
                 if s is not None and s.outreach and s.outreach.get("playbook")}
     assert len(assigned) == len(ids)
@@ -127,12 +128,12 @@ def test_wilson_interval_covers_the_rate_and_narrows_with_trials() -> None:
 def test_winback_metrics_have_bounded_labels_and_pass_promtool() -> None:
     store = MemoryStore(1)
     state = ShardState()
-    state.counters.update({"winback_assigned|call_them|treated": 10.0,
-                           "winback_recovered|call_them|treated": 4.0,
-                           "winback_assigned|call_them|holdout": 5.0,
-                           "winback_recovered|call_them|holdout": 1.0,
-                           "winback_assigned|gone_playbook|treated": 3.0})
-    store.commit(0, state, {}, [], [])
+    state.counters.update({WinbackCount("assigned", "call_them", "treated"): 10.0,
+                           WinbackCount("recovered", "call_them", "treated"): 4.0,
+                           WinbackCount("assigned", "call_them", "holdout"): 5.0,
+                           WinbackCount("recovered", "call_them", "holdout"): 1.0,
+                           WinbackCount("assigned", "gone_playbook", "treated"): 3.0})
+    store.commit(0, state, {}, [])
     registry = CollectorRegistry()
     registry.register(BusinessCollector(store, CONFIG))
     assert registry.get_sample_value("churnwatch_winback_assigned_total",

@@ -23,8 +23,19 @@ import heapq
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from churnwatch.core import events as ev
+from churnwatch.core.aggregates import (
+    SCORE_BANDS,
+    CounterKey,
+    GaugeKey,
+    RecoveryCount,
+    SegmentKeys,
+    ShardAggregates,
+    SuddenDropCount,
+    TransitionCount,
+)
 from churnwatch.core.config import COMPONENTS, TIERS, ChurnwatchConfig
 from churnwatch.core.customer import DAY, CustomerState
 from churnwatch.core.priors import PopulationPriors
@@ -46,7 +57,7 @@ from churnwatch.core.scoring import (
 from churnwatch.core.winback import Suggestion, track
 
 RECENT_IDS_KEPT = 8
-SCORE_BANDS = tuple(f"{lo:02d}-{lo + 10}" for lo in range(0, 100, 10))
+__all__ = ["SCORE_BANDS"]  # its home is churnwatch.core.aggregates; kept importable from here
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,52 +120,81 @@ class SuddenDrop:
 class ShardState:
     """What a shard keeps besides its customers: learned priors, event-time watermark, and the
     running aggregates the metrics are read from (absolute values, so rewriting them is
-    idempotent).
+    idempotent): ``gauges`` and ``counters``, keyed by the typed keys of
+    :mod:`churnwatch.core.aggregates`.
 
     ``positions`` holds, per source partition id, the highest offset the shard has processed
     (applied, or skipped as a duplicate). It is not part of :meth:`to_wire`: a store keeps it
     beside the wire form, committed in the same transaction, so an operator can see how far the
     monitor has consumed each partition (``churnwatch status``).
 
+    >>> from churnwatch.core.aggregates import TierCustomers
     >>> from churnwatch.core.config import ChurnwatchConfig
     >>> from churnwatch.core.events import Event
     >>> engine = ShardEngine(0, ChurnwatchConfig(), ShardState())
-    >>> _ = engine.process([Incoming(Event("c1", "visit", 0.0), partition=7, offset=41),
-    ...                     Incoming(Event("c1", "visit", 0.0), partition=7, offset=40)],
+    >>> _ = engine.process([Incoming(Event("c1", "order", 0.0), partition=7, offset=41),
+    ...                     Incoming(Event("c1", "order", 0.0), partition=7, offset=40)],
     ...                    {"c1": None}, now=0.0)
     >>> engine.state.positions
     {7: 41}
+    >>> engine.state.gauges[TierCustomers("unassigned", "watch")]
+    1.0
+    >>> ShardState.from_wire(engine.state.to_wire()).gauges == engine.state.gauges
+    True
     """
 
-    __slots__ = ("priors", "watermark", "gauges", "counters", "positions")
+    __slots__ = ("priors", "watermark", "aggregates", "positions")
 
     def __init__(self) -> None:
         self.priors = PopulationPriors()
         self.watermark = 0.0
-        self.gauges: dict[str, float] = {}
-        self.counters: dict[str, float] = {}
+        self.aggregates = ShardAggregates()
         self.positions: dict[int, int] = {}
 
+    @property
+    def gauges(self) -> dict[GaugeKey, float]:
+        """Customers per tier and score band, score and component sums, per segment."""
+        return self.aggregates.gauges
+
+    @gauges.setter
+    def gauges(self, value: dict[GaugeKey, float]) -> None:
+        self.aggregates.gauges = value
+
+    @property
+    def counters(self) -> dict[CounterKey, float]:
+        """Transitions, recoveries, sudden drops and win-back outcomes since the state began."""
+        return self.aggregates.counters
+
+    @counters.setter
+    def counters(self, value: dict[CounterKey, float]) -> None:
+        self.aggregates.counters = value
+
     def to_wire(self) -> list[object]:
-        """A compact msgpack-able form."""
-        return [self.priors.to_wire(), self.watermark, self.gauges, self.counters]
+        """A compact msgpack-able form: ``[priors, watermark, gauges, counters]``, the
+        aggregates as maps from key strings (churnwatch.core.aggregates)."""
+        gauges, counters = self.aggregates.to_wire()
+        return [self.priors.to_wire(), self.watermark, gauges, counters]
 
     @classmethod
     def from_wire(cls, data: list[object] | None) -> ShardState:
-        """Inverse of :meth:`to_wire`; ``None`` gives a fresh shard."""
+        """Inverse of :meth:`to_wire` (and of every earlier version's); ``None`` gives a fresh
+        shard."""
         state = cls()
         if data:
             priors, watermark, gauges, counters = data
             state.priors = PopulationPriors.from_wire(priors)  # type: ignore[arg-type]
             state.watermark = float(watermark)  # type: ignore[arg-type]
-            state.gauges = dict(gauges)  # type: ignore[call-overload]
-            state.counters = dict(counters)  # type: ignore[call-overload]
+            state.aggregates = ShardAggregates.from_wire(gauges, counters)  # type: ignore[arg-type]
         return state
 
 
 @dataclass(slots=True)
 class BatchResult:
-    """What one call to the engine produced, for the store and the outputs."""
+    """What one call to the engine produced, for the store and the outputs.
+
+    ``drops`` lists the batch's sudden drops for whoever runs the engine in-process; they are
+    counted in the shard's counters (:class:`churnwatch.core.aggregates.SuddenDropCount`), which
+    is what the metrics and the alert read, and are not stored one by one."""
 
     changed: dict[str, CustomerState] = field(default_factory=dict)
     transitions: list[TierTransition] = field(default_factory=list)
@@ -167,6 +207,56 @@ class BatchResult:
     last_event_ts: float = 0.0
 
 
+@dataclass(slots=True)
+class Touched:
+    """The customers one call to the engine has touched: their states, what each contributed
+    to the shard's gauges when loaded (taken back at the end), and the queue of review times
+    that may fall within the batch, earliest first.
+
+    >>> from churnwatch.core.config import ChurnwatchConfig
+    >>> from churnwatch.core.events import Event
+    >>> engine = ShardEngine(0, ChurnwatchConfig(), ShardState())
+    >>> touched = engine.touch_due([], {})
+    >>> state = engine.touch(Event("c1", "visit", 5.0), {"c1": None}, touched)
+    >>> list(touched.states), touched.before, state.first_seen
+    (['c1'], {'c1': {}}, 5.0)
+    """
+
+    states: dict[str, CustomerState] = field(default_factory=dict)
+    before: dict[str, dict[GaugeKey, float]] = field(default_factory=dict)
+    reviews: list[tuple[float, str]] = field(default_factory=list)
+
+    def queue_review(self, cid: str, state: CustomerState) -> None:
+        """Queue the customer's next review (if any) for :meth:`ShardEngine.review_due`."""
+        if state.next_review_at is not None:
+            heapq.heappush(self.reviews, (state.next_review_at, cid))
+
+
+class Verdict(NamedTuple):
+    """One assessment of a customer and what it decides: the tier before and after, the score
+    and the components before (for the reasons of a transition).
+
+    >>> from churnwatch.core.config import ChurnwatchConfig
+    >>> from churnwatch.core.customer import CustomerState
+    >>> from churnwatch.core.events import Event
+    >>> engine = ShardEngine(0, ChurnwatchConfig(), ShardState())
+    >>> state = CustomerState(first_seen=0.0)
+    >>> state.apply(Event("c1", "order", 0.0, amount=10.0), engine.windows)
+    >>> verdict = engine.assess_at(state, 0.0)
+    >>> verdict.old_tier, verdict.new_tier, 0 <= verdict.score <= 100  # new: no tier yet
+    (-1, 1, True)
+    """
+
+    assessment: Assessment
+    old_tier: int
+    new_tier: int
+    old_score: float | None
+    score: float
+    previous_components: list[int]
+    #: Scored before the model in force was fitted: a change of tier now is the refit's.
+    refitted: bool
+
+
 class ShardEngine:
     """Applies events to the customers of one shard, in arrival order."""
 
@@ -176,7 +266,7 @@ class ShardEngine:
         self.state = state
         self.windows = windows_of(config)
         self._lateness = config.allowed_lateness_days * DAY
-        self._keys: dict[str | None, _GaugeKeys] = {}
+        self._keys: dict[str | None, SegmentKeys] = {}
         # The default horizon first: the evidence weight is chosen on its window.
         self._horizons = [config.default_policy.horizon_days] + sorted(
             {p.horizon_days for p in config.segment_policies.values()})
@@ -193,114 +283,203 @@ class ShardEngine:
         that carries the shard's watermark past its review time, so where batches happen to
         start and end never changes the result. ``now`` is the instant everyone touched is
         brought to at the end: the watermark in replay, the wall clock live.
+
+        Each line below is one step, a method of its own: dedupe (:meth:`is_duplicate`),
+        lateness (:meth:`is_too_late`), apply and score (:meth:`apply_event`, which assesses,
+        records transitions and watches for sudden drops), reviews of silent customers on time
+        (:meth:`review_due`, :meth:`bring_to`) and the gauges' accounting (:meth:`account`).
         """
         result = BatchResult()
-        now = float(math.floor(now))
-        touched: dict[str, CustomerState] = {}
-        before: dict[str, dict[str, float]] = {}
-        pending: list[tuple[float, str]] = []
-        for cid in due:
-            state = customers.get(cid)
-            if state is not None and state.next_review_at is not None:
-                touched[cid] = state
-                before[cid] = self._contribution(state)
-                heapq.heappush(pending, (state.next_review_at, cid))
-        positions = self.state.positions
+        touched = self.touch_due(due, customers)
         for item in items:
-            if item.partition and item.offset > positions.get(item.partition, -1):
-                positions[item.partition] = item.offset
-            event = item.event
-            cid = event.customer_id
-            state = touched.get(cid)
-            if state is None:
-                state = customers.get(cid)
-                if state is not None:
-                    before[cid] = self._contribution(state)
-            if state is None:
-                state = CustomerState(first_seen=event.ts)
-                before[cid] = {}
-            touched[cid] = state
-            if self._is_duplicate(state, item):
-                result.duplicates += 1
+            self.note_position(item)
+            state = self.touch(item.event, customers, touched)
+            if self.is_duplicate(state, item, result) or self.is_too_late(state, item, result):
                 continue
-            if state.score is not None and event.ts < state.last_event_ts:
-                if event.ts < state.last_event_ts - self._lateness:
-                    result.dead_letters.append(ev.InvalidEvent(
-                        "too_late", f"event time {event.ts:.0f} is more than "
-                        f"{self.config.allowed_lateness_days:g} days before the customer's "
-                        f"latest event", item.position, b"", cid,
-                        # Its position, so that it is dead-lettered once: per shard, since
-                        # shards report their own too_late events of a source partition.
-                        f"shard {self.shard} of {item.partition}" if item.partition else "",
-                        item.offset if item.partition else -1))
-                    continue
-                result.late += 1
-            if event.ts > self.state.watermark:
-                self.state.watermark = event.ts
-            # The refit comes before the event is scored: the customer's tier before the event
-            # and after it are then judged under the same model (docs/scoring.md). Checked at
-            # every event: the sample's growth by the events before this one triggers a refit
-            # too, at the same event whatever the batching.
-            self._refit_if_due()
-            if self._judged_by_older_model(state):
-                # Last judged by an older model and not looked at since the refit: judge them
-                # under the current one first, so what the event changes is measured under one
-                # model (an order never lowers the tier or the score; docs/scoring.md).
-                self._score(cid, state, max(event.ts, state.scored_at), result,
-                            cause="silence")
-            self._advance(cid, state, event.ts, result)
-            # The wait before a new latest order, for the reasons of an upgrade it causes.
-            waited = (event.ts - state.last_order) / DAY if event.type == ev.ORDER and \
-                state.last_order is not None and event.ts > state.last_order else None
-            at = max(event.ts, state.scored_at)
-            # An order never lowers the score: what it was just before, at the same instant.
-            just_before = assess(state, at, self.config, self.state.priors) \
-                if event.type == ev.ORDER and state.score is not None else None
-            self._apply(state, event)
-            self._remember(state, item)
-            self._score(cid, state, at, result, cause="event", waited_days=waited,
-                        before=just_before)
-            if state.next_review_at is not None:
-                heapq.heappush(pending, (state.next_review_at, cid))
-            result.scored += 1
-            if event.ts > result.last_event_ts:
-                result.last_event_ts = event.ts
-            mark = self.state.watermark
-            while pending and pending[0][0] <= mark:
-                queued_at, silent = heapq.heappop(pending)
-                quiet = touched[silent]
-                if quiet.next_review_at != queued_at:
-                    # Superseded by an event (its new time is queued too): reviewing now would
-                    # put it out of (time, customer) order, which depends on the batching.
-                    continue
-                self._advance(silent, quiet, mark, result)
-                if quiet.next_review_at is not None:  # the next review may fall in this batch
-                    heapq.heappush(pending, (quiet.next_review_at, silent))
-        for cid, state in touched.items():
-            self._advance(cid, state, now, result)
-            result.changed[cid] = state
-        self._account(before, touched)
+            self.apply_event(item, state, result)
+            touched.queue_review(item.event.customer_id, state)
+            self.review_due(touched, result)
+        self.bring_to(float(math.floor(now)), touched.states, result)
+        self.account(touched.before, touched.states)
         return result
 
     def review(self, customers: Mapping[str, CustomerState], now: float) -> BatchResult:
         """Re-score silent customers whose review time has come (from the due-time index)."""
         result = BatchResult()
+        before = {cid: self._contribution(state) for cid, state in customers.items()}
+        self.bring_to(float(math.floor(now)), customers, result)
+        self.account(before, customers)
+        return result
+
+    def refit_at(self, now: float) -> bool:
+        """Refit the buyer model at ``now`` if orders reached the sample since the last fit
+        (``replay --as-of``: the final model has then seen every order, in whatever order the
+        log came); ``True`` if it refitted, and the shard's customers should be re-scored with
+        :meth:`rescore`."""
+        priors = self.state.priors
+        if not priors.unfitted_orders():
+            return False
+        if now > self.state.watermark:
+            self.state.watermark = now
+        priors.refit(max(now, self.state.watermark), self._horizons,
+                     self.config.recency.prior())
+        return True
+
+    def rescore(self, customers: Mapping[str, CustomerState], now: float) -> BatchResult:
+        """Re-score ``customers`` at ``now`` under the shard's current model (after
+        :meth:`refit_at`), so stored tiers follow it; a tier change is a silence transition."""
+        result = BatchResult()
         now = float(math.floor(now))
         before = {cid: self._contribution(state) for cid, state in customers.items()}
         for cid, state in customers.items():
+            if state.tier < 0:
+                continue
             self._advance(cid, state, now, result)
+            self._score(cid, state, max(now, state.scored_at), result, cause="silence")
             result.changed[cid] = state
-        self._account(before, dict(customers))
+        self.account(before, customers)
         return result
 
-    # -- steps --------------------------------------------------------------------------------
+    # -- the steps of a batch, in order ---------------------------------------------------------
 
-    def _is_duplicate(self, state: CustomerState, item: Incoming) -> bool:
+    def touch_due(self, due: Iterable[str], customers: Mapping[str, CustomerState | None]
+                  ) -> Touched:
+        """Start a batch: the silent customers listed ``due`` are touched and their reviews
+        queued, so each is reviewed when the batch's events carry the watermark past it."""
+        touched = Touched()
+        for cid in due:
+            state = customers.get(cid)
+            if state is not None and state.next_review_at is not None:
+                touched.states[cid] = state
+                touched.before[cid] = self._contribution(state)
+                touched.queue_review(cid, state)
+        return touched
+
+    def note_position(self, item: Incoming) -> None:
+        """Advance the shard's consumed offset of the item's source partition (applied or
+        skipped alike)."""
+        positions = self.state.positions
+        if item.partition and item.offset > positions.get(item.partition, -1):
+            positions[item.partition] = item.offset
+
+    def touch(self, event: ev.Event, customers: Mapping[str, CustomerState | None],
+              touched: Touched) -> CustomerState:
+        """The state of the event's customer within the batch: already touched, loaded, or new
+        (first seen at this event)."""
+        cid = event.customer_id
+        state = touched.states.get(cid)
+        if state is None:
+            state = customers.get(cid)
+            if state is not None:
+                touched.before[cid] = self._contribution(state)
+        if state is None:
+            state = CustomerState(first_seen=event.ts)
+            touched.before[cid] = {}
+        touched.states[cid] = state
+        return state
+
+    def is_duplicate(self, state: CustomerState, item: Incoming, result: BatchResult) -> bool:
+        """Dedupe: the customer has applied this source offset, or this event id, already."""
         if item.partition and item.offset <= state.offsets.get(item.partition, -1):
-            return True
-        if item.event.event_id is not None:
-            return _id_hash(item.event.event_id) in state.recent_ids
-        return False
+            duplicate = True
+        elif item.event.event_id is not None:
+            duplicate = _id_hash(item.event.event_id) in state.recent_ids
+        else:
+            duplicate = False
+        if duplicate:
+            result.duplicates += 1
+        return duplicate
+
+    def is_too_late(self, state: CustomerState, item: Incoming, result: BatchResult) -> bool:
+        """Lateness: an event older than the customer's latest is applied (counted late) within
+        ``[input] allowed_lateness_days``; older than that, it is dead-lettered instead."""
+        event = item.event
+        if state.score is None or event.ts >= state.last_event_ts:
+            return False
+        if event.ts >= state.last_event_ts - self._lateness:
+            result.late += 1
+            return False
+        result.dead_letters.append(ev.InvalidEvent(
+            "too_late", f"event time {event.ts:.0f} is more than "
+            f"{self.config.allowed_lateness_days:g} days before the customer's latest event",
+            item.position, b"", event.customer_id,
+            # Its position, so that it is dead-lettered once: per shard, since shards report
+            # their own too_late events of a source partition.
+            f"shard {self.shard} of {item.partition}" if item.partition else "",
+            item.offset if item.partition else -1))
+        return True
+
+    def apply_event(self, item: Incoming, state: CustomerState, result: BatchResult) -> None:
+        """Apply one admitted event and score the customer right after it."""
+        event = item.event
+        cid = event.customer_id
+        if event.ts > self.state.watermark:
+            self.state.watermark = event.ts
+        # The refit comes before the event is scored: the customer's tier before the event and
+        # after it are then judged under the same model (docs/scoring.md). Checked at every
+        # event: the sample's growth by the events before this one triggers a refit too, at the
+        # same event whatever the batching.
+        self._refit_if_due()
+        if self._judged_by_older_model(state):
+            # Last judged by an older model and not looked at since the refit: judge them under
+            # the current one first, so what the event changes is measured under one model (an
+            # order never lowers the tier or the score; docs/scoring.md).
+            self._score(cid, state, max(event.ts, state.scored_at), result, cause="silence")
+        self._advance(cid, state, event.ts, result)
+        # The wait before a new latest order, for the reasons of an upgrade it causes.
+        waited = (event.ts - state.last_order) / DAY if event.type == ev.ORDER and \
+            state.last_order is not None and event.ts > state.last_order else None
+        at = max(event.ts, state.scored_at)
+        # An order never lowers the score: what it was just before, at the same instant.
+        just_before = assess(state, at, self.config, self.state.priors) \
+            if event.type == ev.ORDER and state.score is not None else None
+        self._apply(state, event)
+        self._remember(state, item)
+        self._score(cid, state, at, result, cause="event", waited_days=waited,
+                    before=just_before)
+        result.scored += 1
+        if event.ts > result.last_event_ts:
+            result.last_event_ts = event.ts
+
+    def review_due(self, touched: Touched, result: BatchResult) -> None:
+        """Review, in (time, customer) order, the touched customers whose review time the
+        watermark has passed."""
+        mark = self.state.watermark
+        reviews = touched.reviews
+        while reviews and reviews[0][0] <= mark:
+            queued_at, cid = heapq.heappop(reviews)
+            state = touched.states[cid]
+            if state.next_review_at != queued_at:
+                # Superseded by an event (its new time is queued too): reviewing now would put
+                # it out of (time, customer) order, which depends on the batching.
+                continue
+            self._advance(cid, state, mark, result)
+            touched.queue_review(cid, state)  # the next review may fall in this batch
+
+    def bring_to(self, now: float, states: Mapping[str, CustomerState], result: BatchResult
+                 ) -> None:
+        """End of a batch: every touched customer re-scored at each review time up to ``now``,
+        and handed to the store."""
+        for cid, state in states.items():
+            self._advance(cid, state, now, result)
+            result.changed[cid] = state
+
+    def account(self, before: Mapping[str, Mapping[GaugeKey, float]],
+                after: Mapping[str, CustomerState]) -> None:
+        """Accounting: move the shard's gauges from what each customer contributed ``before``
+        to what they contribute now (absolute values: a replayed batch writes the same)."""
+        gauges = self.state.gauges
+        for cid, state in after.items():
+            old = before.get(cid, {})
+            new = self._contribution(state)
+            for key, value in old.items():
+                gauges[key] = gauges.get(key, 0.0) - value
+            for key, value in new.items():
+                gauges[key] = gauges.get(key, 0.0) + value
+        for key in [k for k, v in gauges.items() if abs(v) < 1e-9]:
+            del gauges[key]
+
+    # -- the parts of a step ------------------------------------------------------------------
 
     def _remember(self, state: CustomerState, item: Incoming) -> None:
         if item.partition:
@@ -331,35 +510,6 @@ class ShardEngine:
         elif kind == ev.MESSAGE_REPLIED:
             priors.observe_engagement(0.0, 1.0)
 
-    def refit_at(self, now: float) -> bool:
-        """Refit the buyer model at ``now`` if orders reached the sample since the last fit
-        (``replay --as-of``: the final model has then seen every order, in whatever order the
-        log came); ``True`` if it refitted, and the shard's customers should be re-scored with
-        :meth:`rescore`."""
-        priors = self.state.priors
-        if not priors.unfitted_orders():
-            return False
-        if now > self.state.watermark:
-            self.state.watermark = now
-        priors.refit(max(now, self.state.watermark), self._horizons,
-                     self.config.recency.prior())
-        return True
-
-    def rescore(self, customers: Mapping[str, CustomerState], now: float) -> BatchResult:
-        """Re-score ``customers`` at ``now`` under the shard's current model (after
-        :meth:`refit_at`), so stored tiers follow it; a tier change is a silence transition."""
-        result = BatchResult()
-        now = float(math.floor(now))
-        before = {cid: self._contribution(state) for cid, state in customers.items()}
-        for cid, state in customers.items():
-            if state.tier < 0:
-                continue
-            self._advance(cid, state, now, result)
-            self._score(cid, state, max(now, state.scored_at), result, cause="silence")
-            result.changed[cid] = state
-        self._account(before, dict(customers))
-        return result
-
     def _refit_if_due(self) -> None:
         """Refit the shard's buyer model when the watermark passes the next refit day or the
         buyer sample has grown by half: both fall at the same event whatever the batching."""
@@ -387,50 +537,75 @@ class ShardEngine:
     def _score(self, cid: str, state: CustomerState, now: float, result: BatchResult,
                cause: str, waited_days: float | None = None,
                before: Assessment | None = None) -> None:
+        """Score one customer at ``now``: assess, playbooks, transitions, drops, next review."""
         # Stored times read back as whole-second ints: make "now" one type whichever way it
         # came, so a record reads the same whether or not the state was reloaded in between.
         now = float(now)
+        verdict = self.assess_at(state, now, before)
+        segment = self.config.segment_label(state.segment)
+        # Playbook assignment and win-back counting (churnwatch.core.winback).
+        suggestion = track(cid, state, verdict.assessment, now, verdict.old_tier,
+                           verdict.new_tier, self.config, self.state.counters)
+        if verdict.new_tier != verdict.old_tier:
+            self._change_tier(cid, state, verdict, segment, now, result, cause, waited_days,
+                              suggestion)
+        self._watch_drop(cid, state, verdict.score, segment, now, result)
+        state.score = verdict.score
+        state.scored_at = now
+        state.model_fit = self.state.priors.fits
+        self._schedule_review(state, verdict.assessment, now)
+
+    def assess_at(self, state: CustomerState, now: float, before: Assessment | None = None
+                  ) -> Verdict:
+        """Assess: the score and tier at ``now`` (hysteresis against the current tier); the
+        customer's components and value flag are updated, the rest is left to the caller."""
         config = self.config
         priors = self.state.priors
-        policy = config.policy(state.segment)
         assessment = assess(state, now, config, priors)
         if before is not None:
             assessment = after_order(before, assessment)
-        old_tier = state.tier
-        old_score = state.score
-        # Scored before the model in force was fitted: a change of tier now is the refit's.
-        refitted = self._judged_by_older_model(state)
-        new_tier = tier_for(chance_percent(assessment), old_tier, policy)
-        score = round(assessment.score, 2)
-        previous = state.components
+        verdict = Verdict(
+            assessment, state.tier,
+            tier_for(chance_percent(assessment), state.tier, config.policy(state.segment)),
+            state.score, round(assessment.score, 2), state.components,
+            self._judged_by_older_model(state))
         state.components = component_values(assessment)
         state.high_value = (state.declared_value_tier == config.high_value_tier
                             or state.spend >= priors.spend_quantile_floor(
                                 config.high_value_top_share) > 0)
-        segment = config.segment_label(state.segment)
-        # Playbook assignment and win-back counting (churnwatch.core.winback).
-        suggestion = track(cid, state, assessment, now, old_tier, new_tier, config,
-                           self.state.counters)
-        if new_tier != old_tier:
-            # A customer's first tier is an assignment, not a change: it is in the state and the
-            # tier gauges, but makes no transition record.
-            if old_tier >= 0:
-                why = tuple(reasons(state, assessment, now, config, priors, previous,
-                                    from_tier=old_tier, to_tier=new_tier, old_score=old_score,
-                                    gap_before_days=waited_days,
-                                    refitted=refitted and cause == "silence")) + (
-                    component_moves(previous, state.components),)
-                result.transitions.append(TierTransition(
-                    cid, segment, tier_name(old_tier), tier_name(new_tier), old_score, score,
-                    now, why, cause, suggestion))
-                key = f"transitions|{segment}|{TIERS[old_tier]}|{TIERS[new_tier]}"
-                self.state.counters[key] = self.state.counters.get(key, 0.0) + 1.0
-                if new_tier == HEALTHY and old_tier >= AT_RISK:
-                    key = f"recoveries|{segment}|{TIERS[old_tier]}"
-                    self.state.counters[key] = self.state.counters.get(key, 0.0) + 1.0
-            state.tier = new_tier
-            state.tier_since = now
-        # Sudden drops: against the highest score within the configured window.
+        return verdict
+
+    def _change_tier(self, cid: str, state: CustomerState, verdict: Verdict, segment: str,
+                     now: float, result: BatchResult, cause: str, waited_days: float | None,
+                     suggestion: Suggestion | None) -> None:
+        """Transitions: record the change with its reasons and count it (a customer's first
+        tier is an assignment, not a change: it is in the state and the tier gauges, but makes
+        no transition record)."""
+        old_tier, new_tier = verdict.old_tier, verdict.new_tier
+        if old_tier >= 0:
+            why = tuple(reasons(state, verdict.assessment, now, self.config, self.state.priors,
+                                verdict.previous_components, from_tier=old_tier,
+                                to_tier=new_tier, old_score=verdict.old_score,
+                                gap_before_days=waited_days,
+                                refitted=verdict.refitted and cause == "silence")) + (
+                component_moves(verdict.previous_components, state.components),)
+            result.transitions.append(TierTransition(
+                cid, segment, tier_name(old_tier), tier_name(new_tier), verdict.old_score,
+                verdict.score, now, why, cause, suggestion))
+            counters = self.state.counters
+            key: CounterKey = TransitionCount(segment, TIERS[old_tier], TIERS[new_tier])
+            counters[key] = counters.get(key, 0.0) + 1.0
+            if new_tier == HEALTHY and old_tier >= AT_RISK:
+                key = RecoveryCount(segment, TIERS[old_tier])
+                counters[key] = counters.get(key, 0.0) + 1.0
+        state.tier = new_tier
+        state.tier_since = now
+
+    def _watch_drop(self, cid: str, state: CustomerState, score: float, segment: str,
+                    now: float, result: BatchResult) -> None:
+        """Sudden drops: against the highest score within the configured window, counted once
+        per fall."""
+        config = self.config
         window = config.sudden_drop_window_days * DAY
         if now - state.peak_at > window or score >= state.peak_score:
             state.peak_score = score
@@ -439,17 +614,21 @@ class ShardEngine:
         elif state.peak_score - score >= config.sudden_drop_points and not state.drop_counted:
             state.drop_counted = True
             result.drops.append(SuddenDrop(cid, segment, state.peak_score, score, now))
-            key = f"sudden_drops|{segment}"
-            self.state.counters[key] = self.state.counters.get(key, 0.0) + 1.0
-        state.score = score
-        state.scored_at = now
-        state.model_fit = priors.fits
+            key = SuddenDropCount(segment)
+            counters = self.state.counters
+            counters[key] = counters.get(key, 0.0) + 1.0
+
+    def _schedule_review(self, state: CustomerState, assessment: Assessment, now: float
+                         ) -> None:
+        """When to look at the customer again if nothing happens: when silence alone would
+        change their tier, or right after the shard's next refit."""
+        priors = self.state.priors
         # The shard's next refit moves every probability a little: a silent customer is looked
         # at again right after it, so their tier follows the model rather than the one they
         # were scored with. (Churned customers wait for an event.)
         refit_at = priors.next_fit_day * DAY
         capped = refit_at > now and priors.may_change_at_refit()
-        due = next_review_at(state, assessment, now, config, priors,
+        due = next_review_at(state, assessment, now, self.config, priors,
                              not_after=refit_at if capped else None)
         if due is not None and due <= now:
             due = now + 60.0  # already past the threshold but held by hysteresis: look again
@@ -458,11 +637,12 @@ class ShardEngine:
 
     # -- aggregates ---------------------------------------------------------------------------
 
-    def _contribution(self, state: CustomerState) -> dict[str, float]:
+    def _contribution(self, state: CustomerState) -> dict[GaugeKey, float]:
+        """What one customer adds to the shard's gauges."""
         if state.score is None or state.tier < 0:
             return {}
-        keys = self._gauge_keys(state.segment)
-        out = {
+        keys = self._segment_keys(state.segment)
+        out: dict[GaugeKey, float] = {
             keys.tiers[state.tier]: 1.0,
             keys.bands[min(int(state.score // 10), 9)]: 1.0,
             keys.score_sum: state.score,
@@ -476,42 +656,12 @@ class ShardEngine:
             out[keys.high_value_at_risk] = 1.0
         return out
 
-    def _gauge_keys(self, segment: str | None) -> _GaugeKeys:
-        """The aggregate keys of a segment, made once: a customer's contribution is taken twice
-        per batch, before and after."""
+    def _segment_keys(self, segment: str | None) -> SegmentKeys:
+        """The gauge keys of a declared segment's label, made once per engine."""
         keys = self._keys.get(segment)
         if keys is None:
-            keys = self._keys[segment] = _GaugeKeys(self.config.segment_label(segment))
+            keys = self._keys[segment] = SegmentKeys(self.config.segment_label(segment))
         return keys
-
-    def _account(self, before: Mapping[str, dict[str, float]],
-                 after: Mapping[str, CustomerState]) -> None:
-        gauges = self.state.gauges
-        for cid, state in after.items():
-            old = before.get(cid, {})
-            new = self._contribution(state)
-            for key, value in old.items():
-                gauges[key] = gauges.get(key, 0.0) - value
-            for key, value in new.items():
-                gauges[key] = gauges.get(key, 0.0) + value
-        for key in [k for k, v in gauges.items() if abs(v) < 1e-9]:
-            del gauges[key]
-
-
-class _GaugeKeys:
-    """The names of one segment's aggregates in ``ShardState.gauges``."""
-
-    __slots__ = ("tiers", "bands", "score_sum", "scored", "component_sums", "component_counts",
-                 "high_value_at_risk")
-
-    def __init__(self, segment: str) -> None:
-        self.tiers = tuple(f"customers|{segment}|{tier}" for tier in TIERS)
-        self.bands = tuple(f"band|{segment}|{band}" for band in SCORE_BANDS)
-        self.score_sum = f"score_sum|{segment}"
-        self.scored = f"scored|{segment}"
-        self.component_sums = tuple(f"component_sum|{segment}|{n}" for n in COMPONENTS)
-        self.component_counts = tuple(f"component_n|{segment}|{n}" for n in COMPONENTS)
-        self.high_value_at_risk = f"high_value_at_risk|{segment}"
 
 
 def component_moves(previous: list[int], current: list[int]) -> str:

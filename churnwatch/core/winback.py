@@ -5,12 +5,14 @@ tier a playbook applies to (and has no open assignment), the first matching play
 *assigned*: the customer joins its ``treated`` group, or, for a stable hash share, its
 ``holdout`` group whose suggestion is withheld. An assignment stays open until the customer
 recovers (orders again, or is back to ``healthy``) or the window (``[winback] window_days``)
-runs out. Counters in the shard's aggregates, per playbook and group, are what the exporter
-turns into ``churnwatch_winback_*`` metrics:
+runs out. Counters in the shard's aggregates, per playbook and group
+(:class:`churnwatch.core.aggregates.WinbackCount`), are what the exporter turns into
+``churnwatch_winback_*`` metrics:
 
-- ``winback_assigned|P|G``: customers assigned;
-- ``winback_contacted|P|G``: of those, with an ``intervention`` event after the assignment;
-- ``winback_recovered|P|G``: of those, recovered within the window.
+- ``WinbackCount("assigned", P, G)``: customers assigned;
+- ``WinbackCount("contacted", P, G)``: of those, with an ``intervention`` event after the
+  assignment;
+- ``WinbackCount("recovered", P, G)``: of those, recovered within the window.
 
 >>> from churnwatch.core.config import ChurnwatchConfig
 >>> from churnwatch.core.customer import DAY, CustomerState, Windows
@@ -32,6 +34,7 @@ import math
 from collections.abc import MutableMapping
 from dataclasses import dataclass
 
+from churnwatch.core.aggregates import CounterKey, WinbackCount
 from churnwatch.core.config import ChurnwatchConfig
 from churnwatch.core.customer import DAY, MSG_SENT, OPENED, REPLIED, SENT, CustomerState, decay
 from churnwatch.core.playbooks import UNANSWERED_CHANNELS, Playbook, choose, in_holdout
@@ -142,15 +145,15 @@ def _suggestion(customer_id: str, state: CustomerState, playbook: Playbook, now:
     return Suggestion(playbook.name, playbook.action, playbook.channel, message, held)
 
 
-def _count(counters: MutableMapping[str, float], what: str, playbook: str, holdout: bool
-           ) -> None:
-    key = f"winback_{what}|{playbook}|{GROUPS[1] if holdout else GROUPS[0]}"
+def _count(counters: MutableMapping[CounterKey, float], what: str, playbook: str,
+           holdout: bool) -> None:
+    key = WinbackCount(what, playbook, GROUPS[1] if holdout else GROUPS[0])
     counters[key] = counters.get(key, 0.0) + 1.0
 
 
 def track(customer_id: str, state: CustomerState, assessment: Assessment, now: float,
           old_tier: int, new_tier: int, config: ChurnwatchConfig,
-          counters: MutableMapping[str, float]) -> Suggestion | None:
+          counters: MutableMapping[CounterKey, float]) -> Suggestion | None:
     """Advance the customer's win-back bookkeeping at a scoring (called by the engine with the
     tier before and after), counting into the shard's ``counters``. Returns the suggestion a
     transition record carries (``None`` when the tier did not change or nothing applies).
