@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import random
 
+import msgpack
 import numpy as np
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
@@ -171,6 +172,11 @@ def test_priors_survive_the_wire_and_the_previous_format_still_reads() -> None:
     again = PopulationPriors.from_wire(FITTED.to_wire())
     assert again.to_wire() == FITTED.to_wire()
     assert again.model == FITTED.model
+    # Format 2: the sample's order days as days, not gaps (and a ranking weight, now unused).
+    v2 = dict(FITTED.to_wire(), v=2, rank_weight=0.5,
+              sample=[[key, *entry] for key, entry in sorted(FITTED.sample.items())])
+    assert PopulationPriors.from_wire(v2).sample == FITTED.sample
+    assert len(msgpack.packb(FITTED.to_wire())) < 0.8 * len(msgpack.packb(v2))
     # Format 1: a positional list [gap_sum, gap_count, sent, responded, spend_bins].
     old = PopulationPriors.from_wire([120.0, 4, 10.0, 3.0, [0] * 48])
     assert (old.gap_count, old.sent, old.model, old.sample) == (4, 10.0, None, {})

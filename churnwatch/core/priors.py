@@ -58,7 +58,7 @@ MIN_REPEATERS = 10
 #: Fewest matured outcomes for an evidence weight or a calibration map.
 MIN_OUTCOMES = 100
 #: Wire format version of :class:`PopulationPriors`.
-WIRE_VERSION = 2
+WIRE_VERSION = 3
 _SPEND_BINS = 48  # log2-spaced: bin i holds spends in [2**(i/2 - 1), 2**((i+1)/2 - 1))
 
 
@@ -285,7 +285,7 @@ class PopulationPriors:
             "gaps": [self.gap_sum_days, self.gap_count],
             "engagement": [self.sent, self.responded],
             "spend": list(self.spend_bins),
-            "sample": [[key, *entry] for key, entry in sorted(self.sample.items())],
+            "sample": [[key, *_deltas(entry)] for key, entry in sorted(self.sample.items())],
             "model": None if self.model is None else self.model.to_wire(),
             "calibration": [[h, *m.to_wire()] for h, m in sorted(self.calibration.items())],
             "next_fit_day": self.next_fit_day,
@@ -307,7 +307,10 @@ class PopulationPriors:
             gaps, engagement = [gap_sum, gap_count], [sent, responded]
         else:
             gaps, engagement, bins = data["gaps"], data["engagement"], data["spend"]
-            priors.sample = {int(row[0]): [int(v) for v in row[1:]] for row in data["sample"]}
+            rows = [[int(v) for v in row] for row in data["sample"]]
+            # Version 3 keeps the order days as gaps (a byte each instead of three).
+            priors.sample = {row[0]: (_days(row[1:]) if data["v"] >= 3 else row[1:])
+                             for row in rows}
             model = data.get("model")
             priors.model = None if model is None else BuyerModel.from_wire(model)
             priors.calibration = {float(row[0]): CalibrationMap.from_wire(row[1:])
@@ -358,6 +361,31 @@ def _summaries(entries: list[list[int]], at: float, until: float
         ages.append(at - first)
         back.append(1.0 if any(at < d <= until for d in recent) else 0.0)
     return np.array(xs, float), np.array(ts, float), np.array(ages, float), np.array(back)
+
+
+def _deltas(entry: list[int]) -> list[int]:
+    """A sample entry ``[first, older, *recent days]`` with each recent day as the gap from the
+    one before it (the first from ``first``): the wire form of version 3.
+
+    >>> _deltas([19000, 2, 19003, 19010]), _days(_deltas([19000, 2, 19003, 19010]))
+    ([19000, 2, 3, 7], [19000, 2, 19003, 19010])
+    """
+    first, older, *recent = entry
+    previous, gaps = first, []
+    for day in recent:
+        gaps.append(day - previous)
+        previous = day
+    return [first, older, *gaps]
+
+
+def _days(row: list[int]) -> list[int]:
+    """Inverse of :func:`_deltas`."""
+    first, older, *gaps = row
+    days, day = [], first
+    for gap in gaps:
+        day += gap
+        days.append(day)
+    return [first, older, *days]
 
 
 def _spend_bin(spend: float) -> int:
