@@ -44,7 +44,7 @@ from typing import Any
 
 import msgpack
 import redis
-from churnwatch.state.base import shard_of
+from churnwatch.state.base import StoreLayout, shard_of
 from churnwatch.state.redis_store import RedisStore
 
 from bench.workload import write_jsonl
@@ -122,7 +122,8 @@ def bench_replay(path: Path, url: str, config: ChurnwatchConfig, events: int) ->
     baseline = int(client.info("memory")["used_memory"])
 
     def factory() -> RedisStore:
-        return RedisStore(url, config.shards, config.key_prefix)
+        return RedisStore(url, config.shards, config.key_prefix,
+                          layout=StoreLayout.from_config(config))
 
     started = time.perf_counter()
     replay([str(path)], config, factory)
@@ -410,7 +411,7 @@ def bench_cluster(url: str, path: Path, events: int) -> dict[str, Any]:
             raise SystemExit(f"cluster run with {processes} process(es) failed: {codes}")
         results[f"processes_{processes}"] = {"seconds": round(seconds, 2),
                                              "events_per_second": round(events / seconds)}
-        store = RedisStore(url, config.shards, prefix)
+        store = RedisStore(url, config.shards, prefix, layout=StoreLayout.from_config(config))
         states[processes] = {cid: s.to_wire() for cid, s in store.iter_customers()}
     results["speedup"] = round(results["processes_1"]["seconds"] /
                                results["processes_2"]["seconds"], 2)
@@ -432,7 +433,8 @@ def bench_worklist(url: str, customers: int, seed: int, pages: int = 1000) -> di
     from churnwatch.core.customer import DAY, CustomerState
 
     config = ChurnwatchConfig(key_prefix="wl")
-    store = RedisStore(url, config.shards, config.key_prefix)
+    store = RedisStore(url, config.shards, config.key_prefix,
+                       layout=StoreLayout.from_config(config))
     rng = random.Random(seed)
     segments = (None, "fashion", "skincare", "electronics")
     started = time.perf_counter()

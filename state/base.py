@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from churnwatch.core.config import TIERS, ChurnwatchConfig
 from churnwatch.core.customer import CustomerState
 from churnwatch.core.engine import ShardState, SuddenDrop, TierTransition
 
@@ -32,6 +33,129 @@ def shard_of(customer_id: str, shards: int) -> int:
     True
     """
     return zlib.crc32(customer_id.encode()) % shards
+
+
+def bucket_of(customer_id: str, shards: int, buckets: int) -> int:
+    """The hash bucket of a customer within its shard: stable, like :func:`shard_of`, and
+    independent of it (the bits of the hash the shard did not use), so a shard's customers
+    spread over all of its buckets.
+
+    >>> bucket_of("c-42", 16, 256) == bucket_of("c-42", 16, 256) < 256
+    True
+    """
+    return (zlib.crc32(customer_id.encode()) // shards) % buckets
+
+
+@dataclass(frozen=True)
+class StoreLayout:
+    """How a store lays out and retains what it keeps (``[state]`` in the configuration).
+
+    ``buckets``: customer hash buckets per shard; every store reading the same data must use
+    the same number (a different one finds no customer). ``transitions_kept``: transition
+    records kept across all shards (each shard's stream keeps its share);
+    ``dead_letters_kept``: dead letters kept; the ``*_max_age`` ones drop entries older than
+    that many seconds of wall time (0: no age limit). ``history_kept``: transitions kept in
+    each customer's own state for the customer page, of which only the newest keeps its
+    reasons."""
+
+    buckets: int = 256
+    transitions_kept: int = 16_000
+    transitions_max_age: float = 7 * 86400.0
+    dead_letters_kept: int = 10_000
+    dead_letters_max_age: float = 30 * 86400.0
+    history_kept: int = 5
+
+    @classmethod
+    def from_config(cls, config: ChurnwatchConfig) -> StoreLayout:
+        """The layout a configuration asks for."""
+        return cls(buckets=config.customer_buckets, transitions_kept=config.transitions_kept,
+                   transitions_max_age=config.transitions_max_age_days * 86400.0,
+                   dead_letters_kept=config.dead_letters_kept,
+                   dead_letters_max_age=config.dead_letters_max_age_days * 86400.0,
+                   history_kept=config.score_history_length)
+
+    def transitions_per_shard(self, shards: int) -> int:
+        """Each shard stream's share of ``transitions_kept`` (at least 1).
+
+        >>> StoreLayout(transitions_kept=16_000).transitions_per_shard(16)
+        1000
+        """
+        return max(-(-self.transitions_kept // shards), 1)
+
+
+# -- a customer's recent transitions ---------------------------------------------------------
+#
+# Kept in the customer's own state (``CustomerState.history``), newest first, one compact list
+# per transition: [at, from tier, to tier, old score x10, new score x10, cause, reasons,
+# playbook, holdout], tiers as indexes into TIERS, cause 0 for "event" and 1 for "silence",
+# trailing empty values left out. Only the newest keeps its reasons: they are sentences
+# rendered from the state at that instant, which cannot be rendered again later.
+
+_CAUSES = ("event", "silence")
+
+
+def _tier_code(name: str) -> int | str:
+    return TIERS.index(name) if name in TIERS else name
+
+
+def _tier_of(code: object) -> str:
+    return TIERS[code] if isinstance(code, int) and 0 <= code < len(TIERS) else str(code)
+
+
+def history_entry(transition: TierTransition) -> list[object]:
+    """A transition as a compact history record."""
+    suggestion = transition.suggestion
+    entry: list[object] = [
+        round(transition.at), _tier_code(transition.from_tier), _tier_code(transition.to_tier),
+        None if transition.old_score is None else round(transition.old_score * 10),
+        round(transition.new_score * 10),
+        _CAUSES.index(transition.cause) if transition.cause in _CAUSES else transition.cause,
+        list(transition.reasons) or None,
+        None if suggestion is None else suggestion.playbook,
+        suggestion is not None and suggestion.holdout]
+    while entry and entry[-1] in (None, False):
+        entry.pop()
+    return entry
+
+
+def remember_transitions(changed: Mapping[str, CustomerState],
+                         transitions: Sequence[TierTransition], kept: int) -> None:
+    """Add each transition to the front of its customer's ``history`` (at most ``kept``, the
+    reasons of the newest only). Both stores call it in ``commit`` before writing the states,
+    so the history is committed with the state, atomically and exactly once."""
+    for transition in transitions:
+        state = changed.get(transition.customer_id)
+        if state is None:
+            continue
+        older = [entry[:6] + [None] + entry[7:] if len(entry) > 6 else entry
+                 for entry in state.history[:max(kept - 1, 0)]]
+        state.history = ([history_entry(transition)] + older) if kept > 0 else []
+
+
+def history_records(customer_id: str, state: CustomerState | None, count: int
+                    ) -> list[dict[str, object]]:
+    """A customer's newest transitions (newest first) as the stream's records have them,
+    without the segment label and the suggestion's action, channel and message (the customer
+    page shows the current ones)."""
+    if state is None:
+        return []
+    out: list[dict[str, object]] = []
+    for entry in state.history[:count]:
+        at, from_tier, to_tier, old, new, *rest = entry + [None] * (9 - len(entry))
+        cause, reasons, playbook, holdout = rest[:4]
+        record: dict[str, object] = {
+            "customer_id": customer_id,
+            "from": _tier_of(from_tier), "to": _tier_of(to_tier),
+            "old_score": None if old is None else old / 10,
+            "new_score": (new or 0) / 10, "at": float(at),
+            "reasons": list(reasons or []),
+            "cause": _CAUSES[cause] if isinstance(cause, int) and 0 <= cause < 2
+            else str(cause or "event")}
+        if playbook is not None:
+            record["playbook"] = playbook
+            record["holdout"] = bool(holdout)
+        out.append(record)
+    return out
 
 
 def dead_letter_position(record: Mapping[str, object]) -> tuple[str, int]:

@@ -3,11 +3,16 @@
 Key layout (``P`` is ``[state] key_prefix``, ``N`` the shard; the ``{sN}`` hash tag keeps one
 shard's keys in one Redis Cluster slot, so a batch commits in one MULTI/EXEC):
 
-- ``P:{sN}:c:<customer_id>``  msgpack customer state (see ``CustomerState.to_wire``)
+- ``P:{sN}:c:<bucket>``       hash, customer id -> msgpack customer state (see
+  ``CustomerState.to_wire``; its ``history`` holds the customer's newest transitions), the
+  bucket being :func:`~churnwatch.state.base.bucket_of` the id. Buckets of a few dozen
+  customers stay in Redis' compact listpack encoding when ``hash-max-listpack-entries`` and
+  ``hash-max-listpack-value`` allow it (docs/operations.md), about 10 B of overhead per
+  customer instead of about 70 B for a key of their own
 - ``P:{sN}:shard``            msgpack shard state: learned priors, watermark, aggregates
 - ``P:{sN}:due``              sorted set, customer -> next review time (epoch seconds)
-- ``P:{sN}:transitions``      stream of tier transitions (capped), for a CRM or WhatsApp tool
-- ``P:{sN}:h:<customer_id>``  list of the customer's newest transitions (capped)
+- ``P:{sN}:transitions``      stream of tier transitions, for a CRM or WhatsApp tool, retained
+  by count and age (:class:`~churnwatch.state.base.StoreLayout`)
 - ``P:{sN}:commit``           token of the shard's last commit (makes a retried commit safe)
 - ``P:{sN}:u:<segment>``      sorted set, the urgency index of the customers who declared
   ``segment`` ("" for none): customer -> :func:`~churnwatch.state.base.urgency_score`
@@ -15,7 +20,7 @@ shard's keys in one Redis Cluster slot, so a batch commits in one MULTI/EXEC):
 - ``P:{sN}:positions``        hash: source partition id -> highest offset the shard processed,
                               and ``committed_at`` (wall clock of the last commit); written in
                               the commit's transaction (``churnwatch status`` reads it)
-- ``P:deadletters``           stream of dead letters (capped)
+- ``P:deadletters``           stream of dead letters, retained by count and age
 - ``P:deadletters:offsets``   hash, source partition -> highest offset dead-lettered (each source
   position is dead-lettered once, see :meth:`RedisStore.add_dead_letters`)
 
@@ -37,10 +42,14 @@ from typing import Any, NamedTuple, Protocol, TypeVar
 import msgpack
 import redis
 from churnwatch.state.base import (
+    StoreLayout,
     UrgencySelection,
+    bucket_of,
     dead_letter_position,
+    history_records,
     merge_ranked,
     ranges_needing_more,
+    remember_transitions,
     segment_key_part,
     shard_of,
     urgency_ranges,
@@ -54,20 +63,18 @@ from churnwatch.core.engine import ShardState, SuddenDrop, TierTransition
 log = logging.getLogger("churnwatch.state")
 T = TypeVar("T")
 
-TRANSITIONS_KEPT = 100_000
-HISTORY_KEPT = 30
-DEAD_LETTERS_KEPT = 100_000
 DEAD_LETTERS_PER_SCRIPT = 500
 DEAD_LETTER_BYTES_PER_SCRIPT = 16 << 20
 
 # Appends dead letters whose source position is new, advancing the partition's high-water mark in
 # the same atomic step. Offsets travel as 20-digit text (Lua numbers are doubles, stream offsets
 # reach 1.7e18), so comparing texts compares offsets.
-# KEYS: the stream, the high-water hash. ARGV: MAXLEN, then per record: partition ("" when it has
-# none), offset, number of field pairs, the pairs. Returns 1 (written) or 0 per record.
+# KEYS: the stream, the high-water hash. ARGV: MAXLEN, MINID ("0": no age limit), then per
+# record: partition ("" when it has none), offset, number of field pairs, the pairs. Returns 1
+# (written) or 0 per record.
 _ADD_DEAD_LETTERS = """
 local out = {}
-local i = 2
+local i = 3
 while i <= #ARGV do
   local lane, offset, n = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
   local fields = {}
@@ -83,9 +90,12 @@ while i <= #ARGV do
     end
   end
   if write == 1 then
-    redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', unpack(fields))
+    redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[1], '*', unpack(fields))
   end
   out[#out + 1] = write
+end
+if ARGV[2] ~= "0" then
+  redis.call('XTRIM', KEYS[1], 'MINID', '~', ARGV[2])
 end
 return out
 """
@@ -115,12 +125,14 @@ class RedisStore:
 
     def __init__(self, url: str, shards: int, prefix: str = "cw",
                  observer: RedisObserver | None = None, max_wait: float | None = None,
-                 client: redis.Redis | None = None) -> None:
+                 client: redis.Redis | None = None, layout: StoreLayout | None = None
+                 ) -> None:
         self.url = url
         self.shards = shards
         self.prefix = prefix
         self.observer: RedisObserver = observer or _Quiet()
         self.max_wait = max_wait
+        self.layout = layout or StoreLayout()
         self.client = client or redis.Redis.from_url(url, socket_connect_timeout=5,
                                                      socket_timeout=30, health_check_interval=10)
         # The declared segment of each customer the last load_customers() of a shard read, so
@@ -133,11 +145,31 @@ class RedisStore:
     def _tag(self, shard: int) -> str:
         return f"{self.prefix}:{{s{shard}}}"
 
-    def customer_key(self, customer_id: str, shard: int | None = None) -> str:
-        """The key of a customer's state."""
+    def customer_bucket(self, customer_id: str, shard: int | None = None) -> str:
+        """The key of the hash holding a customer's state (under the customer's id)."""
         if shard is None:
             shard = shard_of(customer_id, self.shards)
-        return f"{self._tag(shard)}:c:{customer_id}"
+        return f"{self._tag(shard)}:c:{bucket_of(customer_id, self.shards, self.layout.buckets)}"
+
+    def _read_customers(self, customer_ids: Sequence[str]) -> list[bytes | None]:
+        """The stored blobs of customers of any shards, in order: one HMGET per bucket, all in
+        one pipeline (one round trip)."""
+        by_bucket: dict[str, list[int]] = {}
+        for i, cid in enumerate(customer_ids):
+            by_bucket.setdefault(self.customer_bucket(cid), []).append(i)
+
+        def read() -> list[Any]:
+            pipe = self.client.pipeline(transaction=False)
+            for key, places in by_bucket.items():
+                pipe.hmget(key, [customer_ids[i] for i in places])
+            return pipe.execute()
+
+        out: list[bytes | None] = [None] * len(customer_ids)
+        for places, raws in zip(by_bucket.values(), self._call("read_state", read),
+                                strict=True):
+            for i, raw in zip(places, raws, strict=True):
+                out[i] = raw
+        return out
 
     # -- resilience ---------------------------------------------------------------------------
 
@@ -199,7 +231,7 @@ class RedisStore:
 
     def dead_letter_count(self) -> tuple[int, int]:
         """Dead letters ever added to the dead-letter stream, and how many it still holds
-        (it is capped at about ``DEAD_LETTERS_KEPT``)."""
+        (retained by ``StoreLayout.dead_letters_kept`` and ``dead_letters_max_age``)."""
         key = f"{self.prefix}:deadletters"
 
         def read() -> tuple[int, int]:
@@ -216,9 +248,7 @@ class RedisStore:
                        ) -> dict[str, CustomerState | None]:
         if not customer_ids:
             return {}
-        tag = self._tag(shard)
-        keys = [f"{tag}:c:{cid}" for cid in customer_ids]
-        raws = self._call("read_state", lambda: self.client.mget(keys))
+        raws = self._read_customers(customer_ids)
         unpack = msgpack.unpackb
         out = {cid: CustomerState.from_wire(unpack(raw, strict_map_key=False)) if raw else None
                for cid, raw in zip(customer_ids, raws, strict=True)}
@@ -241,11 +271,14 @@ class RedisStore:
     def commit(self, shard: int, shard_state: ShardState, changed: Mapping[str, CustomerState],
                transitions: Sequence[TierTransition], drops: Sequence[SuddenDrop]) -> None:
         tag = self._tag(shard)
-        blobs: dict[str, bytes] = {}
+        layout = self.layout
+        remember_transitions(changed, transitions, layout.history_kept)
+        buckets: dict[str, dict[str, bytes]] = {}
         due_add: dict[str, float] = {}
         due_remove: list[str] = []
         for cid, state in changed.items():
-            blobs[f"{tag}:c:{cid}"] = msgpack.packb(state.to_wire())
+            buckets.setdefault(self.customer_bucket(cid, shard), {})[cid] = msgpack.packb(
+                state.to_wire())
             if state.next_review_at is None:
                 due_remove.append(cid)
             else:
@@ -254,8 +287,11 @@ class RedisStore:
         index_add, index_remove, segments = self._index_changes(shard, changed)
         positions: dict[str, str] = {str(p): str(o) for p, o in shard_state.positions.items()}
         positions["committed_at"] = repr(time.time())
+        transitions_kept = layout.transitions_per_shard(self.shards)
+        oldest_kept = (f"{max(int((time.time() - layout.transitions_max_age) * 1000), 0)}"
+                       if transitions and layout.transitions_max_age > 0 else None)
         # A token written in the same transaction tells a retry whether a MULTI/EXEC whose reply
-        # was lost did apply: the stream and history appends must not happen twice.
+        # was lost did apply: the stream appends must not happen twice.
         token = os.urandom(12)
         commit_key = f"{tag}:commit"
         attempts = 0
@@ -267,8 +303,8 @@ class RedisStore:
                 return
             pipe = self.client.pipeline(transaction=True)
             pipe.set(commit_key, token)
-            if blobs:
-                pipe.mset(blobs)
+            for key, blobs in buckets.items():
+                pipe.hset(key, mapping=blobs)  # type: ignore[arg-type]
             if due_add:
                 pipe.zadd(f"{tag}:due", due_add)
             if due_remove:
@@ -285,11 +321,12 @@ class RedisStore:
                 record = transition.as_dict()
                 fields = {k: json.dumps(v) if isinstance(v, list) else str(v)
                           for k, v in record.items() if v is not None}
-                pipe.xadd(f"{tag}:transitions", fields, maxlen=TRANSITIONS_KEPT,
-                          approximate=True)
-                history = f"{tag}:h:{transition.customer_id}"
-                pipe.lpush(history, json.dumps(record))
-                pipe.ltrim(history, 0, HISTORY_KEPT - 1)
+                # Exact trimming: the stream then holds the same entries whatever the batches
+                # were (a resumed run ends with the stream of an uninterrupted one).
+                pipe.xadd(f"{tag}:transitions", fields, maxlen=transitions_kept,
+                          approximate=False)
+            if oldest_kept is not None:
+                pipe.xtrim(f"{tag}:transitions", minid=oldest_kept, approximate=True)
             pipe.execute()
 
         self._call("write_state", write)
@@ -378,8 +415,7 @@ class RedisStore:
         ids = merge_ranked(ranked, wanted)[offset:]
         if not ids:
             return [], total
-        blobs = self._call("read_state", lambda: self.client.mget(
-            [self.customer_key(cid) for cid in ids]))
+        blobs = self._read_customers(ids)
         return [(cid, CustomerState.from_wire(msgpack.unpackb(raw, strict_map_key=False)))
                 for cid, raw in zip(ids, blobs, strict=True) if raw], total
 
@@ -394,13 +430,11 @@ class RedisStore:
             keys = self._call("read_state", lambda t=tag: [  # type: ignore[misc]
                 k for k in self.client.scan_iter(match=f"{t}:u:*", count=1000)])
             by_segment: dict[str, dict[str, float]] = {}
-            prefix_len = len(tag) + 3
             for chunk in self._customer_chunks(shard):
-                for key, raw in chunk:
+                for cid, raw in chunk:
                     state = CustomerState.from_wire(msgpack.unpackb(raw, strict_map_key=False))
                     score = urgency_score(state)
                     if score is not None:
-                        cid = key.decode()[prefix_len:]
                         by_segment.setdefault(segment_key_part(state.segment), {})[cid] = score
                         indexed += 1
 
@@ -422,15 +456,19 @@ class RedisStore:
             self._call("write_state", write)
         return indexed
 
-    def _customer_chunks(self, shard: int) -> Iterator[list[tuple[bytes, bytes]]]:
-        """The shard's stored customers as (key, blob), 2,000 per read."""
+    def _customer_chunks(self, shard: int) -> Iterator[list[tuple[str, bytes]]]:
+        """The shard's stored customers as (id, blob), the buckets read 50 per round trip."""
         tag = self._tag(shard)
-        keys = self._call("read_state", lambda: list(
-            self.client.scan_iter(match=f"{tag}:c:*", count=5000)))
-        for start in range(0, len(keys), 2000):
-            chunk = keys[start:start + 2000]
-            raws = self._call("read_state", lambda c=chunk: self.client.mget(c))  # type: ignore[misc]
-            yield [(k, r) for k, r in zip(chunk, raws, strict=True) if r]
+        keys = [f"{tag}:c:{bucket}" for bucket in range(self.layout.buckets)]
+        for start in range(0, len(keys), 50):
+            def read(chunk: list[str] = keys[start:start + 50]) -> list[Any]:
+                pipe = self.client.pipeline(transaction=False)
+                for key in chunk:
+                    pipe.hgetall(key)
+                return pipe.execute()
+
+            yield [(cid.decode(), raw) for bucket in self._call("read_state", read)
+                   for cid, raw in bucket.items()]
 
     def customer(self, customer_id: str) -> CustomerState | None:
         return self.load_customers(shard_of(customer_id, self.shards), [customer_id])[
@@ -438,17 +476,9 @@ class RedisStore:
 
     def iter_customers(self) -> Iterator[tuple[str, CustomerState]]:
         for shard in range(self.shards):
-            tag = self._tag(shard)
-            prefix_len = len(tag) + 3
-            keys = [k for k in self._call("read_state", lambda t=tag: list(  # type: ignore[misc]
-                self.client.scan_iter(match=f"{t}:c:*", count=5000)))]
-            for start in range(0, len(keys), 2000):
-                chunk = keys[start:start + 2000]
-                raws = self._call("read_state", lambda c=chunk: self.client.mget(c))  # type: ignore[misc]
-                for key, raw in zip(chunk, raws, strict=True):
-                    if raw:
-                        yield (key.decode()[prefix_len:],
-                               CustomerState.from_wire(msgpack.unpackb(raw, strict_map_key=False)))
+            for chunk in self._customer_chunks(shard):
+                for cid, raw in chunk:
+                    yield cid, CustomerState.from_wire(msgpack.unpackb(raw, strict_map_key=False))
 
     def shard_states(self) -> list[ShardState]:
         keys = [f"{self._tag(s)}:shard" for s in range(self.shards)]
@@ -469,15 +499,16 @@ class RedisStore:
         return records[:count]
 
     def customer_transitions(self, customer_id: str, count: int) -> list[dict[str, object]]:
-        key = f"{self._tag(shard_of(customer_id, self.shards))}:h:{customer_id}"
-        raws = self._call("read_state", lambda: self.client.lrange(key, 0, count - 1))
-        return [json.loads(r) for r in raws]
+        return history_records(customer_id, self.customer(customer_id), count)
 
     def add_dead_letters(self, records: Sequence[Mapping[str, object]]) -> list[bool]:
         if not records:
             return []
         stream = f"{self.prefix}:deadletters"
         offsets = f"{self.prefix}:deadletters:offsets"
+        max_age = self.layout.dead_letters_max_age
+        oldest_kept = (f"{max(int((time.time() - max_age) * 1000), 0)}" if max_age > 0
+                       else "0")
         # Several script calls in one pipeline: each bounded in records and bytes.
         chunks: list[list[bytes | str | int]] = []
         args: list[bytes | str | int] = []
@@ -485,7 +516,7 @@ class RedisStore:
         for record in records:
             if not args or count >= DEAD_LETTERS_PER_SCRIPT or \
                     size >= DEAD_LETTER_BYTES_PER_SCRIPT:
-                args = [DEAD_LETTERS_KEPT]
+                args = [self.layout.dead_letters_kept, oldest_kept]
                 chunks.append(args)
                 count = size = 0
             lane, offset = dead_letter_position(record)

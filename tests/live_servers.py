@@ -246,8 +246,9 @@ def tail(path: Path, lines: int = 40) -> str:
 
 
 def state_snapshot(client: redis.Redis, prefix: str) -> dict[str, Any]:
-    """Every key under ``prefix:`` decoded for comparison: customer and shard states (msgpack),
-    the due index, transition streams (without their ids) and histories."""
+    """Every key under ``prefix:`` decoded for comparison: customer states (one entry per
+    customer of each bucket) and shard states (msgpack), the due index and transition streams
+    (without their ids)."""
     out: dict[str, Any] = {}
     for raw_key in client.scan_iter(match=f"{prefix}:*", count=10_000):
         key = raw_key.decode()
@@ -265,6 +266,9 @@ def state_snapshot(client: redis.Redis, prefix: str) -> dict[str, Any]:
             out[name] = [fields for _, fields in client.xrange(raw_key)]
         elif kind == "list":
             out[name] = client.lrange(raw_key, 0, -1)
+        elif kind == "hash" and ":c:" in name:  # a bucket of customers: one entry each
+            for cid, blob in client.hgetall(raw_key).items():
+                out[f"{name}:{cid.decode()}"] = msgpack.unpackb(blob, strict_map_key=False)
     return out
 
 

@@ -36,8 +36,8 @@ def snapshot(url: str) -> dict[bytes, bytes]:
     for key in keys:
         if key.endswith(b":due"):
             out[key] = repr(client.zrange(key, 0, -1, withscores=True)).encode()
-        else:
-            out[key] = client.get(key)
+        else:  # a bucket of customers
+            out.update({key + b":" + cid: blob for cid, blob in client.hgetall(key).items()})
     return out
 
 

@@ -23,7 +23,7 @@ from churnwatch.core.config import ChurnwatchConfig
 from churnwatch.publish import Publisher, read_lines
 from churnwatch.replay import run_flow
 
-OFFSETS = 32  # index of the per-partition offsets in CustomerState.to_wire()
+OFFSETS = 31  # field code of the per-partition offsets in CustomerState.to_wire()
 
 
 def _config(prefix: str, **kwargs: object) -> ChurnwatchConfig:

@@ -74,11 +74,10 @@ class CustomerState:
         "orders", "first_order", "last_order", "spend", "refunds",
         "ord_short", "ord_long", "val_short", "val_long", "trend_ref",
         "channels", "eng_ref", "tickets", "fb_sum", "fb_weight", "svc_ref",
-        "visits", "last_visit",
         "score", "tier", "components", "scored_at", "next_review_at", "tier_since",
         "peak_score", "peak_at", "drop_counted", "high_value",
         "offsets", "recent_ids", "model_fit",
-        "outreach",
+        "outreach", "history",
     )
 
     def __init__(self, first_seen: float) -> None:
@@ -102,8 +101,6 @@ class CustomerState:
         self.fb_sum = 0.0
         self.fb_weight = 0.0
         self.svc_ref = 0.0
-        self.visits = 0.0
-        self.last_visit: float | None = None
         # Scoring, owned by the engine.
         self.score: float | None = None
         self.tier = -1
@@ -123,6 +120,10 @@ class CustomerState:
         self.outreach: dict[str, Any] | None = None
         # Which of the shard's model fits (PopulationPriors.fits) the tier and score came from.
         self.model_fit = 0
+        # The customer's newest tier changes, newest first, as compact records kept by the state
+        # store when it commits a transition (``churnwatch.state.base.remember_transitions``);
+        # the core only carries them.
+        self.history: list[list[Any]] = []
 
     # -- windows -------------------------------------------------------------------------------
 
@@ -160,11 +161,6 @@ class CustomerState:
             self._service(ts, windows.service, tickets=event.severity)
         elif kind == ev.FEEDBACK:
             self._service(ts, windows.service, feedback=event.score)
-        elif kind == ev.VISIT:
-            self.visits, _ = _add(self.visits, self.last_visit or ts, ts, 1.0,
-                                  windows.engagement)
-            if self.last_visit is None or ts > self.last_visit:
-                self.last_visit = ts
         elif kind == ev.PROFILE:
             segment = event.attributes.get("segment")
             if segment:
@@ -245,44 +241,115 @@ class CustomerState:
 
     # -- wire format ---------------------------------------------------------------------------
 
-    def to_wire(self) -> list[object]:
-        """A compact list for msgpack: timestamps as whole seconds, counters as floats."""
-        return [
-            _t(self.first_seen), _t(self.last_event_ts), self.segment, self.declared_value_tier,
-            self.orders, _ot(self.first_order), _ot(self.last_order), self.spend, self.refunds,
-            self.ord_short, self.ord_long, self.val_short, self.val_long, _t(self.trend_ref),
-            self.channels or None, _t(self.eng_ref), self.tickets, self.fb_sum, self.fb_weight,
-            _t(self.svc_ref), self.visits, _ot(self.last_visit),
-            None if self.score is None else round(self.score * 100), self.tier,
-            self.components, _t(self.scored_at),
-            _ot_up(self.next_review_at), _t(self.tier_since),
+    def to_wire(self) -> dict[int, object]:
+        """The stored form (version 2): a map from field code (:data:`WIRE_FIELDS`) to value,
+        for msgpack. Timestamps are whole seconds, scores hundredths; a field at its default
+        (zero, empty, ``None``) is left out, and a float with an integral value is written as
+        an integer (msgpack packs ``0`` in one byte, ``0.0`` in nine); both read back exactly.
+
+        >>> state = CustomerState(first_seen=1_700_000_000.0)
+        >>> wire = state.to_wire()
+        >>> wire
+        {0: 2, 1: 1700000000, 2: 1700000000}
+        >>> CustomerState.from_wire(wire).to_wire() == wire
+        True
+        """
+        score = None if self.score is None else round(self.score * 100)
+        values: tuple[object, ...] = (
+            WIRE_VERSION, _t(self.first_seen), _t(self.last_event_ts), self.segment,
+            self.declared_value_tier, self.orders, _ot(self.first_order), _ot(self.last_order),
+            _f(self.spend), _f(self.refunds), _f(self.ord_short), _f(self.ord_long),
+            _f(self.val_short), _f(self.val_long), _t(self.trend_ref),
+            {name: [_f(v) for v in row] for name, row in self.channels.items()} or None,
+            _t(self.eng_ref), _f(self.tickets), _f(self.fb_sum), _f(self.fb_weight),
+            _t(self.svc_ref), score, self.tier + 1, self.components or None,
+            _t(self.scored_at), _ot_up(self.next_review_at), _t(self.tier_since),
             round(self.peak_score * 100), _t(self.peak_at), self.drop_counted, self.high_value,
-            self.offsets or None, self.recent_ids or None,
-        ] + ([self.outreach, self.model_fit] if self.model_fit else
-             [self.outreach] if self.outreach else [])
+            self.offsets or None, self.recent_ids or None, self.outreach, self.model_fit,
+            self.history or None)
+        return {code: value for code, value in enumerate(values)
+                if value is not None and value is not False and value != 0}
 
     @classmethod
-    def from_wire(cls, data: list[Any]) -> CustomerState:
-        """Inverse of :meth:`to_wire`."""
+    def from_wire(cls, data: dict[int, Any] | list[Any]) -> CustomerState:
+        """Inverse of :meth:`to_wire`; also reads version 1, the positional list written
+        before named fields (``tests/data/customer_wire_v1.msgpack``)."""
+        if isinstance(data, list):
+            data = _from_version_1(data)
+        elif data.get(0) != WIRE_VERSION:
+            raise ValueError(f"customer state: wire format version {data.get(0)!r} is not "
+                             f"{WIRE_VERSION} (written by a newer churnwatch?)")
         state = cls.__new__(cls)
-        (state.first_seen, state.last_event_ts, state.segment, state.declared_value_tier,
-         state.orders, state.first_order, state.last_order, state.spend, state.refunds,
-         state.ord_short, state.ord_long, state.val_short, state.val_long, state.trend_ref,
-         channels, state.eng_ref, state.tickets, state.fb_sum, state.fb_weight,
-         state.svc_ref, state.visits, state.last_visit, state.score, state.tier,
-         state.components, state.scored_at, state.next_review_at, state.tier_since,
-         state.peak_score, state.peak_at, state.drop_counted, state.high_value,
-         offsets, recent_ids) = data[:34]
-        # Optional trailing fields, absent in states written before they existed.
-        state.outreach = data[34] if len(data) > 34 else None
-        state.model_fit = int(data[35]) if len(data) > 35 else 0
-        state.channels = channels or {}
-        if state.score is not None:
-            state.score = state.score / 100.0
-        state.peak_score = state.peak_score / 100.0
-        state.offsets = {int(k): v for k, v in (offsets or {}).items()}
-        state.recent_ids = list(recent_ids or [])
+        get = data.get
+        state.first_seen = get(1, 0)
+        state.last_event_ts = get(2, 0)
+        state.segment = get(3)
+        state.declared_value_tier = get(4)
+        state.orders = get(5, 0)
+        state.first_order = get(6)
+        state.last_order = get(7)
+        state.spend = float(get(8, 0.0))
+        state.refunds = float(get(9, 0.0))
+        state.ord_short = float(get(10, 0.0))
+        state.ord_long = float(get(11, 0.0))
+        state.val_short = float(get(12, 0.0))
+        state.val_long = float(get(13, 0.0))
+        state.trend_ref = get(14, 0)
+        state.channels = {name: [float(v) for v in row] for name, row in
+                          (get(15) or {}).items()}
+        state.eng_ref = get(16, 0)
+        state.tickets = float(get(17, 0.0))
+        state.fb_sum = float(get(18, 0.0))
+        state.fb_weight = float(get(19, 0.0))
+        state.svc_ref = get(20, 0)
+        score = get(21)
+        state.score = None if score is None else score / 100.0
+        state.tier = get(22, 0) - 1
+        state.components = list(get(23) or [])
+        state.scored_at = get(24, 0)
+        state.next_review_at = get(25)
+        state.tier_since = get(26, 0)
+        state.peak_score = get(27, 0) / 100.0
+        state.peak_at = get(28, 0)
+        state.drop_counted = bool(get(29, False))
+        state.high_value = bool(get(30, False))
+        state.offsets = {int(k): v for k, v in (get(31) or {}).items()}
+        state.recent_ids = list(get(32) or [])
+        state.outreach = get(33)
+        state.model_fit = int(get(34, 0))
+        state.history = [list(record) for record in get(35) or []]
         return state
+
+
+#: The current version of :meth:`CustomerState.to_wire` (field code 0).
+WIRE_VERSION = 2
+
+#: Field code -> name in the stored customer state (version 2). Codes are never reused: a new
+#: field takes the next code and reads as its default from states written before it.
+WIRE_FIELDS = (
+    "version", "first_seen", "last_event_ts", "segment", "declared_value_tier", "orders",
+    "first_order", "last_order", "spend", "refunds", "ord_short", "ord_long", "val_short",
+    "val_long", "trend_ref", "channels", "eng_ref", "tickets", "fb_sum", "fb_weight", "svc_ref",
+    "score", "tier+1", "components", "scored_at", "next_review_at", "tier_since", "peak_score",
+    "peak_at", "drop_counted", "high_value", "offsets", "recent_ids", "outreach", "model_fit",
+    "history",
+)
+
+
+def _from_version_1(data: list[Any]) -> dict[int, Any]:
+    """Version 1 (a positional list of 34 to 36 fields, with ``visits`` and ``last_visit`` at
+    20 and 21, which nothing read) as a version 2 map."""
+    fields = list(data[:20]) + list(data[22:34])
+    fields[21] = data[23] + 1  # tier -> tier + 1
+    fields.append(data[34] if len(data) > 34 else None)
+    fields.append(data[35] if len(data) > 35 else 0)
+    return {0: WIRE_VERSION} | {code: value for code, value in enumerate(fields, start=1)
+                                if value is not None}
+
+
+def _f(value: float) -> float | int:
+    # An integral float as an int: one byte for 0 instead of nine, exact back through float().
+    return int(value) if value.is_integer() and abs(value) < 2.0**53 else value
 
 
 def _t(ts: float) -> int:
