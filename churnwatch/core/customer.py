@@ -244,8 +244,9 @@ class CustomerState:
     def to_wire(self) -> dict[int, object]:
         """The stored form (version 2): a map from field code (:data:`WIRE_FIELDS`) to value,
         for msgpack. Timestamps are whole seconds, scores hundredths; a field at its default
-        (zero, empty, ``None``) is left out, and a float with an integral value is written as
-        an integer (msgpack packs ``0`` in one byte, ``0.0`` in nine); both read back exactly.
+        (``None``; zero, false or empty where that is the default) is left out, and a float
+        with an integral value is written as an integer (msgpack packs ``0`` in one byte,
+        ``0.0`` in nine); both read back exactly.
 
         >>> state = CustomerState(first_seen=1_700_000_000.0)
         >>> wire = state.to_wire()
@@ -268,7 +269,7 @@ class CustomerState:
             self.offsets or None, self.recent_ids or None, self.outreach, self.model_fit,
             self.history or None)
         return {code: value for code, value in enumerate(values)
-                if value is not None and value is not False and value != 0}
+                if value is not None and (value != 0 or code in _NULLABLE)}
 
     @classmethod
     def from_wire(cls, data: dict[int, Any] | list[Any]) -> CustomerState:
@@ -334,6 +335,10 @@ WIRE_FIELDS = (
     "peak_at", "drop_counted", "high_value", "offsets", "recent_ids", "outreach", "model_fit",
     "history",
 )
+
+
+# Fields whose default is ``None``: a zero there is a value (a score of 0, an order at 0 s).
+_NULLABLE = frozenset({3, 4, 6, 7, 21, 25, 33})
 
 
 def _from_version_1(data: list[Any]) -> dict[int, Any]:
