@@ -532,7 +532,10 @@ class RedisStore:
         return records[:count]
 
     def customer_transitions(self, customer_id: str, count: int) -> list[dict[str, object]]:
-        return history_records(customer_id, self.customer(customer_id), count)
+        [raw] = self._read_customers([customer_id])  # not load_customers: it tells commit
+        state = (None if raw is None else  # what the next commit's customers were
+                 CustomerState.from_wire(msgpack.unpackb(raw, strict_map_key=False)))
+        return history_records(customer_id, state, count)
 
     def add_dead_letters(self, records: Sequence[Mapping[str, object]]) -> list[bool]:
         if not records:
