@@ -13,6 +13,7 @@ effects or none.
 from __future__ import annotations
 
 import heapq
+import math
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -55,15 +56,15 @@ class StoreLayout:
     records kept across all shards (each shard's stream keeps its share);
     ``dead_letters_kept``: dead letters kept; the ``*_max_age`` ones drop entries older than
     that many seconds of wall time (0: no age limit). ``history_kept``: transitions kept in
-    each customer's own state for the customer page, of which only the newest keeps its
-    reasons."""
+    each customer's own state for the customer page (their reasons stay in the transition
+    streams)."""
 
     buckets: int = 256
-    transitions_kept: int = 16_000
+    transitions_kept: int = 5_000
     transitions_max_age: float = 7 * 86400.0
-    dead_letters_kept: int = 10_000
+    dead_letters_kept: int = 2_000
     dead_letters_max_age: float = 30 * 86400.0
-    history_kept: int = 5
+    history_kept: int = 3
 
     @classmethod
     def from_config(cls, config: ChurnwatchConfig) -> StoreLayout:
@@ -77,8 +78,8 @@ class StoreLayout:
     def transitions_per_shard(self, shards: int) -> int:
         """Each shard stream's share of ``transitions_kept`` (at least 1).
 
-        >>> StoreLayout(transitions_kept=16_000).transitions_per_shard(16)
-        1000
+        >>> StoreLayout(transitions_kept=5_000).transitions_per_shard(16)
+        313
         """
         return max(-(-self.transitions_kept // shards), 1)
 
@@ -86,10 +87,11 @@ class StoreLayout:
 # -- a customer's recent transitions ---------------------------------------------------------
 #
 # Kept in the customer's own state (``CustomerState.history``), newest first, one compact list
-# per transition: [at, from tier, to tier, old score x10, new score x10, cause, reasons,
-# playbook, holdout], tiers as indexes into TIERS, cause 0 for "event" and 1 for "silence",
-# trailing empty values left out. Only the newest keeps its reasons: they are sentences
-# rendered from the state at that instant, which cannot be rendered again later.
+# per transition: [at (whole seconds), from tier, to tier, old score x10 (or None), new score
+# x10, cause], tiers as indexes into TIERS, cause 1 for "silence" (left out for "event"). About
+# 14 bytes each. The reasons are not kept there: they are sentences (about 250 bytes) rendered
+# from the state at that instant, which cannot be rendered again later; they are read from the
+# shard's transition stream while it retains the transition (see ``history_records``).
 
 _CAUSES = ("event", "silence")
 
@@ -103,58 +105,66 @@ def _tier_of(code: object) -> str:
 
 
 def history_entry(transition: TierTransition) -> list[object]:
-    """A transition as a compact history record."""
-    suggestion = transition.suggestion
+    """A transition as a compact history record.
+
+    >>> from churnwatch.core.engine import TierTransition
+    >>> history_entry(TierTransition("c1", "unassigned", "watch", "at_risk", 41.04, 28.96,
+    ...                              1_700_000_000.5, ("no order for 90 days",), "silence"))
+    [1700000000, 1, 2, 410, 290, 1]
+    """
     entry: list[object] = [
-        round(transition.at), _tier_code(transition.from_tier), _tier_code(transition.to_tier),
+        math.floor(transition.at), _tier_code(transition.from_tier),
+        _tier_code(transition.to_tier),
         None if transition.old_score is None else round(transition.old_score * 10),
-        round(transition.new_score * 10),
-        _CAUSES.index(transition.cause) if transition.cause in _CAUSES else transition.cause,
-        list(transition.reasons) or None,
-        None if suggestion is None else suggestion.playbook,
-        suggestion is not None and suggestion.holdout]
-    while entry and entry[-1] in (None, False):
-        entry.pop()
+        round(transition.new_score * 10)]
+    if transition.cause != "event":
+        entry.append(_CAUSES.index(transition.cause) if transition.cause in _CAUSES
+                     else transition.cause)
     return entry
 
 
 def remember_transitions(changed: Mapping[str, CustomerState],
                          transitions: Sequence[TierTransition], kept: int) -> None:
-    """Add each transition to the front of its customer's ``history`` (at most ``kept``, the
-    reasons of the newest only). Both stores call it in ``commit`` before writing the states,
-    so the history is committed with the state, atomically and exactly once."""
+    """Add each transition to the front of its customer's ``history`` (at most ``kept``).
+    Both stores call it in ``commit`` before writing the states, so the history is committed
+    with the state, atomically and exactly once."""
     for transition in transitions:
         state = changed.get(transition.customer_id)
-        if state is None:
-            continue
-        older = [entry[:6] + [None] + entry[7:] if len(entry) > 6 else entry
-                 for entry in state.history[:max(kept - 1, 0)]]
-        state.history = ([history_entry(transition)] + older) if kept > 0 else []
+        if state is not None:
+            state.history = [history_entry(transition), *state.history][:kept]
 
 
-def history_records(customer_id: str, state: CustomerState | None, count: int
-                    ) -> list[dict[str, object]]:
-    """A customer's newest transitions (newest first) as the stream's records have them,
-    without the segment label and the suggestion's action, channel and message (the customer
-    page shows the current ones)."""
+def history_records(customer_id: str, state: CustomerState | None, count: int,
+                    retained: Iterable[Mapping[str, object]]) -> list[dict[str, object]]:
+    """A customer's newest transitions (newest first) as records like the stream's.
+
+    ``retained`` gives the customer's shard's transition records still in its stream, newest
+    first; it is read only until every one of the customer's transitions is found in it (so
+    pass a lazy iterable). A transition found there gets its reasons and suggestion; an older
+    one has ``reasons`` empty."""
     if state is None:
         return []
     out: list[dict[str, object]] = []
     for entry in state.history[:count]:
-        at, from_tier, to_tier, old, new, *rest = entry + [None] * (9 - len(entry))
-        cause, reasons, playbook, holdout = rest[:4]
-        record: dict[str, object] = {
-            "customer_id": customer_id,
-            "from": _tier_of(from_tier), "to": _tier_of(to_tier),
-            "old_score": None if old is None else old / 10,
-            "new_score": (new or 0) / 10, "at": float(at),
-            "reasons": list(reasons or []),
-            "cause": _CAUSES[cause] if isinstance(cause, int) and 0 <= cause < 2
-            else str(cause or "event")}
-        if playbook is not None:
-            record["playbook"] = playbook
-            record["holdout"] = bool(holdout)
-        out.append(record)
+        at, from_tier, to_tier, old, new, *rest = entry
+        out.append({
+            "customer_id": customer_id, "from": _tier_of(from_tier), "to": _tier_of(to_tier),
+            "old_score": None if old is None else old / 10, "new_score": new / 10,
+            "at": float(at), "reasons": [],
+            "cause": _CAUSES[rest[0]] if rest and rest[0] in (0, 1) else
+            str(rest[0]) if rest else "event"})
+    wanted = {(int(float(str(r["at"]))), r["from"], r["to"]): r for r in out}
+    if wanted:
+        for record in retained:
+            if record.get("customer_id") != customer_id:
+                continue
+            key = (math.floor(float(str(record["at"]))), record.get("from"), record.get("to"))
+            found = wanted.pop(key, None)
+            if found is not None:
+                found.update(record)
+                found["at"] = float(str(record["at"]))
+            if not wanted:
+                break
     return out
 
 

@@ -154,7 +154,9 @@ class MemoryStore:
         return sorted(items, key=lambda t: -float(t["at"]))[:count]  # type: ignore[arg-type]
 
     def customer_transitions(self, customer_id: str, count: int) -> list[dict[str, object]]:
-        return history_records(customer_id, self.customer(customer_id), count)
+        stream = self._transitions[shard_of(customer_id, self.shards)]
+        return history_records(customer_id, self.customer(customer_id), count,
+                               (record for _, record in reversed(stream)))
 
     def add_dead_letters(self, records: Sequence[Mapping[str, object]]) -> list[bool]:
         written: list[bool] = []

@@ -581,7 +581,21 @@ class RedisStore:
         [raw] = self._read_customers([customer_id])  # not load_customers: it tells commit
         state = (None if raw is None else  # what the next commit's customers were
                  CustomerState.from_wire(msgpack.unpackb(raw, strict_map_key=False)))
-        return history_records(customer_id, state, count)
+        stream = f"{self._tag(shard_of(customer_id, self.shards))}:transitions"
+
+        def retained() -> Iterator[dict[str, object]]:
+            """The shard's retained transitions, newest first, read 200 at a time."""
+            end = "+"
+            while True:
+                entries = self._call("read_state", lambda e=end: self.client.xrevrange(  # type: ignore[misc]
+                    stream, max=e, count=200))
+                for _, fields in entries:
+                    yield _transition_from_fields(fields)
+                if len(entries) < 200:
+                    return
+                end = "(" + entries[-1][0].decode()
+
+        return history_records(customer_id, state, count, retained())
 
     def add_dead_letters(self, records: Sequence[Mapping[str, object]]) -> list[bool]:
         if not records:

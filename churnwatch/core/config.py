@@ -101,11 +101,11 @@ class ChurnwatchConfig:
     max_amount: float = 1e10
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 9464
-    score_history_length: int = 5
+    score_history_length: int = 3
     customer_buckets: int = 256
-    transitions_kept: int = 16_000
+    transitions_kept: int = 5_000
     transitions_max_age_days: float = 7.0
-    dead_letters_kept: int = 10_000
+    dead_letters_kept: int = 2_000
     dead_letters_max_age_days: float = 30.0
     source: str = "redis"
     stream_partitions: int = 4
