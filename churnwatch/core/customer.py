@@ -243,33 +243,44 @@ class CustomerState:
 
     def to_wire(self) -> dict[int, object]:
         """The stored form (version 2): a map from field code (:data:`WIRE_FIELDS`) to value,
-        for msgpack. Timestamps are whole seconds, scores hundredths; a field at its default
+        for msgpack. Timestamps are whole seconds (relative to ``last_event_ts``, see
+        ``_RELATIVE``), scores hundredths; a field at its default
         (``None``; zero, false or empty where that is the default) is left out, and a float
         with an integral value is written as an integer (msgpack packs ``0`` in one byte,
         ``0.0`` in nine); both read back exactly.
 
         >>> state = CustomerState(first_seen=1_700_000_000.0)
         >>> wire = state.to_wire()
-        >>> wire
-        {0: 2, 1: 1700000000, 2: 1700000000}
+        >>> wire   # version 2, first seen 0 s before the newest event, at 1700000000
+        {0: 2, 1: 0, 2: 1700000000}
         >>> CustomerState.from_wire(wire).to_wire() == wire
         True
         """
         score = None if self.score is None else round(self.score * 100)
+        base = _t(self.last_event_ts)
+
+        def since(ts: float) -> int | None:  # 0 stands for "never": left out
+            return None if ts == 0 else _t(ts) - base
+
+        def since_or_none(ts: int | None) -> int | None:
+            return None if ts is None else ts - base
+
         values: tuple[object, ...] = (
-            WIRE_VERSION, _t(self.first_seen), _t(self.last_event_ts), self.segment,
-            self.declared_value_tier, self.orders, _ot(self.first_order), _ot(self.last_order),
+            WIRE_VERSION, since(self.first_seen), base, self.segment,
+            self.declared_value_tier, self.orders, since_or_none(_ot(self.first_order)),
+            since_or_none(_ot(self.last_order)),
             _f(self.spend), _f(self.refunds), _f(self.ord_short), _f(self.ord_long),
-            _f(self.val_short), _f(self.val_long), _t(self.trend_ref),
+            _f(self.val_short), _f(self.val_long), since(self.trend_ref),
             {name: [_f(v) for v in row] for name, row in self.channels.items()} or None,
-            _t(self.eng_ref), _f(self.tickets), _f(self.fb_sum), _f(self.fb_weight),
-            _t(self.svc_ref), score, self.tier + 1, self.components or None,
-            _t(self.scored_at), _ot_up(self.next_review_at), _t(self.tier_since),
-            round(self.peak_score * 100), _t(self.peak_at), self.drop_counted, self.high_value,
+            since(self.eng_ref), _f(self.tickets), _f(self.fb_sum), _f(self.fb_weight),
+            since(self.svc_ref), score, self.tier + 1, self.components or None,
+            since(self.scored_at), since_or_none(_ot_up(self.next_review_at)),
+            since(self.tier_since), round(self.peak_score * 100), since(self.peak_at),
+            self.drop_counted, self.high_value,
             self.offsets or None, self.recent_ids or None, self.outreach, self.model_fit,
             self.history or None)
         return {code: value for code, value in enumerate(values)
-                if value is not None and (value != 0 or code in _NULLABLE)}
+                if value is not None and (value != 0 or code in _KEEP_ZERO)}
 
     @classmethod
     def from_wire(cls, data: dict[int, Any] | list[Any]) -> CustomerState:
@@ -282,36 +293,44 @@ class CustomerState:
                              f"{WIRE_VERSION} (written by a newer churnwatch?)")
         state = cls.__new__(cls)
         get = data.get
-        state.first_seen = get(1, 0)
-        state.last_event_ts = get(2, 0)
+        base = get(2, 0)
+
+        def at(code: int) -> Any:
+            return 0 if code not in data else base + data[code]
+
+        def at_or_none(code: int) -> Any:
+            return None if code not in data else base + data[code]
+
+        state.first_seen = at(1)
+        state.last_event_ts = base
         state.segment = get(3)
         state.declared_value_tier = get(4)
         state.orders = get(5, 0)
-        state.first_order = get(6)
-        state.last_order = get(7)
+        state.first_order = at_or_none(6)
+        state.last_order = at_or_none(7)
         state.spend = float(get(8, 0.0))
         state.refunds = float(get(9, 0.0))
         state.ord_short = float(get(10, 0.0))
         state.ord_long = float(get(11, 0.0))
         state.val_short = float(get(12, 0.0))
         state.val_long = float(get(13, 0.0))
-        state.trend_ref = get(14, 0)
+        state.trend_ref = at(14)
         state.channels = {name: [float(v) for v in row] for name, row in
                           (get(15) or {}).items()}
-        state.eng_ref = get(16, 0)
+        state.eng_ref = at(16)
         state.tickets = float(get(17, 0.0))
         state.fb_sum = float(get(18, 0.0))
         state.fb_weight = float(get(19, 0.0))
-        state.svc_ref = get(20, 0)
+        state.svc_ref = at(20)
         score = get(21)
         state.score = None if score is None else score / 100.0
         state.tier = get(22, 0) - 1
         state.components = list(get(23) or [])
-        state.scored_at = get(24, 0)
-        state.next_review_at = get(25)
-        state.tier_since = get(26, 0)
+        state.scored_at = at(24)
+        state.next_review_at = at_or_none(25)
+        state.tier_since = at(26)
         state.peak_score = get(27, 0) / 100.0
-        state.peak_at = get(28, 0)
+        state.peak_at = at(28)
         state.drop_counted = bool(get(29, False))
         state.high_value = bool(get(30, False))
         state.offsets = {int(k): v for k, v in (get(31) or {}).items()}
@@ -337,19 +356,31 @@ WIRE_FIELDS = (
 )
 
 
-# Fields whose default is ``None``: a zero there is a value (a score of 0, an order at 0 s).
-_NULLABLE = frozenset({3, 4, 6, 7, 21, 25, 33})
+# Instants stored as whole seconds relative to ``last_event_ts`` (code 2): most are equal or
+# close to it, and a small integer packs in one to three bytes instead of five. Absent means 0
+# ("never") or, for first/last order and the next review, ``None``.
+_RELATIVE = frozenset({1, 6, 7, 14, 16, 20, 24, 25, 26, 28})
+# Fields where a zero is a value, not the default: relative instants, a score of 0.
+_KEEP_ZERO = _RELATIVE | {3, 4, 21, 33}
 
 
 def _from_version_1(data: list[Any]) -> dict[int, Any]:
-    """Version 1 (a positional list of 34 to 36 fields, with ``visits`` and ``last_visit`` at
-    20 and 21, which nothing read) as a version 2 map."""
+    """Version 1 (a positional list of 34 to 36 fields, absolute instants, with ``visits`` and
+    ``last_visit`` at 20 and 21, which nothing read) as a version 2 map."""
     fields = list(data[:20]) + list(data[22:34])
     fields[21] = data[23] + 1  # tier -> tier + 1
     fields.append(data[34] if len(data) > 34 else None)
     fields.append(data[35] if len(data) > 35 else 0)
-    return {0: WIRE_VERSION} | {code: value for code, value in enumerate(fields, start=1)
-                                if value is not None}
+    out = {0: WIRE_VERSION} | {code: value for code, value in enumerate(fields, start=1)
+                               if value is not None}
+    base = out.get(2, 0)
+    for code in _RELATIVE:
+        if code in out:
+            if out[code] == 0 and code not in (6, 7, 25):  # 0: never
+                del out[code]
+            else:
+                out[code] -= base
+    return out
 
 
 def _f(value: float) -> float | int:
