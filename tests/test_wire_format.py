@@ -96,12 +96,19 @@ stamps = st.integers(1_500_000_000, 1_900_000_000).map(float)
            st.integers(1, 2**32 - 1), st.integers(0, 2**63 - 1), max_size=3),
        history=st.lists(st.lists(st.integers(-5, 2**31), min_size=5, max_size=9),
                         max_size=5),
-       flags=st.tuples(st.booleans(), st.booleans()), fit=st.integers(0, 50))
+       flags=st.tuples(st.booleans(), st.booleans()), fit=st.integers(0, 50),
+       outreach=st.one_of(st.none(), st.fixed_dictionaries(
+           {"playbook": st.text(max_size=8), "assigned_at": st.integers(0, 2**31)},
+           optional={"holdout": st.booleans(), "contacted_at": st.integers(0, 2**31),
+                     "counted": st.booleans(), "log": st.lists(st.lists(st.integers(),
+                                                                         max_size=3)),
+                     "a_later_key": st.integers()})))
 def test_version_2_reads_back_exactly(first: float, spend: float, refunds: float, short: float,
                                       tickets: float, rows: dict[str, list[float]],
                                       score: float | None, tier: int, review: float | None,
                                       offsets: dict[int, int], history: list[list[int]],
-                                      flags: tuple[bool, bool], fit: int) -> None:
+                                      flags: tuple[bool, bool], fit: int,
+                                      outreach: dict[str, object] | None) -> None:
     state = CustomerState(first)
     state.spend, state.refunds, state.ord_short, state.tickets = spend, refunds, short, tickets
     state.channels = rows
@@ -110,6 +117,7 @@ def test_version_2_reads_back_exactly(first: float, spend: float, refunds: float
     state.history = [list(h) for h in history]
     state.drop_counted, state.high_value = flags
     state.model_fit = fit
+    state.outreach = outreach
     blob = msgpack.packb(state.to_wire())
     back = CustomerState.from_wire(msgpack.unpackb(blob, strict_map_key=False))
     for name in CustomerState.__slots__:

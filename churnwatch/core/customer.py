@@ -277,7 +277,10 @@ class CustomerState:
             since(self.scored_at), since_or_none(_ot_up(self.next_review_at)),
             since(self.tier_since), round(self.peak_score * 100), since(self.peak_at),
             self.drop_counted, self.high_value,
-            self.offsets or None, self.recent_ids or None, self.outreach, self.model_fit,
+            self.offsets or None, self.recent_ids or None,
+            None if self.outreach is None else {_OUTREACH_CODES.get(k, k): v
+                                                for k, v in self.outreach.items()},
+            self.model_fit,
             self.history or None)
         return {code: value for code, value in enumerate(values)
                 if value is not None and (value != 0 or code in _KEEP_ZERO)}
@@ -335,7 +338,9 @@ class CustomerState:
         state.high_value = bool(get(30, False))
         state.offsets = {int(k): v for k, v in (get(31) or {}).items()}
         state.recent_ids = list(get(32) or [])
-        state.outreach = get(33)
+        outreach = get(33)
+        state.outreach = None if outreach is None else {
+            _OUTREACH_NAMES[k] if isinstance(k, int) else k: v for k, v in outreach.items()}
         state.model_fit = int(get(34, 0))
         state.history = [list(record) for record in get(35) or []]
         return state
@@ -364,12 +369,19 @@ _RELATIVE = frozenset({1, 6, 7, 14, 16, 20, 24, 25, 26, 28})
 _KEEP_ZERO = _RELATIVE | {3, 4, 21, 33}
 
 
+# The outreach record's keys (churnwatch.core.winback) as one-byte codes in the stored form.
+_OUTREACH_NAMES = ("playbook", "assigned_at", "holdout", "contacted_at", "counted", "log")
+_OUTREACH_CODES = {name: code for code, name in enumerate(_OUTREACH_NAMES)}
+
+
 def _from_version_1(data: list[Any]) -> dict[int, Any]:
     """Version 1 (a positional list of 34 to 36 fields, absolute instants, with ``visits`` and
     ``last_visit`` at 20 and 21, which nothing read) as a version 2 map."""
     fields = list(data[:20]) + list(data[22:34])
     fields[21] = data[23] + 1  # tier -> tier + 1
-    fields.append(data[34] if len(data) > 34 else None)
+    outreach = data[34] if len(data) > 34 else None
+    fields.append(None if outreach is None else {_OUTREACH_CODES.get(k, k): v
+                                                 for k, v in outreach.items()})
     fields.append(data[35] if len(data) > 35 else 0)
     out = {0: WIRE_VERSION} | {code: value for code, value in enumerate(fields, start=1)
                                if value is not None}
