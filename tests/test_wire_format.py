@@ -89,7 +89,7 @@ stamps = st.integers(1_500_000_000, 1_900_000_000).map(float)
 
 @settings(max_examples=300, deadline=None)
 @given(first=stamps, spend=counters, refunds=counters, short=counters, tickets=counters,
-       rows=st.dictionaries(st.sampled_from(["email", "sms", "whatsapp"]),
+       rows=st.dictionaries(st.sampled_from(["email", "sms", "whatsapp", "fax"]),
                             st.lists(counters, min_size=5, max_size=5), max_size=3),
        score=st.one_of(st.none(), st.floats(0, 100)), tier=st.integers(-1, 3),
        review=st.one_of(st.none(), stamps), offsets=st.dictionaries(

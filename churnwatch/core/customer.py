@@ -271,7 +271,8 @@ class CustomerState:
             since_or_none(_ot(self.last_order)),
             _f(self.spend), _f(self.refunds), _f(self.ord_short), _f(self.ord_long),
             _f(self.val_short), _f(self.val_long), since(self.trend_ref),
-            {name: [_f(v) for v in row] for name, row in self.channels.items()} or None,
+            {_CHANNEL_CODES.get(name, name): [_f(v) for v in row]
+             for name, row in self.channels.items()} or None,
             since(self.eng_ref), _f(self.tickets), _f(self.fb_sum), _f(self.fb_weight),
             since(self.svc_ref), score, self.tier + 1, self.components or None,
             since(self.scored_at), since_or_none(_ot_up(self.next_review_at)),
@@ -318,8 +319,8 @@ class CustomerState:
         state.val_short = float(get(12, 0.0))
         state.val_long = float(get(13, 0.0))
         state.trend_ref = at(14)
-        state.channels = {name: [float(v) for v in row] for name, row in
-                          (get(15) or {}).items()}
+        state.channels = {_CHANNEL_NAMES[name] if isinstance(name, int) else name:
+                          [float(v) for v in row] for name, row in (get(15) or {}).items()}
         state.eng_ref = at(16)
         state.tickets = float(get(17, 0.0))
         state.fb_sum = float(get(18, 0.0))
@@ -369,6 +370,11 @@ _RELATIVE = frozenset({1, 6, 7, 14, 16, 20, 24, 25, 26, 28})
 _KEEP_ZERO = _RELATIVE | {3, 4, 21, 33}
 
 
+# Channels (churnwatch.core.events) as one-byte codes in the stored form; a name not listed here
+# is stored as it is.
+_CHANNEL_NAMES = ("email", "whatsapp", "sms", "push", "chat")
+_CHANNEL_CODES = {name: code for code, name in enumerate(_CHANNEL_NAMES)}
+
 # The outreach record's keys (churnwatch.core.winback) as one-byte codes in the stored form.
 _OUTREACH_NAMES = ("playbook", "assigned_at", "holdout", "contacted_at", "counted", "log")
 _OUTREACH_CODES = {name: code for code, name in enumerate(_OUTREACH_NAMES)}
@@ -378,6 +384,8 @@ def _from_version_1(data: list[Any]) -> dict[int, Any]:
     """Version 1 (a positional list of 34 to 36 fields, absolute instants, with ``visits`` and
     ``last_visit`` at 20 and 21, which nothing read) as a version 2 map."""
     fields = list(data[:20]) + list(data[22:34])
+    if fields[14]:
+        fields[14] = {_CHANNEL_CODES.get(k, k): v for k, v in fields[14].items()}
     fields[21] = data[23] + 1  # tier -> tier + 1
     outreach = data[34] if len(data) > 34 else None
     fields.append(None if outreach is None else {_OUTREACH_CODES.get(k, k): v
