@@ -227,7 +227,11 @@ def bench_memory(url: str, config: ChurnwatchConfig, customers: int, baseline: i
         by_family["deadletters"]["bytes_per_customer_at_cap"] = round(
             at_cap / max(customers, 1), 1)
     counted = sum(f["bytes"] for f in families.values())
+    info = client.info("memory")
     return {"used_memory": used, "bytes_per_customer": round((used - baseline) / customers),
+            "used_memory_dataset": int(info["used_memory_dataset"]),
+            "used_memory_overhead": int(info["used_memory_overhead"]),
+            "used_memory_scripts": int(info.get("used_memory_scripts", 0)),
             "keys_bytes_per_customer": round(counted / max(customers, 1)),
             "customer_bucket_encodings": encodings, "by_family": by_family}
 

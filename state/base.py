@@ -60,9 +60,9 @@ class StoreLayout:
     streams)."""
 
     buckets: int = 256
-    transitions_kept: int = 5_000
+    transitions_kept: int = 3_000
     transitions_max_age: float = 7 * 86400.0
-    dead_letters_kept: int = 2_000
+    dead_letters_kept: int = 1_000
     dead_letters_max_age: float = 30 * 86400.0
     history_kept: int = 3
 
@@ -78,8 +78,8 @@ class StoreLayout:
     def transitions_per_shard(self, shards: int) -> int:
         """Each shard stream's share of ``transitions_kept`` (at least 1).
 
-        >>> StoreLayout(transitions_kept=5_000).transitions_per_shard(16)
-        313
+        >>> StoreLayout(transitions_kept=3_000).transitions_per_shard(16)
+        188
         """
         return max(-(-self.transitions_kept // shards), 1)
 

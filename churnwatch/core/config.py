@@ -103,9 +103,9 @@ class ChurnwatchConfig:
     metrics_port: int = 9464
     score_history_length: int = 3
     customer_buckets: int = 256
-    transitions_kept: int = 5_000
+    transitions_kept: int = 3_000
     transitions_max_age_days: float = 7.0
-    dead_letters_kept: int = 2_000
+    dead_letters_kept: int = 1_000
     dead_letters_max_age_days: float = 30.0
     source: str = "redis"
     stream_partitions: int = 4
