@@ -102,7 +102,7 @@ class ChurnwatchConfig:
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 9464
     score_history_length: int = 3
-    customer_buckets: int = 256
+    customer_buckets: int = 128
     transitions_kept: int = 3_000
     transitions_max_age_days: float = 7.0
     dead_letters_kept: int = 1_000

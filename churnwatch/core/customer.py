@@ -285,7 +285,7 @@ class CustomerState:
             None if self.outreach is None else {_OUTREACH_CODES.get(k, k): v
                                                 for k, v in self.outreach.items()},
             self.model_fit,
-            self.history or None)
+            [[entry[0] - base, *entry[1:]] for entry in self.history] or None)
         fields = [None if value == 0 and code not in _KEEP_ZERO else value
                   for code, value in enumerate(values[1:], start=1)]
         while fields and fields[-1] is None:
@@ -352,7 +352,7 @@ class CustomerState:
         state.outreach = None if outreach is None else {
             _OUTREACH_NAMES[k] if isinstance(k, int) else k: v for k, v in outreach.items()}
         state.model_fit = int(get(34, 0))
-        state.history = [list(record) for record in get(35) or []]
+        state.history = [[base + entry[0], *entry[1:]] for entry in get(35) or []]
         return state
 
 
@@ -372,9 +372,10 @@ WIRE_FIELDS = (
 )
 
 
-# Instants stored as whole seconds relative to ``last_event_ts`` (code 2): most are equal or
-# close to it, and a small integer packs in one to three bytes instead of five. Absent means 0
-# ("never") or, for first/last order and the next review, ``None``.
+# Instants stored as whole seconds relative to ``last_event_ts`` (code 2; so are the times of
+# the ``history`` records): most are equal or close to it, and a small integer packs in one to
+# three bytes instead of five. Absent means 0 ("never") or, for first/last order and the next
+# review, ``None``.
 _RELATIVE = frozenset({1, 6, 7, 14, 16, 20, 24, 25, 26, 28})
 # Fields where a zero is a value, not the default: relative instants, a score of 0.
 _KEEP_ZERO = _RELATIVE | {3, 4, 21, 33}
