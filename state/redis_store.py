@@ -121,8 +121,11 @@ local out = {}
 local a = 1
 for k = 1, #KEYS do
   local n = tonumber(ARGV[a])
-  local got = redis.call('HMGET', KEYS[k], unpack(ARGV, a + 1, a + n))
-  for i = 1, n do out[#out + 1] = got[i] end
+  for first = a + 1, a + n, 1000 do  -- Lua unpacks at most about 8,000 values at once
+    local last = math.min(first + 999, a + n)
+    local got = redis.call('HMGET', KEYS[k], unpack(ARGV, first, last))
+    for i = 1, last - first + 1 do out[#out + 1] = got[i] end
+  end
   a = a + n + 1
 end
 return out
@@ -138,11 +141,15 @@ local a = 1
 for k = 2, #KEYS do
   local bucket, n = ARGV[a], tonumber(ARGV[a + 1])
   a = a + 2
-  if n > 0 then redis.call('ZADD', KEYS[k], unpack(ARGV, a, a + 2 * n - 1)) end
+  for first = a, a + 2 * n - 1, 2000 do  -- Lua unpacks at most about 8,000 values at once
+    redis.call('ZADD', KEYS[k], unpack(ARGV, first, math.min(first + 1999, a + 2 * n - 1)))
+  end
   a = a + 2 * n
   n = tonumber(ARGV[a])
   a = a + 1
-  if n > 0 then redis.call('ZREM', KEYS[k], unpack(ARGV, a, a + n - 1)) end
+  for first = a, a + n - 1, 1000 do
+    redis.call('ZREM', KEYS[k], unpack(ARGV, first, math.min(first + 999, a + n - 1)))
+  end
   a = a + n
   local first = redis.call('ZRANGE', KEYS[k], 0, 0, 'WITHSCORES')
   if first[2] then

@@ -15,7 +15,8 @@ from churnwatch.state.redis_store import RedisStore
 from redis_server import redis_server, redis_url  # noqa: F401
 
 from churnwatch.core.config import ChurnwatchConfig, load_config
-from churnwatch.core.engine import Incoming, ShardEngine
+from churnwatch.core.customer import CustomerState
+from churnwatch.core.engine import Incoming, ShardEngine, ShardState
 from churnwatch.core.events import Event, decode_event
 from churnwatch.simulator import ShopSimulator
 
@@ -146,3 +147,27 @@ def test_the_layout_comes_from_the_state_section(tmp_path) -> None:  # type: ign
     assert layout == StoreLayout(buckets=64, transitions_kept=800,
                                  transitions_max_age=2 * 86400.0, dead_letters_kept=50,
                                  dead_letters_max_age=0.0, history_kept=4)
+
+
+def test_one_bucket_holding_thousands_of_customers_reads_and_reviews(
+        redis_url: str) -> None:  # noqa: F811
+    """The bucket scripts split what they unpack: Lua takes about 8,000 values at once."""
+    store = RedisStore(redis_url, 1, "big", max_wait=5, layout=StoreLayout(buckets=1))
+    states = {}
+    for n in range(6000):
+        state = CustomerState(1_700_000_000.0)
+        state.next_review_at = 1_700_000_000.0 + n
+        states[f"c{n:05d}"] = state
+    store.load_customers(0, list(states))
+    store.commit(0, ShardState(), states, [], [])
+    loaded = store.load_customers(0, [*states, "nobody"])
+    assert loaded.pop("nobody") is None
+    assert {c: s.to_wire() for c, s in loaded.items()} == {c: s.to_wire()
+                                                          for c, s in states.items()}
+    assert store.due_customers(0, 1_700_000_000.0 + 4999, 10_000) == list(states)[:5000]
+    assert store.next_due(0) == 1_700_000_000.0
+    for state in states.values():
+        state.next_review_at = None
+    store.commit(0, ShardState(), states, [], [])
+    assert store.next_due(0) is None and store.due_customers(0, 2e9, 10) == []
+    store.close()
