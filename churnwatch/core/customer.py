@@ -297,62 +297,58 @@ class CustomerState:
         """Inverse of :meth:`to_wire`; also reads version 1, a list of 34 to 36 values with no
         version (``tests/data/customer_wire_v1.msgpack``)."""
         if len(wire) > 2:
-            data = _from_version_1(wire)
+            fields = _from_version_1(wire)
         elif wire[0] != WIRE_VERSION:
             raise ValueError(f"customer state: wire format version {wire[0]!r} is not "
                              f"{WIRE_VERSION} (written by a newer churnwatch?)")
         else:
-            data = {code: value for code, value in enumerate(wire[1], start=1)
-                    if value is not None}
+            fields = [None, *wire[1]]  # fields[code], code 0 being the version
+            fields += [None] * (len(WIRE_FIELDS) - len(fields))
+        (_, first_seen, base, segment, declared_value_tier, orders, first_order, last_order,
+         spend, refunds, ord_short, ord_long, val_short, val_long, trend_ref, channels,
+         eng_ref, tickets, fb_sum, fb_weight, svc_ref, score, tier, components, scored_at,
+         next_review_at, tier_since, peak_score, peak_at, drop_counted, high_value, offsets,
+         recent_ids, outreach, model_fit, history) = fields[:len(WIRE_FIELDS)]
+        base = base or 0
         state = cls.__new__(cls)
-        get = data.get
-        base = get(2, 0)
-
-        def at(code: int) -> Any:
-            return 0 if code not in data else base + data[code]
-
-        def at_or_none(code: int) -> Any:
-            return None if code not in data else base + data[code]
-
-        state.first_seen = at(1)
+        # Relative instants: absent is 0 ("never"), or None where that is the default.
+        state.first_seen = 0 if first_seen is None else base + first_seen
         state.last_event_ts = base
-        state.segment = get(3)
-        state.declared_value_tier = get(4)
-        state.orders = get(5, 0)
-        state.first_order = at_or_none(6)
-        state.last_order = at_or_none(7)
-        state.spend = float(get(8, 0.0))
-        state.refunds = float(get(9, 0.0))
-        state.ord_short = float(get(10, 0.0))
-        state.ord_long = float(get(11, 0.0))
-        state.val_short = float(get(12, 0.0))
-        state.val_long = float(get(13, 0.0))
-        state.trend_ref = at(14)
+        state.segment = segment
+        state.declared_value_tier = declared_value_tier
+        state.orders = orders or 0
+        state.first_order = None if first_order is None else base + first_order
+        state.last_order = None if last_order is None else base + last_order
+        state.spend = float(spend or 0.0)
+        state.refunds = float(refunds or 0.0)
+        state.ord_short = float(ord_short or 0.0)
+        state.ord_long = float(ord_long or 0.0)
+        state.val_short = float(val_short or 0.0)
+        state.val_long = float(val_long or 0.0)
+        state.trend_ref = 0 if trend_ref is None else base + trend_ref
         state.channels = {_CHANNEL_NAMES[name] if isinstance(name, int) else name:
-                          [float(v) for v in row] for name, row in (get(15) or {}).items()}
-        state.eng_ref = at(16)
-        state.tickets = float(get(17, 0.0))
-        state.fb_sum = float(get(18, 0.0))
-        state.fb_weight = float(get(19, 0.0))
-        state.svc_ref = at(20)
-        score = get(21)
+                          [float(v) for v in row] for name, row in (channels or {}).items()}
+        state.eng_ref = 0 if eng_ref is None else base + eng_ref
+        state.tickets = float(tickets or 0.0)
+        state.fb_sum = float(fb_sum or 0.0)
+        state.fb_weight = float(fb_weight or 0.0)
+        state.svc_ref = 0 if svc_ref is None else base + svc_ref
         state.score = None if score is None else score / 100.0
-        state.tier = get(22, 0) - 1
-        state.components = list(get(23) or [])
-        state.scored_at = at(24)
-        state.next_review_at = at_or_none(25)
-        state.tier_since = at(26)
-        state.peak_score = get(27, 0) / 100.0
-        state.peak_at = at(28)
-        state.drop_counted = bool(get(29, False))
-        state.high_value = bool(get(30, False))
-        state.offsets = {int(k): v for k, v in (get(31) or {}).items()}
-        state.recent_ids = list(get(32) or [])
-        outreach = get(33)
+        state.tier = (tier or 0) - 1
+        state.components = list(components or [])
+        state.scored_at = 0 if scored_at is None else base + scored_at
+        state.next_review_at = None if next_review_at is None else base + next_review_at
+        state.tier_since = 0 if tier_since is None else base + tier_since
+        state.peak_score = (peak_score or 0) / 100.0
+        state.peak_at = 0 if peak_at is None else base + peak_at
+        state.drop_counted = bool(drop_counted)
+        state.high_value = bool(high_value)
+        state.offsets = {int(k): v for k, v in offsets.items()} if offsets else {}
+        state.recent_ids = list(recent_ids or [])
         state.outreach = None if outreach is None else {
             _OUTREACH_NAMES[k] if isinstance(k, int) else k: v for k, v in outreach.items()}
-        state.model_fit = int(get(34, 0))
-        state.history = [[base + entry[0], *entry[1:]] for entry in get(35) or []]
+        state.model_fit = int(model_fit or 0)
+        state.history = [[base + entry[0], *entry[1:]] for entry in history or []]
         return state
 
 
@@ -391,9 +387,10 @@ _OUTREACH_NAMES = ("playbook", "assigned_at", "holdout", "contacted_at", "counte
 _OUTREACH_CODES = {name: code for code, name in enumerate(_OUTREACH_NAMES)}
 
 
-def _from_version_1(data: list[Any]) -> dict[int, Any]:
+def _from_version_1(data: list[Any]) -> list[Any]:
     """Version 1 (a positional list of 34 to 36 fields, absolute instants, with ``visits`` and
-    ``last_visit`` at 20 and 21, which nothing read) as a version 2 map."""
+    ``last_visit`` at 20 and 21, which nothing read) as the fields of version 2, by position
+    (0 being the version)."""
     fields = list(data[:20]) + list(data[22:34])
     if fields[14]:
         fields[14] = {_CHANNEL_CODES.get(k, k): v for k, v in fields[14].items()}
@@ -402,13 +399,13 @@ def _from_version_1(data: list[Any]) -> dict[int, Any]:
     fields.append(None if outreach is None else {_OUTREACH_CODES.get(k, k): v
                                                  for k, v in outreach.items()})
     fields.append(data[35] if len(data) > 35 else 0)
-    out = {0: WIRE_VERSION} | {code: value for code, value in enumerate(fields, start=1)
-                               if value is not None}
-    base = out.get(2, 0)
+    out: list[Any] = [WIRE_VERSION, *fields]
+    out += [None] * (len(WIRE_FIELDS) - len(out))
+    base = out[2] or 0
     for code in _RELATIVE:
-        if code in out:
+        if out[code] is not None:
             if out[code] == 0 and code not in (6, 7, 25):  # 0: never
-                del out[code]
+                out[code] = None
             else:
                 out[code] -= base
     return out
