@@ -33,7 +33,6 @@ import platform
 import random
 import shutil
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -46,8 +45,8 @@ from typing import Any
 
 import msgpack
 import redis
-from churnwatch.state.base import shard_of
-from churnwatch.state.redis_store import RedisStore
+from churnwatch.state.base import StoreLayout, shard_of
+from churnwatch.state.redis_store import BUCKET_SERVER_ARGS, RedisStore
 
 from bench.workload import write_jsonl
 from bench.yardstick import parse_and_count
@@ -85,7 +84,8 @@ def redis_server() -> Iterator[str]:
     workdir = tempfile.mkdtemp(prefix="churnwatch-bench-redis-")
     process = subprocess.Popen(
         [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly",
-         "no", "--dir", workdir, "--daemonize", "no", "--loglevel", "warning"],
+         "no", "--dir", workdir, "--daemonize", "no", "--loglevel", "warning",
+         *BUCKET_SERVER_ARGS],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"redis://127.0.0.1:{port}/0"
     try:
@@ -125,7 +125,8 @@ def bench_replay(path: Path, url: str, config: ChurnwatchConfig, events: int) ->
     baseline = int(client.info("memory")["used_memory"])
 
     def factory() -> RedisStore:
-        return RedisStore(url, config.shards, config.key_prefix)
+        return RedisStore(url, config.shards, config.key_prefix,
+                          layout=StoreLayout.from_config(config))
 
     started = time.perf_counter()
     replay([str(path)], config, factory)
@@ -181,41 +182,61 @@ def bench_naive(path: Path, url: str, config: ChurnwatchConfig, limit: int) -> d
 # -- 3. memory ----------------------------------------------------------------------------------
 
 
+def key_family(name: str) -> str:
+    """The family of a key below the prefix: ``{s3}:c:17`` -> ``customers``, ``{s3}:due`` ->
+    ``due``; keys of an older layout (``{s3}:h:<id>``, one ``{s3}:c:<id>`` string per customer)
+    keep their own families."""
+    parts = name.split(":")
+    if not parts[0].startswith("{"):
+        return name  # deadletters, deadletters:offsets
+    kind = parts[1] if len(parts) > 1 else "?"
+    return {"c": "customers", "h": "history", "u": "urgency_index", "due": "due_index",
+            "transitions": "transition_streams", "shard": "shard_blobs"}.get(kind, kind)
+
+
 def bench_memory(url: str, config: ChurnwatchConfig, customers: int, baseline: int
                  ) -> dict[str, Any]:
-    """used_memory per customer, and an estimate per kind of key (MEMORY USAGE on samples)."""
+    """used_memory per customer, and every key under the prefix by family (``MEMORY USAGE``
+    of each key, all of its elements counted); the dead-letter stream also as it would be at
+    its cap (its mean entry times ``[state] dead_letters_kept``)."""
     client = redis.Redis.from_url(url)
     used = int(client.info("memory")["used_memory"])
     prefix = config.key_prefix
-    kinds = {"state": f"{prefix}:*:c:*", "history": f"{prefix}:*:h:*"}
-    per_kind: dict[str, Any] = {}
-    for kind, pattern in kinds.items():
-        keys = []
-        for key in client.scan_iter(match=pattern, count=10_000):
-            keys.append(key)
-            if len(keys) >= 20_000:
-                break
-        sample = random.Random(1).sample(keys, min(2000, len(keys)))
+    keys = [k.decode() for k in client.scan_iter(match=f"{prefix}:*", count=10_000)]
+    families: dict[str, dict[str, int]] = {}
+    encodings: dict[str, int] = {}
+    for start in range(0, len(keys), 5000):
+        chunk = keys[start:start + 5000]
         pipe = client.pipeline(transaction=False)
-        for key in sample:
+        for key in chunk:
             pipe.memory_usage(key, samples=0)
-        sizes = [s or 0 for s in pipe.execute()]
-        total_keys = sum(1 for _ in client.scan_iter(match=pattern, count=10_000))
-        mean = statistics.fmean(sizes) if sizes else 0.0
-        per_kind[kind] = {"keys": total_keys, "mean_bytes": round(mean),
-                          "bytes_per_customer": round(mean * total_keys / max(customers, 1))}
-    pipe = client.pipeline(transaction=False)
-    for shard in range(config.shards):
-        pipe.memory_usage(f"{prefix}:{{s{shard}}}:due", samples=0)
-        pipe.memory_usage(f"{prefix}:{{s{shard}}}:transitions", samples=0)
-    sizes = pipe.execute()
-    due = sum(s or 0 for s in sizes[0::2])
-    transitions = sum(s or 0 for s in sizes[1::2])
-    per_kind["due_index"] = {"bytes_per_customer": round(due / max(customers, 1))}
-    per_kind["transition_streams"] = {"bytes_per_customer": round(transitions / max(customers,
-                                                                                    1))}
+            pipe.object("encoding", key)
+        replies = pipe.execute()
+        for key, size, encoding in zip(chunk, replies[0::2], replies[1::2], strict=True):
+            family = families.setdefault(key_family(key[len(prefix) + 1:]),
+                                         {"keys": 0, "bytes": 0})
+            family["keys"] += 1
+            family["bytes"] += int(size or 0)
+            if family is families.get("customers"):
+                name = encoding.decode() if isinstance(encoding, bytes) else str(encoding)
+                encodings[name] = encodings.get(name, 0) + 1
+    by_family = {name: {**f, "bytes_per_customer": round(f["bytes"] / max(customers, 1), 1)}
+                 for name, f in sorted(families.items())}
+    dead = families.get("deadletters")
+    if dead:
+        length = int(client.xlen(f"{prefix}:deadletters"))
+        at_cap = dead["bytes"] / max(length, 1) * config.dead_letters_kept
+        by_family["deadletters"]["entries"] = length
+        by_family["deadletters"]["bytes_per_customer_at_cap"] = round(
+            at_cap / max(customers, 1), 1)
+    counted = sum(f["bytes"] for f in families.values())
+    info = client.info("memory")
     return {"used_memory": used, "bytes_per_customer": round((used - baseline) / customers),
-            "by_kind": per_kind}
+            "used_memory_dataset": int(info["used_memory_dataset"]),
+            "used_memory_overhead": int(info["used_memory_overhead"]),
+            "used_memory_scripts": int(info.get("used_memory_scripts", 0)),
+            "keys_bytes_per_customer": round(counted / max(customers, 1)),
+            "customer_bucket_encodings": encodings, "by_family": by_family}
 
 
 # -- 4. live latency ------------------------------------------------------------------------------
@@ -413,7 +434,7 @@ def bench_cluster(url: str, path: Path, events: int) -> dict[str, Any]:
             raise SystemExit(f"cluster run with {processes} process(es) failed: {codes}")
         results[f"processes_{processes}"] = {"seconds": round(seconds, 2),
                                              "events_per_second": round(events / seconds)}
-        store = RedisStore(url, config.shards, prefix)
+        store = RedisStore(url, config.shards, prefix, layout=StoreLayout.from_config(config))
         states[processes] = {cid: s.to_wire() for cid, s in store.iter_customers()}
     results["speedup"] = round(results["processes_1"]["seconds"] /
                                results["processes_2"]["seconds"], 2)
@@ -435,7 +456,8 @@ def bench_worklist(url: str, customers: int, seed: int, pages: int = 1000) -> di
     from churnwatch.core.customer import DAY, CustomerState
 
     config = ChurnwatchConfig(key_prefix="wl")
-    store = RedisStore(url, config.shards, config.key_prefix)
+    store = RedisStore(url, config.shards, config.key_prefix,
+                       layout=StoreLayout.from_config(config))
     rng = random.Random(seed)
     segments = (None, "fashion", "skincare", "electronics")
     started = time.perf_counter()

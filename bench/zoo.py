@@ -37,6 +37,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import redis
+from churnwatch.state.base import StoreLayout
 from churnwatch.state.redis_store import RedisStore
 
 from churnwatch.backtest import BacktestReport
@@ -155,7 +156,8 @@ def judge(entry: Log, url: str, shards: int | None = None) -> Judged:
     client = redis.Redis.from_url(url)
 
     def factory(config: ChurnwatchConfig) -> Callable[[], RedisStore]:
-        return lambda: RedisStore(url, config.shards, config.key_prefix)
+        return lambda: RedisStore(url, config.shards, config.key_prefix,
+                                  layout=StoreLayout.from_config(config))
 
     client.flushdb()
     ranking = backtest(str(entry.path), entry.cutoff, entry.horizon_days, default,

@@ -179,6 +179,7 @@ def run(options: RunOptions, hooks: Any = None) -> None:
     from bytewax.run import cli_main
 
     from churnwatch.dataflows.flow import FlowHooks, FlowSettings, build_flow
+    from churnwatch.state.base import StoreLayout
     from churnwatch.state.redis_store import RedisStore
 
     config = options.config
@@ -187,7 +188,8 @@ def run(options: RunOptions, hooks: Any = None) -> None:
     def store_factory() -> RedisStore:
         # A live monitor waits for Redis as long as it takes: max_wait=None.
         return RedisStore(options.redis_url, config.shards, config.key_prefix,
-                          observer=observers[0] if observers else None, max_wait=None)
+                          observer=observers[0] if observers else None, max_wait=None,
+                          layout=StoreLayout.from_config(config))
 
     recovery = None
     if options.recovery_dir:

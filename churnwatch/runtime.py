@@ -21,7 +21,7 @@ from redis.cluster import RedisCluster
 from churnwatch.core.config import ChurnwatchConfig, load_config
 from churnwatch.core.events import ContractViolation, parse_timestamp
 from churnwatch.embedded import configured_redis_url, redis_url_or_embedded
-from churnwatch.state.base import StateStore
+from churnwatch.state.base import StateStore, StoreLayout
 from churnwatch.state.cluster import redis_client
 from churnwatch.state.connection import describe_failure, is_authentication_error
 from churnwatch.state.redis_store import RedisStore
@@ -80,7 +80,8 @@ def store_factory(args: argparse.Namespace, config: ChurnwatchConfig,
 
         def factory() -> StateStore:
             store = RedisStore(url, config.shards, config.key_prefix,
-                               observer=observer, max_wait=max_wait)  # type: ignore[arg-type]
+                               observer=observer, max_wait=max_wait,  # type: ignore[arg-type]
+                               layout=StoreLayout.from_config(config))
             stores.append(store)
             return store
 
@@ -149,7 +150,8 @@ def monitor_store(args: argparse.Namespace, config: ChurnwatchConfig, command: s
     """
     url = monitor_redis_url(args, command)
     check_login(url, must_answer=True)
-    store = RedisStore(url, config.shards, config.key_prefix, max_wait=max_wait)
+    store = RedisStore(url, config.shards, config.key_prefix, max_wait=max_wait,
+                       layout=StoreLayout.from_config(config))
     try:
         yield store
     except redis.RedisError as exc:

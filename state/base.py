@@ -13,11 +13,13 @@ effects or none.
 from __future__ import annotations
 
 import heapq
+import math
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from churnwatch.core.config import TIERS, ChurnwatchConfig
 from churnwatch.core.customer import CustomerState
 from churnwatch.core.engine import ShardState, TierTransition
 
@@ -32,6 +34,138 @@ def shard_of(customer_id: str, shards: int) -> int:
     True
     """
     return zlib.crc32(customer_id.encode()) % shards
+
+
+def bucket_of(customer_id: str, shards: int, buckets: int) -> int:
+    """The hash bucket of a customer within its shard: stable, like :func:`shard_of`, and
+    independent of it (the bits of the hash the shard did not use), so a shard's customers
+    spread over all of its buckets.
+
+    >>> bucket_of("c-42", 16, 256) == bucket_of("c-42", 16, 256) < 256
+    True
+    """
+    return (zlib.crc32(customer_id.encode()) // shards) % buckets
+
+
+@dataclass(frozen=True)
+class StoreLayout:
+    """How a store lays out and retains what it keeps (``[state]`` in the configuration).
+
+    ``buckets``: customer hash buckets per shard; every store reading the same data must use
+    the same number (a different one finds no customer). ``transitions_kept``: transition
+    records kept across all shards (each shard's stream keeps its share);
+    ``dead_letters_kept``: dead letters kept; the ``*_max_age`` ones drop entries older than
+    that many seconds of wall time (0: no age limit). ``history_kept``: transitions kept in
+    each customer's own state for the customer page (their reasons stay in the transition
+    streams)."""
+
+    buckets: int = 128
+    transitions_kept: int = 3_000
+    transitions_max_age: float = 7 * 86400.0
+    dead_letters_kept: int = 1_000
+    dead_letters_max_age: float = 30 * 86400.0
+    history_kept: int = 3
+
+    @classmethod
+    def from_config(cls, config: ChurnwatchConfig) -> StoreLayout:
+        """The layout a configuration asks for."""
+        return cls(buckets=config.customer_buckets, transitions_kept=config.transitions_kept,
+                   transitions_max_age=config.transitions_max_age_days * 86400.0,
+                   dead_letters_kept=config.dead_letters_kept,
+                   dead_letters_max_age=config.dead_letters_max_age_days * 86400.0,
+                   history_kept=config.score_history_length)
+
+    def transitions_per_shard(self, shards: int) -> int:
+        """Each shard stream's share of ``transitions_kept`` (at least 1).
+
+        >>> StoreLayout(transitions_kept=3_000).transitions_per_shard(16)
+        188
+        """
+        return max(-(-self.transitions_kept // shards), 1)
+
+
+# -- a customer's recent transitions ---------------------------------------------------------
+#
+# Kept in the customer's own state (``CustomerState.history``), newest first, one compact list
+# per transition: [at (whole seconds), from tier, to tier, old score x10 (or None), new score
+# x10, cause], tiers as indexes into TIERS, cause 1 for "silence" (left out for "event"). About
+# 14 bytes each. The reasons are not kept there: they are sentences (about 250 bytes) rendered
+# from the state at that instant, which cannot be rendered again later; they are read from the
+# shard's transition stream while it retains the transition (see ``history_records``).
+
+_CAUSES = ("event", "silence")
+
+
+def _tier_code(name: str) -> int | str:
+    return TIERS.index(name) if name in TIERS else name
+
+
+def _tier_of(code: object) -> str:
+    return TIERS[code] if isinstance(code, int) and 0 <= code < len(TIERS) else str(code)
+
+
+def history_entry(transition: TierTransition) -> list[object]:
+    """A transition as a compact history record.
+
+    >>> from churnwatch.core.engine import TierTransition
+    >>> history_entry(TierTransition("c1", "unassigned", "watch", "at_risk", 41.04, 28.96,
+    ...                              1_700_000_000.5, ("no order for 90 days",), "silence"))
+    [1700000000, 1, 2, 410, 290, 1]
+    """
+    entry: list[object] = [
+        math.floor(transition.at), _tier_code(transition.from_tier),
+        _tier_code(transition.to_tier),
+        None if transition.old_score is None else round(transition.old_score * 10),
+        round(transition.new_score * 10)]
+    if transition.cause != "event":
+        entry.append(_CAUSES.index(transition.cause) if transition.cause in _CAUSES
+                     else transition.cause)
+    return entry
+
+
+def remember_transitions(changed: Mapping[str, CustomerState],
+                         transitions: Sequence[TierTransition], kept: int) -> None:
+    """Add each transition to the front of its customer's ``history`` (at most ``kept``).
+    Both stores call it in ``commit`` before writing the states, so the history is committed
+    with the state, atomically and exactly once."""
+    for transition in transitions:
+        state = changed.get(transition.customer_id)
+        if state is not None:
+            state.history = [history_entry(transition), *state.history][:kept]
+
+
+def history_records(customer_id: str, state: CustomerState | None, count: int,
+                    retained: Iterable[Mapping[str, object]]) -> list[dict[str, object]]:
+    """A customer's newest transitions (newest first) as records like the stream's.
+
+    ``retained`` gives the customer's shard's transition records still in its stream, newest
+    first; it is read only until every one of the customer's transitions is found in it (so
+    pass a lazy iterable). A transition found there gets its reasons and suggestion; an older
+    one has ``reasons`` empty."""
+    if state is None:
+        return []
+    out: list[dict[str, object]] = []
+    for entry in state.history[:count]:
+        at, from_tier, to_tier, old, new, *rest = entry
+        out.append({
+            "customer_id": customer_id, "from": _tier_of(from_tier), "to": _tier_of(to_tier),
+            "old_score": None if old is None else old / 10, "new_score": new / 10,
+            "at": float(at), "reasons": [],
+            "cause": _CAUSES[rest[0]] if rest and rest[0] in (0, 1) else
+            str(rest[0]) if rest else "event"})
+    wanted = {(int(float(str(r["at"]))), r["from"], r["to"]): r for r in out}
+    if wanted:
+        for record in retained:
+            if record.get("customer_id") != customer_id:
+                continue
+            key = (math.floor(float(str(record["at"]))), record.get("from"), record.get("to"))
+            found = wanted.pop(key, None)
+            if found is not None:
+                found.update(record)
+                found["at"] = float(str(record["at"]))
+            if not wanted:
+                break
+    return out
 
 
 def dead_letter_position(record: Mapping[str, object]) -> tuple[str, int]:

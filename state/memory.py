@@ -1,15 +1,25 @@
-"""An in-process state store with the same contract as Redis, for tests and experiments."""
+"""An in-process state store with the same contract as Redis, for tests and experiments.
+
+It keeps customers as Redis does, in hash buckets named like the Redis store's keys
+(:meth:`MemoryStore.buckets`), with the same history and stream retention
+(:class:`~churnwatch.state.base.StoreLayout`), so a test can check both hold the same bytes.
+"""
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict, deque
 from collections.abc import Iterator, Mapping, Sequence
 
 import msgpack
 from churnwatch.state.base import (
+    StoreLayout,
     UrgencySelection,
+    bucket_of,
     dead_letter_position,
+    history_records,
     merge_ranked,
+    remember_transitions,
     segment_key_part,
     shard_of,
     urgency_ranges,
@@ -24,17 +34,37 @@ class MemoryStore:
     """Keeps everything in dictionaries; states are copied through the wire format, exactly as
     they would be through Redis, so both stores behave the same."""
 
-    def __init__(self, shards: int) -> None:
+    def __init__(self, shards: int, layout: StoreLayout | None = None, prefix: str = "cw"
+                 ) -> None:
         self.shards = shards
-        self._customers: dict[str, bytes] = {}
+        self.layout = layout or StoreLayout()
+        self.prefix = prefix
+        # Bucket key (as Redis names it) -> customer id -> stored blob.
+        self._buckets: dict[str, dict[str, bytes]] = defaultdict(dict)
         self._shards: dict[int, bytes] = {}
         self._positions: dict[int, dict[int, int]] = {}
         self._due: dict[int, dict[str, float]] = defaultdict(dict)
-        self._transitions: deque[dict[str, object]] = deque(maxlen=100_000)
-        self._dead: deque[dict[str, object]] = deque(maxlen=100_000)
+        # Per shard: (wall time written, record), as the Redis store's streams retain them.
+        self._transitions: dict[int, deque[tuple[float, dict[str, object]]]] = defaultdict(
+            lambda: deque(maxlen=self.layout.transitions_per_shard(shards)))
+        self._dead: deque[tuple[float, dict[str, object]]] = deque(
+            maxlen=self.layout.dead_letters_kept)
         self._dead_offsets: dict[str, int] = {}
         # The urgency index: (shard, declared segment) -> customer -> index score.
         self._urgency: dict[tuple[int, str], dict[str, float]] = defaultdict(dict)
+
+    def bucket_key(self, customer_id: str) -> str:
+        """The name the Redis store gives the hash holding this customer."""
+        shard = shard_of(customer_id, self.shards)
+        return (f"{self.prefix}:{{s{shard}}}:c:"
+                f"{bucket_of(customer_id, self.shards, self.layout.buckets)}")
+
+    def buckets(self) -> dict[str, dict[str, bytes]]:
+        """Every customer bucket as Redis would hold it: key -> customer id -> blob."""
+        return {key: dict(blobs) for key, blobs in self._buckets.items() if blobs}
+
+    def _raw(self, customer_id: str) -> bytes | None:
+        return self._buckets[self.bucket_key(customer_id)].get(customer_id)
 
     def load_shard(self, shard: int) -> ShardState:
         raw = self._shards.get(shard)
@@ -46,7 +76,7 @@ class MemoryStore:
                        ) -> dict[str, CustomerState | None]:
         out: dict[str, CustomerState | None] = {}
         for cid in customer_ids:
-            raw = self._customers.get(cid)
+            raw = self._raw(cid)
             out[cid] = (CustomerState.from_wire(msgpack.unpackb(raw, strict_map_key=False))
                         if raw else None)
         return out
@@ -61,22 +91,28 @@ class MemoryStore:
 
     def commit(self, shard: int, shard_state: ShardState, changed: Mapping[str, CustomerState],
                transitions: Sequence[TierTransition]) -> None:
+        remember_transitions(changed, transitions, self.layout.history_kept)
         for cid, state in changed.items():
             self._index(shard, cid, state)
-            self._customers[cid] = msgpack.packb(state.to_wire())
+            self._buckets[self.bucket_key(cid)][cid] = msgpack.packb(state.to_wire())
             if state.next_review_at is None:
                 self._due[shard].pop(cid, None)
             else:
                 self._due[shard][cid] = float(state.next_review_at)
         self._shards[shard] = msgpack.packb(shard_state.to_wire())
         self._positions[shard] = dict(shard_state.positions)
+        now = time.time()
+        stream = self._transitions[shard]
         for transition in transitions:
-            self._transitions.append(transition.as_dict())
+            stream.append((now, transition.as_dict()))
+        _drop_older(stream, now - self.layout.transitions_max_age
+                    if self.layout.transitions_max_age > 0 else None)
 
     def _index(self, shard: int, cid: str, state: CustomerState) -> None:
-        old = self._customers.get(cid)
+        old = self._raw(cid)
         if old is not None:
-            old_segment = msgpack.unpackb(old, strict_map_key=False)[2]
+            old_segment = CustomerState.from_wire(msgpack.unpackb(old,
+                                                                   strict_map_key=False)).segment
             self._urgency[(shard, segment_key_part(old_segment))].pop(cid, None)
         score = urgency_score(state)
         if score is not None:
@@ -105,19 +141,22 @@ class MemoryStore:
             customer_id]
 
     def iter_customers(self) -> Iterator[tuple[str, CustomerState]]:
-        for cid, raw in list(self._customers.items()):
-            yield cid, CustomerState.from_wire(msgpack.unpackb(raw, strict_map_key=False))
+        for blobs in list(self._buckets.values()):
+            for cid, raw in list(blobs.items()):
+                yield cid, CustomerState.from_wire(msgpack.unpackb(raw, strict_map_key=False))
 
     def shard_states(self) -> list[ShardState]:
         return [self.load_shard(s) for s in sorted(self._shards)]
 
     def recent_transitions(self, count: int) -> list[dict[str, object]]:
-        items = list(self._transitions)[-count:] if count else []
-        return sorted(items, key=lambda t: -float(t["at"]))  # type: ignore[arg-type]
+        items = [record for stream in self._transitions.values()
+                 for _, record in list(stream)[-count:]] if count else []
+        return sorted(items, key=lambda t: -float(t["at"]))[:count]  # type: ignore[arg-type]
 
     def customer_transitions(self, customer_id: str, count: int) -> list[dict[str, object]]:
-        mine = [t for t in self._transitions if t["customer_id"] == customer_id]
-        return sorted(mine, key=lambda t: -float(t["at"]))[:count]  # type: ignore[arg-type]
+        stream = self._transitions[shard_of(customer_id, self.shards)]
+        return history_records(customer_id, self.customer(customer_id), count,
+                               (record for _, record in reversed(stream)))
 
     def add_dead_letters(self, records: Sequence[Mapping[str, object]]) -> list[bool]:
         written: list[bool] = []
@@ -128,16 +167,24 @@ class MemoryStore:
                     written.append(False)
                     continue
                 self._dead_offsets[lane] = offset
-            self._dead.append(dict(record))
+            self._dead.append((time.time(), dict(record)))
             written.append(True)
+        max_age = self.layout.dead_letters_max_age
+        _drop_older(self._dead, time.time() - max_age if max_age > 0 else None)
         return written
 
     def dead_letters(self, count: int) -> list[dict[str, object]]:
-        return list(reversed(self._dead))[:count]
+        return [record for _, record in reversed(self._dead)][:count]
 
     def customer_count(self) -> int:
-        return len(self._customers)
+        return sum(len(blobs) for blobs in self._buckets.values())
 
     def close(self) -> None:
         pass
 
+
+
+def _drop_older(stream: deque[tuple[float, dict[str, object]]], oldest: float | None) -> None:
+    """Drop the entries written before ``oldest`` (wall time), as Redis' ``MINID`` trims."""
+    while oldest is not None and stream and stream[0][0] < oldest:
+        stream.popleft()

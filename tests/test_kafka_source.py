@@ -22,7 +22,6 @@ from churnwatch.core.config import ChurnwatchConfig
 from churnwatch.publish import customer_of, read_lines
 from churnwatch.replay import run_flow
 
-OFFSETS = 32  # index of the per-partition offsets in CustomerState.to_wire()
 PARTITIONS = 4
 
 
@@ -63,9 +62,8 @@ def _config(prefix: str) -> ChurnwatchConfig:
 def _states(store: RedisStore) -> dict[str, list[object]]:
     out = {}
     for cid, state in store.iter_customers():
-        wire = state.to_wire()
-        wire[OFFSETS] = None  # partition ids name the source
-        out[cid] = wire
+        state.offsets = {}  # partition ids name the source
+        out[cid] = state.to_wire()
     return out
 
 

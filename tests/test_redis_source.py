@@ -23,8 +23,6 @@ from churnwatch.core.config import ChurnwatchConfig
 from churnwatch.publish import Publisher, read_lines
 from churnwatch.replay import run_flow
 
-OFFSETS = 32  # index of the per-partition offsets in CustomerState.to_wire()
-
 
 def _config(prefix: str, **kwargs: object) -> ChurnwatchConfig:
     values: dict[str, object] = {"shards": 8, "stream_partitions": 4, "key_prefix": prefix,
@@ -47,9 +45,8 @@ def _run_redis_flow(server: LiveRedis, config: ChurnwatchConfig) -> RedisStore:
 def _states(store: RedisStore) -> dict[str, list[object]]:
     out = {}
     for cid, state in store.iter_customers():
-        wire = state.to_wire()
-        wire[OFFSETS] = None  # partition ids name the source: file vs stream
-        out[cid] = wire
+        state.offsets = {}  # partition ids name the source: file vs stream
+        out[cid] = state.to_wire()
     return out
 
 

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 import redis
-from churnwatch.state.base import StateStore, shard_of
+from churnwatch.state.base import StateStore, StoreLayout, shard_of
 from churnwatch.state.memory import MemoryStore
 from churnwatch.state.redis_store import RedisStore
 from redis_server import redis_server, redis_url  # noqa: F401
@@ -135,7 +135,8 @@ def test_fresh_shard_is_empty(store: StateStore) -> None:
 
 def test_a_commit_retried_after_a_lost_reply_is_applied_once(redis_url: str) -> None:
     """The connection drops after EXEC reached Redis: the retry must not append twice."""
-    store = RedisStore(redis_url, CONFIG.shards, "t", max_wait=5)
+    store = RedisStore(redis_url, CONFIG.shards, "t", max_wait=5,
+                       layout=StoreLayout(history_kept=30))
     engines = _commit_orders(store, ["a"], T0 + 100 * DAY)
     before = len(store.customer_transitions("a", 30))  # a young customer may have moved up
     [(shard, engine)] = engines.items()

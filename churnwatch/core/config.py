@@ -101,7 +101,12 @@ class ChurnwatchConfig:
     max_amount: float = 1e10
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 9464
-    score_history_length: int = 30
+    score_history_length: int = 3
+    customer_buckets: int = 128
+    transitions_kept: int = 3_000
+    transitions_max_age_days: float = 7.0
+    dead_letters_kept: int = 1_000
+    dead_letters_max_age_days: float = 30.0
     source: str = "redis"
     stream_partitions: int = 4
     stream_prefix: str = "churnwatch:events"
@@ -197,7 +202,10 @@ def parse_config(data: Mapping[str, Any], *, source: str) -> ChurnwatchConfig:
                                  "engagement_half_life_days", "service_half_life_days"})
     reader.only(alerts, "alerts", {"sudden_drop_points", "sudden_drop_window_days"})
     reader.only(value, "value", {"high_value_tier", "high_value_top_share"})
-    reader.only(state, "state", {"shards", "key_prefix", "score_history_length"})
+    reader.only(state, "state", {"shards", "key_prefix", "score_history_length",
+                                 "customer_buckets", "transitions_kept",
+                                 "transitions_max_age_days", "dead_letters_kept",
+                                 "dead_letters_max_age_days"})
     reader.only(inp, "input", {"max_future_seconds", "allowed_lateness_days", "batch_size",
                                "max_amount"})
     reader.only(met, "metrics", {"host", "port"})
@@ -245,7 +253,17 @@ def parse_config(data: Mapping[str, Any], *, source: str) -> ChurnwatchConfig:
         shards=shards,
         key_prefix=reader.string(state, "state", "key_prefix", d.key_prefix),
         score_history_length=reader.integer(state, "state", "score_history_length",
-                                            d.score_history_length, low=0, high=1000),
+                                            d.score_history_length, low=0, high=100),
+        customer_buckets=reader.integer(state, "state", "customer_buckets", d.customer_buckets,
+                                        low=1, high=1 << 20),
+        transitions_kept=reader.integer(state, "state", "transitions_kept", d.transitions_kept,
+                                        low=1, high=1 << 40),
+        transitions_max_age_days=reader.number(state, "state", "transitions_max_age_days",
+                                               d.transitions_max_age_days, low=0.0),
+        dead_letters_kept=reader.integer(state, "state", "dead_letters_kept",
+                                         d.dead_letters_kept, low=1, high=1 << 40),
+        dead_letters_max_age_days=reader.number(state, "state", "dead_letters_max_age_days",
+                                                d.dead_letters_max_age_days, low=0.0),
         max_future_seconds=reader.number(inp, "input", "max_future_seconds",
                                          d.max_future_seconds, low=0.0),
         allowed_lateness_days=reader.number(inp, "input", "allowed_lateness_days",

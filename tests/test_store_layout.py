@@ -1,0 +1,173 @@
+"""The memory store and the Redis store keep the same layout: customers in the same hash
+buckets with the same bytes, the same short per-customer history, streams retained alike."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+
+import pytest
+import redis
+from churnwatch.state.base import StateStore, StoreLayout, shard_of
+from churnwatch.state.memory import MemoryStore
+from churnwatch.state.redis_store import RedisStore
+from redis_server import redis_server, redis_url  # noqa: F401
+
+from churnwatch.core.config import ChurnwatchConfig, load_config
+from churnwatch.core.customer import CustomerState
+from churnwatch.core.engine import Incoming, ShardEngine, ShardState
+from churnwatch.core.events import Event, decode_event
+from churnwatch.simulator import ShopSimulator
+
+CONFIG = ChurnwatchConfig(shards=4, stream_partitions=2)
+LAYOUT = StoreLayout(buckets=8, transitions_kept=40, history_kept=3, dead_letters_kept=5)
+
+
+def simulated_events() -> list[Event]:
+    sim = ShopSimulator(customers=150, seed=5, start=1_650_000_000.0, days=400)
+    out = []
+    for n, record in enumerate(sim.events()):
+        event = decode_event(json.dumps(record).encode(), position=f"sim:{n}", now=2e9)
+        if isinstance(event, Event):
+            out.append(event)
+    return out
+
+
+def replay_into(store: StateStore, events: list[Event]) -> int:
+    """The dataflow's steps, batch by batch: load the batch's customers, process, commit.
+    Returns the transitions committed."""
+    engines: dict[int, ShardEngine] = {}
+    committed = 0
+    for start in range(0, len(events), 400):
+        by_shard: dict[int, list[Incoming]] = {}
+        for offset, event in enumerate(events[start:start + 400], start + 1):
+            by_shard.setdefault(shard_of(event.customer_id, CONFIG.shards), []).append(
+                Incoming(event, 7, offset))
+        for shard, items in sorted(by_shard.items()):
+            engine = engines.setdefault(shard, ShardEngine(shard, CONFIG,
+                                                           store.load_shard(shard)))
+            loaded = store.load_customers(shard, sorted({i.event.customer_id for i in items}))
+            result = engine.process(items, loaded, max(i.event.ts for i in items))
+            store.commit(shard, engine.state, result.changed, result.transitions)
+            committed += len(result.transitions)
+    return committed
+
+
+@pytest.fixture()
+def both(redis_url: str) -> Iterator[tuple[MemoryStore, RedisStore, redis.Redis]]:  # noqa: F811
+    memory = MemoryStore(CONFIG.shards, LAYOUT, prefix="lay")
+    store = RedisStore(redis_url, CONFIG.shards, "lay", max_wait=5, layout=LAYOUT)
+    client = redis.Redis.from_url(redis_url)
+    yield memory, store, client
+    store.close()
+    client.close()
+
+
+def test_both_stores_hold_the_same_buckets_histories_and_streams(
+        both: tuple[MemoryStore, RedisStore, redis.Redis]) -> None:
+    memory, store, client = both
+    events = simulated_events()
+    transitions = replay_into(memory, events)
+    assert replay_into(store, events) == transitions > 2 * LAYOUT.transitions_kept
+
+    # Customers: the same bucket keys, each holding the same customers with the same bytes.
+    in_redis = {key.decode(): {cid.decode(): blob for cid, blob in client.hgetall(key).items()}
+                for key in client.scan_iter(match="lay:*:c:*")}
+    assert in_redis == memory.buckets()
+    assert len(in_redis) == CONFIG.shards * LAYOUT.buckets  # every bucket in use
+    customers = [cid for blobs in in_redis.values() for cid in blobs]
+    assert len(customers) == len(set(customers)) > 140
+    # Small buckets stay compact (the test servers get BUCKET_SERVER_ARGS, as production must).
+    assert {client.object("encoding", key) for key in in_redis} == {b"listpack"}
+    due = list(client.scan_iter(match="lay:*:d:*"))
+    assert due and {client.object("encoding", key) for key in due} == {b"listpack"}
+    for shard in range(CONFIG.shards):  # the same review order in both
+        assert store.due_customers(shard, 2e9, 1000) == memory.due_customers(shard, 2e9, 1000)
+        assert store.next_due(shard) == memory.next_due(shard)
+    # No key per customer, of any kind.
+    assert not [k for k in client.scan_iter(match="lay:*:h:*")]
+
+    # Each customer's history: at most history_kept, newest first, with their reasons while the
+    # shard's stream retains the transition, without once it does not.
+    retained = {(t["customer_id"], t["at"], t["from"], t["to"]): t
+                for t in store.recent_transitions(10_000)}
+    with_history = with_reasons = 0
+    for cid in customers:
+        mine = store.customer_transitions(cid, 10)
+        assert mine == memory.customer_transitions(cid, 10)
+        assert len(mine) <= LAYOUT.history_kept
+        assert [t["at"] for t in mine] == sorted((t["at"] for t in mine), reverse=True)
+        with_history += bool(mine)
+        for t in mine:
+            assert t["from"] != t["to"] and t["cause"] in ("event", "silence")
+            in_stream = retained.get((cid, t["at"], t["from"], t["to"]))
+            assert t["reasons"] == (in_stream["reasons"] if in_stream else [])
+            with_reasons += in_stream is not None
+    assert with_history > 50 and 0 < with_reasons <= LAYOUT.transitions_kept
+
+    # Transition streams: each shard keeps its share of transitions_kept, exactly.
+    per_shard = LAYOUT.transitions_per_shard(CONFIG.shards)
+    for shard in range(CONFIG.shards):
+        assert client.xlen(f"lay:{{s{shard}}}:transitions") == per_shard
+    assert store.recent_transitions(25) == memory.recent_transitions(25)
+    assert len(store.recent_transitions(1000)) == LAYOUT.transitions_kept
+
+
+@pytest.mark.parametrize("kind", ["memory", "redis"])
+def test_dead_letters_are_retained_by_count_and_by_age(redis_url: str, kind: str  # noqa: F811
+                                                       ) -> None:
+    def open_store(layout: StoreLayout) -> StateStore:
+        if kind == "memory":
+            return MemoryStore(CONFIG.shards, layout)
+        return RedisStore(redis_url, CONFIG.shards, "dl", max_wait=5, layout=layout)
+
+    def letters(names: range) -> list[dict[str, object]]:
+        return [{"reason": "invalid_json", "position": f"p{n}", "payload": "x"} for n in names]
+
+    by_count = open_store(StoreLayout(dead_letters_kept=5, dead_letters_max_age=0))
+    by_count.add_dead_letters(letters(range(12)))
+    assert [r["position"] for r in by_count.dead_letters(100)] == [
+        f"p{n}" for n in range(11, 6, -1)]
+
+    redis.Redis.from_url(redis_url).flushall()
+    by_age = open_store(StoreLayout(dead_letters_kept=100, dead_letters_max_age=0.5))
+    by_age.add_dead_letters(letters(range(3)))
+    time.sleep(0.7)
+    by_age.add_dead_letters(letters(range(3, 5)))
+    assert [r["position"] for r in by_age.dead_letters(100)] == ["p4", "p3"]
+
+
+def test_the_layout_comes_from_the_state_section(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "c.toml"
+    path.write_text("[state]\ncustomer_buckets = 64\ntransitions_kept = 800\n"
+                    "transitions_max_age_days = 2\ndead_letters_kept = 50\n"
+                    "dead_letters_max_age_days = 0\nscore_history_length = 4\n")
+    layout = StoreLayout.from_config(load_config(path))
+    assert layout == StoreLayout(buckets=64, transitions_kept=800,
+                                 transitions_max_age=2 * 86400.0, dead_letters_kept=50,
+                                 dead_letters_max_age=0.0, history_kept=4)
+
+
+def test_one_bucket_holding_thousands_of_customers_reads_and_reviews(
+        redis_url: str) -> None:  # noqa: F811
+    """The bucket scripts split what they unpack: Lua takes about 8,000 values at once."""
+    store = RedisStore(redis_url, 1, "big", max_wait=5, layout=StoreLayout(buckets=1))
+    states = {}
+    for n in range(6000):
+        state = CustomerState(1_700_000_000.0)
+        state.next_review_at = 1_700_000_000.0 + n
+        states[f"c{n:05d}"] = state
+    store.load_customers(0, list(states))
+    store.commit(0, ShardState(), states, [])
+    loaded = store.load_customers(0, [*states, "nobody"])
+    assert loaded.pop("nobody") is None
+    assert {c: s.to_wire() for c, s in loaded.items()} == {c: s.to_wire()
+                                                          for c, s in states.items()}
+    assert store.due_customers(0, 1_700_000_000.0 + 4999, 10_000) == list(states)[:5000]
+    assert store.next_due(0) == 1_700_000_000.0
+    for state in states.values():
+        state.next_review_at = None
+    store.commit(0, ShardState(), states, [])
+    assert store.next_due(0) is None and store.due_customers(0, 2e9, 10) == []
+    store.close()
