@@ -259,35 +259,35 @@ class CustomerState:
         >>> CustomerState.from_wire(wire).to_wire() == wire
         True
         """
-        score = None if self.score is None else round(self.score * 100)
-        base = _t(self.last_event_ts)
-
-        def since(ts: float) -> int | None:  # 0 stands for "never": left out
-            return None if ts == 0 else _t(ts) - base
-
-        def since_or_none(ts: int | None) -> int | None:
-            return None if ts is None else ts - base
-
-        values: tuple[object, ...] = (
-            WIRE_VERSION, since(self.first_seen), base, self.segment,
-            self.declared_value_tier, self.orders, since_or_none(_ot(self.first_order)),
-            since_or_none(_ot(self.last_order)),
-            _f(self.spend), _f(self.refunds), _f(self.ord_short), _f(self.ord_long),
-            _f(self.val_short), _f(self.val_long), since(self.trend_ref),
+        base = math.floor(self.last_event_ts)
+        # Defaults become None (the "or None"s, _fz), except where a zero is a value: the
+        # relative instants and the score.
+        fields: list[object] = [
+            None if self.first_seen == 0 else math.floor(self.first_seen) - base,
+            base, self.segment, self.declared_value_tier, self.orders or None,
+            None if self.first_order is None else math.floor(self.first_order) - base,
+            None if self.last_order is None else math.floor(self.last_order) - base,
+            _fz(self.spend), _fz(self.refunds), _fz(self.ord_short), _fz(self.ord_long),
+            _fz(self.val_short), _fz(self.val_long),
+            None if self.trend_ref == 0 else math.floor(self.trend_ref) - base,
             {_CHANNEL_CODES.get(name, name): [_f(v) for v in row]
              for name, row in self.channels.items()} or None,
-            since(self.eng_ref), _f(self.tickets), _f(self.fb_sum), _f(self.fb_weight),
-            since(self.svc_ref), score, self.tier + 1, self.components or None,
-            since(self.scored_at), since_or_none(_ot_up(self.next_review_at)),
-            since(self.tier_since), round(self.peak_score * 100), since(self.peak_at),
-            self.drop_counted, self.high_value,
+            None if self.eng_ref == 0 else math.floor(self.eng_ref) - base,
+            _fz(self.tickets), _fz(self.fb_sum), _fz(self.fb_weight),
+            None if self.svc_ref == 0 else math.floor(self.svc_ref) - base,
+            None if self.score is None else round(self.score * 100),
+            self.tier + 1 or None, self.components or None,
+            None if self.scored_at == 0 else math.floor(self.scored_at) - base,
+            None if self.next_review_at is None else math.ceil(self.next_review_at) - base,
+            None if self.tier_since == 0 else math.floor(self.tier_since) - base,
+            round(self.peak_score * 100) or None,
+            None if self.peak_at == 0 else math.floor(self.peak_at) - base,
+            self.drop_counted or None, self.high_value or None,
             self.offsets or None, self.recent_ids or None,
             None if self.outreach is None else {_OUTREACH_CODES.get(k, k): v
                                                 for k, v in self.outreach.items()},
-            self.model_fit,
-            [[entry[0] - base, *entry[1:]] for entry in self.history] or None)
-        fields = [None if value == 0 and code not in _KEEP_ZERO else value
-                  for code, value in enumerate(values[1:], start=1)]
+            self.model_fit or None,
+            [[entry[0] - base, *entry[1:]] for entry in self.history] or None]
         while fields and fields[-1] is None:
             fields.pop()
         return [WIRE_VERSION, fields]
@@ -373,8 +373,6 @@ WIRE_FIELDS = (
 # three bytes instead of five. Absent means 0 ("never") or, for first/last order and the next
 # review, ``None``.
 _RELATIVE = frozenset({1, 6, 7, 14, 16, 20, 24, 25, 26, 28})
-# Fields where a zero is a value, not the default: relative instants, a score of 0.
-_KEEP_ZERO = _RELATIVE | {3, 4, 21, 33}
 
 
 # Channels (churnwatch.core.events) as one-byte codes in the stored form; a name not listed here
@@ -411,23 +409,16 @@ def _from_version_1(data: list[Any]) -> list[Any]:
     return out
 
 
-def _f(value: float) -> float | int:
-    # An integral float as an int: one byte for 0 instead of nine, exact back through float().
+def _fz(value: float) -> float | int | None:
+    # A counter at its default (0) as None, else as _f.
+    if value == 0:
+        return None
     return int(value) if value.is_integer() and abs(value) < 2.0**53 else value
 
 
-def _t(ts: float) -> int:
-    # Whole seconds fit msgpack's 5-byte integers.
-    return math.floor(ts)
-
-
-def _ot(ts: float | None) -> int | None:
-    return None if ts is None else math.floor(ts)
-
-
-def _ot_up(ts: float | None) -> int | None:
-    # Review times round up: a review a moment late is harmless, one early would find nothing.
-    return None if ts is None else math.ceil(ts)
+def _f(value: float) -> float | int:
+    # An integral float as an int: one byte for 0 instead of nine, exact back through float().
+    return int(value) if value.is_integer() and abs(value) < 2.0**53 else value
 
 
 #: Interventions remembered per customer (for the customer page).
