@@ -263,8 +263,7 @@ def _live_step(url: str, config: ChurnwatchConfig, rate: float, seconds: float,
     client = redis.Redis.from_url(url)
     streams = [f"{config.stream_prefix}:{p}" for p in range(config.stream_partitions)]
     probes = _probe_customers(config)
-    probe_keys = [f"{config.key_prefix}:{{s{shard_of(c, config.shards)}}}:c:{c}"
-                  for c in probes]
+    probe_keys = list(probes)
     xadd_many = client.register_script(_XADD_MANY)
     total = int(rate * seconds)
     rng = random.Random(seed)
@@ -289,20 +288,22 @@ def _live_step(url: str, config: ChurnwatchConfig, rate: float, seconds: float,
     done = threading.Event()
 
     def watch() -> None:
-        watcher = redis.Redis.from_url(url)
+        # Through the store, so the probes are read wherever the layout keeps them.
+        watcher = RedisStore(url, config.shards, config.key_prefix,
+                             layout=StoreLayout.from_config(config))
         while not done.is_set():
-            raws = watcher.mget(probe_keys)
+            states = [watcher.customer(cid) for cid in probe_keys]
             now = time.time()
-            for key, raw in zip(probe_keys, raws, strict=True):
-                if not raw:
+            for key, state in zip(probe_keys, states, strict=True):
+                if state is None:
                     continue
-                offsets = msgpack.unpackb(raw, strict_map_key=False)[32] or {}
-                newest = max(offsets.values(), default=0)
+                newest = max(state.offsets.values(), default=0)
                 if newest > seen.get(key, 0):
                     if key in seen:
                         latencies.append(now - (newest // 1_000_000) / 1000.0)
                     seen[key] = newest
             time.sleep(0.002)
+        watcher.close()
 
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
