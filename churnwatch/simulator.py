@@ -27,6 +27,9 @@ from dataclasses import dataclass
 
 DAY = 86400.0
 SEGMENTS = {"skincare": 30.0, "fashion": 60.0, "electronics": 120.0}
+#: Mean time from joining to a persona's change (stop, drift, pause), as a share of the
+#: simulated span.
+LIFETIME_SHARE = 0.6
 PERSONAS = (("loyal", 0.40), ("drifting", 0.2), ("stopping", 0.12), ("returning", 0.1),
             ("one_time", 0.18))
 
@@ -124,7 +127,14 @@ class ShopSimulator:
             persona = rng.choices(names, weights)[0]
             cadence = self.segments[segment] * math.exp(rng.gauss(0.0, cadence_spread))
             joined = start + rng.random() * join_window * DAY
-            change = joined + (0.3 + rng.random() * 0.6) * (start + days * DAY - joined)
+            # When a stopping customer stops, a drifting one starts to drift, a returning one
+            # pauses: an exponential lifetime from joining (a constant hazard, which is what a
+            # forecaster can learn from the past), with a mean of 60 % of the simulated span.
+            # Until December 2026 this was a uniform 30-90 % of the time left to the end of the
+            # simulation, so every stopper still buying at a backtest's cut-off stopped within
+            # its horizon: a hazard rising to certainty at the end of the data, which no model
+            # calibrated on the past can see (docs/scoring.md, "The zoo of regimes").
+            change = joined + rng.expovariate(1.0 / (LIFETIME_SHARE * days * DAY))
             self.customers.append(SimulatedCustomer(f"cust-{seed}-{index:06d}", segment,
                                                     persona, cadence, joined, change))
 

@@ -149,8 +149,9 @@ class MemoryStore:
         return [self.load_shard(s) for s in sorted(self._shards)]
 
     def recent_transitions(self, count: int) -> list[dict[str, object]]:
-        items = [record for stream in self._transitions.values()
-                 for _, record in list(stream)[-count:]] if count else []
+        # Shard by shard, each newest first, then by time: ties in the order Redis gives them.
+        items = [record for _, stream in sorted(self._transitions.items())
+                 for _, record in reversed(list(stream)[-count:])] if count else []
         return sorted(items, key=lambda t: -float(t["at"]))[:count]  # type: ignore[arg-type]
 
     def customer_transitions(self, customer_id: str, count: int) -> list[dict[str, object]]:

@@ -60,8 +60,18 @@ def test_customer_order_scores_like_time_order(tmp_path: Path, redis_url: str) -
     auc_grouped = roc_auc([100 - float(grouped[c]["health_score"]) for c in ids], churned)
     assert abs(auc_timed - auc_grouped) <= 0.005
     # Tiers follow the final model in both; hysteresis remembers the path, so a customer near
-    # a boundary may sit one tier apart, never more.
+    # a boundary may sit one tier apart, never more, and only within the hysteresis band of the
+    # boundary between the two tiers (plus the chances' difference allowed above).
     order = ["healthy", "watch", "at_risk", "churned"]
-    steps = [abs(order.index(str(timed[c]["tier"])) - order.index(str(grouped[c]["tier"])))
-             for c in ids]
-    assert max(steps) <= 1 and steps.count(0) >= 0.9 * len(ids)
+    policy = CONFIG.default_policy
+    apart = 0
+    for c in ids:
+        a, b = order.index(str(timed[c]["tier"])), order.index(str(grouped[c]["tier"]))
+        assert abs(a - b) <= 1, c
+        if a != b:
+            apart += 1
+            boundary = policy.boundaries[min(a, b)]
+            for row in (timed[c], grouped[c]):
+                chance = 100.0 * float(row["return_probability"])
+                assert abs(chance - boundary) <= policy.hysteresis + 2.0, (c, chance, boundary)
+    assert apart <= 0.2 * len(ids)
