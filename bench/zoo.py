@@ -45,6 +45,7 @@ from churnwatch.core.config import TIERS, ChurnwatchConfig, parse_config
 from churnwatch.embedded import embedded_redis
 from churnwatch.replay import backtest
 from churnwatch.simulator import DAY, REGIMES, write_jsonl
+from churnwatch.simulator import VERSION as SIMULATOR_VERSION  # names the cached logs
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKDIR = ROOT / "var" / "zoo"
@@ -120,7 +121,7 @@ def simulated(key: str, customers: int, seed: int, workdir: Path) -> Log:
     """A simulator regime, with the truth of who has left by the cut-off."""
     regime = REGIMES[key]
     simulator = regime.simulator(customers, seed, SIM_START)
-    path = workdir / f"sim-{key}-{customers}-{seed}.jsonl"
+    path = workdir / f"sim-{key}-{customers}-{seed}-v{SIMULATOR_VERSION}.jsonl"
     if not path.exists():
         write_jsonl(str(path), simulator)
     cutoff = SIM_START + regime.history_days * DAY
