@@ -189,7 +189,8 @@ class PopulationPriors:
             xc, tc, agec, returned = _summaries(entries, today - window, today)
             if len(xc) >= MIN_OUTCOMES:
                 earlier = fit_buyer_model(xc, tc, agec, model, prior)
-                weight = choose_evidence_weight(earlier, xc, tc, agec, window, returned)
+                weight = choose_evidence_weight(earlier, xc, tc, agec, window, returned,
+                                                current=weight)
                 fitted_at[window] = earlier
         self.model = BuyerModel(model.r, model.alpha, model.a, model.b, weight)
         self.fits += 1
@@ -205,7 +206,9 @@ class PopulationPriors:
             earlier = fitted_at.get(horizon) or fit_buyer_model(xc, tc, agec, model, prior)
             tempered = BuyerModel(earlier.r, earlier.alpha, earlier.a, earlier.b, weight)
             predicted = p_order_within_many(tempered, xc, tc, agec, horizon)
-            calibration[horizon] = fit_calibration(predicted, returned)
+            fitted = fit_calibration(predicted, returned)
+            previous = self.calibration.get(horizon)
+            calibration[horizon] = fitted if previous is None else previous.blended(fitted)
         self.calibration = calibration
 
     def standing(self, p: float, horizon: float) -> float | None:
