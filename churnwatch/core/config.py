@@ -46,11 +46,8 @@ class SegmentPolicy:
     """Everything that may differ per segment: horizon, weights, tier thresholds."""
 
     horizon_days: float = 180.0
-    # Trend weighs nothing by default: on every log of the zoo (docs/scoring.md, "After score
-    # v2") blending it in cost up to 0.015 AUC or gained at most 0.0005; the buyer model already
-    # reads frequency and silence. It is still computed, shown and used by playbooks.
     weights: Mapping[str, float] = field(
-        default_factory=lambda: {"recency": 0.6, "trend": 0.0, "engagement": 0.15,
+        default_factory=lambda: {"recency": 0.6, "trend": 0.15, "engagement": 0.15,
                                  "service": 0.1})
     # Lower bounds of the tiers on the calibrated chance of an order within the horizon, in %.
     healthy: float = 65.0
