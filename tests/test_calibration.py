@@ -16,7 +16,15 @@ from churnwatch.core.customer import DAY, CustomerState
 from churnwatch.core.engine import Incoming, ShardEngine, ShardState
 from churnwatch.core.events import Event
 from churnwatch.core.priors import SAMPLE_SIZE, PopulationPriors
-from churnwatch.core.scoring import assess, chance_percent, next_review_at, windows_of
+from churnwatch.core.scoring import (
+    PERCENTILE_SHARE,
+    assess,
+    buyer_model,
+    chance_percent,
+    next_review_at,
+    return_probability,
+    windows_of,
+)
 
 CONFIG = ChurnwatchConfig()
 T0 = 1_700_000_000.0
@@ -148,6 +156,53 @@ def test_with_learned_priors_more_silence_never_raises_score_or_chance(
     b = assess(state, start + late * DAY, CONFIG, FITTED)
     assert 0.0 <= b.score <= a.score <= 100.0
     assert 0.0 <= b.return_probability <= a.return_probability <= 1.0
+
+
+# The same stream learned at the default horizon, so `recency` is the blend of the chance's
+# percentile among the sampled customers and the chance itself (FITTED has no percentiles at 180
+# days and scores with `sqrt` of the chance).
+FITTED_DEFAULT_HORIZON = learned(STREAM, [CONFIG.policy(None).horizon_days])
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.floats(min_value=0, max_value=300), min_size=1, max_size=25),
+       st.floats(min_value=0, max_value=2000), st.floats(min_value=0, max_value=2000))
+def test_with_the_percentile_blend_more_silence_never_raises_score_or_chance(
+        days: list[float], a_days: float, b_days: float) -> None:
+    priors = FITTED_DEFAULT_HORIZON
+    assert CONFIG.policy(None).horizon_days in priors.percentiles
+    state = CustomerState(first_seen=T0 + min(days) * DAY)
+    for day in days:
+        state.apply(Event("c", "order", T0 + day * DAY, amount=20.0), windows_of(CONFIG))
+    start = state.last_event_ts
+    early, late = sorted((a_days, b_days))
+    a = assess(state, start + early * DAY, CONFIG, priors)
+    b = assess(state, start + late * DAY, CONFIG, priors)
+    assert 0.0 <= b.components[0].value <= a.components[0].value <= 100.0
+    assert 0.0 <= b.score <= a.score <= 100.0
+    assert 0.0 <= b.return_probability <= a.return_probability <= 1.0
+
+
+def test_recency_is_three_quarters_the_percentile_and_a_quarter_the_chance() -> None:
+    # A percentile alone moves with the luck of which customers a shard's sample holds; the
+    # chance alone with the level of the shard's fit. docs/scoring.md, "The recency blend".
+    priors = FITTED_DEFAULT_HORIZON
+    horizon = CONFIG.policy(None).horizon_days
+    model = buyer_model(priors, CONFIG)
+    state = CustomerState(first_seen=T0)
+    for day in range(0, 100, 10):
+        state.apply(Event("c", "order", T0 + day * DAY, amount=20.0), windows_of(CONFIG))
+    values = []
+    for silence in (1.0, 30.0, 90.0, 400.0):
+        a = assess(state, T0 + (90.0 + silence) * DAY, CONFIG, priors)
+        assert a.inputs is not None
+        chance = return_probability(a.inputs, horizon, model)
+        standing = priors.standing(chance, horizon)
+        assert standing is not None
+        assert PERCENTILE_SHARE == 0.75
+        assert math.isclose(a.components[0].value, 100.0 * (0.75 * standing + 0.25 * chance))
+        values.append(a.components[0].value)
+    assert values == sorted(values, reverse=True) and values[0] > values[-1]
 
 
 @settings(max_examples=40, deadline=None)

@@ -48,6 +48,9 @@ from churnwatch.core.priors import PopulationPriors
 RECENCY, TREND, ENGAGEMENT, SERVICE = range(4)
 #: How far the other components can lift the score above recency alone.
 MAX_LIFT_POINTS = 15.0
+#: How much of the recency component is the chance's percentile in the shard's sample; the rest
+#: is the chance itself.
+PERCENTILE_SHARE = 0.75
 HEALTHY, WATCH, AT_RISK, CHURNED = range(4)
 _MAX_SILENCE_DAYS = 36500.0
 
@@ -121,10 +124,24 @@ def return_probability(inputs: RecencyInputs, horizon_days: float, model: BuyerM
 
 def _standing(p: float, horizon: float, priors: PopulationPriors) -> float:
     """The recency component's 0..1: where the customer's chance ``p`` stands among the shard's
-    sampled customers (``sqrt`` of the chance before the shard's first fit). A monotone map of a
-    probability that falls with silence, so it falls with silence too."""
+    sampled customers, blended with the chance itself (``sqrt`` of the chance before the
+    shard's first fit). A monotone map of a probability that falls with silence, so it falls
+    with silence too.
+
+    The percentile puts shards whose fits sit at different levels on one scale; the chance
+    itself does not move with the luck of which customers a shard's sample holds. Each alone
+    loses on some regime (see docs/scoring.md, "The health score"); the blend holds on all.
+
+    >>> from churnwatch.core.buyers import PercentileMap
+    >>> priors = PopulationPriors()
+    >>> priors.percentiles = {180.0: PercentileMap((0.1, 0.3, 0.5))}
+    >>> round(_standing(0.3, 180.0, priors), 3), round(_standing(0.25, 90.0, priors), 3)
+    (0.45, 0.5)
+    """
     standing = priors.standing(p, horizon)
-    return math.sqrt(p) if standing is None else standing
+    if standing is None:
+        return math.sqrt(p)
+    return PERCENTILE_SHARE * standing + (1.0 - PERCENTILE_SHARE) * p
 
 
 def buyer_model(priors: PopulationPriors, config: ChurnwatchConfig) -> BuyerModel:
