@@ -207,6 +207,9 @@ def run(options: RunOptions, hooks: Any = None) -> None:
                                 dead_letters_path=options.dead_letters_path,
                                 stop=options.stop)
         flow = build_flow(settings, source, source_name)
+        checked = store_factory()  # a store written with another shard count: refused here
+        checked.claim_layout()
+        checked.close()
         cli_main(flow, workers_per_process=options.workers, process_id=options.process_id,
                  addresses=options.addresses,
                  epoch_interval=timedelta(seconds=options.snapshot_interval),

@@ -181,6 +181,10 @@ def replay(paths: Sequence[str], config: ChurnwatchConfig, store_factory: Callab
     settings = FlowSettings(config, store_factory, clock="event", hooks=counts,
                             transitions_path=transitions_path,
                             dead_letters_path=dead_letters_path)
+    # A store written with another shard count is refused here, before the flow starts.
+    checked = store_factory()
+    checked.claim_layout()
+    checked.close()
     try:
         read_errors = run_flow(settings, paths, workers, labels)
     finally:

@@ -96,7 +96,9 @@ class FlowStore:
         """The open store, opening it on first use."""
         with self._lock:
             if self._store is None:
-                self._store = self._factory()
+                store = self._factory()
+                store.claim_layout()
+                self._store = store
             return self._store
 
     def acquire(self) -> StateStore:

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from churnwatch.core.config import TIERS, ChurnwatchConfig
+from churnwatch.core.config import TIERS, ChurnwatchConfig, ConfigError
 from churnwatch.core.customer import CustomerState
 from churnwatch.core.engine import ShardState, TierTransition
 
@@ -45,6 +45,11 @@ def bucket_of(customer_id: str, shards: int, buckets: int) -> int:
     True
     """
     return (zlib.crc32(customer_id.encode()) // shards) % buckets
+
+
+class LayoutMismatch(ConfigError):
+    """The store was written with another shard or bucket count than the configuration's: read
+    or written with this one, every customer would be looked for in the wrong place."""
 
 
 @dataclass(frozen=True)
@@ -187,6 +192,11 @@ def dead_letter_position(record: Mapping[str, object]) -> tuple[str, int]:
 
 class StateStore(Protocol):
     """Where customers, shard aggregates and the due-time index live."""
+
+    def claim_layout(self) -> None:
+        """Before writing: record the shard and bucket counts the store is written with, or
+        raise :class:`LayoutMismatch` if it was written with others."""
+        ...
 
     def load_shard(self, shard: int) -> ShardState:
         """The shard's priors, watermark and aggregates (fresh ones for a new shard). Called by

@@ -180,6 +180,9 @@ class MemoryStore:
     def customer_count(self) -> int:
         return sum(len(blobs) for blobs in self._buckets.values())
 
+    def claim_layout(self) -> None:
+        """Nothing to record: a memory store lives and dies with its process."""
+
     def close(self) -> None:
         pass
 

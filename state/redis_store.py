@@ -46,6 +46,7 @@ from typing import Any, NamedTuple, Protocol, TypeVar
 import msgpack
 import redis
 from churnwatch.state.base import (
+    LayoutMismatch,
     StoreLayout,
     UrgencySelection,
     bucket_of,
@@ -203,10 +204,51 @@ class RedisStore:
             url, socket_connect_timeout=5, socket_timeout=30, health_check_interval=10))
         # One Redis or a cluster's nodes: where transactions, scripts and scans must go.
         self.topology = topology_of(self.client)
+        self._check_layout(claim=False)
         # The declared segment of each customer the last load_customers() of a shard read, so
         # commit() moves a customer whose segment changed out of its old urgency index without
         # another round trip (the dataflow loads a batch's customers, then commits them).
         self._loaded_segments: dict[int, dict[str, str | None]] = {}
+
+    def claim_layout(self) -> None:
+        """Record the shard and bucket counts the store is written with (``{prefix}:layout``),
+        if no record is there yet; raise :class:`LayoutMismatch` if it was written with others.
+        Called by whatever writes (the dataflow); readers only check, when the store is made."""
+        self._check_layout(claim=True)
+
+    def _check_layout(self, claim: bool) -> None:
+        key = f"{self.prefix}:layout"
+        mine = {"shards": self.shards, "buckets": self.layout.buckets}
+
+        def read() -> dict[bytes, bytes]:
+            stored: dict[bytes, bytes] = self.client.hgetall(key)
+            if not stored:
+                # Written before the record existed: a shard state beyond this configuration's
+                # shard count gives it away (one round trip: those of 4x as many shards).
+                beyond = range(self.shards, min(4 * self.shards + 64, 4096))
+                pipe = self.client.pipeline(transaction=False)
+                for shard in beyond:
+                    pipe.exists(f"{self._tag(shard)}:shard")
+                found = [shard for shard, hit in zip(beyond, pipe.execute(), strict=True) if hit]
+                if found:
+                    raise LayoutMismatch(
+                        f"the Redis store under the key prefix {self.prefix!r} was written with "
+                        f"more than [state] shards = {self.shards} (it holds shard {found[-1]}): "
+                        f"set [state] shards to the count it was written with")
+                if claim:
+                    for field, value in mine.items():  # the first of racing writers wins
+                        self.client.hsetnx(key, field, value)
+                    stored = self.client.hgetall(key)
+            return stored
+
+        stored = {k.decode(): int(v) for k, v in self._call("read_state", read).items()}
+        if stored and stored != mine:
+            raise LayoutMismatch(
+                f"the Redis store under the key prefix {self.prefix!r} was written with "
+                f"[state] shards = {stored.get('shards')} and customer_buckets = "
+                f"{stored.get('buckets')}; this configuration says {self.shards} and "
+                f"{self.layout.buckets}: use the store's counts (changing them means moving "
+                f"every customer's state) or another key_prefix")
 
     # -- keys ---------------------------------------------------------------------------------
 

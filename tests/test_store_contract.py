@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 import redis
-from churnwatch.state.base import StateStore, StoreLayout, shard_of
+from churnwatch.state.base import LayoutMismatch, StateStore, StoreLayout, shard_of
 from churnwatch.state.memory import MemoryStore
 from churnwatch.state.redis_store import RedisStore
 from redis_server import redis_server, redis_url  # noqa: F401
@@ -16,6 +16,7 @@ from churnwatch.core.config import ChurnwatchConfig
 from churnwatch.core.customer import DAY
 from churnwatch.core.engine import Incoming, ShardEngine, ShardState
 from churnwatch.core.events import Event
+from churnwatch.replay import replay
 
 CONFIG = ChurnwatchConfig(shards=4, stream_partitions=2)
 T0 = 1_700_000_000.0
@@ -170,3 +171,36 @@ def test_iteration_finds_every_customer_whatever_the_id_holds(store: StateStore)
     _commit_orders(store, odd, T0 + 5000 * DAY)  # old enough for transitions, so histories
     assert sorted(cid for cid, _ in store.iter_customers()) == sorted(odd)
     assert all(store.customer(cid) is not None for cid in odd)
+
+
+@pytest.mark.parametrize("server", ["redis_url", "cluster_url"])
+def test_a_store_written_with_other_counts_is_refused(request: pytest.FixtureRequest,
+                                                      server: str, tmp_path) -> None:
+    url = request.getfixturevalue(server)
+    reader = RedisStore(url, 4, "lay", max_wait=5)
+    client = reader.client
+    assert not client.exists("lay:layout")  # a reader never writes the record
+    reader.claim_layout()
+    assert client.hgetall("lay:layout") == {b"shards": b"4", b"buckets": b"128"}
+    RedisStore(url, 4, "lay", max_wait=5).claim_layout()  # the same counts: fine
+    with pytest.raises(LayoutMismatch, match="shards = 4 and customer_buckets = 128"):
+        RedisStore(url, 16, "lay", max_wait=5)
+    with pytest.raises(LayoutMismatch, match="this configuration says 4 and 64"):
+        RedisStore(url, 4, "lay", max_wait=5, layout=StoreLayout(buckets=64))
+    # Written before the record existed, with 16 shards: a shard beyond 4 gives it away.
+    old = RedisStore(url, 16, "old", max_wait=5)
+    engine = ShardEngine(9, CONFIG, old.load_shard(9))
+    result = engine.process([Incoming(Event("c1", "order", T0), 3, 1)], {"c1": None}, T0)
+    old.commit(9, engine.state, result.changed, result.transitions)
+    assert not client.exists("old:layout")
+    with pytest.raises(LayoutMismatch, match="more than \\[state\\] shards = 4"):
+        RedisStore(url, 4, "old", max_wait=5)
+    # And the replay refuses before reading a line.
+    events = tmp_path / "e.jsonl"
+    events.write_text('{"customer_id": "c2", "type": "order", "ts": 1700000000}\n')
+    config = ChurnwatchConfig(shards=8, stream_partitions=2, key_prefix="lay")
+    with pytest.raises(LayoutMismatch):
+        replay([str(events)], config, lambda: RedisStore(url, 8, "lay", max_wait=5))
+    assert client.hgetall("lay:layout")[b"shards"] == b"4"
+    for store in (reader, old):
+        store.close()
