@@ -64,7 +64,7 @@ class StoreLayout:
     each customer's own state for the customer page (their reasons stay in the transition
     streams)."""
 
-    buckets: int = 128
+    buckets: int = 512
     transitions_kept: int = 3_000
     transitions_max_age: float = 7 * 86400.0
     dead_letters_kept: int = 1_000

@@ -94,7 +94,7 @@ class ChurnwatchConfig:
     sudden_drop_window_days: float = 7.0
     high_value_tier: str = "high"
     high_value_top_share: float = 0.1
-    shards: int = 16
+    shards: int = 4
     key_prefix: str = "cw"
     max_future_seconds: float = 86400.0
     allowed_lateness_days: float = 3650.0
@@ -102,7 +102,7 @@ class ChurnwatchConfig:
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 9464
     score_history_length: int = 3
-    customer_buckets: int = 128
+    customer_buckets: int = 512
     transitions_kept: int = 3_000
     transitions_max_age_days: float = 7.0
     dead_letters_kept: int = 1_000
