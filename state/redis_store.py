@@ -199,12 +199,15 @@ class RedisStore:
         self.max_wait = max_wait
         self.layout = layout or StoreLayout()
         self.topology: RedisTopology = NotConnected()
+        self._layout_checked = True  # not while the client is being made
         # A cluster client connects when made: while no node answers, wait as any call does.
         self.client = client or self._call("read_state", lambda: redis_client(
             url, socket_connect_timeout=5, socket_timeout=30, health_check_interval=10))
         # One Redis or a cluster's nodes: where transactions, scripts and scans must go.
         self.topology = topology_of(self.client)
-        self._check_layout(claim=False)
+        # The layout record is checked by the first call that goes to Redis (making a store
+        # stays free of I/O).
+        self._layout_checked = False
         # The declared segment of each customer the last load_customers() of a shard read, so
         # commit() moves a customer whose segment changed out of its old urgency index without
         # another round trip (the dataflow loads a batch's customers, then commits them).
@@ -215,6 +218,7 @@ class RedisStore:
         if no record is there yet; raise :class:`LayoutMismatch` if it was written with others.
         Called by whatever writes (the dataflow); readers only check, when the store is made."""
         self._check_layout(claim=True)
+        self._layout_checked = True
 
     def _check_layout(self, claim: bool) -> None:
         key = f"{self.prefix}:layout"
@@ -284,6 +288,13 @@ class RedisStore:
     # -- resilience ---------------------------------------------------------------------------
 
     def _call(self, operation: str, fn: Callable[[], T]) -> T:
+        if not self._layout_checked:
+            self._layout_checked = True  # the check's own calls come through here
+            try:
+                self._check_layout(claim=False)
+            except BaseException:
+                self._layout_checked = False
+                raise
         delay = 0.1
         started = time.monotonic()
         while True:

@@ -179,15 +179,16 @@ def test_a_store_written_with_other_counts_is_refused(request: pytest.FixtureReq
     url = request.getfixturevalue(server)
     reader = RedisStore(url, 4, "lay", max_wait=5)
     client = reader.client
+    assert reader.load_shard(0).watermark == 0.0  # checked: no record yet, nothing to compare
     assert not client.exists("lay:layout")  # a reader never writes the record
     reader.claim_layout()
     buckets = StoreLayout().buckets
     assert client.hgetall("lay:layout") == {b"shards": b"4", b"buckets": str(buckets).encode()}
     RedisStore(url, 4, "lay", max_wait=5).claim_layout()  # the same counts: fine
     with pytest.raises(LayoutMismatch, match=f"shards = 4 and customer_buckets = {buckets}"):
-        RedisStore(url, 16, "lay", max_wait=5)
+        RedisStore(url, 16, "lay", max_wait=5).load_shard(0)
     with pytest.raises(LayoutMismatch, match="this configuration says 4 and 64"):
-        RedisStore(url, 4, "lay", max_wait=5, layout=StoreLayout(buckets=64))
+        RedisStore(url, 4, "lay", max_wait=5, layout=StoreLayout(buckets=64)).recent_transitions(1)
     # Written before the record existed, with 16 shards: a shard beyond 4 gives it away.
     old = RedisStore(url, 16, "old", max_wait=5)
     engine = ShardEngine(9, CONFIG, old.load_shard(9))
@@ -195,7 +196,7 @@ def test_a_store_written_with_other_counts_is_refused(request: pytest.FixtureReq
     old.commit(9, engine.state, result.changed, result.transitions)
     assert not client.exists("old:layout")
     with pytest.raises(LayoutMismatch, match="more than \\[state\\] shards = 4"):
-        RedisStore(url, 4, "old", max_wait=5)
+        RedisStore(url, 4, "old", max_wait=5).load_customers(0, ["c1"])
     # And the replay refuses before reading a line.
     events = tmp_path / "e.jsonl"
     events.write_text('{"customer_id": "c2", "type": "order", "ts": 1700000000}\n')
