@@ -216,7 +216,7 @@ class RedisStore:
     def claim_layout(self) -> None:
         """Record the shard and bucket counts the store is written with (``{prefix}:layout``),
         if no record is there yet; raise :class:`LayoutMismatch` if it was written with others.
-        Called by whatever writes (the dataflow); readers only check, when the store is made."""
+        Called by whatever writes (the dataflow); readers only check, at their first call."""
         self._check_layout(claim=True)
         self._layout_checked = True
 
