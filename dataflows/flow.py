@@ -30,7 +30,7 @@ from bytewax.inputs import DynamicSource, Source, StatelessSourcePartition
 from bytewax.operators import StatefulBatchLogic
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from churnwatch.dataflows.messages import RawMessage
-from churnwatch.dataflows.routing import shard_keys
+from churnwatch.dataflows.routing import key_worker, shard_keys
 from churnwatch.state.base import StateStore, dead_letter_position, shard_of
 
 from churnwatch.core.config import ChurnwatchConfig
@@ -298,9 +298,11 @@ class ShardTick:
 
 
 class ShardTickSource(DynamicSource[tuple[str, ShardTick]]):
-    """Every ``interval`` seconds, one tick per shard (from worker 0 only), under the shard's
-    key as its events (``keys``, default the shard numbers); ends once ``stop`` is set, as the
-    event sources do, so a clean stop reaches the flow's end."""
+    """Every ``interval`` seconds, one tick per shard, under the shard's key as its events
+    (``keys``, default the shard numbers), each from the worker the key routes to (so no tick
+    crosses workers; were the routing model wrong, Bytewax would still deliver every tick to its
+    shard); ends once ``stop`` is set, as the event sources do, so a clean stop reaches the
+    flow's end."""
 
     def __init__(self, shards: int, interval: float = 30.0,
                  stop: threading.Event | None = None, keys: Sequence[str] | None = None
@@ -312,12 +314,15 @@ class ShardTickSource(DynamicSource[tuple[str, ShardTick]]):
 
     def build(self, step_id: str, worker_index: int, worker_count: int
               ) -> StatelessSourcePartition[tuple[str, ShardTick]]:
-        """Called by Bytewax once per worker; only worker 0 ticks."""
-        return _TickPartition(self.keys if worker_index == 0 else [], self.interval, self.stop)
+        """Called by Bytewax once per worker: it ticks the shards it scores."""
+        mine = [(shard, key) for shard, key in enumerate(self.keys)
+                if key_worker(key, worker_count) == worker_index]
+        return _TickPartition(mine, self.interval, self.stop)
 
 
 class _TickPartition(StatelessSourcePartition[tuple[str, ShardTick]]):
-    def __init__(self, keys: list[str], interval: float, stop: threading.Event | None) -> None:
+    def __init__(self, keys: list[tuple[int, str]], interval: float,
+                 stop: threading.Event | None) -> None:
         self.keys = keys
         self.interval = timedelta(seconds=interval)
         self.next = datetime.now(timezone.utc)
@@ -330,7 +335,7 @@ class _TickPartition(StatelessSourcePartition[tuple[str, ShardTick]]):
         if not self.keys or now < self.next:
             return []
         self.next = now + self.interval
-        return [(key, ShardTick(s)) for s, key in enumerate(self.keys)]
+        return [(key, ShardTick(shard)) for shard, key in self.keys]
 
     def next_awake(self) -> datetime | None:
         # Wake at least every second even with nothing to say: a source that sleeps long holds

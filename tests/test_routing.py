@@ -17,7 +17,7 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.operators import StatefulBatchLogic
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from bytewax.testing import cluster_main
-from churnwatch.dataflows.flow import FlowSettings, build_flow
+from churnwatch.dataflows.flow import FlowSettings, ShardTickSource, build_flow
 from churnwatch.dataflows.redis_source import RedisStreamPartition, RedisStreamSource, \
     stream_names
 from churnwatch.dataflows.routing import key_worker, partition_workers, shard_keys
@@ -145,6 +145,19 @@ def test_without_partitions_the_shards_are_dealt_out_evenly() -> None:
     keys = shard_keys(16, 3)
     assert Counter(key_worker(k, 3) for k in keys) == {0: 6, 1: 5, 2: 5}
     assert shard_keys(5, 1) == ["0", "1", "2", "3", "4"]
+
+
+def test_each_worker_ticks_the_shards_it_scores_and_every_shard_is_ticked_once() -> None:
+    parts = stream_names("churnwatch:events", 4)
+    keys = shard_keys(16, 3, parts)
+    source = ShardTickSource(16, keys=keys)
+    ticked = {w: source.build("shard_ticks", w, 3).next_batch() for w in range(3)}
+    assert sorted(tick.shard for batch in ticked.values() for _, tick in batch) == \
+        list(range(16))
+    for worker, batch in ticked.items():
+        assert batch
+        assert all(key == keys[tick.shard] and key_worker(key, 3) == worker
+                   for key, tick in batch)
 
 
 class _SeenStore(RedisStore):
