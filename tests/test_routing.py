@@ -18,8 +18,11 @@ from bytewax.operators import StatefulBatchLogic
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from bytewax.testing import cluster_main
 from churnwatch.dataflows.flow import FlowSettings, ShardTickSource, build_flow
-from churnwatch.dataflows.redis_source import RedisStreamPartition, RedisStreamSource, \
-    stream_names
+from churnwatch.dataflows.redis_source import (
+    RedisStreamPartition,
+    RedisStreamSource,
+    stream_names,
+)
 from churnwatch.dataflows.routing import key_worker, partition_workers, shard_keys
 from churnwatch.state.redis_store import RedisStore
 from hypothesis import given, settings
