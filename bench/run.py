@@ -408,6 +408,19 @@ def bench_live(url: str, rate: float, seconds: float, seed: int, customers: int,
 # -- 5. cluster ---------------------------------------------------------------------------------
 
 
+def _runqueue_seconds(index: int, pid: int) -> dict[tuple[int, str], float]:
+    """Per thread of a running process, the time it has spent runnable but waiting for a CPU
+    (``/proc/PID/task/TID/schedstat``, second field); empty once the process is gone."""
+    out = {}
+    try:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as handle:
+                out[(index, tid)] = int(handle.read().split()[1]) / 1e9
+    except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
+        pass
+    return out
+
+
 def bench_cluster(url: str, path: Path, events: int) -> dict[str, Any]:
     """The same published events through 1 process, then 2 processes as one cluster."""
     client = redis.Redis.from_url(url)
@@ -431,20 +444,33 @@ def bench_cluster(url: str, path: Path, events: int) -> dict[str, Any]:
             procs.append(subprocess.Popen(base + extra, stdout=subprocess.DEVNULL,
                                           stderr=open(WORKDIR / f"cluster-{prefix}-{index}.log",
                                                       "wb")))  # noqa: SIM115
-        codes, cpu = [], []
-        for proc in procs:
-            # wait4, not wait(): the child's own CPU time, which neighbours on a shared
-            # machine disturb far less than the wall time.
-            _, status, usage = os.wait4(proc.pid, 0)
-            proc.returncode = os.waitstatus_to_exitcode(status)
-            codes.append(proc.returncode)
-            cpu.append(round(usage.ru_utime + usage.ru_stime, 2))
+        # wait4, not wait(): the child's own CPU time, which neighbours on a shared machine
+        # disturb far less than the wall time; and how long its threads waited for a CPU.
+        finished: dict[int, tuple[int, float]] = {}
+        waited: dict[tuple[int, str], float] = {}
+        while len(finished) < len(procs):
+            for index, proc in enumerate(procs):
+                if index in finished:
+                    continue
+                waited.update(_runqueue_seconds(index, proc.pid))
+                pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+                if pid:
+                    finished[index] = (os.waitstatus_to_exitcode(status),
+                                       round(usage.ru_utime + usage.ru_stime, 2))
+            time.sleep(0.2)
         seconds = time.perf_counter() - started
+        codes = [finished[i][0] for i in range(processes)]
+        cpu = [finished[i][1] for i in range(processes)]
+        for proc, code in zip(procs, codes, strict=True):
+            proc.returncode = code
+        cpu_wait = [round(sum(w for (i, _), w in waited.items() if i == index), 2)
+                    for index in range(processes)]
         if any(codes):
             raise SystemExit(f"cluster run with {processes} process(es) failed: {codes}")
         results[f"processes_{processes}"] = {"seconds": round(seconds, 2),
                                              "events_per_second": round(events / seconds),
                                              "cpu_seconds": cpu,
+                                             "waiting_for_a_cpu_seconds": cpu_wait,
                                              "load_average_1m": round(os.getloadavg()[0], 2)}
         store = RedisStore(url, config.shards, prefix, layout=StoreLayout.from_config(config))
         states[processes] = {cid: s.to_wire() for cid, s in store.iter_customers()}
