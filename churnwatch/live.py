@@ -132,6 +132,26 @@ def build_source(options: RunOptions, metrics: Any = None) -> tuple[Any, str]:
     raise ValueError(f"unknown source {options.source!r}; expected one of {', '.join(SOURCES)}")
 
 
+def source_partitions(options: RunOptions) -> tuple[str, ...] | None:
+    """The partition names of ``options.source`` in the publisher's order (partition
+    ``crc32(customer_id) % P`` at index ``P``), so the flow scores each shard on the worker that
+    reads it; ``None`` for the simulator, which is not partitioned by customer.
+
+    >>> source_partitions(RunOptions(ChurnwatchConfig(stream_partitions=2), "", "redis"))
+    ('churnwatch:events:0', 'churnwatch:events:1')
+    """
+    config = options.config
+    if options.source == "redis":
+        from churnwatch.dataflows.redis_source import stream_names
+
+        return tuple(stream_names(config.stream_prefix, config.stream_partitions))
+    if options.source == "kafka":
+        # Bytewax's Kafka connector names partitions "<n>-<topic>"; the topic has
+        # stream_partitions of them (docs/operations.md). Another count only costs locality.
+        return tuple(f"{n}-{config.kafka_topic}" for n in range(config.stream_partitions))
+    return None
+
+
 @contextmanager
 def metrics_server(options: RunOptions, store_factory: Callable[[], Any]) -> Iterator[Any]:
     """This process's metrics hooks, served on ``metrics_port + process_id`` while running.
@@ -205,7 +225,8 @@ def run(options: RunOptions, hooks: Any = None) -> None:
                                 hooks=active or FlowHooks(),
                                 transitions_path=options.transitions_path,
                                 dead_letters_path=options.dead_letters_path,
-                                stop=options.stop)
+                                stop=options.stop, workers=options.total_workers,
+                                partitions=source_partitions(options))
         flow = build_flow(settings, source, source_name)
         checked = store_factory()  # a store written with another shard count: refused here
         checked.claim_layout()

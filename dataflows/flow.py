@@ -30,6 +30,7 @@ from bytewax.inputs import DynamicSource, Source, StatelessSourcePartition
 from bytewax.operators import StatefulBatchLogic
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from churnwatch.dataflows.messages import RawMessage
+from churnwatch.dataflows.routing import key_worker, shard_keys
 from churnwatch.state.base import StateStore, dead_letter_position, shard_of
 
 from churnwatch.core.config import ChurnwatchConfig
@@ -74,6 +75,12 @@ class FlowSettings:
     dead_letters_path: str | None = None
     # Set on a clean stop (SIGTERM, Ctrl-C): the flow's own sources (the shard ticks) end.
     stop: threading.Event | None = None
+    # Where shards are scored (dataflows/routing.py): the cluster's worker count (every
+    # process's workers) and the source's partition names in the publisher's order (partition
+    # ``crc32(customer_id) % P`` at index ``P``), so each shard is scored by the worker that
+    # reads its events. Without partitions, shards are dealt out evenly over the workers.
+    workers: int = 1
+    partitions: tuple[str, ...] | None = None
 
 
 class FlowStore:
@@ -119,9 +126,11 @@ class FlowStore:
             store.close()
 
 
-def _decode_batch(settings: FlowSettings, batch: list[RawMessage]) -> list[tuple[str, Any]]:
-    """Decode raw messages: valid ones keyed by shard, invalid ones under the key ``"dead"``
-    with their source partition and offset (so each is dead-lettered once)."""
+def _decode_batch(settings: FlowSettings, keys: Sequence[str], batch: list[RawMessage]
+                  ) -> list[tuple[str, Any]]:
+    """Decode raw messages: valid ones under their shard's key (``keys[shard]``), invalid ones
+    under the key ``"dead"`` with their source partition and offset (so each is dead-lettered
+    once)."""
     config = settings.config
     shards = config.shards
     now = time.time()
@@ -138,7 +147,7 @@ def _decode_batch(settings: FlowSettings, batch: list[RawMessage]) -> list[tuple
             pid = partitions.get(raw.partition)
             if pid is None:
                 pid = partitions[raw.partition] = partition_id(raw.partition)
-            out.append((str(shard_of(decoded.customer_id, shards)),
+            out.append((keys[shard_of(decoded.customer_id, shards)],
                         (Incoming(decoded, pid, raw.offset, raw.position), raw.received_at)))
         else:
             decoded = replace(decoded, partition=raw.partition, offset=raw.offset)
@@ -258,15 +267,16 @@ def build_flow(settings: FlowSettings, source: Source[RawMessage], source_name: 
                flow_id: str = "churnwatch") -> Dataflow:
     """The whole dataflow around ``source``."""
     flow = Dataflow(flow_id)
+    keys = shard_keys(settings.config.shards, settings.workers, settings.partitions)
     raw = op.input("input", flow, source)
-    decoded = op.flat_map_batch("decode", raw, lambda batch: _decode_batch(settings, batch))
+    decoded = op.flat_map_batch("decode", raw, lambda batch: _decode_batch(settings, keys, batch))
     split = op.branch("split_dead", decoded, lambda kv: kv[0] != "dead")
     keyed = split.trues
     if settings.clock == "wall":
         # Every shard hears from the clock, so its silent customers are reviewed after a
         # restart even if no event of the shard ever arrives again.
         ticks = op.input("shard_ticks", flow, ShardTickSource(settings.config.shards,
-                                                             stop=settings.stop))
+                                                             stop=settings.stop, keys=keys))
         keyed = op.merge("events_and_ticks", keyed, ticks)
     store = FlowStore(settings.store_factory)
     scored = op.stateful_batch(
@@ -290,24 +300,32 @@ class ShardTick:
 
 
 class ShardTickSource(DynamicSource[tuple[str, ShardTick]]):
-    """Every ``interval`` seconds, one tick per shard (from worker 0 only), keyed like events;
-    ends once ``stop`` is set, as the event sources do, so a clean stop reaches the flow's end."""
+    """Every ``interval`` seconds, one tick per shard, under the shard's key as its events
+    (``keys``, default the shard numbers), each from the worker the key routes to (so no tick
+    crosses workers; were the routing model wrong, Bytewax would still deliver every tick to its
+    shard); ends once ``stop`` is set, as the event sources do, so a clean stop reaches the
+    flow's end."""
 
     def __init__(self, shards: int, interval: float = 30.0,
-                 stop: threading.Event | None = None) -> None:
+                 stop: threading.Event | None = None, keys: Sequence[str] | None = None
+                 ) -> None:
         self.shards = shards
         self.interval = interval
         self.stop = stop
+        self.keys = list(keys) if keys is not None else [str(s) for s in range(shards)]
 
     def build(self, step_id: str, worker_index: int, worker_count: int
               ) -> StatelessSourcePartition[tuple[str, ShardTick]]:
-        """Called by Bytewax once per worker; only worker 0 ticks."""
-        return _TickPartition(self.shards if worker_index == 0 else 0, self.interval, self.stop)
+        """Called by Bytewax once per worker: it ticks the shards it scores."""
+        mine = [(shard, key) for shard, key in enumerate(self.keys)
+                if key_worker(key, worker_count) == worker_index]
+        return _TickPartition(mine, self.interval, self.stop)
 
 
 class _TickPartition(StatelessSourcePartition[tuple[str, ShardTick]]):
-    def __init__(self, shards: int, interval: float, stop: threading.Event | None) -> None:
-        self.shards = shards
+    def __init__(self, keys: list[tuple[int, str]], interval: float,
+                 stop: threading.Event | None) -> None:
+        self.keys = keys
         self.interval = timedelta(seconds=interval)
         self.next = datetime.now(timezone.utc)
         self.stop = stop
@@ -316,10 +334,10 @@ class _TickPartition(StatelessSourcePartition[tuple[str, ShardTick]]):
         if self.stop is not None and self.stop.is_set():
             raise StopIteration
         now = datetime.now(timezone.utc)
-        if not self.shards or now < self.next:
+        if not self.keys or now < self.next:
             return []
         self.next = now + self.interval
-        return [(str(s), ShardTick(s)) for s in range(self.shards)]
+        return [(key, ShardTick(shard)) for shard, key in self.keys]
 
     def next_awake(self) -> datetime | None:
         # Wake at least every second even with nothing to say: a source that sleeps long holds
