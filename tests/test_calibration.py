@@ -7,6 +7,7 @@ import random
 
 import msgpack
 import numpy as np
+import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
@@ -142,35 +143,22 @@ def test_a_calibration_map_is_monotone_and_stays_within_0_1(pairs) -> None:
     assert CalibrationMap.from_wire(cal.to_wire()) == cal  # reads back exactly as it is used
 
 
-@settings(max_examples=80, deadline=None)
-@given(st.lists(st.floats(min_value=0, max_value=300), min_size=1, max_size=25),
-       st.floats(min_value=0, max_value=2000), st.floats(min_value=0, max_value=2000))
-def test_with_learned_priors_more_silence_never_raises_score_or_chance(
-        days: list[float], a_days: float, b_days: float) -> None:
-    state = CustomerState(first_seen=T0 + min(days) * DAY)
-    for day in days:
-        state.apply(Event("c", "order", T0 + day * DAY, amount=20.0), windows_of(CONFIG))
-    start = state.last_event_ts
-    early, late = sorted((a_days, b_days))
-    a = assess(state, start + early * DAY, CONFIG, FITTED)
-    b = assess(state, start + late * DAY, CONFIG, FITTED)
-    assert 0.0 <= b.score <= a.score <= 100.0
-    assert 0.0 <= b.return_probability <= a.return_probability <= 1.0
-
-
-# The same stream learned at the default horizon, so `recency` is the blend of the chance's
+# The same stream learned at the default horizon too, so `recency` is the blend of the chance's
 # percentile among the sampled customers and the chance itself (FITTED has no percentiles at 180
 # days and scores with `sqrt` of the chance).
 FITTED_DEFAULT_HORIZON = learned(STREAM, [CONFIG.policy(None).horizon_days])
 
 
+@pytest.mark.parametrize("learned_at", ["other horizons: sqrt of the chance",
+                                        "default horizon: the percentile blend"])
 @settings(max_examples=80, deadline=None)
 @given(st.lists(st.floats(min_value=0, max_value=300), min_size=1, max_size=25),
        st.floats(min_value=0, max_value=2000), st.floats(min_value=0, max_value=2000))
-def test_with_the_percentile_blend_more_silence_never_raises_score_or_chance(
-        days: list[float], a_days: float, b_days: float) -> None:
-    priors = FITTED_DEFAULT_HORIZON
-    assert CONFIG.policy(None).horizon_days in priors.percentiles
+def test_with_learned_priors_more_silence_never_raises_score_or_chance(
+        learned_at: str, days: list[float], a_days: float, b_days: float) -> None:
+    priors = FITTED if learned_at.startswith("other") else FITTED_DEFAULT_HORIZON
+    blended = CONFIG.policy(None).horizon_days in priors.percentiles
+    assert blended == (priors is FITTED_DEFAULT_HORIZON)
     state = CustomerState(first_seen=T0 + min(days) * DAY)
     for day in days:
         state.apply(Event("c", "order", T0 + day * DAY, amount=20.0), windows_of(CONFIG))
