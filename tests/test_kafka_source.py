@@ -166,5 +166,5 @@ def test_churnwatch_run_reads_a_kafka_topic(tansu: str, live_redis: LiveRedis,
     finish(start_run(["--redis-url", live_redis.url, "--config", str(config), "--clock", "event",
                       "--stop-at-end", "--no-metrics"], log), 120, log)
     assert "source kafka" in log.read_text()
-    store = RedisStore(live_redis.url, 16, "kr")
+    store = RedisStore(live_redis.url, ChurnwatchConfig().shards, "kr")  # the file's default
     assert store.customer_count() == 7

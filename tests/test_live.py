@@ -112,7 +112,7 @@ def test_the_simulator_source_runs_through_the_same_flow(live_redis: LiveRedis,
                          "--seconds-per-day", "0", "--no-metrics"], log)
     finish(process, 120, log)
     assert "clock event" in log.read_text()
-    store = RedisStore(live_redis.url, 16, "sim")
+    store = RedisStore(live_redis.url, load_config(config_path).shards, "sim")
     assert store.customer_count() == 25
 
 
