@@ -27,6 +27,28 @@ def test_customers_the_simulator_says_have_left_never_order_again(key: str) -> N
     assert sum(c in later for c in staying) > 0.5 * len(staying)
 
 
+@pytest.mark.parametrize("key", ["monthly", "mixed", "yearly"])
+def test_a_customer_still_there_at_the_cut_off_leaves_at_the_rate_of_earlier_quarters(
+        key: str) -> None:
+    # What a forecaster learns from the past must hold after the cut-off: among the customers
+    # who will change (stop, drift, pause) and have not yet, the share changing within the next
+    # horizon is the same early in the history and at the cut-off (an exponential lifetime: a
+    # constant hazard). The first simulator drew the change within the time left to the end of
+    # the data, so at the cut-off the share rose to about 1.
+    regime = REGIMES[key]
+    sim = regime.simulator(customers=4000, seed=3, start=0.0)
+    horizon = regime.horizon_days * DAY
+
+    def share_changing(at: float) -> float:
+        pending = [c for c in sim.customers if c.joined <= at < c.change_at]
+        return sum(c.change_at <= at + horizon for c in pending) / len(pending)
+
+    early, at_cut_off = share_changing(regime.history_days * DAY / 3), share_changing(
+        regime.history_days * DAY)
+    assert at_cut_off < 0.7
+    assert abs(at_cut_off - early) < 0.06, (early, at_cut_off)
+
+
 def test_cdnow_lines_become_order_events_at_midnight_utc(tmp_path: Path) -> None:
     wheel = tmp_path / "Lifetimes-0.11.3-py3-none-any.whl"
     with zipfile.ZipFile(wheel, "w") as out:
