@@ -199,7 +199,7 @@ def run(options: RunOptions, hooks: Any = None) -> None:
     from bytewax.run import cli_main
 
     from churnwatch.dataflows.flow import FlowHooks, FlowSettings, build_flow
-    from churnwatch.state.base import StoreLayout
+    from churnwatch.state.base import StoreLayout, claim_layout_of
     from churnwatch.state.redis_store import RedisStore
 
     config = options.config
@@ -228,9 +228,7 @@ def run(options: RunOptions, hooks: Any = None) -> None:
                                 stop=options.stop, workers=options.total_workers,
                                 partitions=source_partitions(options))
         flow = build_flow(settings, source, source_name)
-        checked = store_factory()  # a store written with another shard count: refused here
-        checked.claim_layout()
-        checked.close()
+        claim_layout_of(store_factory)  # a store written with another shard count: refused here
         cli_main(flow, workers_per_process=options.workers, process_id=options.process_id,
                  addresses=options.addresses,
                  epoch_interval=timedelta(seconds=options.snapshot_interval),

@@ -32,7 +32,7 @@ from churnwatch.core.scoring import assess, reasons, tier_name
 from churnwatch.dataflows.file_source import STDIN, FileSource, count_lines, input_label, open_input
 from churnwatch.dataflows.flow import FlowHooks, FlowSettings, advance_all, build_flow
 from churnwatch.runtime import UsageError
-from churnwatch.state.base import StateStore, shard_of
+from churnwatch.state.base import StateStore, claim_layout_of, shard_of
 
 # A replay shorter than this shows no progress bar at all.
 PROGRESS_DELAY_SECONDS = 0.5
@@ -182,9 +182,7 @@ def replay(paths: Sequence[str], config: ChurnwatchConfig, store_factory: Callab
                             transitions_path=transitions_path,
                             dead_letters_path=dead_letters_path)
     # A store written with another shard count is refused here, before the flow starts.
-    checked = store_factory()
-    checked.claim_layout()
-    checked.close()
+    claim_layout_of(store_factory)
     try:
         read_errors = run_flow(settings, paths, workers, labels)
     finally:

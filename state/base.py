@@ -373,3 +373,14 @@ def ranges_needing_more(ranges: Sequence[tuple[int, Sequence[tuple[str, float]]]
 def segment_key_part(segment: str | None) -> str:
     """The declared segment as the index key's suffix (``""`` for none)."""
     return segment or ""
+
+
+def claim_layout_of(factory: Callable[[], StateStore]) -> None:
+    """Open a store from ``factory``, record or check its layout (:meth:`StateStore.claim_layout`)
+    and close it: what a writing command does before its flow starts, so that a store written
+    with another shard count stops it with a plain error rather than inside a worker."""
+    store = factory()
+    try:
+        store.claim_layout()
+    finally:
+        store.close()

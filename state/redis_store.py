@@ -217,8 +217,12 @@ class RedisStore:
         """Record the shard and bucket counts the store is written with (``{prefix}:layout``),
         if no record is there yet; raise :class:`LayoutMismatch` if it was written with others.
         Called by whatever writes (the dataflow); readers only check, at their first call."""
-        self._check_layout(claim=True)
-        self._layout_checked = True
+        checked, self._layout_checked = self._layout_checked, True  # one check, not two
+        try:
+            self._check_layout(claim=True)
+        except BaseException:
+            self._layout_checked = checked
+            raise
 
     def _check_layout(self, claim: bool) -> None:
         key = f"{self.prefix}:layout"
