@@ -7,7 +7,8 @@ order within the segment's horizon. Tiers are defined on it, in percent.
 
 The score (0..100) ranks. It is a weighted mean of four components, each 0..100 with a
 confidence 0..1 (how much evidence stands behind it); a component without evidence drops out
-instead of pretending to be average:
+instead of pretending to be average. The trend enters as a share of recency (steady buying
+leaves recency as it is, a slowdown lowers it), the others as values of their own:
 
 - ``recency``: where the customer's chance of ordering within the horizon (given their
   silence, their number of orders and the shard's learned population) stands among the shard's
@@ -74,10 +75,6 @@ class Assessment:
     score: float
     components: tuple[Component, Component, Component, Component]
     return_probability: float
-    # Parts of the weighted mean that do not move with silence, for next_review_at.
-    fixed_weighted_sum: float
-    fixed_weight: float
-    recency_weight: float
     # The recency model's inputs and the instant they were taken at, reused by next_review_at
     # and reasons when asked about the same instant.
     inputs: RecencyInputs | None = None
@@ -185,18 +182,20 @@ def assess(state: CustomerState, now: float, config: ChurnwatchConfig,
     trend = _trend(state, config)
     engagement = _engagement(state, config, priors)
     service = _service(state)
-    fixed_sum = fixed_weight = 0.0
-    for name, comp in (("trend", trend), ("engagement", engagement), ("service", service)):
-        w = weights[name] * comp.confidence
-        fixed_sum += w * comp.value
-        fixed_weight += w
-    w_recency = weights["recency"]
-    score = (fixed_sum + w_recency * recency.value) / (fixed_weight + w_recency)
+    w_trend = weights["trend"] * trend.confidence
+    w_engagement = weights["engagement"] * engagement.confidence
+    w_service = weights["service"] * service.confidence
+    # The trend scales recency: steady buying (trend 100) leaves it where it is, a slowdown
+    # lowers it. Taken as a value of its own, a steady trend lifted the score of everyone with
+    # enough orders to have one above customers with the same chance and fewer orders.
+    total = (weights["recency"] + w_trend * trend.value / 100.0) * recency.value \
+        + w_engagement * engagement.value + w_service * service.value
+    score = total / (weights["recency"] + w_trend + w_engagement + w_service)
     # The other components are frozen at the last event; without a ceiling, good engagement
     # from a year ago would keep a long-gone customer out of `churned` for ever.
     score = min(score, recency.value + MAX_LIFT_POINTS)
     return Assessment(min(max(score, 0.0), 100.0), (recency, trend, engagement, service),
-                      probability, fixed_sum, fixed_weight, w_recency, inputs, now)
+                      probability, inputs, now)
 
 
 def after_order(before: Assessment, after: Assessment) -> Assessment:
