@@ -510,10 +510,11 @@ def bench_worklist(url: str, customers: int, seed: int, pages: int = 1000) -> di
         cid = f"c{n:08d}"
         state = CustomerState(first_seen=now - 400 * DAY)
         state.segment = segments[n % len(segments)]
-        state.orders = rng.randint(1, 12)
-        state.last_order = now - rng.uniform(1, 300) * DAY
-        state.first_order = state.last_order - state.orders * 20 * DAY
-        state.spend = state.orders * 40.0
+        bought = state.purchases
+        bought.orders = rng.randint(1, 12)
+        bought.last_order = now - rng.uniform(1, 300) * DAY
+        bought.first_order = bought.last_order - bought.orders * 20 * DAY
+        bought.spend = bought.orders * 40.0
         state.score = round(rng.uniform(0, 100), 2)
         state.tier = 0 if state.score >= 60 else 1 if state.score >= 45 else (
             2 if state.score >= 32 else 3)

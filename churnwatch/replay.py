@@ -298,11 +298,12 @@ def export_rows(store: StateStore, config: ChurnwatchConfig, at: float
         for name, comp in zip(COMPONENTS, assessment.components, strict=True):
             row[name] = round(comp.value, 1) if comp.confidence > 0 else ""
         row["return_probability"] = round(assessment.return_probability, 4)
-        row["orders"] = state.orders
-        row["spend"] = round(state.spend, 2)
-        row["last_order"] = "" if state.last_order is None else _iso(state.last_order)
-        row["days_since_last_order"] = ("" if state.last_order is None else
-                                        round((at - state.last_order) / DAY, 1))
+        bought = state.purchases
+        row["orders"] = bought.orders
+        row["spend"] = round(bought.spend, 2)
+        row["last_order"] = "" if bought.last_order is None else _iso(bought.last_order)
+        row["days_since_last_order"] = ("" if bought.last_order is None else
+                                        round((at - bought.last_order) / DAY, 1))
         row["high_value"] = int(state.high_value)
         row["reasons"] = " | ".join(reasons(state, assessment, at, config, priors))
         rows.append(row)

@@ -217,9 +217,9 @@ def customer_summary(customer_id: str, state: CustomerState, config: ChurnwatchC
         "tier_since": iso(state.tier_since),
         "scored_at": iso(state.scored_at),
         "last_event": iso(state.last_event_ts),
-        "last_order": iso(state.last_order),
-        "orders": state.orders,
-        "spend": round(state.spend, 2),
+        "last_order": iso(state.purchases.last_order),
+        "orders": state.purchases.orders,
+        "spend": round(state.purchases.spend, 2),
     }
 
 
@@ -342,7 +342,8 @@ def customer_success(customer_id: str, state: CustomerState, config: ChurnwatchC
 def engagement_view(state: CustomerState) -> list[dict[str, Any]]:
     """Per channel: recent (decayed) messages and campaigns sent, and answers to them."""
     out = []
-    for channel, (sent, opened, clicked, messages, replied) in sorted(state.channels.items()):
+    channels = state.engagement.channels
+    for channel, (sent, opened, clicked, messages, replied) in sorted(channels.items()):
         answers = min(sent, 0.6 * opened + 0.4 * clicked) + min(messages, replied)
         out.append({"channel": channel, "sent": round(sent + messages, 1),
                     "answers": round(answers, 1)})

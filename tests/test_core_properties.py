@@ -76,15 +76,16 @@ def test_incremental_windows_equal_batch_recomputation_on_every_prefix(evs: list
         prefix = evs[:n]
         state = fold(prefix)
         expected = reference(prefix)
-        assert state.orders == expected["orders"]
+        assert state.purchases.orders == expected["orders"]
         if expected["orders"]:
-            assert state.first_order == expected["first_order"]
-            assert state.last_order == expected["last_order"]
+            assert state.purchases.first_order == expected["first_order"]
+            assert state.purchases.last_order == expected["last_order"]
             for name in ("ord_short", "ord_long", "val_long"):
-                assert math.isclose(getattr(state, name), expected[name], rel_tol=1e-9,
+                assert math.isclose(getattr(state.trend, name), expected[name], rel_tol=1e-9,
                                     abs_tol=1e-9), name
         if "tickets" in expected:
-            assert math.isclose(state.tickets, expected["tickets"], rel_tol=1e-9, abs_tol=1e-9)
+            assert math.isclose(state.service.tickets, expected["tickets"], rel_tol=1e-9,
+                                abs_tol=1e-9)
 
 
 @settings(max_examples=40, deadline=None)
@@ -93,11 +94,11 @@ def test_windows_do_not_depend_on_arrival_order(evs: list[Event], rnd) -> None:
     shuffled = list(evs)
     rnd.shuffle(shuffled)
     a, b = fold(sorted(evs, key=lambda e: e.ts)), fold(shuffled)
-    assert math.isclose(a.val_short, b.val_short, rel_tol=1e-9, abs_tol=1e-9)
+    assert math.isclose(a.trend.val_short, b.trend.val_short, rel_tol=1e-9, abs_tol=1e-9)
     times = [e.ts for e in evs if e.type == "order"]
     if len(set(times)) == len(times):  # lines of one basket merge only with the newest/oldest
-        assert a.orders == b.orders
-        assert math.isclose(a.ord_long, b.ord_long, rel_tol=1e-9, abs_tol=1e-9)
+        assert a.purchases.orders == b.purchases.orders
+        assert math.isclose(a.trend.ord_long, b.trend.ord_long, rel_tol=1e-9, abs_tol=1e-9)
 
 
 @settings(max_examples=80, deadline=None)

@@ -39,10 +39,10 @@ def test_events_seen_twice_by_offset_or_event_id_are_applied_once() -> None:
     first = run(engine, store, regular_history(), T0 + 230 * DAY)
     again = run(engine, store, regular_history(), T0 + 230 * DAY)
     assert first.scored == 12 and again.scored == 0 and again.duplicates == 12
-    assert store["c1"].orders == 12
+    assert store["c1"].purchases.orders == 12
     by_id = [order("c2", 1, event_id="e-1"), order("c2", 1, event_id="e-1")]
     result = run(engine, store, by_id, T0 + DAY)
-    assert (result.scored, result.duplicates, store["c2"].orders) == (1, 1, 1)
+    assert (result.scored, result.duplicates, store["c2"].purchases.orders) == (1, 1, 1)
 
 
 def test_a_late_event_is_counted_and_gives_the_same_state_as_on_time() -> None:
@@ -56,8 +56,8 @@ def test_a_late_event_is_counted_and_gives_the_same_state_as_on_time() -> None:
     renumbered = [Incoming(i.event, 7, n + 1) for n, i in enumerate(shuffled)]
     result = run(late, b, renumbered, T0 + 230 * DAY)
     assert result.late == 1
-    assert a["c1"].orders == b["c1"].orders
-    assert abs(a["c1"].ord_long - b["c1"].ord_long) < 1e-9
+    assert a["c1"].purchases.orders == b["c1"].purchases.orders
+    assert abs(a["c1"].trend.ord_long - b["c1"].trend.ord_long) < 1e-9
     # Only the shard priors differ (a late order is not counted as a gap), by a hair.
     assert abs(a["c1"].score - b["c1"].score) < 0.5
 

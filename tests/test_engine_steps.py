@@ -66,7 +66,7 @@ def test_lateness_applies_a_late_event_within_the_bound_and_dead_letters_one_bey
 def test_apply_event_scores_the_customer_and_moves_the_watermark() -> None:
     e = engine()
     state = scored_customer(e, days=50)
-    assert state.orders == 6 and state.score is not None and state.tier == 0
+    assert state.purchases.orders == 6 and state.score is not None and state.tier == 0
     assert e.state.watermark == T0 + 50 * DAY
     assert state.next_review_at is not None and state.next_review_at > T0 + 50 * DAY
 

@@ -90,7 +90,7 @@ def orders_of_c1(server: LiveRedis, prefix: str) -> int:
     store = RedisStore(server.url, 4, prefix, max_wait=5)
     try:
         state = store.customer("c1")
-        return 0 if state is None else state.orders
+        return 0 if state is None else state.purchases.orders
     finally:
         store.close()
 

@@ -49,7 +49,7 @@ def _commit_orders(store: StateStore, customers: list[str], now: float) -> Shard
 def test_committed_customers_read_back_equal(store: StateStore) -> None:
     _commit_orders(store, ["a", "b", "c"], T0 + 100 * DAY)
     a = store.customer("a")
-    assert a is not None and a.orders == 10 and a.tier == 0
+    assert a is not None and a.purchases.orders == 10 and a.tier == 0
     assert store.customer("zzz") is None
     assert sorted(cid for cid, _ in store.iter_customers()) == ["a", "b", "c"]
     loaded = store.load_customers(shard_of("a", 4), ["a", "nobody"])

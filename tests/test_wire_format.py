@@ -16,6 +16,28 @@ from churnwatch.core.events import Event
 
 FIXTURE = Path(__file__).parent / "data" / "customer_wire_v1.msgpack"
 
+# Stored fields that a signal of the state holds (churnwatch.core.signals): name -> (signal,
+# attribute); the others are attributes of CustomerState itself.
+IN_SIGNALS = {
+    "orders": ("purchases", "orders"), "first_order": ("purchases", "first_order"),
+    "last_order": ("purchases", "last_order"), "spend": ("purchases", "spend"),
+    "refunds": ("purchases", "refunds"), "ord_short": ("trend", "ord_short"),
+    "ord_long": ("trend", "ord_long"), "val_short": ("trend", "val_short"),
+    "val_long": ("trend", "val_long"), "trend_ref": ("trend", "ref"),
+    "channels": ("engagement", "channels"), "eng_ref": ("engagement", "ref"),
+    "tickets": ("service", "tickets"), "fb_sum": ("service", "fb_sum"),
+    "fb_weight": ("service", "fb_weight"), "svc_ref": ("service", "ref"),
+}
+SIGNALS = ("purchases", "trend", "engagement", "service")
+
+
+def stored(state: CustomerState, name: str) -> object:
+    """The value of the stored field ``name`` (a name of version 1's positions)."""
+    if name in IN_SIGNALS:
+        signal, attribute = IN_SIGNALS[name]
+        return getattr(getattr(state, signal), attribute)
+    return getattr(state, name)
+
 
 def version_1_blobs() -> list[tuple[str, list[object]]]:
     """Written by the code before version 2 (commit of tests/data/customer_wire_v1.msgpack)."""
@@ -43,10 +65,10 @@ def test_version_1_blobs_read_field_by_field(cid: str, raw: list[object]) -> Non
                  "val_short", "val_long", "trend_ref", "eng_ref", "tickets", "fb_sum",
                  "fb_weight", "svc_ref", "tier", "components", "scored_at", "next_review_at",
                  "tier_since", "peak_at", "drop_counted", "high_value", "recent_ids"):
-        assert getattr(state, name) == (named[name] or ([] if name in ("components",
+        assert stored(state, name) == (named[name] or ([] if name in ("components",
                                                                         "recent_ids")
                                                         else named[name])), name
-    assert state.channels == (named["channels"] or {})
+    assert state.engagement.channels == (named["channels"] or {})
     assert state.offsets == {int(k): v for k, v in (named["offsets"] or {}).items()}
     assert state.score == (None if named["score"] is None else named["score"] / 100)
     assert state.peak_score == named["peak_score"] / 100  # type: ignore[operator]
@@ -112,8 +134,9 @@ def test_version_2_reads_back_exactly(first: float, spend: float, refunds: float
                                       flags: tuple[bool, bool], fit: int,
                                       outreach: dict[str, object] | None) -> None:
     state = CustomerState(first)
-    state.spend, state.refunds, state.ord_short, state.tickets = spend, refunds, short, tickets
-    state.channels = rows
+    state.purchases.spend, state.purchases.refunds = spend, refunds
+    state.trend.ord_short, state.service.tickets = short, tickets
+    state.engagement.channels = rows
     state.score = None if score is None else round(score * 100) / 100
     state.tier, state.next_review_at, state.offsets = tier, review, offsets
     state.history = [list(h) for h in history]
@@ -122,11 +145,16 @@ def test_version_2_reads_back_exactly(first: float, spend: float, refunds: float
     state.outreach = outreach
     blob = msgpack.packb(state.to_wire())
     back = CustomerState.from_wire(msgpack.unpackb(blob, strict_map_key=False))
-    for name in CustomerState.__slots__:
-        got, want = getattr(back, name), getattr(state, name)
+    pairs = [(name, getattr(back, name), getattr(state, name))
+             for name in CustomerState.__slots__ if name not in SIGNALS]
+    pairs += [(f"{signal}.{name}", getattr(getattr(back, signal), name),
+               getattr(getattr(state, signal), name))
+              for signal in SIGNALS for name in getattr(state, signal).__slots__]
+    assert len(pairs) == len(CustomerState.__slots__) - len(SIGNALS) + len(IN_SIGNALS)
+    for name, got, want in pairs:
         if isinstance(want, float) and isinstance(got, float):
             assert got == want or (math.isnan(got) and math.isnan(want)), name
             assert type(got) is float, name
         else:
             assert got == want, name
-    assert all(type(v) is float for row in back.channels.values() for v in row)
+    assert all(type(v) is float for row in back.engagement.channels.values() for v in row)

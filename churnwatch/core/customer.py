@@ -1,79 +1,56 @@
-"""Per-customer state: the rolling windows that the health score is computed from.
+"""Per-customer state: the signals the health score is computed from, and the engine's record.
 
-Windows are exponentially decayed counters (a half-life instead of a hard edge): constant memory,
-one multiply per update, and the result does not depend on the order events arrive in, so a late
-event is applied exactly as if it had come on time. Every counter is kept "as of" a reference
-time (the newest event of its kind) and decayed to any later instant on read.
+A :class:`CustomerState` is made of four signals (``churnwatch.core.signals``), each a small
+class with ``update`` and readings: :class:`~churnwatch.core.signals.Purchases`
+(``state.purchases``), :class:`~churnwatch.core.signals.PurchaseTrend` (``state.trend``),
+:class:`~churnwatch.core.signals.Engagement` (``state.engagement``) and
+:class:`~churnwatch.core.signals.Service` (``state.service``). :meth:`CustomerState.apply` hands
+each event to the signal it concerns; the decayed windows among them do not depend on the order
+events arrive in, so a late event is applied exactly as if it had come on time.
 
 >>> from churnwatch.core.events import Event
 >>> c = CustomerState(first_seen=0.0)
 >>> c.apply(Event("c1", "order", 0.0, amount=20.0), windows=Windows.default())
 >>> c.apply(Event("c1", "order", 30 * 86400.0, amount=40.0), windows=Windows.default())
->>> c.orders, c.spend, c.mean_gap_days()
+>>> c.purchases.orders, c.purchases.spend, c.purchases.mean_gap_days()
 (2, 60.0, 30.0)
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Any
 
 from churnwatch.core import events as ev
+from churnwatch.core.signals import (
+    DAY,
+    ENGAGEMENT_SLOT,
+    LN2,
+    Engagement,
+    Purchases,
+    PurchaseTrend,
+    Service,
+    Windows,
+    decay,
+)
 
-LN2 = math.log(2.0)
-DAY = 86400.0
-
-# Per-channel engagement counters, in this order.
-SENT, OPENED, CLICKED, MSG_SENT, REPLIED = range(5)
-
-
-@dataclass(frozen=True, slots=True)
-class Windows:
-    """Half-lives of the decayed windows, in seconds."""
-
-    trend_short: float
-    trend_long: float
-    engagement: float
-    service: float
-
-    @classmethod
-    def default(cls) -> Windows:
-        """60 and 365 days for the trend, 90 days for engagement and service."""
-        return cls(60 * DAY, 365 * DAY, 90 * DAY, 90 * DAY)
-
-
-def decay(value: float, elapsed: float, half_life: float) -> float:
-    """``value`` decayed over ``elapsed`` seconds; negative elapsed does not grow it.
-
-    >>> decay(8.0, 2 * 86400.0, 86400.0)
-    2.0
-    """
-    if elapsed <= 0.0 or value == 0.0:
-        return value
-    return value * math.exp(-LN2 * elapsed / half_life)
-
-
-def _add(value: float, ref: float, ts: float, amount: float, half_life: float) -> tuple[float,
-                                                                                        float]:
-    """Add ``amount`` at time ``ts`` to a counter kept as of ``ref``; returns (value, ref)."""
-    if ts >= ref:
-        return decay(value, ts - ref, half_life) + amount, ts
-    return value + amount * math.exp(-LN2 * (ref - ts) / half_life), ref
+# DAY, LN2, Windows and decay live in churnwatch.core.signals; they are also importable from
+# here, where the state that uses them is.
+__all__ = ["DAY", "INTERVENTIONS_KEPT", "LN2", "WIRE_FIELDS", "WIRE_VERSION", "CustomerState",
+           "Windows", "decay"]
 
 
 class CustomerState:
     """Everything churnwatch remembers about one customer.
 
-    Fields are public for the scoring functions; only :meth:`apply` changes the windows, and the
-    engine (``churnwatch.core.engine``) owns the scoring fields and the idempotence bookkeeping.
+    The signals (``purchases``, ``trend``, ``engagement``, ``service``) are public for the
+    scoring functions; only :meth:`apply` updates them. The engine
+    (``churnwatch.core.engine``) owns the scoring fields and the idempotence bookkeeping.
     """
 
     __slots__ = (
         "first_seen", "last_event_ts", "segment", "declared_value_tier",
-        "orders", "first_order", "last_order", "spend", "refunds",
-        "ord_short", "ord_long", "val_short", "val_long", "trend_ref",
-        "channels", "eng_ref", "tickets", "fb_sum", "fb_weight", "svc_ref",
+        "purchases", "trend", "engagement", "service",
         "score", "tier", "components", "scored_at", "next_review_at", "tier_since",
         "peak_score", "peak_at", "drop_counted", "high_value",
         "offsets", "recent_ids", "model_fit",
@@ -85,22 +62,10 @@ class CustomerState:
         self.last_event_ts = first_seen
         self.segment: str | None = None
         self.declared_value_tier: str | None = None
-        self.orders = 0
-        self.first_order: float | None = None
-        self.last_order: float | None = None
-        self.spend = 0.0
-        self.refunds = 0.0
-        self.ord_short = 0.0
-        self.ord_long = 0.0
-        self.val_short = 0.0
-        self.val_long = 0.0
-        self.trend_ref = 0.0
-        self.channels: dict[str, list[float]] = {}
-        self.eng_ref = 0.0
-        self.tickets = 0.0
-        self.fb_sum = 0.0
-        self.fb_weight = 0.0
-        self.svc_ref = 0.0
+        self.purchases = Purchases()
+        self.trend = PurchaseTrend()
+        self.engagement = Engagement()
+        self.service = Service()
         # Scoring, owned by the engine.
         self.score: float | None = None
         self.tier = -1
@@ -125,10 +90,9 @@ class CustomerState:
         # the core only carries them.
         self.history: list[list[Any]] = []
 
-    # -- windows -------------------------------------------------------------------------------
-
     def apply(self, event: ev.Event, windows: Windows) -> None:
-        """Fold one valid event into the windows (idempotence is the engine's job)."""
+        """Fold one valid event into the signal it concerns (idempotence is the engine's
+        job)."""
         ts = event.ts
         kind = event.type
         if ts > self.last_event_ts:
@@ -136,31 +100,17 @@ class CustomerState:
         if ts < self.first_seen:
             self.first_seen = ts
         if kind == ev.ORDER:
-            # Order lines sharing the time of the first or last order (the lines of one basket,
-            # same-day purchases in day-resolution logs) are one purchase occasion: they add
-            # value, not frequency.
-            occasion = 0.0 if ts in (self.first_order, self.last_order) else 1.0
-            self.orders += int(occasion)
-            self.spend += event.amount
-            if self.first_order is None or ts < self.first_order:
-                self.first_order = ts
-            if self.last_order is None or ts > self.last_order:
-                self.last_order = ts
-            ref = self.trend_ref
-            self.ord_short, _ = _add(self.ord_short, ref, ts, occasion, windows.trend_short)
-            self.ord_long, _ = _add(self.ord_long, ref, ts, occasion, windows.trend_long)
-            self.val_short, _ = _add(self.val_short, ref, ts, event.amount, windows.trend_short)
-            self.val_long, self.trend_ref = _add(self.val_long, ref, ts, event.amount,
-                                                 windows.trend_long)
+            occasion = 1.0 if self.purchases.is_new_occasion(ts) else 0.0
+            self.purchases.update(event)
+            self.trend.update(ts, occasion, event.amount, windows)
         elif kind == ev.REFUND:
-            self.refunds += event.amount
-            self.spend = max(self.spend - event.amount, 0.0)
-        elif kind in _ENGAGEMENT_SLOT:
-            self._engage(str(event.channel), _ENGAGEMENT_SLOT[kind], ts, windows.engagement)
+            self.purchases.update(event)
+        elif kind in ENGAGEMENT_SLOT:
+            self.engagement.update(str(event.channel), kind, ts, windows.engagement)
         elif kind == ev.SUPPORT_TICKET:
-            self._service(ts, windows.service, tickets=event.severity)
+            self.service.update(ts, windows.service, tickets=event.severity)
         elif kind == ev.FEEDBACK:
-            self._service(ts, windows.service, feedback=event.score)
+            self.service.update(ts, windows.service, feedback=event.score)
         elif kind == ev.PROFILE:
             segment = event.attributes.get("segment")
             if segment:
@@ -170,36 +120,6 @@ class CustomerState:
                 self.declared_value_tier = value_tier
         elif kind == ev.INTERVENTION:
             self._intervened(event)
-
-    def _engage(self, channel: str, slot: int, ts: float, half_life: float) -> None:
-        counters = self.channels.get(channel)
-        if counters is None:
-            counters = self.channels[channel] = [0.0] * 5
-        if ts > self.eng_ref:
-            elapsed = ts - self.eng_ref
-            for row in self.channels.values():
-                for i in range(5):
-                    row[i] = decay(row[i], elapsed, half_life)
-            self.eng_ref = ts
-            counters[slot] += 1.0
-        else:
-            counters[slot] += math.exp(-LN2 * (self.eng_ref - ts) / half_life)
-
-    def _service(self, ts: float, half_life: float, tickets: float = 0.0,
-                 feedback: float | None = None) -> None:
-        if ts > self.svc_ref:
-            elapsed = ts - self.svc_ref
-            self.tickets = decay(self.tickets, elapsed, half_life)
-            self.fb_sum = decay(self.fb_sum, elapsed, half_life)
-            self.fb_weight = decay(self.fb_weight, elapsed, half_life)
-            self.svc_ref = ts
-            weight = 1.0
-        else:
-            weight = math.exp(-LN2 * (self.svc_ref - ts) / half_life)
-        self.tickets += tickets * weight
-        if feedback is not None:
-            self.fb_sum += feedback * weight
-            self.fb_weight += weight
 
     def _intervened(self, event: ev.Event) -> None:
         """Remember an intervention; the first one that answers the open playbook assignment
@@ -216,28 +136,6 @@ class CustomerState:
                 and playbook in (None, assigned)):
             outreach["contacted_at"] = math.floor(event.ts)
         self.outreach = outreach
-
-    # -- derived -------------------------------------------------------------------------------
-
-    def mean_gap_days(self) -> float | None:
-        """The customer's own mean gap between purchase occasions, in days (``None`` before a
-        repeat)."""
-        if self.orders < 2 or self.first_order is None or self.last_order is None:
-            return None
-        return (self.last_order - self.first_order) / DAY / (self.orders - 1)
-
-    def engagement_totals(self, at: float, half_life: float) -> tuple[float, float, float, float]:
-        """Decayed (sent, responses, campaign sends, message sends) as of ``at``."""
-        sent = responses = campaigns = messages = 0.0
-        elapsed = at - self.eng_ref
-        for row in self.channels.values():
-            c_sent, opened, clicked, m_sent, replied = row
-            campaigns += c_sent
-            messages += m_sent
-            sent += c_sent + m_sent
-            responses += min(c_sent, 0.6 * opened + 0.4 * clicked) + min(m_sent, replied)
-        return (decay(sent, elapsed, half_life), decay(responses, elapsed, half_life),
-                decay(campaigns, elapsed, half_life), decay(messages, elapsed, half_life))
 
     # -- wire format ---------------------------------------------------------------------------
 
@@ -260,21 +158,23 @@ class CustomerState:
         True
         """
         base = math.floor(self.last_event_ts)
+        bought, trend, engagement, service = (self.purchases, self.trend, self.engagement,
+                                              self.service)
         # Defaults become None (the "or None"s, _fz), except where a zero is a value: the
         # relative instants and the score.
         fields: list[object] = [
             None if self.first_seen == 0 else math.floor(self.first_seen) - base,
-            base, self.segment, self.declared_value_tier, self.orders or None,
-            None if self.first_order is None else math.floor(self.first_order) - base,
-            None if self.last_order is None else math.floor(self.last_order) - base,
-            _fz(self.spend), _fz(self.refunds), _fz(self.ord_short), _fz(self.ord_long),
-            _fz(self.val_short), _fz(self.val_long),
-            None if self.trend_ref == 0 else math.floor(self.trend_ref) - base,
+            base, self.segment, self.declared_value_tier, bought.orders or None,
+            None if bought.first_order is None else math.floor(bought.first_order) - base,
+            None if bought.last_order is None else math.floor(bought.last_order) - base,
+            _fz(bought.spend), _fz(bought.refunds), _fz(trend.ord_short), _fz(trend.ord_long),
+            _fz(trend.val_short), _fz(trend.val_long),
+            None if trend.ref == 0 else math.floor(trend.ref) - base,
             {_CHANNEL_CODES.get(name, name): [_f(v) for v in row]
-             for name, row in self.channels.items()} or None,
-            None if self.eng_ref == 0 else math.floor(self.eng_ref) - base,
-            _fz(self.tickets), _fz(self.fb_sum), _fz(self.fb_weight),
-            None if self.svc_ref == 0 else math.floor(self.svc_ref) - base,
+             for name, row in engagement.channels.items()} or None,
+            None if engagement.ref == 0 else math.floor(engagement.ref) - base,
+            _fz(service.tickets), _fz(service.fb_sum), _fz(service.fb_weight),
+            None if service.ref == 0 else math.floor(service.ref) - base,
             None if self.score is None else round(self.score * 100),
             self.tier + 1 or None, self.components or None,
             None if self.scored_at == 0 else math.floor(self.scored_at) - base,
@@ -316,23 +216,27 @@ class CustomerState:
         state.last_event_ts = base
         state.segment = segment
         state.declared_value_tier = declared_value_tier
-        state.orders = orders or 0
-        state.first_order = None if first_order is None else base + first_order
-        state.last_order = None if last_order is None else base + last_order
-        state.spend = float(spend or 0.0)
-        state.refunds = float(refunds or 0.0)
-        state.ord_short = float(ord_short or 0.0)
-        state.ord_long = float(ord_long or 0.0)
-        state.val_short = float(val_short or 0.0)
-        state.val_long = float(val_long or 0.0)
-        state.trend_ref = 0 if trend_ref is None else base + trend_ref
-        state.channels = {_CHANNEL_NAMES[name] if isinstance(name, int) else name:
-                          [float(v) for v in row] for name, row in (channels or {}).items()}
-        state.eng_ref = 0 if eng_ref is None else base + eng_ref
-        state.tickets = float(tickets or 0.0)
-        state.fb_sum = float(fb_sum or 0.0)
-        state.fb_weight = float(fb_weight or 0.0)
-        state.svc_ref = 0 if svc_ref is None else base + svc_ref
+        state.purchases = bought = Purchases()
+        bought.orders = orders or 0
+        bought.first_order = None if first_order is None else base + first_order
+        bought.last_order = None if last_order is None else base + last_order
+        bought.spend = float(spend or 0.0)
+        bought.refunds = float(refunds or 0.0)
+        state.trend = trend = PurchaseTrend()
+        trend.ord_short = float(ord_short or 0.0)
+        trend.ord_long = float(ord_long or 0.0)
+        trend.val_short = float(val_short or 0.0)
+        trend.val_long = float(val_long or 0.0)
+        trend.ref = 0 if trend_ref is None else base + trend_ref
+        state.engagement = engagement = Engagement()
+        engagement.channels = {_CHANNEL_NAMES[name] if isinstance(name, int) else name:
+                               [float(v) for v in row] for name, row in (channels or {}).items()}
+        engagement.ref = 0 if eng_ref is None else base + eng_ref
+        state.service = service = Service()
+        service.tickets = float(tickets or 0.0)
+        service.fb_sum = float(fb_sum or 0.0)
+        service.fb_weight = float(fb_weight or 0.0)
+        service.ref = 0 if svc_ref is None else base + svc_ref
         state.score = None if score is None else score / 100.0
         state.tier = (tier or 0) - 1
         state.components = list(components or [])
@@ -423,11 +327,3 @@ def _f(value: float) -> float | int:
 
 #: Interventions remembered per customer (for the customer page).
 INTERVENTIONS_KEPT = 10
-
-_ENGAGEMENT_SLOT = {
-    ev.CAMPAIGN_SENT: SENT,
-    ev.CAMPAIGN_OPENED: OPENED,
-    ev.CAMPAIGN_CLICKED: CLICKED,
-    ev.MESSAGE_SENT: MSG_SENT,
-    ev.MESSAGE_REPLIED: REPLIED,
-}

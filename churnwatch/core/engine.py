@@ -12,7 +12,7 @@ batch touches, calls :meth:`ShardEngine.process`, and stores what comes back.
 >>> batch = [Incoming(Event("c1", "order", 0.0, amount=10.0), partition=1, offset=1),
 ...          Incoming(Event("c1", "order", 0.0, amount=10.0), partition=1, offset=1)]
 >>> result = engine.process(batch, {"c1": None}, now=0.0)
->>> result.scored, result.duplicates, result.changed["c1"].orders
+>>> result.scored, result.duplicates, result.changed["c1"].purchases.orders
 (1, 1, 1)
 """
 
@@ -427,8 +427,9 @@ class ShardEngine:
             self._score(cid, state, max(event.ts, state.scored_at), result, cause="silence")
         self._advance(cid, state, event.ts, result)
         # The wait before a new latest order, for the reasons of an upgrade it causes.
-        waited = (event.ts - state.last_order) / DAY if event.type == ev.ORDER and \
-            state.last_order is not None and event.ts > state.last_order else None
+        last_order = state.purchases.last_order
+        waited = (event.ts - last_order) / DAY if event.type == ev.ORDER and \
+            last_order is not None and event.ts > last_order else None
         at = max(event.ts, state.scored_at)
         # An order never lowers the score: what it was just before, at the same instant.
         just_before = assess(state, at, self.config, self.state.priors) \
@@ -493,14 +494,15 @@ class ShardEngine:
     def _apply(self, state: CustomerState, event: ev.Event) -> None:
         priors = self.state.priors
         kind = event.type
+        bought = state.purchases
         if kind == ev.ORDER:
             priors.observe_order(event.customer_id, event.ts)
-            if state.last_order is not None and event.ts > state.last_order:
-                priors.observe_gap(event.ts - state.last_order)
-        old_spend = state.spend if state.orders or state.refunds else -1.0
+            if bought.last_order is not None and event.ts > bought.last_order:
+                priors.observe_gap(event.ts - bought.last_order)
+        old_spend = bought.spend if bought.orders or bought.refunds else -1.0
         state.apply(event, self.windows)
         if kind in (ev.ORDER, ev.REFUND):
-            priors.move_spend(old_spend, state.spend)
+            priors.move_spend(old_spend, bought.spend)
         elif kind in (ev.CAMPAIGN_SENT, ev.MESSAGE_SENT):
             priors.observe_engagement(1.0, 0.0)
         elif kind == ev.CAMPAIGN_OPENED:
@@ -571,7 +573,7 @@ class ShardEngine:
             self._judged_by_older_model(state))
         state.components = component_values(assessment)
         state.high_value = (state.declared_value_tier == config.high_value_tier
-                            or state.spend >= priors.spend_quantile_floor(
+                            or state.purchases.spend >= priors.spend_quantile_floor(
                                 config.high_value_top_share) > 0)
         return verdict
 

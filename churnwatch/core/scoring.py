@@ -43,8 +43,9 @@ from dataclasses import dataclass, replace
 
 from churnwatch.core.buyers import BuyerModel
 from churnwatch.core.config import COMPONENTS, TIERS, ChurnwatchConfig, SegmentPolicy
-from churnwatch.core.customer import DAY, LN2, CustomerState, Windows
+from churnwatch.core.customer import CustomerState
 from churnwatch.core.priors import PopulationPriors
+from churnwatch.core.signals import DAY, Windows
 
 RECENCY, TREND, ENGAGEMENT, SERVICE = range(4)
 #: How far the other components can lift the score above recency alone.
@@ -154,10 +155,11 @@ def recency_inputs(state: CustomerState, now: float, priors: PopulationPriors,
     registered customer who never buys is as doubtful as a one-time buyer.
     """
     gap = priors.mean_gap_days(config.recency.default_gap_days, config.recency.default_gap_weight)
-    if state.orders == 0 or state.first_order is None or state.last_order is None:
+    bought = state.purchases
+    if bought.orders == 0 or bought.first_order is None or bought.last_order is None:
         return RecencyInputs(0, 0.0, (now - state.first_seen) / DAY, gap)
-    return RecencyInputs(state.orders - 1, (state.last_order - state.first_order) / DAY,
-                         (now - state.last_order) / DAY, gap)
+    return RecencyInputs(bought.orders - 1, (bought.last_order - bought.first_order) / DAY,
+                         (now - bought.last_order) / DAY, gap)
 
 
 def _inputs_at(assessment: Assessment, state: CustomerState, now: float,
@@ -233,33 +235,30 @@ def _trend(state: CustomerState, config: ChurnwatchConfig) -> Component:
     Both windows are read at the last order and corrected for a tenure shorter than the window,
     so a steady customer sits at 100 whatever their age; buying half as often scores about 60.
     """
-    if state.orders < 3 or state.first_order is None or state.last_order is None:
+    orders = state.purchases.orders
+    tenure = state.purchases.tenure()
+    if orders < 3 or tenure is None:
         return _NO_EVIDENCE
-    tenure = state.last_order - state.first_order
     short = config.trend_short_half_life_days * DAY
     long = config.trend_long_half_life_days * DAY
     if tenure < short:
         return _NO_EVIDENCE
-    fill_short = 1.0 - math.exp(-LN2 * tenure / short)
-    fill_long = 1.0 - math.exp(-LN2 * tenure / long)
-    rate_short = state.ord_short / (short * fill_short)
-    rate_long = state.ord_long / (long * fill_long)
-    value_short = state.val_short / (short * fill_short)
-    value_long = state.val_long / (long * fill_long)
-    freq = rate_short / rate_long if rate_long > 0 else 1.0
-    value = value_short / value_long if value_long > 0 else freq
+    rates = state.trend.rates(tenure, short, long)
+    freq = rates.orders_short / rates.orders_long if rates.orders_long > 0 else 1.0
+    value = rates.value_short / rates.value_long if rates.value_long > 0 else freq
     ratio = 0.7 * min(freq, 1.0) + 0.3 * min(value, 1.0)
-    confidence = min(1.0, (state.orders - 2) / 3.0) * min(1.0, tenure / (2.0 * short))
+    confidence = min(1.0, (orders - 2) / 3.0) * min(1.0, tenure / (2.0 * short))
     return Component(100.0 * ratio ** 0.7, confidence)
 
 
 def _engagement(state: CustomerState, config: ChurnwatchConfig, priors: PopulationPriors
                 ) -> Component:
     """Answers to campaigns and messages against the population's usual answer rate."""
-    if not state.channels:
+    engagement = state.engagement
+    if not engagement.channels:
         return _NO_EVIDENCE
-    sent, responses, _, _ = state.engagement_totals(state.eng_ref,
-                                                    config.engagement_half_life_days * DAY)
+    sent, responses, _, _ = engagement.totals(engagement.ref,
+                                              config.engagement_half_life_days * DAY)
     usual = priors.response_rate()
     rate = (responses + 2.0 * usual) / (sent + 2.0)
     value = 100.0 * (1.0 - math.exp(-1.4 * rate / usual))
@@ -268,15 +267,16 @@ def _engagement(state: CustomerState, config: ChurnwatchConfig, priors: Populati
 
 def _service(state: CustomerState) -> Component:
     """Support tickets (by severity) and feedback scores, recent ones weighing most."""
-    if state.tickets <= 0.0 and state.fb_weight <= 0.0:
+    service = state.service
+    if service.tickets <= 0.0 and service.fb_weight <= 0.0:
         return _NO_EVIDENCE
-    tickets = 100.0 * math.exp(-0.4 * state.tickets)
-    if state.fb_weight > 0:
-        feedback = 10.0 * state.fb_sum / state.fb_weight
-        value = min(tickets, feedback) if state.tickets > 0.5 else feedback
+    tickets = 100.0 * math.exp(-0.4 * service.tickets)
+    if service.fb_weight > 0:
+        feedback = 10.0 * service.fb_sum / service.fb_weight
+        value = min(tickets, feedback) if service.tickets > 0.5 else feedback
     else:
         value = tickets
-    return Component(value, min(1.0, state.tickets + state.fb_weight))
+    return Component(value, min(1.0, service.tickets + service.fb_weight))
 
 
 # -- tiers ---------------------------------------------------------------------------------------
@@ -451,19 +451,20 @@ def _improvements(state: CustomerState, assessment: Assessment, now: float,
               f"{100 * assessment.return_probability:.0f}%")
     rise = -_drop(previous, RECENCY, comps[RECENCY].value)
     inputs = _inputs_at(assessment, state, now, priors, config)
-    if state.orders > 0 and inputs.silence_days < 1.0 and (rise > 0.5 or not previous):
+    orders = state.purchases.orders
+    if orders > 0 and inputs.silence_days < 1.0 and (rise > 0.5 or not previous):
         span = inputs.span_days
-        if gap_before_days is None and state.orders == 2:
+        if gap_before_days is None and orders == 2:
             gap_before_days = span
-        if state.orders == 1:
+        if orders == 1:
             text = "placed a first order"
         elif gap_before_days is None:
-            text = f"ordered again, usually {_every(span / (state.orders - 1))}"
-        elif state.orders == 2:
+            text = f"ordered again, usually {_every(span / (orders - 1))}"
+        elif orders == 2:
             text = f"ordered again after {_days(gap_before_days)}, their second order"
         else:
             # Their cadence before this order, which the long wait made look late.
-            usual = max(span - gap_before_days, 0.0) / (state.orders - 2)
+            usual = max(span - gap_before_days, 0.0) / (orders - 2)
             text = f"ordered again after {_days(gap_before_days)}, usually {_every(usual)}"
         out.append((max(rise, 0.0), f"{text}; {chance}"))
     for index in (ENGAGEMENT, TREND, SERVICE):
@@ -489,12 +490,13 @@ def _recency_text(state: CustomerState, assessment: Assessment, now: float,
                   config: ChurnwatchConfig, priors: PopulationPriors) -> str:
     inputs = _inputs_at(assessment, state, now, priors, config)
     silence = inputs.silence_days
-    own_gap = state.mean_gap_days()
-    if state.orders == 0:
+    orders = state.purchases.orders
+    own_gap = state.purchases.mean_gap_days()
+    if orders == 0:
         text = f"no order yet, first seen {_ago(silence)}"
     elif own_gap is not None:
         last = f"no order for {_days(silence)}" if silence >= 1.0 else "ordered today"
-        text = f"{last}, usually orders {_every(own_gap)} ({state.orders} orders)"
+        text = f"{last}, usually orders {_every(own_gap)} ({orders} orders)"
     else:
         text = (f"one order, {_ago(silence)}; customers typically reorder within "
                 f"{_days(inputs.population_gap_days)}")
@@ -504,9 +506,10 @@ def _recency_text(state: CustomerState, assessment: Assessment, now: float,
 
 
 def _answers_text(state: CustomerState, config: ChurnwatchConfig) -> str:
-    sent, responses, _, _ = state.engagement_totals(state.eng_ref,
-                                                    config.engagement_half_life_days * DAY)
-    channels = ", ".join(sorted(state.channels))
+    engagement = state.engagement
+    sent, responses, _, _ = engagement.totals(engagement.ref,
+                                              config.engagement_half_life_days * DAY)
+    channels = ", ".join(sorted(engagement.channels))
     answers = round(responses)
     sends = max(round(sent), 1)
     said = "no answers" if answers == 0 else "about " + _plural(answers, "answer")
@@ -516,10 +519,12 @@ def _answers_text(state: CustomerState, config: ChurnwatchConfig) -> str:
 
 def _service_text(state: CustomerState) -> str:
     parts = []
-    if state.tickets > 0.3:
-        parts.append(f"{state.tickets:.1f} weighted support tickets recently")
-    if state.fb_weight > 0:
-        parts.append(f"feedback {state.fb_sum / state.fb_weight:.1f}/10")
+    service = state.service
+    if service.tickets > 0.3:
+        parts.append(f"{service.tickets:.1f} weighted support tickets recently")
+    feedback = service.mean_feedback()
+    if feedback is not None:
+        parts.append(f"feedback {feedback:.1f}/10")
     return ", ".join(parts) or "no recent tickets"
 
 

@@ -36,9 +36,10 @@ from dataclasses import dataclass
 
 from churnwatch.core.aggregates import CounterKey, WinbackCount
 from churnwatch.core.config import ChurnwatchConfig
-from churnwatch.core.customer import DAY, MSG_SENT, OPENED, REPLIED, SENT, CustomerState, decay
+from churnwatch.core.customer import CustomerState
 from churnwatch.core.playbooks import UNANSWERED_CHANNELS, Playbook, choose, in_holdout
 from churnwatch.core.scoring import HEALTHY, SERVICE, TREND, Assessment, tier_name
+from churnwatch.core.signals import DAY, MSG_SENT, OPENED, REPLIED, SENT, decay
 
 #: Groups of a playbook's customers.
 GROUPS = ("treated", "holdout")
@@ -73,13 +74,15 @@ def reason_codes(state: CustomerState, assessment: Assessment, now: float,
     """The structured reasons playbooks match on (``churnwatch.core.playbooks.REASON_CODES``)."""
     codes: list[str] = []
     comps = assessment.components
-    if (comps[SERVICE].confidence > 0 and comps[SERVICE].value < 70) or state.tickets > 0.5:
+    bought = state.purchases
+    if (comps[SERVICE].confidence > 0 and comps[SERVICE].value < 70) \
+            or state.service.tickets > 0.5:
         codes.append("service_problems")
-    if state.orders == 0:
+    if bought.orders == 0:
         codes.append("never_ordered")
-    elif state.last_order is not None:
-        silence_days = (now - state.last_order) / DAY
-        gap = state.mean_gap_days()
+    elif bought.last_order is not None:
+        silence_days = (now - bought.last_order) / DAY
+        gap = bought.mean_gap_days()
         if gap is not None:
             if silence_days > max(OVERDUE_FACTOR * gap, 7.0):
                 codes.append("order_overdue")
@@ -91,9 +94,9 @@ def reason_codes(state: CustomerState, assessment: Assessment, now: float,
     if comps[TREND].confidence > 0 and comps[TREND].value < 60:
         codes.append("buying_less")
     half_life = config.engagement_half_life_days * DAY
-    elapsed = now - state.eng_ref
+    elapsed = now - state.engagement.ref
     for channel in UNANSWERED_CHANNELS:
-        row = state.channels.get(channel)
+        row = state.engagement.channels.get(channel)
         if row is None:
             continue
         sent = decay(row[SENT] + row[MSG_SENT], elapsed, half_life)
@@ -110,7 +113,8 @@ def value_tier(state: CustomerState) -> str:
 
 def days_since_order(state: CustomerState, now: float) -> int | None:
     """Whole days since the last order."""
-    return None if state.last_order is None else max(int((now - state.last_order) // DAY), 0)
+    last = state.purchases.last_order
+    return None if last is None else max(int((now - last) // DAY), 0)
 
 
 def suggest(customer_id: str, state: CustomerState, assessment: Assessment, now: float,
@@ -141,7 +145,7 @@ def _suggestion(customer_id: str, state: CustomerState, playbook: Playbook, now:
     message = playbook.message({
         "customer_id": customer_id, "segment": config.segment_label(state.segment),
         "tier": tier_name(state.tier), "days_since_order": "" if days is None else days,
-        "orders": state.orders})
+        "orders": state.purchases.orders})
     return Suggestion(playbook.name, playbook.action, playbook.channel, message, held)
 
 
@@ -169,10 +173,10 @@ def track(customer_id: str, state: CustomerState, assessment: Assessment, now: f
         if outreach.get("contacted_at") is not None and not outreach.get("counted"):
             outreach["counted"] = True
             _count(counters, "contacted", playbook, holdout)
-        ordered = state.last_order is not None and state.last_order > assigned_at
+        last_order = state.purchases.last_order
+        ordered = last_order is not None and last_order > assigned_at
         back = ordered or new_tier == HEALTHY
-        recovered_at = (float(state.last_order) if ordered and state.last_order is not None
-                        else now)
+        recovered_at = float(last_order) if ordered and last_order is not None else now
         if back or now - assigned_at > window:
             if back and recovered_at - assigned_at <= window:
                 _count(counters, "recovered", playbook, holdout)
