@@ -216,27 +216,20 @@ class CustomerState:
         state.last_event_ts = base
         state.segment = segment
         state.declared_value_tier = declared_value_tier
-        state.purchases = bought = Purchases()
-        bought.orders = orders or 0
-        bought.first_order = None if first_order is None else base + first_order
-        bought.last_order = None if last_order is None else base + last_order
-        bought.spend = float(spend or 0.0)
-        bought.refunds = float(refunds or 0.0)
-        state.trend = trend = PurchaseTrend()
-        trend.ord_short = float(ord_short or 0.0)
-        trend.ord_long = float(ord_long or 0.0)
-        trend.val_short = float(val_short or 0.0)
-        trend.val_long = float(val_long or 0.0)
-        trend.ref = 0 if trend_ref is None else base + trend_ref
-        state.engagement = engagement = Engagement()
-        engagement.channels = {_CHANNEL_NAMES[name] if isinstance(name, int) else name:
-                               [float(v) for v in row] for name, row in (channels or {}).items()}
-        engagement.ref = 0 if eng_ref is None else base + eng_ref
-        state.service = service = Service()
-        service.tickets = float(tickets or 0.0)
-        service.fb_sum = float(fb_sum or 0.0)
-        service.fb_weight = float(fb_weight or 0.0)
-        service.ref = 0 if svc_ref is None else base + svc_ref
+        state.purchases = Purchases(
+            orders or 0, None if first_order is None else base + first_order,
+            None if last_order is None else base + last_order, float(spend or 0.0),
+            float(refunds or 0.0))
+        state.trend = PurchaseTrend(
+            float(ord_short or 0.0), float(ord_long or 0.0), float(val_short or 0.0),
+            float(val_long or 0.0), 0 if trend_ref is None else base + trend_ref)
+        state.engagement = Engagement(
+            {_CHANNEL_NAMES[name] if isinstance(name, int) else name: [float(v) for v in row]
+             for name, row in (channels or {}).items()},
+            0 if eng_ref is None else base + eng_ref)
+        state.service = Service(
+            float(tickets or 0.0), float(fb_sum or 0.0), float(fb_weight or 0.0),
+            0 if svc_ref is None else base + svc_ref)
         state.score = None if score is None else score / 100.0
         state.tier = (tier or 0) - 1
         state.components = list(components or [])
@@ -260,8 +253,12 @@ class CustomerState:
 WIRE_VERSION = 2
 
 #: The field table of the stored customer state (version 2): position -> name, position 0
-#: being the version. Positions are never reused: a new field is appended and reads as its
-#: default from states written before it.
+#: being the version. Codes 5 to 20 hold the signals' fields (churnwatch.core.signals), under the
+#: names they had when they were attributes of the state: ``orders`` to ``refunds`` are
+#: ``purchases``, ``ord_short`` to ``trend_ref`` are ``trend`` (``trend_ref`` its ``ref``),
+#: ``channels`` and ``eng_ref`` are ``engagement``, ``tickets`` to ``svc_ref`` are ``service``.
+#: Positions are never reused: a new field is appended and reads as its default from states
+#: written before it.
 WIRE_FIELDS = (
     "version", "first_seen", "last_event_ts", "segment", "declared_value_tier", "orders",
     "first_order", "last_order", "spend", "refunds", "ord_short", "ord_long", "val_short",

@@ -119,12 +119,14 @@ class Purchases(Signal):
 
     __slots__ = ("orders", "first_order", "last_order", "spend", "refunds")
 
-    def __init__(self) -> None:
-        self.orders = 0
-        self.first_order: float | None = None
-        self.last_order: float | None = None
-        self.spend = 0.0
-        self.refunds = 0.0
+    def __init__(self, orders: int = 0, first_order: float | None = None,
+                 last_order: float | None = None, spend: float = 0.0,
+                 refunds: float = 0.0) -> None:
+        self.orders = orders
+        self.first_order = first_order
+        self.last_order = last_order
+        self.spend = spend
+        self.refunds = refunds
 
     def is_new_occasion(self, ts: float) -> bool:
         """Whether an order at ``ts`` would be a purchase occasion of its own (not a line of
@@ -194,12 +196,13 @@ class PurchaseTrend(Signal):
 
     __slots__ = ("ord_short", "ord_long", "val_short", "val_long", "ref")
 
-    def __init__(self) -> None:
-        self.ord_short = 0.0
-        self.ord_long = 0.0
-        self.val_short = 0.0
-        self.val_long = 0.0
-        self.ref = 0.0
+    def __init__(self, ord_short: float = 0.0, ord_long: float = 0.0, val_short: float = 0.0,
+                 val_long: float = 0.0, ref: float = 0.0) -> None:
+        self.ord_short = ord_short
+        self.ord_long = ord_long
+        self.val_short = val_short
+        self.val_long = val_long
+        self.ref = ref
 
     def update(self, ts: float, occasion: float, amount: float, windows: Windows) -> None:
         """Add an order line at ``ts``: ``occasion`` to the frequency, ``amount`` to the
@@ -248,9 +251,10 @@ class Engagement(Signal):
 
     __slots__ = ("channels", "ref")
 
-    def __init__(self) -> None:
-        self.channels: dict[str, list[float]] = {}
-        self.ref = 0.0
+    def __init__(self, channels: dict[str, list[float]] | None = None, ref: float = 0.0
+                 ) -> None:
+        self.channels: dict[str, list[float]] = {} if channels is None else channels
+        self.ref = ref
 
     def update(self, channel: str, kind: str, ts: float, half_life: float) -> None:
         """Count one event of type ``kind`` (a key of :data:`ENGAGEMENT_SLOT`) on
@@ -300,11 +304,12 @@ class Service(Signal):
 
     __slots__ = ("tickets", "fb_sum", "fb_weight", "ref")
 
-    def __init__(self) -> None:
-        self.tickets = 0.0
-        self.fb_sum = 0.0
-        self.fb_weight = 0.0
-        self.ref = 0.0
+    def __init__(self, tickets: float = 0.0, fb_sum: float = 0.0, fb_weight: float = 0.0,
+                 ref: float = 0.0) -> None:
+        self.tickets = tickets
+        self.fb_sum = fb_sum
+        self.fb_weight = fb_weight
+        self.ref = ref
 
     def update(self, ts: float, half_life: float, tickets: float = 0.0,
                feedback: float | None = None) -> None:
