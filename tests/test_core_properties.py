@@ -8,10 +8,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from churnwatch.core.config import ChurnwatchConfig
-from churnwatch.core.customer import DAY, LN2, CustomerState
+from churnwatch.core.customer import DAY, CustomerState
 from churnwatch.core.events import Event
 from churnwatch.core.priors import PopulationPriors
 from churnwatch.core.scoring import assess, chance_percent, next_review_at, windows_of
+from churnwatch.core.signals import LN2
 
 CONFIG = ChurnwatchConfig()
 WINDOWS = windows_of(CONFIG)

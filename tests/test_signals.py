@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import doctest
 import math
+from collections.abc import Iterator
+from random import Random
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -109,6 +111,16 @@ def fold(evs: list[Event]) -> CustomerState:
     return state
 
 
+def prefixes_in_any_order(evs: list[Event], rnd: Random) -> Iterator[tuple[list[Event],
+                                                                       list[Event]]]:
+    """Every prefix of ``evs``, in order and shuffled."""
+    for n in range(1, len(evs) + 1):
+        prefix = evs[:n]
+        shuffled = list(prefix)
+        rnd.shuffle(shuffled)
+        yield prefix, shuffled
+
+
 def close(a: float, b: float) -> bool:
     return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-9)
 
@@ -127,10 +139,7 @@ def engagement_reference(evs: list[Event]) -> dict[str, list[float]]:
 @given(st.lists(engagement_events(), min_size=1, max_size=20), st.randoms(use_true_random=False))
 def test_engagement_equals_its_recomputation_on_every_prefix_in_any_order(evs: list[Event],
                                                                           rnd) -> None:
-    for n in range(1, len(evs) + 1):
-        prefix = evs[:n]
-        shuffled = list(prefix)
-        rnd.shuffle(shuffled)
+    for prefix, shuffled in prefixes_in_any_order(evs, rnd):
         want = engagement_reference(prefix)
         for got in (fold(prefix).engagement, fold(shuffled).engagement):
             assert got.ref == max(e.ts for e in prefix)
@@ -150,10 +159,7 @@ def test_engagement_equals_its_recomputation_on_every_prefix_in_any_order(evs: l
 @given(st.lists(service_events(), min_size=1, max_size=20), st.randoms(use_true_random=False))
 def test_service_equals_its_recomputation_on_every_prefix_in_any_order(evs: list[Event],
                                                                        rnd) -> None:
-    for n in range(1, len(evs) + 1):
-        prefix = evs[:n]
-        shuffled = list(prefix)
-        rnd.shuffle(shuffled)
+    for prefix, shuffled in prefixes_in_any_order(evs, rnd):
         ref = max(e.ts for e in prefix)
         weight = {id(e): math.exp(-LN2 * (ref - e.ts) / WINDOWS.service) for e in prefix}
         tickets = sum(e.severity * weight[id(e)] for e in prefix if e.type == ev.SUPPORT_TICKET)
@@ -165,7 +171,7 @@ def test_service_equals_its_recomputation_on_every_prefix_in_any_order(evs: list
             mean = got.mean_feedback()
             if feedback:
                 want = sum(float(e.score or 0.0) * weight[id(e)] for e in feedback) / fb_weight
-                assert mean is not None and math.isclose(mean, want, rel_tol=1e-9, abs_tol=1e-9)
+                assert mean is not None and close(mean, want)
             else:
                 assert mean is None
 

@@ -25,19 +25,16 @@ from churnwatch.core import events as ev
 from churnwatch.core.signals import (
     DAY,
     ENGAGEMENT_SLOT,
-    LN2,
     Engagement,
     Purchases,
     PurchaseTrend,
     Service,
     Windows,
-    decay,
 )
 
-# DAY, LN2, Windows and decay live in churnwatch.core.signals; they are also importable from
-# here, where the state that uses them is.
-__all__ = ["DAY", "INTERVENTIONS_KEPT", "LN2", "WIRE_FIELDS", "WIRE_VERSION", "CustomerState",
-           "Windows", "decay"]
+# DAY and Windows live in churnwatch.core.signals; they are also importable from here, beside
+# the state whose instants and windows they measure.
+__all__ = ["DAY", "INTERVENTIONS_KEPT", "WIRE_FIELDS", "WIRE_VERSION", "CustomerState", "Windows"]
 
 
 class CustomerState:
