@@ -56,6 +56,7 @@ from churnwatch.core.config import ChurnwatchConfig
 from churnwatch.core.engine import Incoming, ShardEngine, ShardState, partition_id
 from churnwatch.core.events import Event, decode_event
 from churnwatch.publish import Publisher, read_lines
+from churnwatch.runtime import tune_garbage_collector
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKDIR = ROOT / "var" / "bench"
@@ -598,6 +599,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="comma-separated subset of the benchmarks")
     args = parser.parse_args(argv)
     only = set(args.only.split(","))
+    # The collector settings of the streaming commands, for the yardstick and the in-process
+    # replay alike (the live and cluster rows run `churnwatch run`, which sets them itself).
+    tune_garbage_collector()
     WORKDIR.mkdir(parents=True, exist_ok=True)
     path = WORKDIR / f"events-{args.events}-{args.customers}-{args.seed}.jsonl"
     if only - {"worklist"}:

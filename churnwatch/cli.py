@@ -16,6 +16,7 @@ from churnwatch.runtime import (
     config_from_args,
     store_factory,
     time_option,
+    tune_garbage_collector,
 )
 
 log = logging.getLogger("churnwatch")
@@ -69,6 +70,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         write_export,
     )
 
+    tune_garbage_collector()
     config = config_from_args(args)
     as_of = time_option(args.as_of, "--as-of") if args.as_of else None
     _check_inputs("replay", args.files)
@@ -109,6 +111,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 def cmd_backtest(args: argparse.Namespace) -> int:
     from churnwatch.replay import ReplayCounts, backtest, dump_json, render_summary
 
+    tune_garbage_collector()
     config = config_from_args(args)
     cutoff = time_option(args.cutoff, "--cutoff")
     if args.horizon <= 0:

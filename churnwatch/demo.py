@@ -98,9 +98,15 @@ def render(store: StateStore, summary: LiveSummary, config: ChurnwatchConfig) ->
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Run the demo until the simulated period ends (or Ctrl-C, or SIGTERM)."""
-    from churnwatch.runtime import GracefulStop, config_from_args, store_factory
+    from churnwatch.runtime import (
+        GracefulStop,
+        config_from_args,
+        store_factory,
+        tune_garbage_collector,
+    )
     from churnwatch.state.connection import redact_url
 
+    tune_garbage_collector()
     if not args.config and not os.environ.get("CHURNWATCH_CONFIG"):
         args.config = str(Path(__file__).with_name("data") / "demo.toml")
     config = config_from_args(args)

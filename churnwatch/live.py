@@ -243,10 +243,17 @@ def _given(hooks: Any) -> Iterator[Any]:
 def cmd_run(args: argparse.Namespace) -> int:
     """``churnwatch run``."""
     from churnwatch.embedded import configured_redis_url, redis_url_or_embedded
-    from churnwatch.runtime import GracefulStop, UsageError, check_login, config_from_args
+    from churnwatch.runtime import (
+        GracefulStop,
+        UsageError,
+        check_login,
+        config_from_args,
+        tune_garbage_collector,
+    )
     from churnwatch.state.cluster import is_cluster_url
     from churnwatch.state.connection import describe_failure, is_authentication_error, redact_url
 
+    tune_garbage_collector()
     config = config_from_args(args)
     source = args.source or config.source
     clock = args.clock or ("event" if source == "simulator" else "wall")

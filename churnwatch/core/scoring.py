@@ -144,7 +144,8 @@ def _standing(p: float, horizon: float, priors: PopulationPriors) -> float:
 
 def buyer_model(priors: PopulationPriors, config: ChurnwatchConfig) -> BuyerModel:
     """The shard's fitted buyer model, or the configured prior before its first fit."""
-    return priors.buyer_model(config.recency.prior())
+    fitted = priors.model  # the prior is built only when needed: this runs at every scoring
+    return fitted if fitted is not None else config.recency.prior()
 
 
 def recency_inputs(state: CustomerState, now: float, priors: PopulationPriors,
