@@ -597,11 +597,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--worklist-customers", type=int, default=1_000_000)
     parser.add_argument("--only", default="yardstick,replay,naive,memory,live,cluster,worklist",
                         help="comma-separated subset of the benchmarks")
+    parser.add_argument("--gc", choices=("tuned", "default"), default="tuned",
+                        help="the garbage collector settings of the in-process rows: those of "
+                        "the streaming commands (tuned), or CPython's defaults, for an A/B")
     args = parser.parse_args(argv)
     only = set(args.only.split(","))
-    # The collector settings of the streaming commands, for the yardstick and the in-process
-    # replay alike (the live and cluster rows run `churnwatch run`, which sets them itself).
-    tune_garbage_collector()
+    if args.gc == "tuned":
+        # The collector settings of the streaming commands, for the yardstick and the
+        # in-process replay alike (the live and cluster rows run `churnwatch run`, which sets
+        # them itself).
+        tune_garbage_collector()
     WORKDIR.mkdir(parents=True, exist_ok=True)
     path = WORKDIR / f"events-{args.events}-{args.customers}-{args.seed}.jsonl"
     if only - {"worklist"}:
@@ -609,7 +614,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{args.seed})")
         path = write_jsonl(path, args.events, args.customers, args.seed)
     config = ChurnwatchConfig(key_prefix="cw")
-    results: dict[str, Any] = {"machine": machine(), "seed": args.seed}
+    results: dict[str, Any] = {"machine": machine(), "seed": args.seed, "gc": args.gc}
     if "yardstick" in only:
         log("1. yardstick: Bytewax parse-and-count over the same file")
         results["yardstick"] = parse_and_count(path)
