@@ -166,3 +166,15 @@ def test_simulate_start_takes_rfc_3339_and_epoch_seconds_alike() -> None:
     assert rfc.stdout == epoch.stdout != ""
     first = json.loads(rfc.stdout.splitlines()[0])
     assert START <= first["ts"] < START + 30 * 86400
+
+
+def test_replay_runs_the_garbage_collector_less_often(shop: Path, redis_url: str) -> None:
+    # A quarter of a replay's time went to CPython's cyclic collector at its defaults
+    # (docs/benchmarks.md): the streaming commands set it aside for what was loaded at start
+    # and collect less often.
+    code = ("import gc, sys; from churnwatch.cli import main; code = main(sys.argv[1:]); "
+            "print(code, gc.get_threshold()[0], gc.get_freeze_count() > 0)")
+    run = subprocess.run([sys.executable, "-c", code, "replay", str(shop), "--redis-url",
+                          redis_url], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == ["0", "50000", "True"]
