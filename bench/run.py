@@ -119,6 +119,30 @@ def _config_file(prefix: str, **inputs: Any) -> Path:
 # -- 1. replay ----------------------------------------------------------------------------------
 
 
+class CollectorClock:
+    """Time spent in CPython's cyclic garbage collector while the block runs (``gc.callbacks``),
+    and how many collections of each generation it made."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self.collections = [0, 0, 0]
+        self._started = 0.0
+
+    def _callback(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            self.seconds += time.perf_counter() - self._started
+            self.collections[info["generation"]] += 1
+
+    def __enter__(self) -> CollectorClock:
+        gc.callbacks.append(self._callback)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        gc.callbacks.remove(self._callback)
+
+
 def bench_replay(path: Path, url: str, config: ChurnwatchConfig, events: int) -> dict[str, Any]:
     """One worker, file -> flow -> Redis -> export CSV."""
     from churnwatch.replay import export_rows, replay, state_time, write_export
@@ -131,8 +155,10 @@ def bench_replay(path: Path, url: str, config: ChurnwatchConfig, events: int) ->
         return RedisStore(url, config.shards, config.key_prefix,
                           layout=StoreLayout.from_config(config))
 
+    collecting = CollectorClock()
     started = time.perf_counter()
-    replay([str(path)], config, factory)
+    with collecting:
+        replay([str(path)], config, factory)
     replayed = time.perf_counter()
     store = factory()
     rows = export_rows(store, config, state_time(store))
@@ -142,6 +168,8 @@ def bench_replay(path: Path, url: str, config: ChurnwatchConfig, events: int) ->
     return {"events": events, "customers": len(rows), "seconds": round(seconds, 2),
             "replay_seconds": round(replayed - started, 2),
             "export_seconds": round(finished - replayed, 2),
+            "garbage_collector_seconds": round(collecting.seconds, 2),
+            "garbage_collections": collecting.collections,
             "events_per_second": round(events / seconds),
             "baseline_used_memory": baseline}
 
