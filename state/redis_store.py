@@ -244,8 +244,12 @@ class RedisStore:
                         f"more than [state] shards = {self.shards} (it holds shard {found[-1]}): "
                         f"set [state] shards to the count it was written with")
                 if claim:
-                    for field, value in mine.items():  # the first of racing writers wins
-                        self.client.hsetnx(key, field, value)
+                    # Both counts in one transaction, so a reader never sees one without the
+                    # other; the first of racing writers wins.
+                    pipe = self.topology.node_for(key).pipeline(transaction=True)
+                    for field, value in mine.items():
+                        pipe.hsetnx(key, field, value)
+                    pipe.execute()
                     stored = self.client.hgetall(key)
             return stored
 

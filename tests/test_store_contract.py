@@ -3,6 +3,7 @@ against a real three-node Redis Cluster (tests/redis_cluster.py)."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 
 import pytest
@@ -206,3 +207,31 @@ def test_a_store_written_with_other_counts_is_refused(request: pytest.FixtureReq
     assert client.hgetall("lay:layout")[b"shards"] == b"4"
     for store in (reader, old):
         store.close()
+
+
+def test_a_reader_never_sees_half_a_layout_record(redis_url: str) -> None:
+    # `status` once failed in CI with "written with shards = 4 and customer_buckets = None":
+    # it read the record between the monitor's two writes of it. A reader hammers the record
+    # while writers claim fresh prefixes; every read must be empty or whole.
+    client = redis.Redis.from_url(redis_url)
+    partial: list[dict[bytes, bytes]] = []
+    done = threading.Event()
+
+    def read_all() -> None:
+        while not done.is_set():
+            for n in range(40):
+                seen = client.hgetall(f"race{n}:layout")
+                if seen and len(seen) != 2:
+                    partial.append(seen)
+
+    reader = threading.Thread(target=read_all)
+    reader.start()
+    try:
+        for _ in range(15):
+            client.delete(*[f"race{n}:layout" for n in range(40)])
+            for n in range(40):
+                RedisStore(redis_url, 4, f"race{n}", max_wait=5).claim_layout()
+    finally:
+        done.set()
+        reader.join()
+    assert not partial, partial[:3]
