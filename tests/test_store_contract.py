@@ -230,8 +230,11 @@ def test_a_reader_never_sees_half_a_layout_record(redis_url: str) -> None:
         for _ in range(15):
             client.delete(*[f"race{n}:layout" for n in range(40)])
             for n in range(40):
-                RedisStore(redis_url, 4, f"race{n}", max_wait=5).claim_layout()
+                writer = RedisStore(redis_url, 4, f"race{n}", max_wait=5)
+                writer.claim_layout()
+                writer.close()
     finally:
         done.set()
         reader.join()
+        client.close()
     assert not partial, partial[:3]
