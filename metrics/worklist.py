@@ -52,6 +52,7 @@ from churnwatch.core.customer import CustomerState
 from churnwatch.core.engine import ShardState
 from churnwatch.core.priors import PopulationPriors
 from churnwatch.core.scoring import assess, reasons, tier_name
+from churnwatch.core.signals import MSG_SENT, SENT, answers
 from churnwatch.core.winback import (
     GROUPS,
     WINBACK_COUNTERS,
@@ -342,11 +343,9 @@ def customer_success(customer_id: str, state: CustomerState, config: ChurnwatchC
 def engagement_view(state: CustomerState) -> list[dict[str, Any]]:
     """Per channel: recent (decayed) messages and campaigns sent, and answers to them."""
     out = []
-    channels = state.engagement.channels
-    for channel, (sent, opened, clicked, messages, replied) in sorted(channels.items()):
-        answers = min(sent, 0.6 * opened + 0.4 * clicked) + min(messages, replied)
-        out.append({"channel": channel, "sent": round(sent + messages, 1),
-                    "answers": round(answers, 1)})
+    for channel, row in sorted(state.engagement.channels.items()):
+        out.append({"channel": channel, "sent": round(row[SENT] + row[MSG_SENT], 1),
+                    "answers": round(answers(row), 1)})
     return out
 
 

@@ -105,7 +105,7 @@ def test_matured_outcomes_calibrate_the_return_probability() -> None:
     orders.sort()
     priors = learned(orders, [60.0])
     cal = priors.calibration[60.0]
-    model = priors.buyer_model(CONFIG.recency.prior())
+    model = buyer_model(priors, CONFIG)
     raw, calibrated = [], []
     outcome = []
     now = orders[-1][0]

@@ -309,9 +309,7 @@ def _from_version_1(data: list[Any]) -> list[Any]:
 
 def _fz(value: float) -> float | int | None:
     # A counter at its default (0) as None, else as _f.
-    if value == 0:
-        return None
-    return int(value) if value.is_integer() and abs(value) < 2.0**53 else value
+    return None if value == 0 else _f(value)
 
 
 def _f(value: float) -> float | int:

@@ -65,7 +65,8 @@ _SPEND_BINS = 48  # log2-spaced: bin i holds spends in [2**(i/2 - 1), 2**((i+1)/
 class PopulationPriors:
     """Sufficient statistics of the population, updated one event at a time.
 
-    ``observe_order`` feeds the buyer sample; ``refit`` refits the buyer model and its
+    ``observe_order`` feeds the buyer sample; ``refit`` refits the buyer model (``model``,
+    ``None`` before the first fit) and its
     calibration from it; ``observe_gap`` records a completed gap between two consecutive orders
     of one customer; ``observe_engagement`` the decayed-free counts of outreach and answers;
     ``move_spend`` keeps a histogram of every customer's current spend so a top share can be
@@ -130,10 +131,6 @@ class PopulationPriors:
             entry[1] += 1
         entry[0] = min(entry[0], day)
         entry[2:] = recent
-
-    def buyer_model(self, prior: BuyerModel) -> BuyerModel:
-        """The fitted model, or ``prior`` before the first fit."""
-        return self.model if self.model is not None else prior
 
     def refit_due(self, now: float) -> bool:
         """Whether the watermark ``now`` has passed the next refit day, or the sample has grown

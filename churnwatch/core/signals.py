@@ -74,6 +74,17 @@ def decay(value: float, elapsed: float, half_life: float) -> float:
     return value * math.exp(-LN2 * elapsed / half_life)
 
 
+def answers(counters: list[float]) -> float:
+    """The answers in one channel's counters (:attr:`Engagement.channels`): opens and clicks
+    weighted, replies, at most one per send.
+
+    >>> answers([2.0, 1.0, 1.0, 1.0, 3.0])
+    2.0
+    """
+    return min(counters[SENT], 0.6 * counters[OPENED] + 0.4 * counters[CLICKED]) \
+        + min(counters[MSG_SENT], counters[REPLIED])
+
+
 def _add(value: float, ref: float, ts: float, amount: float, half_life: float
          ) -> tuple[float, float]:
     """Add ``amount`` at time ``ts`` to a counter kept as of ``ref``; returns (value, ref).
@@ -83,7 +94,7 @@ def _add(value: float, ref: float, ts: float, amount: float, half_life: float
     """
     if ts >= ref:
         return decay(value, ts - ref, half_life) + amount, ts
-    return value + amount * math.exp(-LN2 * (ref - ts) / half_life), ref
+    return value + decay(amount, ref - ts, half_life), ref
 
 
 class Signal:
@@ -271,18 +282,17 @@ class Engagement(Signal):
             self.ref = ts
             counters[slot] += 1.0
         else:
-            counters[slot] += math.exp(-LN2 * (self.ref - ts) / half_life)
+            counters[slot] += decay(1.0, self.ref - ts, half_life)
 
     def totals(self, at: float, half_life: float) -> EngagementTotals:
         """Sends and answers over every channel, decayed to ``at``."""
         sent = responses = campaigns = messages = 0.0
         elapsed = at - self.ref
         for row in self.channels.values():
-            c_sent, opened, clicked, m_sent, replied = row
-            campaigns += c_sent
-            messages += m_sent
-            sent += c_sent + m_sent
-            responses += min(c_sent, 0.6 * opened + 0.4 * clicked) + min(m_sent, replied)
+            campaigns += row[SENT]
+            messages += row[MSG_SENT]
+            sent += row[SENT] + row[MSG_SENT]
+            responses += answers(row)
         return EngagementTotals(decay(sent, elapsed, half_life),
                                 decay(responses, elapsed, half_life),
                                 decay(campaigns, elapsed, half_life),
@@ -322,7 +332,7 @@ class Service(Signal):
             self.ref = ts
             weight = 1.0
         else:
-            weight = math.exp(-LN2 * (self.ref - ts) / half_life)
+            weight = decay(1.0, self.ref - ts, half_life)
         self.tickets += tickets * weight
         if feedback is not None:
             self.fb_sum += feedback * weight
