@@ -40,7 +40,7 @@ import redis
 from churnwatch.state.base import StoreLayout
 from churnwatch.state.redis_store import RedisStore
 
-from churnwatch.backtest import BacktestReport
+from churnwatch.backtest import BacktestReport, format_p
 from churnwatch.core.config import TIERS, ChurnwatchConfig, parse_config
 from churnwatch.embedded import embedded_redis
 from churnwatch.replay import backtest
@@ -183,6 +183,18 @@ def _f(value: float | None, digits: int = 3, sign: bool = False) -> str:
     return f"{value:+.{digits}f}" if sign else f"{value:.{digits}f}"
 
 
+def _lead(report: BacktestReport, classic: list[str]) -> str:
+    """churnwatch's AUC minus the better classic model's, with the paired test's standard error
+    and p-value: whether a lead or a gap is more than chance."""
+    present = [report.ranking[n] for n in classic if n in report.ranking]
+    best = max(present, key=lambda f: f.auc, default=None)
+    versus = None if best is None else best.behind_churnwatch
+    if versus is None or math.isnan(versus.difference):
+        return "-"
+    return (f"{versus.difference:+.4f} ± {versus.standard_error:.4f} "
+            f"(p {format_p(versus.p_value)})")
+
+
 def _tiers(report: BacktestReport) -> str:
     cells = []
     for tier in TIERS:
@@ -206,6 +218,10 @@ def rows(results: list[Judged]) -> Iterator[tuple[str, list[str]]]:
     for name in names:
         yield name, [_f(j.ranking.ranking[name].auc) if name in j.ranking.ranking else "-"
                      for j in results]
+    classic = [n for n in names if n.startswith(("Pareto/NBD", "MBG/NBD"))]
+    if classic:
+        yield "churnwatch minus the best classic model ± standard error (paired DeLong test)", [
+            _lead(j.ranking, classic) for j in results]
     if any(j.ranking.ranking_truth for j in results):
         yield "**ROC AUC against who has really left (simulator truth)**", [
             "" for _ in results]

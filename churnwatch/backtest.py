@@ -12,6 +12,10 @@ within the judged horizon after it, and *returned* otherwise.
 0.5
 >>> round(brier([0.8, 0.2], [True, False]), 3), round(brier_skill([0.8, 0.2], [True, False]), 3)
 (0.04, 0.84)
+
+Two rankings of the same customers differ by chance as well as by skill: ``auc_difference``
+says by how much, with the standard error of the difference (DeLong's paired test), so a
+0.001 lead is not read as a win.
 """
 
 from __future__ import annotations
@@ -19,6 +23,9 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import special, stats
 
 from churnwatch.core.config import TIERS
 
@@ -44,6 +51,64 @@ def roc_auc(risk: Sequence[float], churned: Sequence[bool]) -> float:
         rank_sum += average_rank * sum(1 for k in range(i, j + 1) if pairs[k][1])
         i = j + 1
     return (rank_sum - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg)
+
+
+@dataclass(frozen=True)
+class AucDifference:
+    """ROC AUC of ranking ``a`` minus that of ranking ``b`` over the same customers, with the
+    standard error of the difference and the two-sided p-value of "no difference" (DeLong,
+    DeLong and Clarke-Pearson, 1988: paired, so what the two rankings share cancels out)."""
+
+    difference: float
+    standard_error: float
+    p_value: float
+
+
+def auc_difference(risk_a: Sequence[float], risk_b: Sequence[float],
+                   churned: Sequence[bool]) -> AucDifference:
+    """Compare two rankings of the same customers (higher = more likely to churn).
+
+    Each customer's *placement* under a ranking is the share of the other class it is ranked
+    correctly against (ties one half); an AUC is the mean placement of the churned, and the
+    variance of the difference of two AUCs follows from the covariances of the placements.
+
+    >>> churned = [True, True, True, False, False, False]
+    >>> same = auc_difference([6, 5, 4, 3, 2, 1], [6, 5, 4, 3, 2, 1], churned)
+    >>> same.difference, same.standard_error, same.p_value
+    (0.0, 0.0, 1.0)
+    >>> d = auc_difference([6, 5, 4, 3, 2, 1], [6, 2, 4, 3, 5, 1], churned)
+    >>> round(d.difference, 3), round(d.standard_error, 3), round(d.p_value, 2)
+    (0.333, 0.272, 0.22)
+    """
+    labels = np.asarray(churned, dtype=bool)
+    n_pos, n_neg = int(labels.sum()), int((~labels).sum())
+    if n_pos < 2 or n_neg < 2:
+        return AucDifference(math.nan, math.nan, math.nan)
+    positive, negative = [], []
+    for risk in (risk_a, risk_b):
+        values = np.asarray(risk, dtype=float)
+        ranks = stats.rankdata(values)
+        # Placement of a churned customer: the share of returners ranked below it; of a
+        # returner: the share of the churned ranked above it (ties one half each).
+        positive.append((ranks[labels] - stats.rankdata(values[labels])) / n_neg)
+        negative.append(1.0 - (ranks[~labels] - stats.rankdata(values[~labels])) / n_pos)
+    difference = float(positive[0].mean() - positive[1].mean())
+    cov = np.cov(np.vstack(positive)) / n_pos + np.cov(np.vstack(negative)) / n_neg
+    variance = max(float(cov[0, 0] + cov[1, 1] - 2.0 * cov[0, 1]), 0.0)
+    error = math.sqrt(variance)
+    if error == 0.0:
+        return AucDifference(difference, 0.0, 1.0 if difference == 0.0 else 0.0)
+    return AucDifference(difference, error,
+                         float(special.erfc(abs(difference) / error / math.sqrt(2.0))))
+
+
+def format_p(p_value: float) -> str:
+    """A p-value as a reader wants it: ``< 0.001`` rather than ``0.000``.
+
+    >>> format_p(0.0004), format_p(0.0912), format_p(1.0)
+    ('< 0.001', '0.091', '1.000')
+    """
+    return "< 0.001" if p_value < 0.001 else f"{p_value:.3f}"
 
 
 def top_decile_lift(risk: Sequence[float], churned: Sequence[bool]) -> float:
@@ -190,10 +255,32 @@ class ProbabilityFigures:
 
 @dataclass(frozen=True)
 class RankingFigures:
-    """How well one risk ranks the churned first."""
+    """How well one risk ranks the churned first; for a ranking other than churnwatch's,
+    ``behind_churnwatch`` is churnwatch's AUC minus this one's, with its standard error."""
 
     auc: float
     lift: float
+    behind_churnwatch: AucDifference | None = None
+
+    def as_dict(self) -> dict[str, object]:
+        """Plain data for ``--json``."""
+        data: dict[str, object] = {"roc_auc": self.auc, "top_decile_lift": self.lift}
+        versus = self.behind_churnwatch
+        if versus is not None:
+            data["churnwatch_minus_this"] = {
+                "roc_auc": _nan_none(versus.difference),
+                "standard_error": _nan_none(versus.standard_error),
+                "p_value": _nan_none(versus.p_value)}
+        return data
+
+    def render(self, name: str) -> str:
+        """One line of the ranking table."""
+        line = f"  {name:48}{self.auc:>9.4f}{self.lift:>17.2f}"
+        versus = self.behind_churnwatch
+        if versus is not None and not math.isnan(versus.difference):
+            line += (f"{versus.difference:>+13.4f} ± {versus.standard_error:.4f}"
+                     f"  p {format_p(versus.p_value)}")
+        return line
 
 
 @dataclass
@@ -245,11 +332,10 @@ class BacktestReport:
                 "roc_auc": self.auc, "recency_baseline_roc_auc": self.baseline_auc,
                 "top_decile_lift": self.lift, "recency_baseline_top_decile_lift":
                     self.baseline_lift,
-                "ranking": {name: {"roc_auc": f.auc, "top_decile_lift": f.lift}
-                            for name, f in self.ranking.items()},
+                "ranking": {name: f.as_dict() for name, f in self.ranking.items()},
                 "calibration": {name: f.as_dict() for name, f in self.calibration.items()},
                 "classic_models": {name: dict(d) for name, d in self.classic_detail.items()},
-                "ranking_against_truth": {name: {"roc_auc": f.auc, "top_decile_lift": f.lift}
+                "ranking_against_truth": {name: f.as_dict()
                                           for name, f in self.ranking_truth.items()},
                 "tiers": {t: {"customers": n, "churn_share": _nan_none(s)} for t, (n, s) in
                           self.tiers.items()},
@@ -264,14 +350,13 @@ class BacktestReport:
             f"churned (no order within {horizon} days):  {self.churned} "
             f"({100 * self.churned / max(self.customers, 1):.1f} %)",
             "",
-            f"ranking: who churned first{'':24}{'ROC AUC':>9}{'top-decile lift':>17}",
+            f"ranking: who churned first{'':24}{'ROC AUC':>9}{'top-decile lift':>17}"
+            f"{'churnwatch ahead by (paired DeLong test)':>44}",
         ]
-        for name, fig in self.ranking.items():
-            lines.append(f"  {name:48}{fig.auc:>9.4f}{fig.lift:>17.2f}")
+        lines += [fig.render(name) for name, fig in self.ranking.items()]
         if self.ranking_truth:
             lines += ["", "ranking against who has really left by the cut-off"]
-            for name, fig in self.ranking_truth.items():
-                lines.append(f"  {name:48}{fig.auc:>9.4f}{fig.lift:>17.2f}")
+            lines += [fig.render(name) for name, fig in self.ranking_truth.items()]
         if self.calibration:
             lines += ["", f"calibration: P(an order within {horizon} days)"
                       f"{'':6}{'mean':>7}{'Brier':>8}{'skill':>8}{'ECE':>8}",
@@ -315,6 +400,16 @@ def _nan_none(value: float) -> float | None:
     return None if isinstance(value, float) and math.isnan(value) else value
 
 
+def _rankings(risks: Mapping[str, Sequence[float]], churned: Sequence[bool]
+              ) -> dict[str, RankingFigures]:
+    """Each risk's figures; every ranking after the first (churnwatch's) compared with it."""
+    first = next(iter(risks.values()))
+    return {name: RankingFigures(roc_auc(values, churned), top_decile_lift(values, churned),
+                                 None if values is first else
+                                 auc_difference(first, values, churned))
+            for name, values in risks.items()}
+
+
 def build_report(outcomes: Sequence[CustomerOutcome], classic: Sequence[Prediction] = (),
                  horizon_days: float = math.nan,
                  probability_horizon_days: float | None = None,
@@ -337,11 +432,8 @@ def build_report(outcomes: Sequence[CustomerOutcome], classic: Sequence[Predicti
                                                          for e in model.expected_purchases]
     risks["time since last order"] = silence
     risks["order count (fewer = riskier)"] = fewer_orders
-    ranking = {name: RankingFigures(roc_auc(values, churned), top_decile_lift(values, churned))
-               for name, values in risks.items()}
-    ranking_truth = {} if truth is None else {
-        name: RankingFigures(roc_auc(values, truth), top_decile_lift(values, truth))
-        for name, values in risks.items()}
+    ranking = _rankings(risks, churned)
+    ranking_truth = {} if truth is None else _rankings(risks, truth)
     calibration = {"churnwatch: return_probability": ProbabilityFigures.of(
         [o.return_probability for o in outcomes], returned)}
     for model in classic:

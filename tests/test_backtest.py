@@ -18,6 +18,7 @@ from redis_server import redis_server, redis_url  # noqa: F401
 from churnwatch.backtest import (
     CustomerOutcome,
     Prediction,
+    auc_difference,
     brier,
     brier_skill,
     build_report,
@@ -48,6 +49,72 @@ def test_roc_auc_is_the_share_of_churned_and_kept_pairs_ranked_right(
         assert math.isnan(roc_auc(risk, churned))
     else:
         assert roc_auc(risk, churned) == pytest.approx(slow_auc(risk, churned))
+
+
+def slow_auc_difference(a: list[float], b: list[float], churned: list[bool]
+                        ) -> tuple[float, float]:
+    """DeLong's difference and its standard error, pair by pair from the definitions."""
+    def placements(risk: list[float]) -> tuple[list[float], list[float]]:
+        pos = [r for r, c in zip(risk, churned, strict=True) if c]
+        neg = [r for r, c in zip(risk, churned, strict=True) if not c]
+        def psi(x: float, y: float) -> float:
+            return 1.0 if x > y else 0.5 if x == y else 0.0
+        return ([sum(psi(x, y) for y in neg) / len(neg) for x in pos],
+                [sum(psi(x, y) for x in pos) / len(pos) for y in neg])
+
+    def cov(u: list[float], v: list[float]) -> float:
+        mu, mv = sum(u) / len(u), sum(v) / len(v)
+        return sum((x - mu) * (y - mv) for x, y in zip(u, v, strict=True)) / (len(u) - 1)
+
+    (pa, na), (pb, nb) = placements(a), placements(b)
+    m, n = len(pa), len(na)
+    variance = (cov(pa, pa) + cov(pb, pb) - 2 * cov(pa, pb)) / m \
+        + (cov(na, na) + cov(nb, nb) - 2 * cov(na, nb)) / n
+    return sum(pa) / m - sum(pb) / m, math.sqrt(max(variance, 0.0))
+
+
+@given(st.lists(st.tuples(st.integers(0, 4), st.integers(0, 4), st.booleans()), min_size=4,
+                max_size=40))
+def test_auc_difference_agrees_with_the_pairwise_definition(
+        rows: list[tuple[int, int, bool]]) -> None:
+    a, b = [float(r[0]) for r in rows], [float(r[1]) for r in rows]
+    churned = [r[2] for r in rows]
+    result = auc_difference(a, b, churned)
+    if sum(churned) < 2 or len(churned) - sum(churned) < 2:
+        assert math.isnan(result.difference)
+        return
+    difference, error = slow_auc_difference(a, b, churned)
+    assert result.difference == pytest.approx(difference, abs=1e-12)
+    assert result.difference == pytest.approx(roc_auc(a, churned) - roc_auc(b, churned),
+                                              abs=1e-12)
+    assert result.standard_error == pytest.approx(error, abs=1e-9)
+    assert 0.0 <= result.p_value <= 1.0
+    swapped = auc_difference(b, a, churned)
+    assert swapped.difference == pytest.approx(-result.difference, abs=1e-12)
+    assert swapped.p_value == pytest.approx(result.p_value)
+
+
+def test_auc_difference_tells_a_real_lead_from_noise() -> None:
+    rng = random.Random(3)
+    n = 3000
+    signal = [rng.gauss(0, 1) for _ in range(n)]
+    churned = [s + rng.gauss(0, 1) > 0 for s in signal]
+    sharp = [s + rng.gauss(0, 0.3) for s in signal]     # nearly the signal
+    blurred = [s + rng.gauss(0, 1.5) for s in signal]   # much noisier
+    twin = [s + rng.gauss(0, 0.3) for s in signal]      # as good as sharp, other noise
+    lead = auc_difference(sharp, blurred, churned)
+    assert lead.difference > 0.05 and lead.p_value < 1e-6
+    level = auc_difference(sharp, twin, churned)
+    assert abs(level.difference) < 3 * level.standard_error and level.p_value > 0.001
+    # The standard error is what resampling the customers shows.
+    diffs = []
+    for _ in range(200):
+        pick = [rng.randrange(n) for _ in range(n)]
+        c = [churned[i] for i in pick]
+        diffs.append(roc_auc([sharp[i] for i in pick], c) - roc_auc([blurred[i] for i in pick], c))
+    mean = sum(diffs) / len(diffs)
+    spread = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1))
+    assert lead.standard_error == pytest.approx(spread, rel=0.25)
 
 
 @given(st.lists(st.tuples(st.floats(0, 1), st.booleans()), min_size=1, max_size=60))
@@ -106,6 +173,10 @@ def test_report_holds_every_ranking_and_calibration_figure_beside_the_classics()
         slow_auc([-o.orders for o in outcomes], churned))
     assert report.ranking["Pareto/NBD: fewer expected orders"].auc == pytest.approx(
         slow_auc([-e for e in pareto.expected_purchases], churned))
+    assert report.ranking["churnwatch: 100 - health_score"].behind_churnwatch is None
+    versus = report.ranking["Pareto/NBD: fewer expected orders"].behind_churnwatch
+    assert versus is not None and versus.difference == pytest.approx(
+        report.auc - report.ranking["Pareto/NBD: fewer expected orders"].auc)
     assert set(report.calibration) == {"churnwatch: return_probability",
                                        "Pareto/NBD: P(at least one order)"}
     assert report.base_rate == pytest.approx(4 / 9)
@@ -115,7 +186,10 @@ def test_report_holds_every_ranking_and_calibration_figure_beside_the_classics()
         brier(pareto.p_purchase, [not o.churned for o in outcomes]))
     assert len(data["calibration"]["churnwatch: return_probability"]["reliability"]) == 10
     assert data["classic_models"]["Pareto/NBD"]["parameters"] == {"r": 1.0}
+    assert data["ranking"]["Pareto/NBD: fewer expected orders"]["churnwatch_minus_this"][
+        "standard_error"] == pytest.approx(versus.standard_error)
     text = report.render()
+    assert f"{versus.difference:+.4f} ± {versus.standard_error:.4f}" in text
     for line in ("Pareto/NBD: fewer expected orders", "order count (fewer = riskier)",
                  "observed share (base rate)", "reliability:", "0.7-0.8",
                  "tiers: churn share rises strictly healthy -> churned: yes",
