@@ -11,18 +11,25 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from churnwatch.core.buyers import BuyerModel, CalibrationMap, fit_calibration
+from churnwatch.core.buyers import (
+    BuyerModel,
+    CalibrationMap,
+    ValueEvidence,
+    choose_value_coefficient,
+    fit_calibration,
+)
 from churnwatch.core.config import ChurnwatchConfig
 from churnwatch.core.customer import DAY, CustomerState
 from churnwatch.core.engine import Incoming, ShardEngine, ShardState
 from churnwatch.core.events import Event
-from churnwatch.core.priors import SAMPLE_SIZE, PopulationPriors
+from churnwatch.core.priors import SAMPLE_SIZE, PopulationPriors, customer_hash
 from churnwatch.core.scoring import (
     PERCENTILE_SHARE,
     assess,
     buyer_model,
     chance_percent,
     next_review_at,
+    reasons,
     return_probability,
     windows_of,
 )
@@ -77,6 +84,27 @@ def test_the_buyer_sample_is_the_same_whatever_the_arrival_order() -> None:
         b.observe_order(cid, ts)
     assert len(a.sample) == SAMPLE_SIZE
     assert a.sample == b.sample
+    # Several lines on some days: the first basket adds up the first day's whatever their
+    # order.
+    rng = random.Random(4)
+    lines = [(ts, cid, round(rng.uniform(1.0, 90.0), 2)) for ts, cid in orders
+             for _ in range(rng.choice([1, 1, 2]))]
+    shuffled_lines = list(lines)
+    random.Random(9).shuffle(shuffled_lines)
+    a, b = PopulationPriors(), PopulationPriors()
+    for ts, cid, amount in lines:
+        a.observe_order(cid, ts, amount)
+    for ts, cid, amount in shuffled_lines:
+        b.observe_order(cid, ts, amount)
+    assert a.baskets == b.baskets and a.baskets.keys() == a.sample.keys()
+    firsts: dict[str, list[tuple[int, float]]] = {}
+    for ts, cid, amount in lines:
+        firsts.setdefault(cid, []).append((int(ts // DAY), amount))
+    for cid, days in firsts.items():
+        key = customer_hash(cid)
+        if key in a.sample:
+            first = min(day for day, _ in days)
+            assert a.baskets[key] == sum(round(x * 100) for day, x in days if day == first)
 
 
 def test_the_shard_learns_its_population_from_the_stream() -> None:
@@ -211,10 +239,103 @@ def test_long_silence_ends_churned_with_learned_priors() -> None:
     assert chance_percent(gone) < CONFIG.policy(None).at_risk
 
 
+def spenders(n: int, days: float, seed: int, baskets_matter: bool
+             ) -> list[tuple[float, str, float]]:
+    """(ts, customer, amount) orders of buyers like :func:`buyers`, each with a basket size of
+    their own (log-normal); where ``baskets_matter``, those whose first basket is large leave
+    after an order half as often as the others, and those whose first is small twice as
+    often."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        size = math.exp(rng.gauss(3.5, 0.8))
+        dropout = 0.2 * (math.exp(-0.9 * math.log(size / 33.0)) if baskets_matter else 1.0)
+        rate = rng.gammavariate(2.0, 1.0 / 20.0)
+        t = rng.random() * 60.0
+        while t < days:
+            out.append((T0 + t * DAY, f"s{seed}-{i}", round(size * rng.uniform(0.7, 1.3), 2)))
+            if rng.random() < min(dropout, 0.9):
+                break
+            t += rng.expovariate(rate)
+    out.sort()
+    return out
+
+
+def learned_with_spend(orders: list[tuple[float, str, float]]) -> PopulationPriors:
+    priors = PopulationPriors()
+    prior = CONFIG.recency.prior()
+    for ts, cid, amount in orders:
+        priors.observe_order(cid, ts, amount)
+        if priors.refit_due(ts):
+            priors.refit(ts, [60.0], prior)
+    return priors
+
+
+def test_the_shard_learns_whether_the_first_basket_says_anything_of_a_return() -> None:
+    matters = learned_with_spend(spenders(1800, 300.0, seed=3, baskets_matter=True))
+    assert matters.value.coefficient > 0.0, matters.value
+    # The first baskets' scale is the sample's: log(1 + basket) of about 3.5 +- 0.8.
+    assert 3.0 < matters.value.mean < 4.0 and 0.5 < matters.value.spread < 1.1
+    silent = learned_with_spend(spenders(1800, 300.0, seed=3, baskets_matter=False))
+    assert silent.value == ValueEvidence()
+    # In a shard that learned it, a big first basket raises the chance, at every silence,
+    # and the chance still falls with silence; the next review is still when it leaves the
+    # tier.
+    big, small = CustomerState(first_seen=T0), CustomerState(first_seen=T0)
+    for state, amount in ((big, 150.0), (small, 8.0)):
+        for day in (0, 25, 50):
+            state.apply(Event("c", "order", T0 + day * DAY, amount=amount), windows_of(CONFIG))
+    previous = None
+    for wait in (1, 20, 60, 120, 400):
+        now = T0 + (50 + wait) * DAY
+        p_big = assess(big, now, CONFIG, matters).return_probability
+        p_small = assess(small, now, CONFIG, matters).return_probability
+        assert p_big > p_small
+        assert previous is None or p_big <= previous
+        previous = p_big
+        assert assess(big, now, CONFIG, silent).return_probability == pytest.approx(
+            assess(small, now, CONFIG, silent).return_probability)
+    # The reason says so, where it moved the chance.
+    now = T0 + 170 * DAY
+    why = reasons(small, assess(small, now, CONFIG, matters), now, CONFIG, matters)
+    assert "first order worth 8, below the usual 35: in this shop that counts against a return" in why[0], why
+    why = reasons(small, assess(small, now, CONFIG, silent), now, CONFIG, silent)
+    assert "first order" not in why[0]
+
+
+def test_a_value_coefficient_needs_significance_to_start_and_falls_back_without_it() -> None:
+    rng = np.random.default_rng(8)
+    z, p = rng.normal(size=3000), np.full(3000, 0.4)
+    null = (rng.random(3000) < 0.4).astype(float)
+    real = (rng.random(3000) < 1 / (1 + np.exp(-(np.log(0.4 / 0.6) + 0.3 * z)))).astype(float)
+    assert choose_value_coefficient(p, z, real) == 0.3
+    assert choose_value_coefficient(p, z, null) == 0.0
+    # Taken on a chance result once, it does not stay when the outcomes do not bear it out;
+    # where they do, it stays, and a neighbour must do clearly better to replace it.
+    assert choose_value_coefficient(p, z, null, current=0.3) == 0.0
+    assert choose_value_coefficient(p, z, null, current=0.05) == 0.0  # none is no better by 2
+    assert choose_value_coefficient(p, z, real, current=0.3) == 0.3
+    assert choose_value_coefficient(p, z, real, current=0.28) == 0.28
+    assert choose_value_coefficient(p, z, real, current=0.05) == 0.3
+
+
 def test_priors_survive_the_wire_and_the_previous_format_still_reads() -> None:
     again = PopulationPriors.from_wire(FITTED.to_wire())
     assert again.to_wire() == FITTED.to_wire()
     assert again.model == FITTED.model
+    valued = learned_with_spend(spenders(600, 200.0, seed=6, baskets_matter=True))
+    valued.value = ValueEvidence(3.5, 0.8, 0.15)
+    back = PopulationPriors.from_wire(msgpack.unpackb(msgpack.packb(valued.to_wire())))
+    assert back.to_wire() == valued.to_wire()
+    assert (back.value, back.baskets) == (valued.value, valued.baskets)
+    # Format 3: no first baskets (unknown, not 0) and no value evidence.
+    v3 = {k: v for k, v in valued.to_wire().items() if k not in ("baskets", "value")}
+    old3 = PopulationPriors.from_wire(dict(v3, v=3))
+    assert old3.sample == valued.sample and old3.value == ValueEvidence()
+    assert set(old3.baskets.values()) == {None}
+    old3.observe_order("someone new", T0 + 300 * DAY, 20.0)  # unknown baskets stay unknown
+    old3.refit(T0 + 300 * DAY, [60.0], CONFIG.recency.prior())
+    assert old3.value == ValueEvidence() and None in old3.baskets.values()
     # Format 2: the sample's order days as days, not gaps (and a ranking weight, now unused).
     v2 = dict(FITTED.to_wire(), v=2, rank_weight=0.5,
               sample=[[key, *entry] for key, entry in sorted(FITTED.sample.items())])
@@ -252,26 +373,38 @@ def test_refits_fall_on_the_same_events_whatever_the_batch_boundaries() -> None:
     assert small[0]["model"] is not None  # type: ignore[index]
 
 
+def valued(priors: PopulationPriors, coefficient: float) -> PopulationPriors:
+    """A copy of ``priors`` whose shard has learned that first baskets matter."""
+    copy = PopulationPriors.from_wire(priors.to_wire())
+    copy.value = ValueEvidence(mean=math.log1p(40.0), spread=0.8, coefficient=coefficient)
+    return copy
+
+
+VALUED = {c: valued(FITTED, c) for c in (-0.3, 0.0, 0.3)}
+
+
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.floats(min_value=0, max_value=300), min_size=1, max_size=25),
-       st.integers(min_value=0, max_value=2))
+       st.integers(min_value=0, max_value=2), st.sampled_from([-0.3, 0.0, 0.3]),
+       st.floats(min_value=0, max_value=2000))
 def test_with_learned_priors_the_next_review_is_when_the_chance_leaves_the_tier(
-        days: list[float], tier: int) -> None:
+        days: list[float], tier: int, coefficient: float, amount: float) -> None:
+    priors = VALUED[coefficient]
     state = CustomerState(first_seen=T0 + min(days) * DAY)
     for day in days:
-        state.apply(Event("c", "order", T0 + day * DAY, amount=20.0), windows_of(CONFIG))
+        state.apply(Event("c", "order", T0 + day * DAY, amount=amount), windows_of(CONFIG))
     now = state.last_event_ts
     policy = CONFIG.policy(None)
-    assessment = assess(state, now, CONFIG, FITTED)
+    assessment = assess(state, now, CONFIG, priors)
     threshold = policy.boundaries[tier] - policy.hysteresis
     if chance_percent(assessment) < threshold:
         return
     state.tier = tier
-    due = next_review_at(state, assessment, now, CONFIG, FITTED)
+    due = next_review_at(state, assessment, now, CONFIG, priors)
     assert due is not None  # a long enough silence always leaves every tier but churned
-    assert chance_percent(assess(state, due + 120, CONFIG, FITTED)) < threshold
+    assert chance_percent(assess(state, due + 120, CONFIG, priors)) < threshold
     if due - 120 > now:
-        assert chance_percent(assess(state, due - 120, CONFIG, FITTED)) >= threshold - 0.02
+        assert chance_percent(assess(state, due - 120, CONFIG, priors)) >= threshold - 0.02
 
 
 def test_the_fit_gradient_is_the_posterior_s() -> None:

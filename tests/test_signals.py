@@ -202,6 +202,25 @@ def test_purchases_equal_their_recomputation_on_every_prefix(evs: list[Event]) -
 
 
 @settings(max_examples=60, deadline=None)
+@given(st.lists(purchase_events(), min_size=1, max_size=25), st.randoms(use_true_random=False))
+def test_the_first_basket_is_the_first_order_days_total_in_any_arrival_order(
+        evs: list[Event], rnd: Random) -> None:
+    shuffled = list(evs)
+    rnd.shuffle(shuffled)
+    for n in range(1, len(shuffled) + 1):
+        prefix = shuffled[:n]
+        orders = [e for e in prefix if e.type == ev.ORDER]
+        got = fold(prefix).purchases
+        if not orders:
+            assert got.first_basket is None and got.basket() is None
+            continue
+        first_day = min(math.floor(e.ts / DAY) for e in orders)
+        want = sum(round(e.amount * 100) for e in orders if math.floor(e.ts / DAY) == first_day)
+        assert got.first_basket == want
+        assert got.basket() == want / 100
+
+
+@settings(max_examples=60, deadline=None)
 @given(st.lists(st.tuples(days, st.floats(min_value=0, max_value=500)), min_size=1,
                 max_size=20), st.randoms(use_true_random=False),
        st.floats(min_value=1, max_value=2000))

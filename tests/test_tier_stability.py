@@ -4,12 +4,14 @@ reason's words go the way its numbers go (docs/scoring.md, "Refits and tiers")."
 
 from __future__ import annotations
 
+import math
 import random
 import re
 
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from churnwatch.core.buyers import ValueEvidence
 from churnwatch.core.config import ChurnwatchConfig
 from churnwatch.core.customer import DAY, CustomerState
 from churnwatch.core.engine import Incoming, ShardEngine, ShardState, TierTransition
@@ -49,7 +51,15 @@ def learned_priors() -> PopulationPriors:
     return priors
 
 
-PRIORS = (PopulationPriors(), learned_priors())
+def valued_priors() -> PopulationPriors:
+    """The learned priors with a shard that has learned that big first baskets return more:
+    a customer's first basket moves their chance."""
+    priors = learned_priors()
+    priors.value = ValueEvidence(mean=math.log1p(40.0), spread=0.8, coefficient=0.3)
+    return priors
+
+
+PRIORS = (PopulationPriors(), learned_priors(), valued_priors())
 
 
 def run(events: list[Event], now: float, batches: int = 1) -> list[TierTransition]:
@@ -82,7 +92,7 @@ def assert_words_match_numbers(transitions: list[TierTransition]) -> None:
 @given(st.lists(st.tuples(st.floats(min_value=0, max_value=400),
                           st.floats(min_value=0, max_value=500)), min_size=1, max_size=12),
        st.floats(min_value=0, max_value=300), st.floats(min_value=0, max_value=500),
-       st.sampled_from([0, 1]))
+       st.sampled_from([0, 1, 2]))
 def test_an_order_never_lowers_the_chance_the_score_or_the_tier(
         orders: list[tuple[float, float]], wait: float, amount: float, learned: int) -> None:
     shard = ShardState()

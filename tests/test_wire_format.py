@@ -27,6 +27,7 @@ IN_SIGNALS = {
     "channels": ("engagement", "channels"), "eng_ref": ("engagement", "ref"),
     "tickets": ("service", "tickets"), "fb_sum": ("service", "fb_sum"),
     "fb_weight": ("service", "fb_weight"), "svc_ref": ("service", "ref"),
+    "first_basket": ("purchases", "first_basket"),
 }
 SIGNALS = ("purchases", "trend", "engagement", "service")
 
@@ -91,10 +92,11 @@ def test_a_state_from_a_newer_version_is_refused_with_its_version() -> None:
 def test_the_field_table_names_every_stored_field() -> None:
     state = CustomerState(1_700_000_000.0)
     state.apply(Event("a", "order", 1_700_000_000.0, amount=10.0), Windows.default())
-    state.history = [[1_700_000_000, 0, 1, 900, 700]]  # the last field
+    state.history = [[1_700_000_000, 0, 1, 900, 700]]
     version, fields = state.to_wire()
     assert len(WIRE_FIELDS) == len(set(WIRE_FIELDS)) == len(fields) + 1
-    assert version == WIRE_VERSION and WIRE_FIELDS[-1] == "history"
+    assert version == WIRE_VERSION and WIRE_FIELDS[-1] == "first_basket"
+    assert fields[-1] == state.purchases.first_basket == 1000  # the last field, in cents
 
 
 def test_visits_are_not_stored() -> None:
@@ -121,6 +123,7 @@ stamps = st.integers(1_500_000_000, 1_900_000_000).map(float)
        history=st.lists(st.lists(st.integers(-5, 2**31), min_size=5, max_size=9),
                         max_size=5),
        flags=st.tuples(st.booleans(), st.booleans()), fit=st.integers(0, 50),
+       basket=st.one_of(st.none(), st.integers(0, 10**12)),
        outreach=st.one_of(st.none(), st.fixed_dictionaries(
            {"playbook": st.text(max_size=8), "assigned_at": st.integers(0, 2**31)},
            optional={"holdout": st.booleans(), "contacted_at": st.integers(0, 2**31),
@@ -132,9 +135,11 @@ def test_version_2_reads_back_exactly(first: float, spend: float, refunds: float
                                       score: float | None, tier: int, review: float | None,
                                       offsets: dict[int, int], history: list[list[int]],
                                       flags: tuple[bool, bool], fit: int,
+                                      basket: int | None,
                                       outreach: dict[str, object] | None) -> None:
     state = CustomerState(first)
     state.purchases.spend, state.purchases.refunds = spend, refunds
+    state.purchases.first_basket = basket
     state.trend.ord_short, state.service.tickets = short, tickets
     state.engagement.channels = rows
     state.score = None if score is None else round(score * 100) / 100

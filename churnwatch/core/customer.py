@@ -184,7 +184,8 @@ class CustomerState:
             None if self.outreach is None else {_OUTREACH_CODES.get(k, k): v
                                                 for k, v in self.outreach.items()},
             self.model_fit or None,
-            [[entry[0] - base, *entry[1:]] for entry in self.history] or None]
+            [[entry[0] - base, *entry[1:]] for entry in self.history] or None,
+            bought.first_basket]
         while fields and fields[-1] is None:
             fields.pop()
         return [WIRE_VERSION, fields]
@@ -205,7 +206,7 @@ class CustomerState:
          spend, refunds, ord_short, ord_long, val_short, val_long, trend_ref, channels,
          eng_ref, tickets, fb_sum, fb_weight, svc_ref, score, tier, components, scored_at,
          next_review_at, tier_since, peak_score, peak_at, drop_counted, high_value, offsets,
-         recent_ids, outreach, model_fit, history) = fields[:len(WIRE_FIELDS)]
+         recent_ids, outreach, model_fit, history, first_basket) = fields[:len(WIRE_FIELDS)]
         base = base or 0
         state = cls.__new__(cls)
         # Relative instants: absent is 0 ("never"), or None where that is the default.
@@ -216,7 +217,7 @@ class CustomerState:
         state.purchases = Purchases(
             orders or 0, None if first_order is None else base + first_order,
             None if last_order is None else base + last_order, float(spend or 0.0),
-            float(refunds or 0.0))
+            float(refunds or 0.0), first_basket)
         state.trend = PurchaseTrend(
             float(ord_short or 0.0), float(ord_long or 0.0), float(val_short or 0.0),
             float(val_long or 0.0), 0 if trend_ref is None else base + trend_ref)
@@ -253,7 +254,9 @@ WIRE_VERSION = 2
 #: being the version. Codes 5 to 20 hold the signals' fields (churnwatch.core.signals), under the
 #: names they had when they were attributes of the state: ``orders`` to ``refunds`` are
 #: ``purchases``, ``ord_short`` to ``trend_ref`` are ``trend`` (``trend_ref`` its ``ref``),
-#: ``channels`` and ``eng_ref`` are ``engagement``, ``tickets`` to ``svc_ref`` are ``service``.
+#: ``channels`` and ``eng_ref`` are ``engagement``, ``tickets`` to ``svc_ref`` are ``service``;
+#: ``first_basket`` (code 36, whole cents; absent from states written before it: unknown) is
+#: ``purchases``'.
 #: Positions are never reused: a new field is appended and reads as its default from states
 #: written before it.
 WIRE_FIELDS = (
@@ -262,7 +265,7 @@ WIRE_FIELDS = (
     "val_long", "trend_ref", "channels", "eng_ref", "tickets", "fb_sum", "fb_weight", "svc_ref",
     "score", "tier+1", "components", "scored_at", "next_review_at", "tier_since", "peak_score",
     "peak_at", "drop_counted", "high_value", "offsets", "recent_ids", "outreach", "model_fit",
-    "history",
+    "history", "first_basket",
 )
 
 

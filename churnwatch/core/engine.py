@@ -496,7 +496,7 @@ class ShardEngine:
         kind = event.type
         bought = state.purchases
         if kind == ev.ORDER:
-            priors.observe_order(event.customer_id, event.ts)
+            priors.observe_order(event.customer_id, event.ts, event.amount)
             if bought.last_order is not None and event.ts > bought.last_order:
                 priors.observe_gap(event.ts - bought.last_order)
         old_spend = bought.spend if bought.orders or bought.refunds else -1.0

@@ -11,8 +11,9 @@ instead of pretending to be average. The trend enters as a share of recency (ste
 leaves recency as it is, a slowdown lowers it), the others as values of their own:
 
 - ``recency``: where the customer's chance of ordering within the horizon (given their
-  silence, their number of orders and the shard's learned population) stands among the shard's
-  sampled buyers, as a percentile.
+  silence, their number of orders, their first basket where the shard's outcomes show that it
+  matters, and the shard's learned population) stands among the shard's sampled buyers, as
+  a percentile.
 - ``trend``: purchase frequency and value in recent months against the customer's earlier months.
 - ``engagement``: their answer rate to campaigns and messages against the population's.
 - ``service``: support tickets and feedback.
@@ -41,7 +42,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
-from churnwatch.core.buyers import BuyerModel
+from churnwatch.core.buyers import BuyerModel, shifted
 from churnwatch.core.config import COMPONENTS, TIERS, ChurnwatchConfig, SegmentPolicy
 from churnwatch.core.customer import CustomerState
 from churnwatch.core.priors import PopulationPriors
@@ -90,6 +91,9 @@ class RecencyInputs:
     span_days: float
     silence_days: float
     population_gap_days: float
+    #: What the customer's first basket adds to the log-odds of a return (the shard's
+    #: :class:`~churnwatch.core.buyers.ValueEvidence`; 0 until its outcomes show an effect).
+    value_shift: float = 0.0
 
 
 def windows_of(config: ChurnwatchConfig) -> Windows:
@@ -104,7 +108,10 @@ def return_probability(inputs: RecencyInputs, horizon_days: float, model: BuyerM
     See :mod:`churnwatch.core.buyers`: a tempered MBG/NBD whose population parameters each
     shard learns from its own stream. One-time buyers may have left after their first order,
     so they are never rated certainly alive; every repeat makes leaving less likely and every
-    day of silence more.
+    day of silence more. Where the shard has learned that the first basket's value matters, the
+    customer's ``value_shift`` moves the chance on the log-odds (the same shift whatever the
+    silence and later orders, so the chance still falls with every silent day and rises with
+    every order).
 
     >>> from churnwatch.core.buyers import BuyerModel
     >>> model = BuyerModel()
@@ -116,8 +123,9 @@ def return_probability(inputs: RecencyInputs, horizon_days: float, model: BuyerM
     True
     """
     silence = min(max(inputs.silence_days, 0.0), _MAX_SILENCE_DAYS)
-    return model.p_order_within(inputs.repeats, inputs.span_days, inputs.span_days + silence,
-                                horizon_days)
+    return shifted(model.p_order_within(inputs.repeats, inputs.span_days,
+                                        inputs.span_days + silence, horizon_days),
+                   inputs.value_shift)
 
 
 def _standing(p: float, horizon: float, priors: PopulationPriors) -> float:
@@ -160,7 +168,8 @@ def recency_inputs(state: CustomerState, now: float, priors: PopulationPriors,
     if bought.orders == 0 or bought.first_order is None or bought.last_order is None:
         return RecencyInputs(0, 0.0, (now - state.first_seen) / DAY, gap)
     return RecencyInputs(bought.orders - 1, (bought.last_order - bought.first_order) / DAY,
-                         (now - bought.last_order) / DAY, gap)
+                         (now - bought.last_order) / DAY, gap,
+                         priors.value.shift(bought.basket()))
 
 
 def _inputs_at(assessment: Assessment, state: CustomerState, now: float,
@@ -341,8 +350,7 @@ def next_review_at(state: CustomerState, assessment: Assessment, now: float,
     model = buyer_model(priors, config)
 
     def still_above(silence: float) -> bool:
-        at = RecencyInputs(inputs.repeats, inputs.span_days, silence,
-                           inputs.population_gap_days)
+        at = replace(inputs, silence_days=silence)
         return priors.calibrated(return_probability(at, horizon, model), horizon) >= target
 
     low = inputs.silence_days
@@ -503,7 +511,20 @@ def _recency_text(state: CustomerState, assessment: Assessment, now: float,
                 f"{_days(inputs.population_gap_days)}")
     return (f"{text}; chance of ordering within "
             f"{config.policy(state.segment).horizon_days:.0f} days "
-            f"{100 * assessment.return_probability:.0f}%")
+            f"{100 * assessment.return_probability:.0f}%" + _basket_text(state, inputs, priors))
+
+
+def _basket_text(state: CustomerState, inputs: RecencyInputs, priors: PopulationPriors) -> str:
+    """Where the shard has learned that first baskets say something of a return and this
+    customer's moved their chance by a point or more (at even odds): which way, and why."""
+    basket = state.purchases.basket()
+    if basket is None or abs(inputs.value_shift) < 0.04:
+        return ""
+    usual = math.expm1(priors.value.mean)
+    helps = inputs.value_shift > 0
+    return (f"; first order worth {basket:,.0f}, {'above' if basket > usual else 'below'} "
+            f"the usual {usual:,.0f}: in this shop that counts "
+            f"{'for' if helps else 'against'} a return")
 
 
 def _answers_text(state: CustomerState, config: ChurnwatchConfig) -> str:

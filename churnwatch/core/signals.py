@@ -124,20 +124,23 @@ class Purchases(Signal):
     >>> p.update(ev.Event("c1", "order", 0.0, amount=5.0))        # same basket
     >>> p.update(ev.Event("c1", "order", 30 * DAY, amount=40.0))
     >>> p.update(ev.Event("c1", "refund", 31 * DAY, amount=15.0))
-    >>> p.orders, p.spend, p.refunds, p.mean_gap_days()
-    (2, 50.0, 15.0, 30.0)
+    >>> p.orders, p.spend, p.refunds, p.mean_gap_days(), p.basket()
+    (2, 50.0, 15.0, 30.0, 25.0)
     """
 
-    __slots__ = ("orders", "first_order", "last_order", "spend", "refunds")
+    __slots__ = ("orders", "first_order", "last_order", "spend", "refunds", "first_basket")
 
     def __init__(self, orders: int = 0, first_order: float | None = None,
                  last_order: float | None = None, spend: float = 0.0,
-                 refunds: float = 0.0) -> None:
+                 refunds: float = 0.0, first_basket: int | None = None) -> None:
         self.orders = orders
         self.first_order = first_order
         self.last_order = last_order
         self.spend = spend
         self.refunds = refunds
+        # What the orders of the first order day came to, in whole cents (the buyer sample
+        # keeps the same; None before the first order, or for a customer stored before it was).
+        self.first_basket = first_basket
 
     def is_new_occasion(self, ts: float) -> bool:
         """Whether an order at ``ts`` would be a purchase occasion of its own (not a line of
@@ -148,6 +151,12 @@ class Purchases(Signal):
         """Fold an ``order`` or a ``refund`` in (other types are not purchases: ignored)."""
         ts = event.ts
         if event.type == ev.ORDER:
+            cents = round(max(event.amount, 0.0) * 100.0)
+            day = math.floor(ts / DAY)
+            if self.first_order is None or day < math.floor(self.first_order / DAY):
+                self.first_basket = cents
+            elif day == math.floor(self.first_order / DAY) and self.first_basket is not None:
+                self.first_basket += cents
             self.orders += 1 if self.is_new_occasion(ts) else 0
             self.spend += event.amount
             if self.first_order is None or ts < self.first_order:
@@ -157,6 +166,12 @@ class Purchases(Signal):
         elif event.type == ev.REFUND:
             self.refunds += event.amount
             self.spend = max(self.spend - event.amount, 0.0)
+
+    def basket(self) -> float | None:
+        """What the first order day's orders came to (``None`` before the first order, or
+        unknown): what the buyer sample keeps of its customers, whose matured outcomes teach
+        the shard whether it says anything of a return."""
+        return None if self.first_basket is None else self.first_basket / 100.0
 
     def mean_gap_days(self) -> float | None:
         """The customer's own mean gap between purchase occasions, in days (``None`` before a
