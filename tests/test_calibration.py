@@ -298,7 +298,8 @@ def test_the_shard_learns_whether_the_first_basket_says_anything_of_a_return() -
     # The reason says so, where it moved the chance.
     now = T0 + 170 * DAY
     why = reasons(small, assess(small, now, CONFIG, matters), now, CONFIG, matters)
-    assert "first order worth 8, below the usual 35: in this shop that counts against a return" in why[0], why
+    said = "first order worth 8, below the usual 35: in this shop that counts against a return"
+    assert said in why[0], why
     why = reasons(small, assess(small, now, CONFIG, silent), now, CONFIG, silent)
     assert "first order" not in why[0]
 
