@@ -2,7 +2,8 @@
 
 For every partition stream of the configuration: the stream's end (its newest entry), the
 position up to which the monitor has committed every entry, the lag between them in entries,
-and when a shard last committed; then customers per tier and the dead letters. An operator
+and when a shard last committed; then customers per tier, the dead letters, and what each
+shard's buyer model has learned so far. An operator
 knows a backfill is consumed when every lag is 0, without Prometheus.
 
 Where the figures come from: each shard commits, in the same Redis transaction as its state,
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -30,6 +32,7 @@ from churnwatch.core.aggregates import TierCustomers
 from churnwatch.core.config import TIERS, ChurnwatchConfig
 from churnwatch.core.engine import partition_id
 from churnwatch.core.events import Event, decode_event
+from churnwatch.core.priors import PopulationPriors
 from churnwatch.dataflows.redis_source import PAYLOAD_FIELD, id_offset, stream_names
 from churnwatch.state.base import shard_of
 from churnwatch.state.redis_store import CommittedPositions, RedisStore
@@ -52,6 +55,28 @@ class PartitionStatus:
 
 
 @dataclass
+class ShardModel:
+    """What one shard's buyer model has learned (docs/scoring.md)."""
+
+    sampled_buyers: int
+    fits: int  # 0: still on the configured defaults
+    evidence_weight: float | None  # None before the first fit
+    value_coefficient: float  # the first basket's log-odds shift per deviation; 0: none
+    usual_first_basket: float | None  # the sample's typical first basket, where it counts
+    calibrated_horizons: list[float]  # horizons whose matured outcomes calibrate the chance
+
+    @classmethod
+    def of(cls, priors: PopulationPriors) -> ShardModel:
+        """Read from a shard's priors."""
+        value = priors.value
+        return cls(len(priors.sample), priors.fits,
+                   None if priors.model is None else priors.model.evidence_weight,
+                   value.coefficient,
+                   round(math.expm1(value.mean), 2) if value.coefficient else None,
+                   sorted(priors.calibration))
+
+
+@dataclass
 class MonitorStatus:
     """Everything ``churnwatch status`` reports."""
 
@@ -62,6 +87,7 @@ class MonitorStatus:
     last_commit: float | None
     at: float  # when this status was read (wall clock)
     segments: dict[str, dict[str, int]] = field(default_factory=dict)
+    models: list[ShardModel] = field(default_factory=list)  # per stored shard, in shard order
 
     @property
     def customers(self) -> int:
@@ -105,6 +131,8 @@ class MonitorStatus:
         kept = "" if self.dead_letters_kept == self.dead_letters else \
             f" ({self.dead_letters_kept:,} still on the stream)"
         lines.append(f"dead letters: {self.dead_letters:,}{kept}")
+        if self.models:
+            lines.append(_models_line(self.models))
         return "\n".join(lines)
 
 
@@ -126,7 +154,8 @@ def monitor_status(store: RedisStore, config: ChurnwatchConfig,
                   for stream in stream_names(config.stream_prefix, config.stream_partitions)]
     tiers = {tier: 0 for tier in TIERS}
     segments: dict[str, dict[str, int]] = {}
-    for shard in store.shard_states():
+    shards = store.shard_states()
+    for shard in shards:
         for key, value in shard.gauges.items():
             if isinstance(key, TierCustomers):
                 tiers[key.tier] = tiers.get(key.tier, 0) + round(value)
@@ -135,7 +164,49 @@ def monitor_status(store: RedisStore, config: ChurnwatchConfig,
     added, kept = store.dead_letter_count()
     commits = [c.committed_at for c in committed.values() if c.committed_at is not None]
     return MonitorStatus(partitions, tiers, added, kept, max(commits) if commits else None,
-                         now, segments)
+                         now, segments, [ShardModel.of(shard.priors) for shard in shards])
+
+
+def _models_line(models: list[ShardModel]) -> str:
+    """One line on the shards' buyer models: shard by shard up to eight shards, else how many
+    shards share each value.
+
+    >>> print(_models_line([ShardModel(900, 14, 0.7, 0.0, None, [180.0]),
+    ...                     ShardModel(40, 0, None, 0.0, None, []),
+    ...                     ShardModel(2048, 21, 1.0, 0.15, 38.5, [90.0, 180.0])]))
+    buyer models, shard by shard: fits 14 / 0 / 21; evidence weight 0.7 / - / 1; first basket \
+none / none / +0.15 per deviation (usual 38.50); calibrated 1 / 0 / 2 horizons
+    >>> print(_models_line([ShardModel(2048, 30, 1.0, 0.0, None, [180.0])] * 9
+    ...                    + [ShardModel(2048, 31, 0.7, 0.2, 20.0, [180.0])]))
+    buyer models of 10 shards: fits 30 to 31; evidence weight 1 on 9, 0.7 on 1; first basket \
+counts on 1 (+0.2); calibrated on 10
+    """
+    def value(m: ShardModel) -> str:
+        if not m.value_coefficient:
+            return "none"
+        return f"{m.value_coefficient:+g} per deviation (usual {m.usual_first_basket:.2f})"
+
+    def weight(m: ShardModel) -> str:
+        return "-" if m.evidence_weight is None else f"{m.evidence_weight:g}"
+
+    if len(models) <= 8:
+        return ("buyer models, shard by shard: fits " + " / ".join(str(m.fits) for m in models)
+                + "; evidence weight " + " / ".join(weight(m) for m in models)
+                + "; first basket " + " / ".join(value(m) for m in models)
+                + "; calibrated " + " / ".join(str(len(m.calibrated_horizons)) for m in models)
+                + " horizons")
+    fits = sorted(m.fits for m in models)
+    weights: dict[str, int] = {}
+    for m in models:
+        weights[weight(m)] = weights.get(weight(m), 0) + 1
+    counting = sorted({m.value_coefficient for m in models if m.value_coefficient})
+    counts = sum(1 for m in models if m.value_coefficient)
+    return (f"buyer models of {len(models)} shards: fits {fits[0]} to {fits[-1]}; evidence "
+            "weight " + ", ".join(f"{w} on {n}" for w, n in
+                                  sorted(weights.items(), key=lambda item: -item[1]))
+            + f"; first basket counts on {counts}"
+            + (f" ({', '.join(f'{c:+g}' for c in counting)})" if counting else "")
+            + f"; calibrated on {sum(1 for m in models if m.calibrated_horizons)}")
 
 
 def _partition_status(client: redis.Redis, stream: str,

@@ -33,6 +33,7 @@ from churnwatch.core.scoring import (
     return_probability,
     windows_of,
 )
+from churnwatch.status import ShardModel
 
 CONFIG = ChurnwatchConfig()
 T0 = 1_700_000_000.0
@@ -318,6 +319,18 @@ def test_a_value_coefficient_needs_significance_to_start_and_falls_back_without_
     assert choose_value_coefficient(p, z, real, current=0.3) == 0.3
     assert choose_value_coefficient(p, z, real, current=0.28) == 0.28
     assert choose_value_coefficient(p, z, real, current=0.05) == 0.3
+
+
+def test_status_reads_what_each_shard_learned() -> None:
+    learned = ShardModel.of(FITTED)
+    assert FITTED.model is not None
+    assert (learned.fits, learned.evidence_weight) == (FITTED.fits, FITTED.model.evidence_weight)
+    assert learned.fits > 0 and learned.sampled_buyers == len(FITTED.sample)
+    assert learned.calibrated_horizons == [60.0]
+    assert (learned.value_coefficient, learned.usual_first_basket) == (0.0, None)
+    spending = ShardModel.of(VALUED[0.3])
+    assert spending.value_coefficient == 0.3 and spending.usual_first_basket == 40.0
+    assert ShardModel.of(PopulationPriors()).evidence_weight is None
 
 
 def test_priors_survive_the_wire_and_the_previous_format_still_reads() -> None:

@@ -113,6 +113,20 @@ def test_status_follows_the_lag_down_to_zero_and_up_again(
     assert after["customers"] == CUSTOMERS
     assert set(after["tiers"]) == set(TIERS) and sum(after["tiers"].values()) == CUSTOMERS
     assert after["dead_letters"] == len(BAD_LINES)
+    # What each shard's buyer model learned, read from the same shard states.
+    assert len(after["models"]) == 4
+    buyers = set()
+    for line in fed.events_file.read_text().splitlines():
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        if event.get("type") == "order":
+            buyers.add(event["customer_id"])
+    assert sum(m["sampled_buyers"] for m in after["models"]) == len(buyers)
+    for model in after["models"]:  # 80 customers: too few in a shard for a fit of its own
+        assert model["fits"] == 0 and model["evidence_weight"] is None
+        assert model["value_coefficient"] == 0.0 and model["calibrated_horizons"] == []
 
     # The monitor is stopped: new entries, one of them a dead letter, are a lag of exactly as
     # many entries, and the committed position stays where it was.
@@ -133,6 +147,7 @@ def test_status_follows_the_lag_down_to_zero_and_up_again(
                                              "commit"]
     assert f"{len(more)} entries not yet committed" in table
     assert f"customers: {CUSTOMERS}" in table and "dead letters: 2" in table
+    assert "buyer models, shard by shard: fits " in table
 
     monitor = fed.monitor("second")
     try:
