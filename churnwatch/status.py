@@ -319,7 +319,8 @@ def register(sub: argparse._SubParsersAction,  # type: ignore[type-arg]
     from churnwatch.runtime import add_monitor_options
 
     p = sub.add_parser("status", help="per partition: stream end, committed position, lag; "
-                       "customers per tier, dead letters (from the monitor's Redis)",
+                       "customers per tier, dead letters, what each shard's buyer model "
+                       "learned (from the monitor's Redis)",
                        description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
