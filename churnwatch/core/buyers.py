@@ -174,6 +174,18 @@ def fit_buyer_model(x: np.ndarray, t_x: np.ndarray, age: np.ndarray, start: Buye
     return BuyerModel(r, alpha, a, b, start.evidence_weight)
 
 
+def log_likelihood(predicted: np.ndarray, returned: np.ndarray) -> float:
+    """The log-likelihood of the outcomes ``returned`` (1 or 0) under the chances ``predicted``
+    (clipped away from 0 and 1), what the matured outcomes choose the evidence weight and the
+    value coefficient by.
+
+    >>> round(log_likelihood(np.array([0.5, 0.5]), np.array([1.0, 0.0])), 4)
+    -1.3863
+    """
+    p = np.clip(predicted, 1e-6, 1.0 - 1e-6)
+    return float(np.sum(returned * np.log(p) + (1.0 - returned) * np.log1p(-p)))
+
+
 def choose_evidence_weight(model: BuyerModel, x: np.ndarray, t_x: np.ndarray, age: np.ndarray,
                            horizon: float, returned: np.ndarray, current: float = 1.0) -> float:
     """The evidence weight whose predictions of ``returned`` (within ``horizon`` after ``age``)
@@ -192,8 +204,8 @@ def choose_evidence_weight(model: BuyerModel, x: np.ndarray, t_x: np.ndarray, ag
     scores = {}
     for weight in dict.fromkeys((current, *EVIDENCE_WEIGHTS)):
         tempered = BuyerModel(model.r, model.alpha, model.a, model.b, weight)
-        p = np.clip(p_order_within_many(tempered, x, t_x, age, horizon), 1e-6, 1.0 - 1e-6)
-        scores[weight] = float(np.sum(returned * np.log(p) + (1.0 - returned) * np.log1p(-p)))
+        scores[weight] = log_likelihood(p_order_within_many(tempered, x, t_x, age, horizon),
+                                        returned)
     best = max(EVIDENCE_WEIGHTS, key=lambda w: scores[w])  # ties: the more trusting weight
     return best if scores[best] > scores[current] + LOGLIK_MARGIN else current
 
@@ -236,6 +248,16 @@ class ValueEvidence:
         if self.coefficient == 0.0 or basket is None:
             return 0.0
         return self.coefficient * (math.log1p(max(basket, 0.0)) - self.mean) / self.spread
+
+    def standardised(self, baskets: np.ndarray) -> np.ndarray:
+        """Deviations of ``log(1 + basket)`` from the mean, in spreads (NaN stays NaN: unknown)."""
+        return np.asarray((np.log1p(baskets) - self.mean) / self.spread)
+
+    def shifts(self, baskets: np.ndarray) -> np.ndarray:
+        """:meth:`shift` over arrays of baskets (0 where a basket is unknown, NaN)."""
+        if self.coefficient == 0.0:
+            return np.zeros(len(baskets))
+        return np.nan_to_num(self.coefficient * self.standardised(baskets), nan=0.0)
 
     def to_wire(self) -> list[float]:
         """A compact msgpack-able form."""
@@ -292,14 +314,9 @@ def choose_value_coefficient(predicted: np.ndarray, standardised: np.ndarray,
     >>> choose_value_coefficient(p, z, coin.astype(float))
     0.0
     """
-    logit = np.log(np.clip(predicted, 1e-6, 1.0 - 1e-6)) - np.log1p(
-        -np.clip(predicted, 1e-6, 1.0 - 1e-6))
-    scores = {}
-    for coefficient in dict.fromkeys((current, *VALUE_COEFFICIENTS)):
-        p = np.clip(1.0 / (1.0 + np.exp(-(logit + coefficient * standardised))), 1e-6,
-                    1.0 - 1e-6)
-        scores[coefficient] = float(np.sum(returned * np.log(p)
-                                           + (1.0 - returned) * np.log1p(-p)))
+    base = np.clip(predicted, 1e-6, 1.0 - 1e-6)
+    scores = {c: log_likelihood(shifted_many(base, c * standardised), returned)
+              for c in dict.fromkeys((current, *VALUE_COEFFICIENTS))}
     best = max(VALUE_COEFFICIENTS, key=lambda c: (scores[c], -abs(c)))
     if current == 0.0:
         return best if scores[best] >= scores[0.0] + VALUE_MARGIN else 0.0

@@ -47,6 +47,7 @@ from churnwatch.core.buyers import (
     percentile_map,
     shifted_many,
 )
+from churnwatch.core.signals import first_basket_after
 
 DAY = 86400.0
 #: Customers kept in a shard's buyer sample.
@@ -124,8 +125,8 @@ class PopulationPriors:
         it)."""
         key = customer_hash(customer_id)
         day = math.floor(ts / DAY)
-        cents = round(max(amount, 0.0) * 100.0)
         entry = self.sample.get(key)
+        first_day = None if entry is None else entry[0]
         if entry is None:
             if len(self.sample) >= SAMPLE_SIZE:
                 top = self._top
@@ -137,12 +138,7 @@ class PopulationPriors:
                 del self.baskets[top]
                 self._top = None
             entry = self.sample[key] = [day, 0]
-            self.baskets[key] = 0
-        first = self.baskets[key]
-        if day < entry[0]:
-            self.baskets[key] = cents  # a new first order day (a late event)
-        elif day == entry[0] and first is not None:
-            self.baskets[key] = first + cents
+        self.baskets[key] = first_basket_after(self.baskets.get(key), first_day, day, amount)
         if day in entry[2:]:
             return
         self.pending_days += 1
@@ -188,7 +184,8 @@ class PopulationPriors:
         calibration map is made only for a horizon that has fully matured.
         """
         today = now / DAY
-        entries = [self.sample[k] for k in sorted(self.sample)]
+        keys = sorted(self.sample)
+        entries = [self.sample[k] for k in keys]
         self.pending_days = 0
         self.fitted_days = sum(e[1] + len(e) - 2 for e in entries)
         first_day = min((e[0] for e in entries), default=today)
@@ -197,7 +194,7 @@ class PopulationPriors:
         repeaters = sum(1 for e in entries if e[1] + len(e) - 3 >= 1)  # x >= 1
         if len(entries) < MIN_FIT or repeaters < MIN_REPEATERS:
             return
-        firsts = [self.baskets.get(k) for k in sorted(self.sample)]
+        firsts = [self.baskets.get(k) for k in keys]
         x, t_x, age, _, basket = _summaries(entries, today, today, firsts)
         start = self.model if self.model is not None else prior
         model = fit_buyer_model(x, t_x, age, start, prior)
@@ -219,7 +216,7 @@ class PopulationPriors:
         self.model = BuyerModel(model.r, model.alpha, model.a, model.b, weight)
         self.value = value
         self.fits += 1
-        now_shift = _shifts(value, basket)
+        now_shift = value.shifts(basket)
         self.percentiles = {h: percentile_map(shifted_many(
             p_order_within_many(self.model, x, t_x, age, h), now_shift)) for h in horizons}
         calibration: dict[float, CalibrationMap] = {}
@@ -232,7 +229,7 @@ class PopulationPriors:
             earlier = fitted_at.get(horizon) or fit_buyer_model(xc, tc, agec, model, prior)
             tempered = BuyerModel(earlier.r, earlier.alpha, earlier.a, earlier.b, weight)
             predicted = shifted_many(p_order_within_many(tempered, xc, tc, agec, horizon),
-                                     _shifts(value, then))
+                                     value.shifts(then))
             fitted = fit_calibration(predicted, returned)
             previous = self.calibration.get(horizon)
             calibration[horizon] = fitted if previous is None else previous.blended(fitted)
@@ -413,14 +410,6 @@ def _basket_scale(basket: np.ndarray) -> tuple[float, float] | None:
     return (float(known.mean()), spread) if spread > 1e-6 else None
 
 
-def _shifts(value: ValueEvidence, basket: np.ndarray) -> np.ndarray:
-    """Each sampled customer's log-odds shift (0 where the basket is unknown)."""
-    if value.coefficient == 0.0:
-        return np.zeros(len(basket))
-    standardised = (np.log1p(basket) - value.mean) / value.spread
-    return np.where(np.isnan(standardised), 0.0, value.coefficient * standardised)
-
-
 def _choose_value(model: BuyerModel, weight: float, x: np.ndarray, t_x: np.ndarray,
                   age: np.ndarray, window: float, returned: np.ndarray, basket: np.ndarray,
                   scale: tuple[float, float] | None, current: ValueEvidence) -> ValueEvidence:
@@ -433,7 +422,7 @@ def _choose_value(model: BuyerModel, weight: float, x: np.ndarray, t_x: np.ndarr
     mean, spread = scale
     tempered = BuyerModel(model.r, model.alpha, model.a, model.b, weight)
     predicted = p_order_within_many(tempered, x[known], t_x[known], age[known], window)
-    standardised = (np.log1p(basket[known]) - mean) / spread
+    standardised = ValueEvidence(mean, spread).standardised(basket[known])
     coefficient = choose_value_coefficient(predicted, standardised, returned[known],
                                            current=current.coefficient)
     # No effect is stored as nothing (ValueEvidence()), so a reloaded shard equals this one.

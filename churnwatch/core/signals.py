@@ -85,6 +85,29 @@ def answers(counters: list[float]) -> float:
         + min(counters[MSG_SENT], counters[REPLIED])
 
 
+def first_basket_after(basket: int | None, first_day: int | None, day: int, amount: float
+                       ) -> int | None:
+    """The first basket (whole cents of the first order day; ``None``: unknown) after an order
+    of ``amount`` on ``day``, given the first order day so far (``None``: no order yet). The
+    customer's state and the shard's buyer sample both keep it this way, so what the sample
+    learns from applies to the customers as they are stored. Whatever the arrival order, it
+    ends as the sum of the earliest day's orders.
+
+    >>> first_basket_after(None, None, 100, 12.5), first_basket_after(1250, 100, 100, 2.0)
+    (1250, 1450)
+    >>> first_basket_after(1450, 100, 101, 9.0), first_basket_after(1450, 100, 99, 9.0)
+    (1450, 900)
+    >>> first_basket_after(None, 100, 100, 2.0) is None  # unknown stays unknown
+    True
+    """
+    cents = round(max(amount, 0.0) * 100.0)
+    if first_day is None or day < first_day:
+        return cents
+    if day == first_day and basket is not None:
+        return basket + cents
+    return basket
+
+
 def _add(value: float, ref: float, ts: float, amount: float, half_life: float
          ) -> tuple[float, float]:
     """Add ``amount`` at time ``ts`` to a counter kept as of ``ref``; returns (value, ref).
@@ -151,12 +174,10 @@ class Purchases(Signal):
         """Fold an ``order`` or a ``refund`` in (other types are not purchases: ignored)."""
         ts = event.ts
         if event.type == ev.ORDER:
-            cents = round(max(event.amount, 0.0) * 100.0)
-            day = math.floor(ts / DAY)
-            if self.first_order is None or day < math.floor(self.first_order / DAY):
-                self.first_basket = cents
-            elif day == math.floor(self.first_order / DAY) and self.first_basket is not None:
-                self.first_basket += cents
+            self.first_basket = first_basket_after(
+                self.first_basket,
+                None if self.first_order is None else math.floor(self.first_order / DAY),
+                math.floor(ts / DAY), event.amount)
             self.orders += 1 if self.is_new_occasion(ts) else 0
             self.spend += event.amount
             if self.first_order is None or ts < self.first_order:
