@@ -22,6 +22,7 @@ from churnwatch.metrics.worklist import (
     URGENCY,
     BadRequest,
     customer_detail,
+    holdout_action,
     parse_worklist_query,
     worklist_page,
 )
@@ -147,7 +148,7 @@ def render_explain(detail: dict[str, Any]) -> str:
         lines.append(f"  next action ({suggestion['playbook']}, {suggestion['channel']}): "
                      f"{suggestion['action']}")
     elif detail.get("holdout_playbook"):
-        lines.append(f"  next action: none, in the hold-out of {detail['holdout_playbook']}")
+        lines.append(f"  next action: {holdout_action(detail['holdout_playbook'])}")
     if detail["reasons"]:
         lines.append("  why:")
         lines.extend(f"    - {reason}" for reason in detail["reasons"])
@@ -165,7 +166,7 @@ def _next_action(row: dict[str, Any]) -> str:
     if suggestion:
         return f"{suggestion['playbook']} ({suggestion['channel']})"
     if row.get("holdout_playbook"):
-        return f"hold-out: {row['holdout_playbook']}"
+        return holdout_action(row["holdout_playbook"])
     return "-"
 
 

@@ -317,23 +317,37 @@ def priors_of(store: StateStore, customer_id: str, config: ChurnwatchConfig) -> 
     return store.load_shard(shard_of(customer_id, config.shards)).priors
 
 
+def holdout_action(playbook: str) -> str:
+    """What a hold-out customer's next action reads, everywhere it is shown (pages, CLI, API):
+    never the playbook's name alone, which reads like an instruction.
+
+    >>> holdout_action("personal_call_high_value")
+    'no action: hold-out group of personal_call_high_value'
+    """
+    return f"no action: hold-out group of {playbook}"
+
+
 def customer_success(customer_id: str, state: CustomerState, config: ChurnwatchConfig,
                      priors: PopulationPriors) -> dict[str, Any]:
     """The main reason, the reason codes, the suggested next action (``None`` for a customer
-    in a hold-out, whose suggestion is withheld) and the interventions so far, as of the
+    in a hold-out, whose suggestion is withheld: then ``holdout_playbook`` names the playbook
+    and ``next_action`` says there is none) and the interventions so far, as of the
     customer's last scoring."""
     if state.score is None:
         return {"main_reason": None, "reason_codes": [], "suggestion": None,
-                "holdout_playbook": None, "interventions": []}
+                "holdout_playbook": None, "next_action": None, "interventions": []}
     at = state.scored_at
     assessment = assess(state, at, config, priors)
     found = suggest(customer_id, state, assessment, at, config)
     outreach = state.outreach or {}
+    held = found is not None and found.holdout
     return {
         "main_reason": (reasons(state, assessment, at, config, priors) or [None])[0],
         "reason_codes": list(reason_codes(state, assessment, at, config)),
-        "suggestion": None if found is None or found.holdout else found.as_dict(),
-        "holdout_playbook": found.playbook if found is not None and found.holdout else None,
+        "suggestion": None if found is None or held else found.as_dict(),
+        "holdout_playbook": found.playbook if found is not None and held else None,
+        "next_action": (None if found is None else holdout_action(found.playbook) if held
+                        else found.action),
         "interventions": [{"at": iso(ts), "channel": channel, "playbook": playbook}
                           for ts, channel, playbook in reversed(outreach.get("log", []))],
         "assigned_playbook": outreach.get("playbook"),

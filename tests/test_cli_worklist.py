@@ -34,13 +34,38 @@ def test_top_prints_the_worklist_most_urgent_first(args: list[str],
                                 "tier", "since", "last", "order", "next", "action"]
     rows = lines[1:-1]
     # Every at-risk or churned customer gets a playbook's action, or is held out.
-    assert all(row.rstrip().endswith(")") or "hold-out:" in row for row in rows), rows
+    assert all(row.rstrip().endswith(")") or "no action: hold-out group of " in row
+               for row in rows), rows
     assert rows and all(" fashion " in row for row in rows)
     ids = [row.split("  ")[1].strip() for row in rows]
     assert ODD_ID in ids and "plain-3" in ids
     assert ids.index(ODD_ID) < ids.index("plain-3")
     assert lines[-1].startswith(f"1-{len(rows)} of ")
     assert "high value first" in lines[-1]
+
+
+def test_top_says_no_action_for_a_hold_out_customer_never_the_playbook_alone(
+        args: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    # The hold-out customers (the API withholds their suggestion and names the playbook).
+    code, out, _ = run(capsys, "top", "--json", "--limit", "1000", *args)
+    assert code == 0
+    held = {c["customer_id"]: c for c in json.loads(out)["customers"]
+            if c["holdout_playbook"] is not None}
+    assert held, "the replayed shop has no hold-out customer on the worklist"
+    for row in held.values():
+        assert row["suggestion"] is None
+        assert row["next_action"] == f"no action: hold-out group of {row['holdout_playbook']}"
+    code, out, _ = run(capsys, "top", "--limit", "1000", *args)
+    assert code == 0
+    lines = {line.split("  ")[1].strip(): line for line in out.splitlines()[1:-1]}
+    for cid, row in held.items():
+        assert lines[cid].rstrip().endswith(
+            f"no action: hold-out group of {row['holdout_playbook']}"), lines[cid]
+    assert "hold-out:" not in out
+    cid = next(iter(held))
+    code, out, _ = run(capsys, "explain", cid, *args)
+    assert code == 0
+    assert f"  next action: no action: hold-out group of {held[cid]['holdout_playbook']}" in out
 
 
 def test_top_json_matches_the_api_and_filters_value_tier(

@@ -201,7 +201,7 @@ def test_rows_link_to_customer_pages_with_id_score_chart_and_suggestion(
     if suggestion is not None:
         assert suggestion["action"] in dom.replace("&amp;", "&")
     else:
-        assert "hold-out group of playbook" in dom
+        assert f"no action: hold-out group of {detail['holdout_playbook']}" in dom
 
 
 def test_filters_and_paging(signed_in: Served) -> None:
