@@ -152,6 +152,34 @@ def source_partitions(options: RunOptions) -> tuple[str, ...] | None:
     return None
 
 
+#: What the metrics port serves besides ``/metrics``: the CS pages (metrics/pages.py) and the
+#: worklist API (metrics/worklist.py), routed by metrics/exporter.py. ``<id>``: a customer id.
+SERVED_PAGES = (("worklist", "/"), ("customer", "/customers/<id>"), ("segments", "/segments"))
+SERVED_API = ("/api/v1/customers", "/api/v1/customers/<id>", "/api/v1/segments",
+              "/api/v1/winback", "/api/v1/transitions")
+
+
+def serving_banner(process: int, url: str) -> str:
+    """What ``run`` prints once its port answers: every page and API route, in full.
+
+    >>> print(serving_banner(0, "http://127.0.0.1:9464"))
+    churnwatch run: process 0 serves metrics on http://127.0.0.1:9464/metrics
+      worklist  http://127.0.0.1:9464/
+      customer  http://127.0.0.1:9464/customers/<id>
+      segments  http://127.0.0.1:9464/segments
+      API       http://127.0.0.1:9464/api/v1/customers http://127.0.0.1:9464/api/v1/customers/<id> \
+http://127.0.0.1:9464/api/v1/segments http://127.0.0.1:9464/api/v1/winback \
+http://127.0.0.1:9464/api/v1/transitions (docs/worklist.md)
+      health    http://127.0.0.1:9464/healthz
+    """
+    lines = [f"churnwatch run: process {process} serves metrics on {url}/metrics"]
+    lines += [f"  {name:<9} {url}{path}" for name, path in SERVED_PAGES]
+    lines.append(f"  {'API':<9} " + " ".join(url + path for path in SERVED_API)
+                 + " (docs/worklist.md)")
+    lines.append(f"  {'health':<9} {url}/healthz")
+    return "\n".join(lines)
+
+
 @contextmanager
 def metrics_server(options: RunOptions, store_factory: Callable[[], Any]) -> Iterator[Any]:
     """This process's metrics hooks, served on ``metrics_port + process_id`` while running.
@@ -182,8 +210,7 @@ def metrics_server(options: RunOptions, store_factory: Callable[[], Any]) -> Ite
 
         raise UsageError(f"cannot serve metrics on {host}:{port} (process {process}): "
                          f"{exc.strerror or exc}; pick another --metrics-port") from None
-    print(f"churnwatch run: process {process} serves metrics on {server.url}/metrics",
-          file=sys.stderr, flush=True)
+    print(serving_banner(process, server.url), file=sys.stderr, flush=True)
     try:
         yield hooks
     finally:
