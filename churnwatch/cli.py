@@ -199,13 +199,47 @@ def _register_more(sub: argparse._SubParsersAction,  # type: ignore[type-arg]
     commands.register(sub, common)
 
 
+#: The exit status when standard output's reader went away, as a shell reports a command that a
+#: SIGPIPE ended (128 + 13): `churnwatch top | head -1` ends like `yes | head -1`, quietly.
+READER_GONE = 141
+
+
+def _readers_gone() -> bool:
+    """Whether standard output (or error) is a pipe whose reader has closed it; if so, both are
+    pointed at /dev/null so that nothing written or flushed on the way out raises again."""
+    import select
+
+    gone = []
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            fd = stream.fileno()
+            poll = select.poll()
+            poll.register(fd, select.POLLOUT)
+            if any(revents & select.POLLERR for _, revents in poll.poll(0)):
+                gone.append(fd)
+        except (AttributeError, OSError, ValueError):  # replaced or closed streams
+            continue
+    if gone:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        for fd in gone:
+            os.dup2(devnull, fd)
+        os.close(devnull)
+    return bool(gone)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        return int(args.func(args) or 0)
+        status = int(args.func(args) or 0)
+        sys.stdout.flush()  # inside the try: a reader gone (`| head`) is found here, not at exit
+        return status
+    except BrokenPipeError:
+        if not _readers_gone():
+            raise
+        return READER_GONE
     except (ConfigError, UsageError) as exc:
         print(f"churnwatch: error: {exc}", file=sys.stderr)
         return 2

@@ -11,7 +11,6 @@ as the monitor will score them; the stored state is not changed.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from collections.abc import Callable
@@ -26,11 +25,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     at = time_option(args.as_of, "--as-of") if args.as_of else time.time()
     with monitor_store(args, config, "export") as store:
         rows = export_rows(store, config, at)
-    try:
-        write_export(rows, args.out)
-    except BrokenPipeError:  # `churnwatch export | head`: the reader has what it wanted
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
+    write_export(rows, args.out)  # a reader gone (`| head`) ends quietly in churnwatch.cli.main
     if args.out != "-":
         print(f"exported {len(rows)} customers to {args.out}", file=sys.stderr)
     return 0

@@ -204,19 +204,29 @@ def replay(paths: Sequence[str], config: ChurnwatchConfig, store_factory: Callab
 
 def default_dead_letters_path(inputs: Sequence[str], export: str | None) -> str:
     """Where dead letters go without ``--dead-letters-out``: beside the export, else beside the
-    first input (in the working directory for standard input).
+    first input, else in the working directory (standard input). Never beside a device or a
+    pipe: ``/dev/null.dead-letters.jsonl`` is no place for a file.
 
     >>> default_dead_letters_path(["orders.jsonl.gz"], "out/scores.csv")
     'out/scores.csv.dead-letters.jsonl'
     >>> default_dead_letters_path(["data/orders.jsonl.gz"], "-")
     'data/orders.jsonl.gz.dead-letters.jsonl'
+    >>> default_dead_letters_path(["data/orders.jsonl.gz"], "/dev/null")
+    'data/orders.jsonl.gz.dead-letters.jsonl'
     >>> default_dead_letters_path(["-"], None)
     'stdin.dead-letters.jsonl'
     """
-    if export and export != STDIN:
-        return f"{export}.dead-letters.jsonl"
-    first = inputs[0]
-    return "stdin.dead-letters.jsonl" if first == STDIN else f"{first}.dead-letters.jsonl"
+    for place in (export, inputs[0]):
+        if place and _regular_file_place(place):
+            return f"{place}.dead-letters.jsonl"
+    name = "stdin" if inputs[0] == STDIN else os.path.basename(inputs[0])
+    return f"{name}.dead-letters.jsonl"
+
+
+def _regular_file_place(path: str) -> bool:
+    """``path`` names a regular file or nothing yet (not ``-``, a device, a FIFO or a socket):
+    a file beside it is the user's."""
+    return path != STDIN and (os.path.isfile(path) or not os.path.exists(path))
 
 
 def dead_letter_files(path: str, workers: int) -> list[str]:
@@ -374,7 +384,8 @@ def split_at_cutoff(path: str, cutoff: float, horizon_days: float, workdir: str,
             if not line.strip():
                 out.write(b"\n")
                 continue
-            event = decode_event(line, position=f"{label}:{number}", **limits)
+            event = decode_event(line, position=f"{label}:{number}", msgpack_allowed=False,
+                                 **limits)
             if not isinstance(event, Event):
                 out.write(line if line.endswith(b"\n") else line + b"\n")
                 continue

@@ -142,7 +142,8 @@ def _decode_batch(settings: FlowSettings, keys: Sequence[str], batch: list[RawMe
     for raw in batch:
         decoded = decode_event(raw.payload, position=raw.position, now=now,
                                max_future_seconds=config.max_future_seconds,
-                               max_amount=config.max_amount)
+                               max_amount=config.max_amount,
+                               msgpack_allowed=raw.source != "file")  # a file is JSON Lines
         if isinstance(decoded, Event):
             pid = partitions.get(raw.partition)
             if pid is None:

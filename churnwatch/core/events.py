@@ -149,6 +149,7 @@ def decode_event(
     now: float | None = None,
     max_future_seconds: float = 86400.0,
     max_amount: float = DEFAULT_MAX_AMOUNT,
+    msgpack_allowed: bool = True,
 ) -> Event | InvalidEvent:
     """Decode and validate one event from JSON text, msgpack bytes or an already-decoded mapping.
 
@@ -156,11 +157,20 @@ def decode_event(
     more than ``max_future_seconds`` after it is rejected as ``future_timestamp``. An ``amount``
     above ``max_amount`` is an ``invalid_field``. Never raises: anything that is not a valid event
     comes back as an :class:`InvalidEvent` whose ``reason`` is in :data:`DEAD_LETTER_REASONS`.
+
+    A file's line is JSON or nothing (``msgpack_allowed=False``), so bytes that are not UTF-8
+    are ``invalid_json`` there; on a stream, a payload that does not start like JSON is taken
+    for msgpack, and binary that is neither is ``invalid_msgpack``:
+
+    >>> decode_event(b"caf\\xe9", position="orders.jsonl:7", msgpack_allowed=False).detail
+    'not valid UTF-8 at byte 3'
+    >>> decode_event(b"caf\\xe9", position="churnwatch:events:0:1-0").reason
+    'invalid_msgpack'
     """
     raw = _payload_bytes(payload)
     obj: Mapping[Any, Any] | None = None
     try:
-        obj = _to_mapping(payload, raw)
+        obj = _to_mapping(payload, raw, msgpack_allowed)
         return _validate(obj, now=now, max_future_seconds=max_future_seconds,
                          max_amount=max_amount)
     except ContractViolation as rejected:
@@ -213,7 +223,7 @@ def _readable_customer(obj: Mapping[Any, Any] | None) -> str | None:
         return None
 
 
-def _to_mapping(payload: Any, raw: bytes) -> Mapping[Any, Any]:
+def _to_mapping(payload: Any, raw: bytes, msgpack_allowed: bool = True) -> Mapping[Any, Any]:
     if isinstance(payload, Mapping):
         return payload
     if not isinstance(payload, (bytes, bytearray, memoryview, str)):
@@ -230,7 +240,8 @@ def _to_mapping(payload: Any, raw: bytes) -> Mapping[Any, Any]:
     if data.startswith(_UTF8_BOM):
         data = data[len(_UTF8_BOM):].lstrip()
     head = data[:1]
-    if head in (b"{", b"[", b'"', b"-") or head.isdigit() or head in (b"t", b"f", b"n"):
+    if (not msgpack_allowed or head in (b"{", b"[", b'"', b"-") or head.isdigit()
+            or head in (b"t", b"f", b"n")):
         try:
             obj = json.loads(data.decode("utf-8"))
         except UnicodeDecodeError as exc:
