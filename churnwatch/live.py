@@ -201,7 +201,7 @@ def metrics_server(options: RunOptions, store_factory: Callable[[], Any]) -> Ite
         port += process
     host = options.metrics_host or config.metrics_host
     registry = CollectorRegistry()
-    hooks = PipelineMetrics(registry)
+    hooks = PipelineMetrics(registry, sources=(options.source,))  # series of the source in use
     try:
         server = start_metrics_server(host, port, config, store_factory, registry, hooks,
                                       serve_business=process == 0)

@@ -104,7 +104,9 @@ class PipelineMetrics(FlowHooks):
     """This process's pipeline metrics; the dataflow's hooks and the Redis store's observer.
 
     Every bounded label combination (source x reason, operation) exists at 0 from the start, so
-    ``rate()`` and ``increase()`` see the first event. The timestamp gauges are the exception:
+    ``rate()`` and ``increase()`` see the first event, for the ``sources`` this process reads
+    (``churnwatch run`` passes its one source; default: all of :data:`SOURCES`). A source used
+    without being named gets its series at its first event. The timestamp gauges are the exception:
     ``churnwatch_last_commit_timestamp_seconds`` and
     ``churnwatch_last_scored_event_timestamp_seconds`` appear for a source once it is read
     (a timestamp of 0 would read as "last commit 55 years ago" for sources this process never
@@ -116,7 +118,10 @@ class PipelineMetrics(FlowHooks):
     """
 
     def __init__(self, registry: CollectorRegistry, *, process_collector: bool = True,
-                 version: str | None = None) -> None:
+                 version: str | None = None, sources: Sequence[str] = SOURCES) -> None:
+        unknown = [s for s in sources if s not in SOURCES]
+        if unknown:
+            raise ValueError(f"unknown sources {unknown}; expected some of {', '.join(SOURCES)}")
         self.registry = registry
         self.started_at = time.time()
         self._lock = threading.Lock()
@@ -172,7 +177,7 @@ class PipelineMetrics(FlowHooks):
             ["version"], registry=registry)
         self.build_info.labels(version or churnwatch_version()).set(1)
 
-        for source in SOURCES:
+        for source in sources:
             self.events_received.labels(source)
             self.events_scored.labels(source)
             self.events_late.labels(source)
