@@ -10,8 +10,11 @@ because their silence was about to change their tier. So the tier is always curr
 of a silent customer may be a little higher than it would be this instant, never enough to
 change the tier.
 
-Urgency, the order of the list: high-value customers first; then the lowest health score;
-then the most recent tier change; then the customer id, so that paging is stable.
+Urgency, the order of the list (:data:`URGENCY`, computed by
+:func:`churnwatch.state.base.urgency_order`, which the urgency index stores): first whom an
+agent can still win back, at risk or lately churned, by value at stake times how far the score
+fell times how recently they last ordered; then ``watch``, then ``healthy``; churned customers
+long gone last; the customer id breaks ties, so that paging is stable.
 
 >>> from churnwatch.core.config import ChurnwatchConfig
 >>> q = parse_worklist_query({"tier": ["at_risk"], "limit": ["10"]}, ChurnwatchConfig())
@@ -35,7 +38,14 @@ from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import parse_qs, unquote
 
-from churnwatch.state.base import StateStore, UrgencySelection, shard_of
+from churnwatch.state.base import (
+    LONG_GONE_DAYS,
+    URGENCY_GROUPS,
+    StateStore,
+    UrgencySelection,
+    shard_of,
+    urgency_order,
+)
 
 from churnwatch.core.aggregates import (
     CounterKey,
@@ -72,8 +82,9 @@ DEFAULT_TRANSITIONS = 100
 #: ``value_tier`` filter values: ``high`` is what ``churnwatch_high_value_at_risk_customers``
 #: counts (the configured top value tier, or spend within the configured top share).
 VALUE_TIERS = ("high", "standard")
-URGENCY = ("high value first, then lowest health score, then most recent tier change, then "
-           "customer id")
+URGENCY = ("savable first: at risk or lately churned, by value at stake x how far the score fell "
+           "x how recently they last ordered; then watch, then healthy; churned long gone (no "
+           f"order for {LONG_GONE_DAYS:.0f} days when they churned) last")
 
 
 class BadRequest(ValueError):
@@ -199,10 +210,11 @@ def iso(ts: float | None) -> str | None:
     return moment.isoformat().replace("+00:00", "Z")
 
 
-def urgency_key(customer_id: str, state: CustomerState) -> tuple[bool, float, float, str]:
-    """Sort key of the worklist: smaller is more urgent (see the module docstring)."""
-    score = state.score if state.score is not None else 100.0
-    return (not state.high_value, score, -state.tier_since, customer_id)
+def urgency_key(customer_id: str, state: CustomerState) -> tuple[int, int, str]:
+    """Sort key of the worklist: smaller is more urgent (see the module docstring); the order of
+    the urgency index."""
+    group, rank = urgency_order(state) or (len(URGENCY_GROUPS), 0)
+    return group, rank, customer_id
 
 
 def customer_summary(customer_id: str, state: CustomerState, config: ChurnwatchConfig
@@ -242,7 +254,7 @@ def worklist(customers: Iterable[tuple[str, CustomerState]], config: ChurnwatchC
     total = 0
     wanted = query.offset + query.limit
 
-    def selected() -> Iterable[tuple[tuple[bool, float, float, str], str, CustomerState]]:
+    def selected() -> Iterable[tuple[tuple[int, int, str], str, CustomerState]]:
         nonlocal total
         for cid, state in customers:
             if matches(state, query, config):

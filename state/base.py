@@ -278,16 +278,68 @@ class StateStore(Protocol):
 
 # -- the urgency index ---------------------------------------------------------------------------
 #
-# The worklist's order (docs/worklist.md): high value first, then the lowest health score, then
-# the most recent tier change, then the customer id. Each shard keeps one sorted set per declared
-# segment, whose score encodes (tier, standard value, health score, tier change) in one exact
-# double (below 2**53), and whose members tie-break by id, as Redis orders equal scores. A page
-# is a merge of the first ``offset + limit`` members of the few ranges a query selects.
+# The worklist's order (docs/worklist.md) puts first the customers an agent can still win back:
+# at risk, or churned lately, by the value at stake times how far their score fell times how
+# recently they last ordered; then those in `watch`, then `healthy`; churned customers already
+# long gone when they turned churned come last. Within a group, the priority
+#     value x slip x exp(-(now - last order) / RECENCY_DAYS)
+# ranks customers the same at every `now` as  ln(value) + ln(slip) + last order / RECENCY_DAYS,
+# which does not change while a customer is silent: so it can be written once, with the state.
+# Each shard keeps one sorted set per declared segment, whose score encodes (tier, standard
+# value, group, rank) in one exact double (below 2**53), and whose members tie-break by id, as
+# Redis orders equal scores. The tier and value parts only serve the filters: a page drops them
+# and merges the first ``offset + limit`` members of the few ranges a query selects.
 
 _TIER_SHIFT = 2.0**48
 _STANDARD_SHIFT = 2.0**47
-_SCORE_SHIFT = 2.0**32
-_LATEST = 2**32 - 1
+_GROUP_SHIFT = 2**45
+#: Priority falls by a factor e for every RECENCY_DAYS since the last order (about half in 42
+#: days): a customer silent two months longer must be worth e times more to come first.
+RECENCY_DAYS = 60.0
+#: A churned customer whose last order was more than this many days before they were last scored
+#: is long gone: listed after everyone else (the default horizon of a return, 180 days).
+LONG_GONE_DAYS = 180.0
+# The rank is (_RANK_MAX - priority) in steps of 2**-33; priorities span about -5 (one cent of
+# value, a full score) to 1,700 (the last order in 2106).
+_RANK_MAX = 2048.0
+_RANK_STEPS = 2.0**33
+#: The worklist's groups, most urgent first.
+URGENCY_GROUPS = ("at risk or lately churned", "watch", "healthy", "churned, long gone")
+_GROUP_OF_TIER = (2, 1, 0, 0)  # healthy, watch, at_risk, churned (unless long gone: 3)
+
+
+def urgency_order(state: CustomerState) -> tuple[int, int] | None:
+    """A customer's (group, rank) on the worklist: smaller is more urgent (``None``: not listed,
+    no score yet). The value at stake is the net spend (at least 1); the slip is how far the
+    health score is below 100 (at least 1 point); the time is the last order (the first sighting
+    when there is none).
+
+    >>> from churnwatch.core.customer import CustomerState
+    >>> from churnwatch.core.signals import Purchases
+    >>> def customer(spend, last_order_day, tier=2, scored_day=400):
+    ...     s = CustomerState(0.0)
+    ...     s.score, s.tier, s.scored_at = 30.0, tier, scored_day * 86400.0
+    ...     s.purchases = Purchases(1, 0.0, last_order_day * 86400.0, spend, 0.0)
+    ...     return s
+    >>> urgency_order(customer(100.0, 380)) < urgency_order(customer(50.0, 380))  # more at stake
+    True
+    >>> urgency_order(customer(100.0, 380)) < urgency_order(customer(300.0, 200))  # fresher
+    True
+    >>> urgency_order(customer(900.0, 100, tier=3))[0]  # churned 300 days after the last order
+    3
+    """
+    if state.score is None or state.tier < 0:
+        return None
+    bought = state.purchases
+    last = bought.last_order if bought.last_order is not None else state.first_seen
+    group = _GROUP_OF_TIER[min(state.tier, 3)]
+    if state.tier == 3 and state.scored_at - last > LONG_GONE_DAYS * 86400.0:
+        group = 3
+    value = max(bought.spend - bought.refunds, 1.0)
+    slip = max(100.0 - min(max(state.score, 0.0), 100.0), 1.0) / 100.0
+    priority = math.log(value) + math.log(slip) + max(last, 0.0) / (RECENCY_DAYS * 86400.0)
+    rank = round((_RANK_MAX - min(max(priority, -_RANK_MAX), _RANK_MAX)) * _RANK_STEPS)
+    return group, min(max(rank, 0), _GROUP_SHIFT - 1)
 
 
 def urgency_score(state: CustomerState) -> float | None:
@@ -295,17 +347,23 @@ def urgency_score(state: CustomerState) -> float | None:
 
     >>> from churnwatch.core.customer import CustomerState
     >>> a, b = CustomerState(0.0), CustomerState(0.0)
-    >>> a.score, a.tier, a.tier_since, a.high_value = 20.0, 2, 100.0, False
-    >>> b.score, b.tier, b.tier_since, b.high_value = 40.0, 2, 100.0, True
-    >>> urgency_score(b) < urgency_score(a)   # high value first, whatever the score
+    >>> a.score, a.tier, a.high_value = 20.0, 2, False
+    >>> b.score, b.tier, b.high_value = 40.0, 2, True
+    >>> urgency_score(a) % 2**47 < urgency_score(b) % 2**47   # further slipped, same value
     True
     """
-    if state.score is None or state.tier < 0:
+    order = urgency_order(state)
+    if order is None:
         return None
-    score = min(max(round(state.score * 100), 0), 10_000)
-    since = min(max(int(state.tier_since), 0), _LATEST)
+    group, rank = order
     return (state.tier * _TIER_SHIFT + (0.0 if state.high_value else _STANDARD_SHIFT)
-            + score * _SCORE_SHIFT + (_LATEST - since))
+            + float(group * _GROUP_SHIFT + rank))
+
+
+def _order_part(tier: int, score: float) -> float:
+    # The (group, rank) part of an index score: without the tier and value parts, which only
+    # serve the filters (exact: every part is an integer below 2**53).
+    return (score - tier * _TIER_SHIFT) % _STANDARD_SHIFT
 
 
 def urgency_ranges(tier: int, value_tier: str | None) -> tuple[float, float]:
@@ -318,6 +376,16 @@ def urgency_ranges(tier: int, value_tier: str | None) -> tuple[float, float]:
     elif value_tier == "standard":
         low += _STANDARD_SHIFT
     return low, high
+
+
+def value_tiers_of(value_tier: str | None) -> tuple[str, ...]:
+    """The value tiers whose index ranges a page reads, one range each: a range mixing both would
+    not be sorted once the value part is dropped.
+
+    >>> value_tiers_of(None), value_tiers_of("high")
+    (('high', 'standard'), ('high',))
+    """
+    return ("high", "standard") if value_tier is None else (value_tier,)
 
 
 @dataclass(frozen=True)
@@ -334,11 +402,12 @@ class UrgencySelection:
 def merge_ranked(ranges: Iterable[tuple[int, Sequence[tuple[str, float]]]], wanted: int
                  ) -> list[str]:
     """The ``wanted`` most urgent customer ids from sorted index ranges, each given with its
-    tier (whose part of the score is dropped so tiers interleave as the worklist orders)."""
+    tier (the tier and value parts of the score are dropped so that tiers and value tiers
+    interleave as the worklist orders). Within one range, the value part is the same for every
+    member, so each range stays sorted."""
     def stream(tier: int, items: Sequence[tuple[str, float]]) -> Iterator[tuple[float, str]]:
-        offset = tier * _TIER_SHIFT
         for member, score in items:
-            yield score - offset, member
+            yield _order_part(tier, score), member
 
     streams = [stream(tier, items) for tier, items in ranges]
     out: list[str] = []
@@ -360,7 +429,7 @@ def ranges_needing_more(ranges: Sequence[tuple[int, Sequence[tuple[str, float]]]
     [0]
     """
     def key(tier: int, item: tuple[str, float]) -> tuple[float, str]:
-        return item[1] - tier * _TIER_SHIFT, item[0]
+        return _order_part(tier, item[1]), item[0]
 
     read = [key(tier, item) for tier, items in ranges for item in items]
     if len(read) < wanted:

@@ -24,6 +24,7 @@ from churnwatch.state.base import (
     shard_of,
     urgency_ranges,
     urgency_score,
+    value_tiers_of,
 )
 
 from churnwatch.core.customer import CustomerState
@@ -128,10 +129,11 @@ class MemoryStore:
                     segment or None):
                 continue
             for tier in selection.tiers:
-                low, high = urgency_ranges(tier, selection.value_tier)
-                inside = sorted(((s, m) for m, s in members.items() if low <= s <= high))
-                total += len(inside)
-                ranges.append((tier, [(m, s) for s, m in inside[:wanted]]))
+                for value in value_tiers_of(selection.value_tier):
+                    low, high = urgency_ranges(tier, value)
+                    inside = sorted(((s, m) for m, s in members.items() if low <= s <= high))
+                    total += len(inside)
+                    ranges.append((tier, [(m, s) for s, m in inside[:wanted]]))
         ids = merge_ranked(ranges, wanted)[offset:]
         return [(cid, state) for cid in ids
                 if (state := self.customer(cid)) is not None], total

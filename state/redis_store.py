@@ -26,6 +26,9 @@ shard's keys in one Redis Cluster slot, so a batch commits in one MULTI/EXEC):
 - ``P:deadletters``           stream of dead letters, retained by count and age
 - ``P:deadletters:offsets``   hash, source partition -> highest offset dead-lettered (each source
   position is dead-lettered once, see :meth:`RedisStore.add_dead_letters`)
+- ``P:deadletters:committed_at`` hash, source partition -> wall clock of the last dead-letter
+  write that held it: a batch of dead letters only commits no shard, yet is the partition's
+  commit (``churnwatch status``)
 
 Every call goes through :meth:`RedisStore._call`, which retries with exponential backoff while
 Redis is unreachable, logging and reporting each failure to the observer, so an outage pauses
@@ -59,6 +62,7 @@ from churnwatch.state.base import (
     shard_of,
     urgency_ranges,
     urgency_score,
+    value_tiers_of,
 )
 from churnwatch.state.cluster import NotConnected, RedisTopology, redis_client, topology_of
 from churnwatch.state.connection import TRANSIENT_ERRORS, is_lost_connection
@@ -83,12 +87,12 @@ DEAD_LETTER_BYTES_PER_SCRIPT = 16 << 20
 # Appends dead letters whose source position is new, advancing the partition's high-water mark in
 # the same atomic step. Offsets travel as 20-digit text (Lua numbers are doubles, stream offsets
 # reach 1.7e18), so comparing texts compares offsets.
-# KEYS: the stream, the high-water hash. ARGV: MAXLEN, MINID ("0": no age limit), then per
-# record: partition ("" when it has none), offset, number of field pairs, the pairs. Returns 1
-# (written) or 0 per record.
+# KEYS: the stream, the high-water hash, the commit-time hash. ARGV: MAXLEN, MINID ("0": no age
+# limit), the wall clock now, then per record: partition ("" when it has none), offset, number of
+# field pairs, the pairs. Returns 1 (written) or 0 per record.
 _ADD_DEAD_LETTERS = """
 local out = {}
-local i = 3
+local i = 4
 while i <= #ARGV do
   local lane, offset, n = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
   local fields = {}
@@ -96,6 +100,7 @@ while i <= #ARGV do
   i = i + 3 + 2 * n
   local write = 1
   if lane ~= "" then
+    redis.call('HSET', KEYS[3], lane, ARGV[3])
     local seen = redis.call('HGET', KEYS[2], lane)
     if seen and seen >= offset then
       write = 0
@@ -530,18 +535,19 @@ class RedisStore:
                 pipe.smembers(f"{self._tag(shard)}:useg")
             return pipe.execute()
 
-        keys: list[tuple[str, int]] = []  # (index key, tier)
+        keys: list[tuple[str, int, str]] = []  # (index key, tier, value tier)
         for shard, members in enumerate(self._call("read_state", segments)):
             for raw in sorted(members):
                 segment = raw.decode()
                 if selection.segment_filter is None or selection.segment_filter(segment or None):
-                    keys.extend((f"{self._tag(shard)}:u:{segment}", tier)
-                                for tier in sorted(selection.tiers))
+                    keys.extend((f"{self._tag(shard)}:u:{segment}", tier, value)
+                                for tier in sorted(selection.tiers)
+                                for value in value_tiers_of(selection.value_tier))
 
         # The first read counts every range and takes a few members of each; further reads
         # take more only from the ranges that can still reach the page.
         chunk = max(8, -(-2 * wanted // max(len(keys), 1)))
-        ranked: list[tuple[int, list[tuple[str, float]]]] = [(tier, []) for _, tier in keys]
+        ranked: list[tuple[int, list[tuple[str, float]]]] = [(tier, []) for _, tier, _ in keys]
         counts: list[int] = []
         todo = list(range(len(keys)))
         while todo:
@@ -549,8 +555,8 @@ class RedisStore:
                      ) -> list[Any]:
                 pipe = self.client.pipeline(transaction=False)
                 for i in todo:
-                    key, tier = keys[i]
-                    low, high = urgency_ranges(tier, selection.value_tier)
+                    key, tier, value = keys[i]
+                    low, high = urgency_ranges(tier, value)
                     if first:
                         pipe.zcount(key, low, high)
                     pipe.zrangebyscore(key, low, high, start=len(ranked[i][1]), num=chunk,
@@ -699,7 +705,7 @@ class RedisStore:
         for record in records:
             if not args or count >= DEAD_LETTERS_PER_SCRIPT or \
                     size >= DEAD_LETTER_BYTES_PER_SCRIPT:
-                args = [self.layout.dead_letters_kept, oldest_kept]
+                args = [self.layout.dead_letters_kept, oldest_kept, repr(time.time())]
                 chunks.append(args)
                 count = size = 0
             lane, offset = dead_letter_position(record)
@@ -716,12 +722,21 @@ class RedisStore:
         def write() -> list[bool]:
             pipe = node.pipeline(transaction=False)
             for args in chunks:
-                script(keys=[stream, offsets], args=args, client=pipe)
+                script(keys=[stream, offsets, f"{stream}:committed_at"], args=args,
+                       client=pipe)
             return [bool(flag) for reply in pipe.execute() for flag in reply]
 
         # A retry after a lost reply finds its records written: the high-water mark makes the
         # script idempotent (they are then reported as not new).
         return self._call("dead_letter", write)
+
+    def dead_letter_commit_times(self) -> dict[str, float]:
+        """Per source partition (``redis:<stream>``, ...), the wall clock of the last
+        dead-letter write that held one of its entries (``churnwatch status``: a batch of dead
+        letters only is its partition's commit although no shard commits)."""
+        stream, _ = self.topology.dead_letter_keys(self.prefix)
+        fields = self._call("read_state", lambda: self.client.hgetall(f"{stream}:committed_at"))
+        return {k.decode(): float(v) for k, v in fields.items()}
 
     def dead_letters(self, count: int) -> list[dict[str, object]]:
         stream, _ = self.topology.dead_letter_keys(self.prefix)

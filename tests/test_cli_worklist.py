@@ -41,7 +41,7 @@ def test_top_prints_the_worklist_most_urgent_first(args: list[str],
     assert ODD_ID in ids and "plain-3" in ids
     assert ids.index(ODD_ID) < ids.index("plain-3")
     assert lines[-1].startswith(f"1-{len(rows)} of ")
-    assert "high value first" in lines[-1]
+    assert "savable first" in lines[-1]
 
 
 def test_top_says_no_action_for_a_hold_out_customer_never_the_playbook_alone(

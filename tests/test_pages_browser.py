@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from html.parser import HTMLParser
 from pathlib import Path
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 import pytest
 from redis_server import free_port, redis_server  # noqa: F401
@@ -185,6 +185,34 @@ def test_worklist_names_first_the_customer_the_api_ranks_first(signed_in: Served
     assert page.links, dom[-3000:]
     assert page.links[0] == "/customers/" + quote(first["customer_id"], safe="")
     assert 'name="viewport"' in dom
+
+
+def test_worklist_lists_the_savable_before_the_long_gone(signed_in: Served) -> None:
+    # The replayed shop holds both kinds: at-risk customers who ordered lately, and churned ones
+    # (some high-value) whose last order was long before they churned.
+    rows = api(signed_in.url, "/api/v1/customers?limit=1000")["customers"]
+
+    def long_gone(row: dict) -> bool:
+        last = row["last_order"] or row["tier_since"]
+        silence = (_epoch(row["scored_at"]) - _epoch(last)) / 86400.0
+        return row["tier"] == "churned" and silence > 180
+
+    savable = {r["customer_id"] for r in rows if r["tier"] == "at_risk"}
+    gone = {r["customer_id"] for r in rows if long_gone(r)}
+    assert savable and gone and any(r["high_value"] for r in rows if r["customer_id"] in gone)
+    dom = chromium(signed_in.profile, signed_in.url + "/?limit=1000")
+    shown = [unquote(link.removeprefix("/customers/")) for link in parse(dom).links]
+    assert set(shown) >= savable | gone
+    assert max(shown.index(c) for c in savable) < min(shown.index(c) for c in gone)
+    assert shown[0] in savable
+    order = parse(dom).ids["order"]
+    assert order.startswith("Order: savable first") and "long gone" in order, order
+
+
+def _epoch(text: str) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
 def test_rows_link_to_customer_pages_with_id_score_chart_and_suggestion(

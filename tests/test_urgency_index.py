@@ -19,6 +19,7 @@ from redis_server import redis_server, redis_url  # noqa: F401
 
 from churnwatch.core.customer import CustomerState
 from churnwatch.core.engine import ShardState
+from churnwatch.core.signals import Purchases
 
 SHARDS = 4
 SEGMENTS = (None, "fashion", "skincare", "odd segment é")
@@ -43,7 +44,12 @@ def random_state(rng: random.Random) -> CustomerState:
     state.score = round(rng.choice([rng.uniform(0, 100), 25.0, 50.0]), 2)
     state.tier = rng.randrange(4)
     state.tier_since = rng.choice([1_650_000_000.0, 1_650_000_000.0 + rng.randrange(10**7)])
+    state.scored_at = state.tier_since + rng.randrange(10**6)
     state.high_value = rng.random() < 0.2
+    if rng.random() < 0.8:  # some never ordered: ranked from their first sighting
+        last = state.scored_at - rng.choice([0, 10, 200, 400]) * 86400.0 - rng.randrange(10**5)
+        state.purchases = Purchases(rng.randrange(1, 9), last - 86400.0, last,
+                                    rng.choice([40.0, 40.0, rng.uniform(0, 5000)]), 0.0)
     return state
 
 
@@ -115,21 +121,41 @@ def test_customer_moved_to_another_segment_is_listed_once(store: StateStore) -> 
     assert rows == [] and total == 0
 
 
-@settings(max_examples=200, deadline=None)
-@given(st.tuples(st.integers(0, 3), st.booleans(), st.floats(0, 100), st.integers(0, 2**32 - 1)),
-       st.tuples(st.integers(0, 3), st.booleans(), st.floats(0, 100), st.integers(0, 2**32 - 1)))
+CUSTOMER = st.tuples(st.integers(0, 3), st.booleans(), st.floats(0, 100),
+                    st.integers(0, 2**32 - 1), st.floats(0, 1e7), st.integers(0, 2**32 - 1))
+
+
+@settings(max_examples=300, deadline=None)
+@given(CUSTOMER, CUSTOMER)
 def test_index_score_orders_as_the_worklist(a: tuple, b: tuple) -> None:
     states = []
-    for tier, high, score, since in (a, b):
+    for tier, high, score, scored_at, spend, last_order in (a, b):
         s = CustomerState(0.0)
-        s.tier, s.high_value, s.score, s.tier_since = tier, high, round(score, 2), float(since)
+        s.tier, s.high_value, s.score, s.scored_at = tier, high, round(score, 2), float(scored_at)
+        s.purchases = Purchases(1, float(last_order), float(last_order), spend, 0.0)
         states.append(s)
     x, y = states
-    if x.tier == y.tier:
-        kx, ky = urgency_key("a", x)[:3], urgency_key("a", y)[:3]
+    if x.tier == y.tier and x.high_value == y.high_value:  # one index range
+        kx, ky = urgency_key("a", x)[:2], urgency_key("a", y)[:2]
         sx, sy = urgency_score(x), urgency_score(y)
         assert sx is not None and sy is not None
         assert (kx < ky) == (sx < sy) and (kx == ky) == (sx == sy)
+
+
+def test_savable_customers_come_before_the_long_gone() -> None:
+    # The shop of issue 21: churned one-time buyers whose one order was 327 days ago, and at-risk
+    # customers who ordered a few weeks ago; the long gone spent more.
+    now = 1_700_000_000.0
+    long_gone, savable = CustomerState(0.0), CustomerState(0.0)
+    long_gone.tier, long_gone.score, long_gone.scored_at = 3, 8.0, now
+    long_gone.purchases = Purchases(1, now - 327 * 86400.0, now - 327 * 86400.0, 900.0, 0.0)
+    long_gone.high_value = True
+    savable.tier, savable.score, savable.scored_at = 2, 40.0, now
+    savable.purchases = Purchases(4, now - 200 * 86400.0, now - 40 * 86400.0, 160.0, 0.0)
+    assert urgency_key("z-savable", savable) < urgency_key("a-gone", long_gone)
+    fresh_churned = CustomerState.from_wire(savable.to_wire())
+    fresh_churned.tier = 3  # churned, but lately: as savable as the at-risk
+    assert urgency_key("b", fresh_churned) < urgency_key("a-gone", long_gone)
 
 
 def test_pages_concentrated_in_a_few_ranges_read_them_further(store: StateStore) -> None:

@@ -4,6 +4,7 @@ replayed shop: filters, urgency order, paging, and the 400/401/404/503 answers."
 from __future__ import annotations
 
 import json
+import math
 import time
 import urllib.error
 import urllib.request
@@ -12,12 +13,14 @@ from urllib.parse import quote
 
 import pytest
 from churnwatch.metrics.exporter import PipelineMetrics, start_metrics_server
+from churnwatch.state.base import LONG_GONE_DAYS, RECENCY_DAYS
 from churnwatch.state.redis_store import RedisStore
 from prometheus_client import CollectorRegistry
 from redis_server import redis_server  # noqa: F401
-from replayed_shop import ODD_ID, Shop, replayed_shop  # noqa: F401
+from replayed_shop import END, ODD_ID, Shop, replayed_shop  # noqa: F401
 
 from churnwatch.core.config import TIERS, ChurnwatchConfig
+from churnwatch.core.customer import DAY, CustomerState
 from churnwatch.core.playbooks import DEFAULT_PLAYBOOKS
 
 TOKEN = "worklist-test-token"
@@ -59,16 +62,27 @@ def everyone(shop: Shop) -> dict[str, object]:
 
 
 def reference_order(shop: Shop, tiers: set[str]) -> list[str]:
-    """The urgency order, computed the slow, obvious way."""
+    """The urgency order, computed the slow, obvious way: the priority at the end of the data
+    (value at stake x slip x exp(-silence / RECENCY_DAYS)), savable before watch before healthy
+    before the long gone."""
     config = shop.config
+    now = END
+
+    def key(item: tuple[str, CustomerState]) -> tuple[int, float, str]:
+        cid, s = item
+        assert s.score is not None
+        last = s.purchases.last_order if s.purchases.last_order is not None else s.first_seen
+        gone = TIERS[s.tier] == "churned" and s.scored_at - last > LONG_GONE_DAYS * DAY
+        group = 3 if gone else {"at_risk": 0, "churned": 0, "watch": 1, "healthy": 2}[
+            TIERS[s.tier]]
+        priority = (max(s.purchases.spend - s.purchases.refunds, 1.0)
+                    * max(100.0 - s.score, 1.0) / 100.0
+                    * math.exp(-(now - last) / (RECENCY_DAYS * DAY)))
+        return group, -priority, cid
+
     rows = [(cid, s) for cid, s in everyone(shop).items() if TIERS[s.tier] in tiers]
-    high = sorted((r for r in rows if r[1].high_value), key=lambda r: (r[1].score,
-                                                                       -r[1].tier_since, r[0]))
-    rest = sorted((r for r in rows if not r[1].high_value), key=lambda r: (r[1].score,
-                                                                          -r[1].tier_since,
-                                                                          r[0]))
     assert config.segments
-    return [cid for cid, _ in high + rest]
+    return [cid for cid, _ in sorted(rows, key=key)]
 
 
 # -- the list -----------------------------------------------------------------------------------
@@ -83,10 +97,7 @@ def test_default_worklist_is_at_risk_and_churned_customers_most_urgent_first(
     assert [c["customer_id"] for c in page["customers"]] == expected
     assert page["total"] == len(expected) and page["next_offset"] is None
     assert {c["tier"] for c in page["customers"]} <= {"at_risk", "churned"}
-    flags = [c["high_value"] for c in page["customers"]]
-    assert flags == sorted(flags, reverse=True), "high-value customers come first"
-    standard_scores = [c["health_score"] for c in page["customers"] if not c["high_value"]]
-    assert standard_scores == sorted(standard_scores)
+    assert page["order"].startswith("savable first")
 
 
 def test_high_value_silent_customers_come_before_a_standard_one_in_the_same_state(
