@@ -8,7 +8,9 @@ knows a backfill is consumed when every lag is 0, without Prometheus.
 
 Where the figures come from: each shard commits, in the same Redis transaction as its state,
 the highest offset it has processed per source partition (``P:{sN}:positions``, see
-``churnwatch.state.redis_store``). A partition's events are spread over several shards, so the
+``churnwatch.state.redis_store``); a batch of dead letters only commits no shard, so the
+dead-letter write records its own time per partition, and a partition's last commit is the
+newest of both. A partition's events are spread over several shards, so the
 lag is counted entry by entry after the lowest of those positions: an entry is pending when its
 customer's shard has not processed it, and an entry that is a dead letter is pending until it
 is on the dead-letter stream. Counting stops at ``scan_limit`` entries per partition (shown
@@ -141,6 +143,7 @@ def monitor_status(store: RedisStore, config: ChurnwatchConfig,
     """Read the status of the monitor whose state ``store`` holds."""
     now = time.time() if now is None else now
     committed = store.committed_positions()
+    dead_commits = store.dead_letter_commit_times()
     dead_positions: set[str] | None = None
 
     def dead() -> set[str]:
@@ -150,7 +153,7 @@ def monitor_status(store: RedisStore, config: ChurnwatchConfig,
         return dead_positions
 
     partitions = [_partition_status(store.client, stream, committed, config, scan_limit, now,
-                                    dead)
+                                    dead, dead_commits.get(f"redis:{stream}"))
                   for stream in stream_names(config.stream_prefix, config.stream_partitions)]
     tiers = {tier: 0 for tier in TIERS}
     segments: dict[str, dict[str, int]] = {}
@@ -163,6 +166,7 @@ def monitor_status(store: RedisStore, config: ChurnwatchConfig,
                 per[key.tier] = per.get(key.tier, 0) + round(value)
     added, kept = store.dead_letter_count()
     commits = [c.committed_at for c in committed.values() if c.committed_at is not None]
+    commits += dead_commits.values()
     return MonitorStatus(partitions, tiers, added, kept, max(commits) if commits else None,
                          now, segments, [ShardModel.of(shard.priors) for shard in shards])
 
@@ -211,12 +215,14 @@ counts on 1 (+0.2); calibrated on 10
 
 def _partition_status(client: redis.Redis, stream: str,
                       committed: Mapping[int, CommittedPositions], config: ChurnwatchConfig,
-                      scan_limit: int, now: float, dead: Callable[[], set[str]]
-                      ) -> PartitionStatus:
+                      scan_limit: int, now: float, dead: Callable[[], set[str]],
+                      dead_commit: float | None = None) -> PartitionStatus:
     pid = partition_id(f"redis:{stream}")
     done = {shard: c.offsets[pid] for shard, c in committed.items() if pid in c.offsets}
     times = [c.committed_at for c in committed.values()
              if pid in c.offsets and c.committed_at is not None]
+    if dead_commit is not None:  # a batch of dead letters only: no shard committed it
+        times.append(dead_commit)
     last_commit = max(times) if times else None
     try:
         info = client.xinfo_stream(stream)

@@ -229,8 +229,10 @@ class PipelineMetrics(FlowHooks):
 
     def dead_lettered(self, source: str, items: Sequence[InvalidEvent]) -> None:
         """Dead letters written for the first time (each source position once, across
-        restarts), from the decoder and the engine's ``too_late``."""
+        restarts), from the decoder and the engine's ``too_late``. Writing them is a commit
+        too: a batch of dead letters only commits no shard, and must not look stalled."""
         self._see(source)
+        self.last_commit.labels(source).set(time.time())
         for item in items:
             self.events_dead_letter.labels(source, item.reason).inc()
 

@@ -201,7 +201,8 @@ def test_the_dead_letter_stream_and_its_high_water_marks_share_a_node(
         if names:
             holders.append(names)
         node.close()
-    assert holders == [{"cw:{deadletters}", "cw:{deadletters}:offsets"}]
+    assert holders == [{"cw:{deadletters}", "cw:{deadletters}:offsets",
+                        "cw:{deadletters}:committed_at"}]
 
 
 def test_a_cluster_url_with_a_database_is_refused() -> None:
