@@ -9,14 +9,22 @@ DEBIAN_PACKAGES := redis-server prometheus prometheus-alertmanager chromium
 
 all: test
 
+# Two stamps: the runtime (what `demo` needs) and the test extras on top of it, so `make test`
+# after `make demo` still installs ruff, mypy, hypothesis and the Grafana SDK.
+TEST_EXTRAS := $(VENV)/.test-extras
+
 $(BIN)/churnwatch: pyproject.toml
 	@$(PYTHON) -m venv --help >/dev/null 2>&1 || ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq python3-venv)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e .
+	@touch $@
+
+$(TEST_EXTRAS): $(BIN)/churnwatch pyproject.toml
 	$(BIN)/pip install -q -e '.[test]'
 	@touch $@
 
-venv: $(BIN)/churnwatch
+venv: $(TEST_EXTRAS)
 
 # The real servers the tests start on free loopback ports.
 system-deps:
@@ -32,7 +40,7 @@ system-deps:
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $(DEBIAN_PACKAGES); \
 	fi
 
-demo: venv
+demo: $(BIN)/churnwatch
 	$(BIN)/churnwatch demo
 
 test: venv system-deps
