@@ -9,7 +9,7 @@ from collections.abc import Callable
 def register(sub: argparse._SubParsersAction,  # type: ignore[type-arg]
              common: Callable[[argparse.ArgumentParser], None]) -> None:
     """Add the subcommands that are not defined in ``churnwatch.cli``."""
-    from churnwatch import export, importer, live, simulator, stack, status
+    from churnwatch import dead_letters, export, importer, live, simulator, stack, status
     from churnwatch.dashboards import cli as dashboards_cli
     from churnwatch.metrics import cli as metrics_cli
 
@@ -19,5 +19,6 @@ def register(sub: argparse._SubParsersAction,  # type: ignore[type-arg]
     export.register(sub, common)
     importer.register(sub, common)
     status.register(sub, common)
+    dead_letters.register(sub, common)
     stack.register(sub, common)
     dashboards_cli.register(sub, common)
