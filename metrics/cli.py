@@ -158,6 +158,8 @@ def render_explain(detail: dict[str, Any]) -> str:
             old = "-" if t.get("old_score") is None else f"{t['old_score']:.1f}"
             lines.append(f"    {t['at']}  {t['from']} -> {t['to']}  score {old} -> "
                          f"{t['new_score']:.1f}  ({t.get('cause', '')})")
+            if t.get("reasons"):
+                lines.append(f"      {t['reasons'][0]}")
     return "\n".join(lines)
 
 

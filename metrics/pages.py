@@ -174,8 +174,9 @@ TIER_COLOURS = {"healthy": "#2e8b57", "watch": "#c99a06", "at_risk": "#e07b39",
 
 
 def score_chart(points: Sequence[Mapping[str, Any]]) -> Markup:
-    """The score history as an inline SVG: the score at each tier change and now, each point
-    coloured by the tier it opened. Tiers follow the calibrated return chance, not the score, so
+    """The score history as an inline SVG: the score at each tier change (every one the state
+    keeps, a year's) and now, each point coloured by the tier it opened and titled with its
+    date. Tiers follow the calibrated return chance, not the score, so
     no tier bands are drawn on the score's axis. Only numbers and dates go into it.
 
     >>> svg = score_chart([{"at": "2024-01-01T00:00:00Z", "health_score": 70, "tier": "healthy"},
@@ -208,8 +209,9 @@ def score_chart(points: Sequence[Mapping[str, Any]]) -> Markup:
         for t, s, tier in series:
             colour = TIER_COLOURS.get(tier, "#2457c5")
             name = tier if tier in TIER_COLOURS else "score"
+            day = datetime.fromtimestamp(t, tz=timezone.utc).strftime("%Y-%m-%d")
             parts.append(f'<circle cx="{x(t):.1f}" cy="{y(s):.1f}" r="4.5" fill="{colour}">'
-                         f'<title>{name}: {s:.1f}</title></circle>')
+                         f'<title>{name}: {s:.1f} ({day})</title></circle>')
         for ts, anchor in ((first, "start"), (last, "end")):
             label = html.escape(datetime.fromtimestamp(ts, tz=timezone.utc).strftime("%Y-%m-%d"))
             parts.append(f'<text x="{x(ts) if len(series) > 1 else LEFT + plot_w / 2:.1f}" '

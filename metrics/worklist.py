@@ -60,6 +60,7 @@ from churnwatch.core.aggregates import (
 from churnwatch.core.config import COMPONENTS, TIERS, ChurnwatchConfig
 from churnwatch.core.customer import CustomerState
 from churnwatch.core.engine import ShardState
+from churnwatch.core.history import TierChange, reason_words
 from churnwatch.core.priors import PopulationPriors
 from churnwatch.core.scoring import assess, reasons, tier_name
 from churnwatch.core.signals import MSG_SENT, SENT, answers
@@ -79,6 +80,8 @@ DEFAULT_LIMIT = 50
 MAX_LIMIT = 1000
 MAX_OFFSET = 10_000_000
 DEFAULT_TRANSITIONS = 100
+#: A customer's stored tier changes read for their page: all of them (the state keeps a year's).
+HISTORY_READ = 100_000
 #: ``value_tier`` filter values: ``high`` is what ``churnwatch_high_value_at_risk_customers``
 #: counts (the configured top value tier, or spend within the configured top share).
 VALUE_TIERS = ("high", "standard")
@@ -283,6 +286,16 @@ def score_history(state: CustomerState, transitions: list[dict[str, object]]
     return points
 
 
+def change_of(record: Mapping[str, Any]) -> TierChange:
+    """A history record (:func:`churnwatch.state.base.history_records`) as the tier change its
+    words are rebuilt from."""
+    return TierChange(float(record["at"]), str(record["from"]), str(record["to"]),
+                      record.get("old_score"), float(record["new_score"]),
+                      str(record.get("cause")), record.get("chance"),
+                      tuple((str(code[0]), tuple(code[1:]))
+                            for code in record.get("reason_codes") or ()))
+
+
 def transition_view(record: Mapping[str, object]) -> dict[str, Any]:
     """A stored transition record with its time as RFC 3339."""
     view = dict(record)
@@ -315,7 +328,11 @@ def customer_detail(store: StateStore, config: ChurnwatchConfig, customer_id: st
         detail["return_probability"] = None
         detail["reasons"] = []
     detail.update(customer_success(customer_id, state, config, priors))
-    history = store.customer_transitions(customer_id, max(config.score_history_length, 1))
+    history = store.customer_transitions(customer_id, HISTORY_READ)
+    horizon = config.policy(state.segment).horizon_days
+    for record in history:
+        if not record.get("reasons") and record.get("chance") is not None:
+            record["reasons"] = reason_words(change_of(record), horizon)
     detail["transitions"] = [transition_view(t) for t in history]
     detail["score_history"] = score_history(state, history)
     return detail

@@ -22,6 +22,7 @@ from typing import Protocol
 from churnwatch.core.config import TIERS, ChurnwatchConfig, ConfigError
 from churnwatch.core.customer import CustomerState
 from churnwatch.core.engine import ShardState, TierTransition
+from churnwatch.core.history import decode_change, encode_change, keep_history
 
 
 def shard_of(customer_id: str, shards: int) -> int:
@@ -60,9 +61,9 @@ class StoreLayout:
     the same number (a different one finds no customer). ``transitions_kept``: transition
     records kept across all shards (each shard's stream keeps its share);
     ``dead_letters_kept``: dead letters kept; the ``*_max_age`` ones drop entries older than
-    that many seconds of wall time (0: no age limit). ``history_kept``: transitions kept in
-    each customer's own state for the customer page (their reasons stay in the transition
-    streams)."""
+    that many seconds of wall time (0: no age limit). ``history_days``: every tier change of that
+    many days is kept in the customer's own state for the customer page, and at least the
+    ``history_kept`` newest."""
 
     buckets: int = 512
     transitions_kept: int = 3_000
@@ -70,6 +71,7 @@ class StoreLayout:
     dead_letters_kept: int = 1_000
     dead_letters_max_age: float = 30 * 86400.0
     history_kept: int = 3
+    history_days: float = 365.0
 
     @classmethod
     def from_config(cls, config: ChurnwatchConfig) -> StoreLayout:
@@ -78,7 +80,8 @@ class StoreLayout:
                    transitions_max_age=config.transitions_max_age_days * 86400.0,
                    dead_letters_kept=config.dead_letters_kept,
                    dead_letters_max_age=config.dead_letters_max_age_days * 86400.0,
-                   history_kept=config.score_history_length)
+                   history_kept=config.score_history_length,
+                   history_days=config.tier_history_days)
 
     def transitions_per_shard(self, shards: int) -> int:
         """Each shard stream's share of ``transitions_kept`` (at least 1).
@@ -89,24 +92,14 @@ class StoreLayout:
         return max(-(-self.transitions_kept // shards), 1)
 
 
-# -- a customer's recent transitions ---------------------------------------------------------
+# -- a customer's tier history ----------------------------------------------------------------
 #
 # Kept in the customer's own state (``CustomerState.history``), newest first, one compact list
-# per transition: [at (whole seconds), from tier, to tier, old score x10 (or None), new score
-# x10, cause], tiers as indexes into TIERS, cause 1 for "silence" (left out for "event"). About
-# 14 bytes each. The reasons are not kept there: they are sentences (about 250 bytes) rendered
-# from the state at that instant, which cannot be rendered again later; they are read from the
-# shard's transition stream while it retains the transition (see ``history_records``).
-
-_CAUSES = ("event", "silence")
-
-
-def _tier_code(name: str) -> int | str:
-    return TIERS.index(name) if name in TIERS else name
-
-
-def _tier_of(code: object) -> str:
-    return TIERS[code] if isinstance(code, int) and 0 <= code < len(TIERS) else str(code)
+# per transition (``churnwatch.core.history``): the time, the tiers and cause, the scores in whole
+# points, the chance of ordering and the reasons as codes with their numbers, about 12 bytes.
+# Every change of the last ``history_days`` is kept (and the ``history_kept`` newest, however
+# old). The words are rebuilt from the codes when read; while the shard's transition stream
+# still holds a change, its record (the words of the moment, the suggestion) is used instead.
 
 
 def history_entry(transition: TierTransition) -> list[object]:
@@ -114,50 +107,49 @@ def history_entry(transition: TierTransition) -> list[object]:
 
     >>> from churnwatch.core.engine import TierTransition
     >>> history_entry(TierTransition("c1", "unassigned", "watch", "at_risk", 41.04, 28.96,
-    ...                              1_700_000_000.5, ("no order for 90 days",), "silence"))
-    [1700000000, 1, 2, 410, 290, 1]
+    ...                              1_700_000_000.5, ("no order for 90 days",), "silence",
+    ...                              None, (12, 0, 90, 21, 4)))
+    [1700000000, 54, 29, 41, 12, 0, 90, 21, 4]
     """
-    entry: list[object] = [
-        math.floor(transition.at), _tier_code(transition.from_tier),
-        _tier_code(transition.to_tier),
-        None if transition.old_score is None else round(transition.old_score * 10),
-        round(transition.new_score * 10)]
-    if transition.cause != "event":
-        entry.append(_CAUSES.index(transition.cause) if transition.cause in _CAUSES
-                     else transition.cause)
-    return entry
+    return encode_change(transition.at, TIERS.index(transition.from_tier),
+                         TIERS.index(transition.to_tier), transition.old_score,
+                         transition.new_score, transition.cause, transition.evidence)
 
 
 def remember_transitions(changed: Mapping[str, CustomerState],
-                         transitions: Sequence[TierTransition], kept: int) -> None:
-    """Add each transition to the front of its customer's ``history`` (at most ``kept``).
-    Both stores call it in ``commit`` before writing the states, so the history is committed
-    with the state, atomically and exactly once."""
+                         transitions: Sequence[TierTransition], kept: int,
+                         keep_days: float = 365.0) -> None:
+    """Add each transition to the front of its customer's ``history``, keeping every change
+    within ``keep_days`` of the newest and at least the ``kept`` newest. Both stores call it in
+    ``commit`` before writing the states, so the history is committed with the state,
+    atomically and exactly once."""
     for transition in transitions:
         state = changed.get(transition.customer_id)
         if state is not None:
-            state.history = [history_entry(transition), *state.history][:kept]
+            state.history = keep_history([history_entry(transition), *state.history],
+                                         transition.at, keep_days, kept)
 
 
 def history_records(customer_id: str, state: CustomerState | None, count: int,
                     retained: Iterable[Mapping[str, object]]) -> list[dict[str, object]]:
-    """A customer's newest transitions (newest first) as records like the stream's.
+    """A customer's newest transitions (newest first) as records like the stream's, each with
+    ``reason_codes`` (``[name, *numbers]``) and ``chance`` (percent) from the stored evidence.
 
     ``retained`` gives the customer's shard's transition records still in its stream, newest
     first; it is read only until every one of the customer's transitions is found in it (so
-    pass a lazy iterable). A transition found there gets its reasons and suggestion; an older
-    one has ``reasons`` empty."""
+    pass a lazy iterable). A transition found there gets that record's fields (its reasons in
+    words, its suggestion); for an older one ``reasons`` is empty, for the reader to rebuild
+    from the codes (:func:`churnwatch.core.history.reason_words`)."""
     if state is None:
         return []
     out: list[dict[str, object]] = []
     for entry in state.history[:count]:
-        at, from_tier, to_tier, old, new, *rest = entry
+        change = decode_change(entry)
         out.append({
-            "customer_id": customer_id, "from": _tier_of(from_tier), "to": _tier_of(to_tier),
-            "old_score": None if old is None else old / 10, "new_score": new / 10,
-            "at": float(at), "reasons": [],
-            "cause": _CAUSES[rest[0]] if rest and rest[0] in (0, 1) else
-            str(rest[0]) if rest else "event"})
+            "customer_id": customer_id, "from": change.from_tier, "to": change.to_tier,
+            "old_score": change.old_score, "new_score": change.new_score,
+            "at": change.at, "reasons": [], "cause": change.cause, "chance": change.chance,
+            "reason_codes": [[name, *numbers] for name, numbers in change.reasons]})
     wanted = {(int(float(str(r["at"]))), r["from"], r["to"]): r for r in out}
     if wanted:
         for record in retained:

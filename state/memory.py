@@ -92,7 +92,8 @@ class MemoryStore:
 
     def commit(self, shard: int, shard_state: ShardState, changed: Mapping[str, CustomerState],
                transitions: Sequence[TierTransition]) -> None:
-        remember_transitions(changed, transitions, self.layout.history_kept)
+        remember_transitions(changed, transitions, self.layout.history_kept,
+                             self.layout.history_days)
         for cid, state in changed.items():
             self._index(shard, cid, state)
             self._buckets[self.bucket_key(cid)][cid] = msgpack.packb(state.to_wire())

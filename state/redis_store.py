@@ -428,7 +428,7 @@ class RedisStore:
                transitions: Sequence[TierTransition]) -> None:
         tag = self._tag(shard)
         layout = self.layout
-        remember_transitions(changed, transitions, layout.history_kept)
+        remember_transitions(changed, transitions, layout.history_kept, layout.history_days)
         buckets: dict[str, dict[str, bytes]] = {}
         # Per bucket number: (time, customer) pairs to add, customers to remove.
         due: dict[int, tuple[list[str], list[str]]] = {}

@@ -88,23 +88,29 @@ def test_both_stores_hold_the_same_buckets_histories_and_streams(
     # No key per customer, of any kind.
     assert not [k for k in client.scan_iter(match="lay:*:h:*")]
 
-    # Each customer's history: at most history_kept, newest first, with their reasons while the
-    # shard's stream retains the transition, without once it does not.
+    # Each customer's history: every change within history_days of the newest, and at least
+    # the history_kept newest, newest first, each with its chance (and reason codes); with the
+    # words of the moment while the shard's stream retains the transition, without once it
+    # does not.
     retained = {(t["customer_id"], t["at"], t["from"], t["to"]): t
                 for t in store.recent_transitions(10_000)}
-    with_history = with_reasons = 0
+    with_history = with_reasons = beyond_kept = 0
     for cid in customers:
-        mine = store.customer_transitions(cid, 10)
-        assert mine == memory.customer_transitions(cid, 10)
-        assert len(mine) <= LAYOUT.history_kept
+        mine = store.customer_transitions(cid, 10_000)
+        assert mine == memory.customer_transitions(cid, 10_000)
+        assert all(float(t["at"]) >= float(mine[0]["at"]) - LAYOUT.history_days * 86400.0
+                   for t in mine[LAYOUT.history_kept:])
+        beyond_kept += len(mine) > LAYOUT.history_kept
         assert [t["at"] for t in mine] == sorted((t["at"] for t in mine), reverse=True)
         with_history += bool(mine)
         for t in mine:
             assert t["from"] != t["to"] and t["cause"] in ("event", "silence")
+            assert t["chance"] is not None
             in_stream = retained.get((cid, t["at"], t["from"], t["to"]))
             assert t["reasons"] == (in_stream["reasons"] if in_stream else [])
             with_reasons += in_stream is not None
     assert with_history > 50 and 0 < with_reasons <= LAYOUT.transitions_kept
+    assert beyond_kept > 0
 
     # Transition streams: each shard keeps its share of transitions_kept, exactly.
     per_shard = LAYOUT.transitions_per_shard(CONFIG.shards)

@@ -102,6 +102,7 @@ class ChurnwatchConfig:
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 9464
     score_history_length: int = 3
+    tier_history_days: float = 365.0
     customer_buckets: int = 512
     transitions_kept: int = 3_000
     transitions_max_age_days: float = 7.0
@@ -203,6 +204,7 @@ def parse_config(data: Mapping[str, Any], *, source: str) -> ChurnwatchConfig:
     reader.only(alerts, "alerts", {"sudden_drop_points", "sudden_drop_window_days"})
     reader.only(value, "value", {"high_value_tier", "high_value_top_share"})
     reader.only(state, "state", {"shards", "key_prefix", "score_history_length",
+                                 "tier_history_days",
                                  "customer_buckets", "transitions_kept",
                                  "transitions_max_age_days", "dead_letters_kept",
                                  "dead_letters_max_age_days"})
@@ -254,6 +256,8 @@ def parse_config(data: Mapping[str, Any], *, source: str) -> ChurnwatchConfig:
         key_prefix=reader.string(state, "state", "key_prefix", d.key_prefix),
         score_history_length=reader.integer(state, "state", "score_history_length",
                                             d.score_history_length, low=0, high=100),
+        tier_history_days=reader.number(state, "state", "tier_history_days",
+                                        d.tier_history_days, low=0.0, high=36500.0),
         customer_buckets=reader.integer(state, "state", "customer_buckets", d.customer_buckets,
                                         low=1, high=1 << 20),
         transitions_kept=reader.integer(state, "state", "transitions_kept", d.transitions_kept,

@@ -38,6 +38,7 @@ from churnwatch.core.aggregates import (
 )
 from churnwatch.core.config import COMPONENTS, TIERS, ChurnwatchConfig
 from churnwatch.core.customer import DAY, CustomerState
+from churnwatch.core.history import change_evidence
 from churnwatch.core.priors import PopulationPriors
 from churnwatch.core.scoring import (
     AT_RISK,
@@ -86,6 +87,9 @@ class TierTransition:
     cause: str  # "event" or "silence"
     #: The playbook suggested at this change (churnwatch.core.winback), if any.
     suggestion: Suggestion | None = None
+    #: The chance and the reasons as codes and numbers, for the customer's stored history
+    #: (churnwatch.core.history.change_evidence).
+    evidence: tuple[int, ...] = ()
 
     def as_dict(self) -> dict[str, object]:
         """The record as plain data (for streams, files and the API)."""
@@ -593,7 +597,9 @@ class ShardEngine:
                 component_moves(verdict.previous_components, state.components),)
             result.transitions.append(TierTransition(
                 cid, segment, tier_name(old_tier), tier_name(new_tier), verdict.old_score,
-                verdict.score, now, why, cause, suggestion))
+                verdict.score, now, why, cause, suggestion,
+                change_evidence(state, verdict.assessment, now, self.config, old_tier, new_tier,
+                                waited_days)))
             counters = self.state.counters
             key: CounterKey = TransitionCount(segment, TIERS[old_tier], TIERS[new_tier])
             counters[key] = counters.get(key, 0.0) + 1.0
