@@ -32,7 +32,7 @@ from churnwatch.core.scoring import assess, reasons, tier_name
 from churnwatch.dataflows.file_source import STDIN, FileSource, count_lines, input_label, open_input
 from churnwatch.dataflows.flow import FlowHooks, FlowSettings, advance_all, build_flow
 from churnwatch.runtime import UsageError
-from churnwatch.state.base import StateStore, claim_layout_of, shard_of
+from churnwatch.state.base import StateStore, claim_layout_of, config_with_segments, shard_of
 
 # A replay shorter than this shows no progress bar at all.
 PROGRESS_DELAY_SECONDS = 0.5
@@ -292,6 +292,7 @@ EXPORT_COLUMNS = ["customer_id", "health_score", "tier", "segment", *COMPONENTS,
 def export_rows(store: StateStore, config: ChurnwatchConfig, at: float
                 ) -> list[dict[str, object]]:
     """Every customer's score, tier, components and reasons as of ``at``."""
+    config = config_with_segments(store, config)  # the shop's own segments are labels too
     shard_priors = {}
     for shard in range(config.shards):
         shard_priors[shard] = store.load_shard(shard).priors

@@ -90,6 +90,11 @@ class MonitorStatus:
     at: float  # when this status was read (wall clock)
     segments: dict[str, dict[str, int]] = field(default_factory=dict)
     models: list[ShardModel] = field(default_factory=list)  # per stored shard, in shard order
+    #: The shop's own segments ([segments] max_segments): kept, a few refused, refused in all.
+    kept_segments: list[str] = field(default_factory=list)
+    max_segments: int = 0
+    refused_segments: list[str] = field(default_factory=list)
+    refused_segment_count: int = 0
 
     @property
     def customers(self) -> int:
@@ -135,7 +140,20 @@ class MonitorStatus:
         lines.append(f"dead letters: {self.dead_letters:,}{kept}")
         if self.models:
             lines.append(_models_line(self.models))
+        lines.extend(self._segment_lines())
         return "\n".join(lines)
+
+    def _segment_lines(self) -> list[str]:
+        kept = ", ".join(self.kept_segments) or "none"
+        lines = [f"segments found in the events: {len(self.kept_segments)} kept of at most "
+                 f"{self.max_segments} ({kept})"]
+        if self.refused_segment_count:
+            lines.append(
+                f"warning: the segment cap is reached ([segments] max_segments = "
+                f"{self.max_segments}): {self.refused_segment_count:,} more value(s) count as "
+                f"'other' (e.g. {', '.join(self.refused_segments)}); name the segments you "
+                "want in [segments.NAME] or raise max_segments")
+        return lines
 
 
 def monitor_status(store: RedisStore, config: ChurnwatchConfig,
@@ -167,8 +185,11 @@ def monitor_status(store: RedisStore, config: ChurnwatchConfig,
     added, kept = store.dead_letter_count()
     commits = [c.committed_at for c in committed.values() if c.committed_at is not None]
     commits += dead_commits.values()
+    record = store.segment_record()
     return MonitorStatus(partitions, tiers, added, kept, max(commits) if commits else None,
-                         now, segments, [ShardModel.of(shard.priors) for shard in shards])
+                         now, segments, [ShardModel.of(shard.priors) for shard in shards],
+                         list(config.with_discovered(record.kept).discovered_segments),
+                         config.max_segments, list(record.refused), record.refused_count)
 
 
 def _models_line(models: list[ShardModel]) -> str:

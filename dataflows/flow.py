@@ -31,11 +31,17 @@ from bytewax.operators import StatefulBatchLogic
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from churnwatch.dataflows.messages import RawMessage
 from churnwatch.dataflows.routing import key_worker, shard_keys
-from churnwatch.state.base import StateStore, dead_letter_position, shard_of
+from churnwatch.state.base import (
+    StateStore,
+    admit_declared,
+    config_with_segments,
+    dead_letter_position,
+    shard_of,
+)
 
 from churnwatch.core.config import ChurnwatchConfig
 from churnwatch.core.engine import BatchResult, Incoming, ShardEngine, TierTransition, partition_id
-from churnwatch.core.events import Event, InvalidEvent, decode_event
+from churnwatch.core.events import PROFILE, Event, InvalidEvent, decode_event
 
 log = logging.getLogger("churnwatch.flow")
 DUE_BATCH = 2000
@@ -172,8 +178,10 @@ class ShardLogic(StatefulBatchLogic[tuple[Incoming, float], Any, None]):
         self.settings = settings
         self.source = source
         self.store = store
-        self.engine = ShardEngine(shard, settings.config, self.store.load_shard(shard))
+        self.engine = ShardEngine(shard, config_with_segments(store, settings.config),
+                                  self.store.load_shard(shard))
         self._next_due = self.store.next_due(shard)
+        self._asked_segments: set[str] = set()
 
     def _now(self) -> float:
         if self.settings.clock == "wall":
@@ -199,6 +207,11 @@ class ShardLogic(StatefulBatchLogic[tuple[Incoming, float], Any, None]):
             due = self.store.due_customers(self.shard, until, PRELOAD_DUE)
             overflow = len(due) == PRELOAD_DUE
         customers = self.store.load_customers(self.shard, list(dict.fromkeys(ids + due)))
+        # The shop's own segments: recorded before a customer is counted under one.
+        self.engine.config = admit_declared(
+            self.store, self.engine.config,
+            (i.event.attributes.get("segment") for i in items if i.event.type == PROFILE),
+            self._asked_segments)
         result = self.engine.process(items, customers, self._now(), due)
         self._commit(result, oldest)
         outputs = self._outputs(result)
@@ -514,6 +527,7 @@ def advance_all(store: StateStore, config: ChurnwatchConfig, now: float,
     engine and commit as the flow."""
     out: list[TierTransition] = []
     refitted: dict[int, ShardEngine] = {}
+    config = config_with_segments(store, config)
     for shard in range(config.shards):
         engine = ShardEngine(shard, config, store.load_shard(shard))
         if engine.refit_at(now):

@@ -26,6 +26,7 @@ from churnwatch.metrics.worklist import (
     parse_worklist_query,
     worklist_page,
 )
+from churnwatch.state.base import config_with_segments
 
 #: ``churnwatch serve``'s default port (``churnwatch run`` serves the pages on its metrics port).
 SERVE_PORT = 9465
@@ -84,11 +85,12 @@ def cmd_top(args: argparse.Namespace) -> int:
         params["segment"] = [args.segment]
     if args.value_tier:
         params["value_tier"] = [args.value_tier]
-    try:
-        query = parse_worklist_query(params, config)
-    except BadRequest as exc:
-        raise UsageError(f"--{exc.parameter.replace('_', '-')}: {exc.message}") from None
     with monitor_store(args, config, "top") as store:
+        config = config_with_segments(store, config)  # the shop's own segments too
+        try:
+            query = parse_worklist_query(params, config)
+        except BadRequest as exc:
+            raise UsageError(f"--{exc.parameter.replace('_', '-')}: {exc.message}") from None
         page = worklist_page(store, config, query)
     if args.json:
         print(json.dumps(page.as_dict(), indent=2))
@@ -103,7 +105,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
     config = config_from_args(args)
     with monitor_store(args, config, "explain") as store:
-        detail = customer_detail(store, config, args.customer_id)
+        detail = customer_detail(store, config_with_segments(store, config), args.customer_id)
     if detail is None:
         print(f"churnwatch: unknown customer {args.customer_id!r}", file=sys.stderr)
         return 1

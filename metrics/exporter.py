@@ -45,7 +45,7 @@ from urllib.parse import parse_qs, quote, urlsplit
 from churnwatch.dataflows.flow import FlowHooks
 from churnwatch.metrics.pages import WorkbenchPages, safe_next
 from churnwatch.metrics.worklist import WorklistAPI, winback_report
-from churnwatch.state.base import StateStore
+from churnwatch.state.base import StateStore, config_with_segments
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
@@ -326,6 +326,8 @@ class BusinessCollector:
         try:
             store = self._get_store()
             shards = store.shard_states()
+            # The shop's own segments kept so far are labels too (bounded by the store).
+            config = config_with_segments(store, self.config)
             memory_of = getattr(store, "memory_bytes", None)
             memory = memory_of() if memory_of is not None else None
         except Exception as exc:  # noqa: BLE001 - a scrape must survive anything Redis does
@@ -333,11 +335,11 @@ class BusinessCollector:
             if self.observer is not None and not _counted_by_store(exc):
                 self.observer.error("scrape", exc)
             return []
-        return list(self._families(shards, memory))
+        return list(self._families(shards, memory, config))
 
-    def _families(self, shards: list[ShardState] | None, memory: int | None
-                  ) -> Iterator[Metric]:
-        config = self.config
+    def _families(self, shards: list[ShardState] | None, memory: int | None,
+                  config: ChurnwatchConfig | None = None) -> Iterator[Metric]:
+        config = config or self.config
         segments = config.segments
         # A segment no longer configured (the configuration changed since the aggregate was
         # written) counts as ``other``, so labels stay bounded.

@@ -32,6 +32,7 @@ from __future__ import annotations
 import heapq
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -43,6 +44,7 @@ from churnwatch.state.base import (
     URGENCY_GROUPS,
     StateStore,
     UrgencySelection,
+    config_with_segments,
     shard_of,
     urgency_order,
 )
@@ -80,6 +82,8 @@ DEFAULT_LIMIT = 50
 MAX_LIMIT = 1000
 MAX_OFFSET = 10_000_000
 DEFAULT_TRANSITIONS = 100
+#: How often the API and pages read the shop's kept segments again.
+SEGMENTS_REFRESH_SECONDS = 5.0
 #: A customer's stored tier changes read for their page: all of them (the state keeps a year's).
 HISTORY_READ = 100_000
 #: ``value_tier`` filter values: ``high`` is what ``churnwatch_high_value_at_risk_customers``
@@ -492,10 +496,21 @@ class WorklistAPI:
 
     def __init__(self, config: ChurnwatchConfig, store_factory: Callable[[], StateStore]
                  ) -> None:
-        self.config = config
+        self._config = self._current = config
+        self._config_read_at = -SEGMENTS_REFRESH_SECONDS
         self._factory = store_factory
         self._store: StateStore | None = None
         self._lock = threading.Lock()
+
+    @property
+    def config(self) -> ChurnwatchConfig:
+        """The configuration with the shop's own segments as the store has kept them, read
+        again at most every :data:`SEGMENTS_REFRESH_SECONDS`."""
+        now = time.monotonic()
+        if now - self._config_read_at >= SEGMENTS_REFRESH_SECONDS:
+            self._current = config_with_segments(self.store, self._config)
+            self._config_read_at = now
+        return self._current
 
     @property
     def store(self) -> StateStore:

@@ -263,9 +263,68 @@ class StateStore(Protocol):
         customers match in all. The index is written by :meth:`commit` with the state."""
         ...
 
+    def admit_segments(self, values: Sequence[str], cap: int) -> SegmentRecord:
+        """Record the declared segment values not seen before, shop-wide, in one atomic step:
+        each is kept while fewer than ``cap`` are kept, else counted among the refused (a few
+        of them remembered, for ``status``). A value once kept or refused stays so. Called by a
+        shard before it scores a batch that declares values its engine does not know."""
+        ...
+
+    def segment_record(self) -> SegmentRecord:
+        """The segment values kept so far (in the order they were kept) and the refused."""
+        ...
+
     def close(self) -> None:
         """Release connections."""
         ...
+
+
+# -- the shop's own segments -------------------------------------------------------------------
+#
+# Segment values the events declare become labels without a configuration naming them, up to
+# ``[segments] max_segments``; the rest count as ``other``, so metric labels stay bounded. Which
+# values are kept is recorded once, shop-wide, in the store (docs/configuration.md, "Segments"):
+# every worker, restart and replay into the same store reads the same record.
+
+#: Refused segment values remembered (as examples for ``churnwatch status``).
+REFUSED_KEPT = 20
+#: Longer declared values are never kept as labels.
+MAX_SEGMENT_CHARS = 64
+
+
+@dataclass(frozen=True)
+class SegmentRecord:
+    """The shop's discovered segments: ``kept`` in the order they were first kept, a few of the
+    ``refused`` values (at most :data:`REFUSED_KEPT`) and how many were refused in all."""
+
+    kept: tuple[str, ...] = ()
+    refused: tuple[str, ...] = ()
+    refused_count: int = 0
+
+
+def config_with_segments(store: StateStore, config: ChurnwatchConfig) -> ChurnwatchConfig:
+    """``config`` with the segments the store has kept: what every reader and writer of the
+    store labels customers with."""
+    return config.with_discovered(store.segment_record().kept)
+
+
+def admit_declared(store: StateStore, config: ChurnwatchConfig, segments: Iterable[str | None],
+                   asked: set[str]) -> ChurnwatchConfig:
+    """``config`` after recording the declared ``segments`` neither it nor ``asked`` (the values
+    this caller asked about before, updated here) knows yet: one round trip, only when there
+    are any; unchanged when every value is known.
+
+    A shard calls it before scoring a batch, so a value is kept or refused before any customer
+    is counted under it, and stays so."""
+    known = set(config.segments)
+    new = sorted({s for s in segments if s and s not in known and s not in asked})
+    if not new:
+        return config
+    asked.update(new)
+    admissible = [s for s in new if len(s) <= MAX_SEGMENT_CHARS]
+    record = store.admit_segments(admissible, config.max_segments) if admissible else \
+        store.segment_record()
+    return config.with_discovered(record.kept)
 
 
 # -- the urgency index ---------------------------------------------------------------------------

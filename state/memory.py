@@ -13,6 +13,8 @@ from collections.abc import Iterator, Mapping, Sequence
 
 import msgpack
 from churnwatch.state.base import (
+    REFUSED_KEPT,
+    SegmentRecord,
     StoreLayout,
     UrgencySelection,
     bucket_of,
@@ -53,6 +55,10 @@ class MemoryStore:
         self._dead_offsets: dict[str, int] = {}
         # The urgency index: (shard, declared segment) -> customer -> index score.
         self._urgency: dict[tuple[int, str], dict[str, float]] = defaultdict(dict)
+        # The shop's discovered segments: kept in order, refused (a few), refused in all.
+        self._kept_segments: list[str] = []
+        self._refused_segments: set[str] = set()
+        self._refused_count = 0
 
     def bucket_key(self, customer_id: str) -> str:
         """The name the Redis store gives the hash holding this customer."""
@@ -138,6 +144,22 @@ class MemoryStore:
         ids = merge_ranked(ranges, wanted)[offset:]
         return [(cid, state) for cid in ids
                 if (state := self.customer(cid)) is not None], total
+
+    def admit_segments(self, values: Sequence[str], cap: int) -> SegmentRecord:
+        for value in values:
+            if value in self._kept_segments or value in self._refused_segments:
+                continue
+            if len(self._kept_segments) < cap:
+                self._kept_segments.append(value)
+            else:
+                self._refused_count += 1
+                if len(self._refused_segments) < REFUSED_KEPT:
+                    self._refused_segments.add(value)
+        return self.segment_record()
+
+    def segment_record(self) -> SegmentRecord:
+        return SegmentRecord(tuple(self._kept_segments), tuple(sorted(self._refused_segments)),
+                             self._refused_count)
 
     def customer(self, customer_id: str) -> CustomerState | None:
         return self.load_customers(shard_of(customer_id, self.shards), [customer_id])[

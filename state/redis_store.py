@@ -49,7 +49,9 @@ from typing import Any, NamedTuple, Protocol, TypeVar
 import msgpack
 import redis
 from churnwatch.state.base import (
+    REFUSED_KEPT,
     LayoutMismatch,
+    SegmentRecord,
     StoreLayout,
     UrgencySelection,
     bucket_of,
@@ -168,6 +170,30 @@ for k = 2, #KEYS do
   end
 end
 return 1
+"""
+
+
+# Records declared segment values shop-wide (state.base.SegmentRecord): each value not seen
+# before is kept while fewer than the cap are, else counted as refused (a few remembered).
+# KEYS: kept (sorted set, value -> the order it was kept in), refused (set), the refused count.
+# ARGV: the cap, how many refused to remember, then the values. Returns the kept values in order.
+_ADMIT_SEGMENTS = """
+local cap, remember = tonumber(ARGV[1]), tonumber(ARGV[2])
+for i = 3, #ARGV do
+  local value = ARGV[i]
+  if not redis.call('ZSCORE', KEYS[1], value) and redis.call('SISMEMBER', KEYS[2], value) == 0 then
+    local kept = redis.call('ZCARD', KEYS[1])
+    if kept < cap then
+      redis.call('ZADD', KEYS[1], kept, value)
+    else
+      redis.call('INCR', KEYS[3])
+      if redis.call('SCARD', KEYS[2]) < remember then
+        redis.call('SADD', KEYS[2], value)
+      end
+    end
+  end
+end
+return redis.call('ZRANGE', KEYS[1], 0, -1)
 """
 
 
@@ -642,6 +668,37 @@ class RedisStore:
 
             yield [(cid.decode(), raw) for bucket in self._call("read_state", read)
                    for cid, raw in bucket.items()]
+
+    def _segment_keys(self) -> list[str]:
+        # One hash tag: one slot of a Redis Cluster, so one script updates all three.
+        key = f"{self.prefix}:{{segments}}"
+        return [key, f"{key}:refused", f"{key}:refused_count"]
+
+    def admit_segments(self, values: Sequence[str], cap: int) -> SegmentRecord:
+        keys = self._segment_keys()
+        node = self.topology.node_for(keys[0])
+
+        # Idempotent: a retry after a lost reply finds the values recorded.
+        kept = self._call("write_state", lambda: node.eval(
+            _ADMIT_SEGMENTS, len(keys), *keys, cap, REFUSED_KEPT, *values))
+        refused = self.segment_record()
+        return SegmentRecord(tuple(v.decode() for v in kept), refused.refused,
+                             refused.refused_count)
+
+    def segment_record(self) -> SegmentRecord:
+        keys = self._segment_keys()
+        node = self.topology.node_for(keys[0])
+
+        def read() -> list[Any]:
+            pipe = node.pipeline(transaction=False)
+            pipe.zrange(keys[0], 0, -1)
+            pipe.smembers(keys[1])
+            pipe.get(keys[2])
+            return pipe.execute()
+
+        kept, refused, count = self._call("read_state", read)
+        return SegmentRecord(tuple(v.decode() for v in kept),
+                             tuple(sorted(v.decode() for v in refused)), int(count or 0))
 
     def customer(self, customer_id: str) -> CustomerState | None:
         return self.load_customers(shard_of(customer_id, self.shards), [customer_id])[

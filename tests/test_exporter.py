@@ -18,6 +18,7 @@ from churnwatch.metrics.exporter import (
     api_token_from_env,
     start_metrics_server,
 )
+from churnwatch.state.base import config_with_segments
 from churnwatch.state.memory import MemoryStore
 from churnwatch.state.redis_store import RedisStore
 from prometheus_client import CollectorRegistry
@@ -210,8 +211,10 @@ def test_aggregates_of_a_segment_no_longer_configured_count_as_other() -> None:
 
 
 def test_business_metrics_agree_with_the_customers_in_redis(replayed_shop: Shop) -> None:
-    config = replayed_shop.config
     store = replayed_shop.store()
+    # The shop's own segments (electronics, beside the configured two) are labels too.
+    config = config_with_segments(store, replayed_shop.config)
+    assert "electronics" in config.segments
     registry = CollectorRegistry()
     registry.register(BusinessCollector(store, config))
     customers = list(store.iter_customers())
@@ -312,8 +315,11 @@ def test_no_label_holds_a_customer_id_and_every_label_is_bounded(
     text = scrape(served_shop[0])
     store = replayed_shop.store()
     ids = {cid for cid, _ in store.iter_customers()}
+    # Bounded: the configured segments, those the store kept (at most max_segments), other and
+    # unassigned.
+    segments = set(config_with_segments(store, replayed_shop.config).segments)
+    assert len(segments) <= len(replayed_shop.config.segments) + replayed_shop.config.max_segments
     store.close()
-    segments = set(replayed_shop.config.segments)
     seen = 0
     for family in text_string_to_metric_families(text):
         for sample in family.samples:

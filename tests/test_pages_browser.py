@@ -197,8 +197,9 @@ def test_worklist_lists_the_savable_before_the_long_gone(signed_in: Served) -> N
         silence = (_epoch(row["scored_at"]) - _epoch(last)) / 86400.0
         return row["tier"] == "churned" and silence > 180
 
-    savable = {r["customer_id"] for r in rows if r["tier"] == "at_risk"}
+    savable = {r["customer_id"] for r in rows if not long_gone(r)}  # at risk, lately churned
     gone = {r["customer_id"] for r in rows if long_gone(r)}
+    assert any(r["tier"] == "at_risk" for r in rows if r["customer_id"] in savable)
     assert savable and gone and any(r["high_value"] for r in rows if r["customer_id"] in gone)
     dom = chromium(signed_in.profile, signed_in.url + "/?limit=1000")
     shown = [unquote(link.removeprefix("/customers/")) for link in parse(dom).links]

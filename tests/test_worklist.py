@@ -120,12 +120,14 @@ def test_filters_by_tier_segment_and_value_tier(api: str, replayed_shop: Shop) -
     assert {c["tier"] for c in page["customers"]} == {"healthy", "watch"}
     assert page["total"] == sum(1 for s in customers.values() if s.tier in (0, 1))
 
+    # electronics is the shop's own segment, found in its events, not configured.
     status, page = get(f"{api}/api/v1/customers?tier=healthy,watch,at_risk,churned"
-                       f"&segment=skincare,other&limit=1000")
+                       f"&segment=skincare,electronics&limit=1000")
     assert status == 200
-    assert {c["segment"] for c in page["customers"]} == {"skincare", "other"}
+    assert {c["segment"] for c in page["customers"]} == {"skincare", "electronics"}
     assert page["total"] == sum(1 for s in customers.values()
-                                if config.segment_label(s.segment) in ("skincare", "other"))
+                                if s.segment in ("skincare", "electronics"))
+    assert config.segment_label("electronics") == "other"  # the configuration alone
 
     all_tiers = "tier=healthy,watch,at_risk,churned"
     _, high = get(f"{api}/api/v1/customers?{all_tiers}&value_tier=high&limit=1000")
@@ -224,7 +226,8 @@ def test_segments_and_winback_endpoints_add_up(api: str, replayed_shop: Shop) ->
         store.close()
     assert sum(s["customers"] for s in overview["segments"]) == len(everyone)
     by_name = {s["segment"]: s for s in overview["segments"]}
-    assert set(by_name) == set(replayed_shop.config.segments)
+    # The configured segments, the one the shop's events declare besides, other, unassigned.
+    assert set(by_name) == set(replayed_shop.config.segments) | {"electronics"}
     fashion_at_risk = sum(1 for _, s in everyone if s.segment == "fashion" and s.tier == 2)
     assert by_name["fashion"]["tiers"]["at_risk"] == fashion_at_risk
     status, winback = get(f"{api}/api/v1/winback")

@@ -15,7 +15,7 @@ churnwatch.core.config.ConfigError: shop.toml: tiers.healthy must be a number, g
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,8 @@ COMPONENTS = ("recency", "trend", "engagement", "service")
 TIERS = ("healthy", "watch", "at_risk", "churned")
 UNASSIGNED_SEGMENT = "unassigned"
 OTHER_SEGMENT = "other"
+#: ``[segments] max_segments``'s default: segment values declared by events kept as labels.
+MAX_SEGMENTS = 20
 
 
 class ConfigError(ValueError):
@@ -118,11 +120,32 @@ class ChurnwatchConfig:
     # Customer success (churnwatch.core.playbooks): [playbooks.NAME] and [winback].
     playbooks: tuple[Playbook, ...] = DEFAULT_PLAYBOOKS
     winback: WinbackPolicy = field(default_factory=WinbackPolicy)
+    #: ``[segments] max_segments``: how many segment values events declare, beyond the
+    #: configured ones, are kept as labels (the rest count as ``other``).
+    max_segments: int = MAX_SEGMENTS
+    #: The declared segment values kept so far, shop-wide, in the order they were first kept
+    #: (recorded by the state store: ``churnwatch.state.base.config_with_segments``).
+    discovered_segments: tuple[str, ...] = ()
 
     @property
     def segments(self) -> tuple[str, ...]:
-        """Every segment label value: the configured ones plus ``other`` and ``unassigned``."""
-        return tuple(self.segment_policies) + (OTHER_SEGMENT, UNASSIGNED_SEGMENT)
+        """Every segment label value: the configured ones, the discovered ones, ``other`` and
+        ``unassigned``."""
+        return (tuple(self.segment_policies) + self.discovered_segments
+                + (OTHER_SEGMENT, UNASSIGNED_SEGMENT))
+
+    def with_discovered(self, values: Sequence[str]) -> ChurnwatchConfig:
+        """This configuration with ``values`` kept as segments too (the configured and reserved
+        names are left out: they are labels already).
+
+        >>> ChurnwatchConfig().with_discovered(["fashion", "other"]).segment_label("fashion")
+        'fashion'
+        """
+        found = tuple(v for v in dict.fromkeys(values)
+                      if v and v not in self.segment_policies
+                      and v not in (OTHER_SEGMENT, UNASSIGNED_SEGMENT))
+        return self if found == self.discovered_segments else replace(
+            self, discovered_segments=found)
 
     def policy(self, segment: str | None) -> SegmentPolicy:
         """The policy of a segment, falling back to the defaults."""
@@ -134,7 +157,9 @@ class ChurnwatchConfig:
         """The bounded label value for a customer's declared segment."""
         if not segment:
             return UNASSIGNED_SEGMENT
-        return segment if segment in self.segment_policies else OTHER_SEGMENT
+        if segment in self.segment_policies or segment in self.discovered_segments:
+            return segment
+        return OTHER_SEGMENT
 
 
 def load_config(path: str | Path | None) -> ChurnwatchConfig:
@@ -167,7 +192,11 @@ def parse_config(data: Mapping[str, Any], *, source: str) -> ChurnwatchConfig:
     default = _policy(reader, SegmentPolicy(), scoring, "scoring", tiers, "tiers")
 
     policies: dict[str, SegmentPolicy] = {}
-    for name, table in reader.table(data, "segments").items():
+    segments_table = dict(reader.table(data, "segments"))
+    max_segments = reader.integer(segments_table, "segments", "max_segments",
+                                  MAX_SEGMENTS, low=0, high=1000)
+    segments_table.pop("max_segments", None)
+    for name, table in segments_table.items():
         where = f"segments.{name}"
         if name in (OTHER_SEGMENT, UNASSIGNED_SEGMENT):
             raise ConfigError(f"{source}: {where}: '{name}' is reserved")
@@ -283,6 +312,7 @@ def parse_config(data: Mapping[str, Any], *, source: str) -> ChurnwatchConfig:
         kafka_brokers=reader.string(src, "source", "kafka_brokers", d.kafka_brokers),
         kafka_topic=reader.string(src, "source", "kafka_topic", d.kafka_topic),
         source_file=source,
+        max_segments=max_segments,
         **_customer_success(reader, data),
     )
 
