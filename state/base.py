@@ -341,6 +341,9 @@ def admit_declared(store: StateStore, config: ChurnwatchConfig, segments: Iterab
 # Redis orders equal scores. The tier and value parts only serve the filters: a page drops them
 # and merges the first ``offset + limit`` members of the few ranges a query selects.
 
+#: The order the urgency index holds (2: savable first); a store holding another is rebuilt by
+#: its first writer (``RedisStore.claim_layout``) or ``churnwatch reindex``.
+URGENCY_ORDER = 2
 _TIER_SHIFT = 2.0**48
 _STANDARD_SHIFT = 2.0**47
 _GROUP_SHIFT = 2**45

@@ -20,6 +20,10 @@ shard's keys in one Redis Cluster slot, so a batch commits in one MULTI/EXEC):
 - ``P:{sN}:u:<segment>``      sorted set, the urgency index of the customers who declared
   ``segment`` ("" for none): customer -> :func:`~churnwatch.state.base.urgency_score`
 - ``P:{sN}:useg``             set of the declared segments that have an urgency index
+- ``P:urgency_order``         which order the urgency index holds
+  (:data:`~churnwatch.state.base.URGENCY_ORDER`; a writer rebuilds an index of another order)
+- ``P:{segments}``            sorted set of the segment values events declared that are kept
+  as labels, in the order they were kept (``:refused`` and ``:refused_count`` beside it)
 - ``P:{sN}:positions``        hash: source partition id -> highest offset the shard processed,
                               and ``committed_at`` (wall clock of the last commit); written in
                               the commit's transaction (``churnwatch status`` reads it)
@@ -50,6 +54,7 @@ import msgpack
 import redis
 from churnwatch.state.base import (
     REFUSED_KEPT,
+    URGENCY_ORDER,
     LayoutMismatch,
     SegmentRecord,
     StoreLayout,
@@ -254,6 +259,20 @@ class RedisStore:
         except BaseException:
             self._layout_checked = checked
             raise
+        self._urgency_index_in_order()
+
+    def _urgency_index_in_order(self) -> None:
+        """Rebuild, once, an urgency index written by a version with another worklist order
+        (``{prefix}:urgency_order`` names the order it holds): a writer does it before it
+        writes, since a page of a set holding two orders would be neither."""
+        key = f"{self.prefix}:urgency_order"
+        held = self._call("read_state", lambda: self.client.get(key))
+        if held is not None and int(held) == URGENCY_ORDER:
+            return
+        indexed = self.rebuild_urgency_index()
+        if indexed:
+            log.warning("the worklist's urgency index held another order: rebuilt for %d "
+                        "customers", indexed)
 
     def _check_layout(self, claim: bool) -> None:
         key = f"{self.prefix}:layout"
@@ -653,6 +672,8 @@ class RedisStore:
                 pipe.execute()
 
             self._call("write_state", write)
+        self._call("write_state", lambda: self.client.set(f"{self.prefix}:urgency_order",
+                                                          URGENCY_ORDER))
         return indexed
 
     def _customer_chunks(self, shard: int) -> Iterator[list[tuple[str, bytes]]]:

@@ -201,3 +201,29 @@ def test_reindex_rebuilds_the_index_of_state_written_without_it(
     after = store.urgency_page(selection, 0, 1000)
     assert [c for c, _ in after[0]] == [c for c, _ in before[0]] and after[1] == before[1] > 0
     store.close()
+
+
+def test_a_writer_rebuilds_once_an_index_of_another_order(redis_url: str  # noqa: F811
+                                                          ) -> None:
+    import redis as redis_client
+
+    store = RedisStore(redis_url, SHARDS, "up", max_wait=5)
+    rng = random.Random(5)
+    everyone = {f"o{i:03d}": random_state(rng) for i in range(150)}
+    write(store, everyone, load_first=True)
+    store.claim_layout()  # a fresh store's first writer records the order it writes
+    check_pages(store, everyone)
+    # As a version with the former order (high value first, then the lowest score) left it.
+    client = redis_client.Redis.from_url(redis_url)
+    for key in client.scan_iter(match="up:*:u:*"):
+        members = client.zrange(key, 0, -1, withscores=True)
+        client.zadd(key, {m: s - (s % 2**47) + (2**47 - 1 - s % 2**47) for m, s in members})
+    client.delete("up:urgency_order")
+    second = RedisStore(redis_url, SHARDS, "up", max_wait=5)
+    expected, _ = slow_page(everyone, SELECTIONS[0], 0, 50)
+    assert [c for c, _ in second.urgency_page(SELECTIONS[0], 0, 50)[0]] != expected
+    second.claim_layout()  # what `run` and `replay` do before they write
+    check_pages(second, everyone)
+    assert client.get("up:urgency_order") == b"2"
+    for store_ in (store, second):
+        store_.close()
