@@ -150,3 +150,16 @@ def test_the_configured_days_are_read_and_checked(days: float) -> None:
     assert StoreLayout.from_config(config).history_days == days
     with pytest.raises(ValueError, match="tier_history_days"):
         parse_config({"state": {"tier_history_days": -1}}, source="x.toml")
+
+
+def test_the_history_and_urgency_doctests_pass() -> None:
+    import doctest
+
+    from churnwatch.state import base
+
+    from churnwatch.core import history
+
+    failed, tried = doctest.testmod(history)
+    assert failed == 0 and tried >= 10
+    failed, tried = doctest.testmod(base)
+    assert failed == 0 and tried >= 10
