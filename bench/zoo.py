@@ -163,7 +163,8 @@ def judge(entry: Log, url: str, shards: int | None = None) -> Judged:
     client.flushdb()
     ranking = backtest(str(entry.path), entry.cutoff, entry.horizon_days, default,
                        factory(default), truth=entry.truth)
-    if default.policy(None).horizon_days == entry.horizon_days:
+    if not default.policy(None).horizon_learned and \
+            default.policy(None).horizon_days == entry.horizon_days:
         calibration = ranking
     else:
         client.flushdb()
@@ -248,6 +249,11 @@ def rows(results: list[Judged]) -> Iterator[tuple[str, list[str]]]:
     yield "rises strictly, tiers populated", [
         f"{'yes' if j.ranking.monotonic else 'NO'}, {j.ranking.populated_tiers}"
         for j in results]
+    yield "learned horizon (days), default configuration", [
+        " / ".join(f"{h:g}" for h in sorted({d for days in j.ranking.horizons.values()
+                                             for d in days})) for j in results]
+    yield "customers outside their tier's score band (one scale: 0)", [
+        str(j.ranking.incoherent) for j in results]
     yield "horizon_days = judged horizon", [_tiers(j.calibration) for j in results]
     yield "customers per tier ", [_tier_counts(j.calibration) for j in results]
     yield "rises strictly, tiers populated ", [

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import special, stats
 
-from churnwatch.core.config import TIERS
+from churnwatch.core.config import TIERS, SegmentPolicy
 
 #: Equal-width probability bands of the reliability table and the calibration error.
 BANDS = 10
@@ -296,6 +296,13 @@ class BacktestReport:
     tiers: dict[str, tuple[int, float]] = field(default_factory=dict)
     horizon_days: float = math.nan
     probability_horizon_days: float | None = None
+    #: Per segment, the horizon(s) its return_probability and tiers are about, and whether
+    #: they were learned from the shop's reorders (no ``horizon_days`` configured).
+    horizons: dict[str, list[float]] = field(default_factory=dict)
+    horizons_learned: bool = False
+    #: Customers whose health score lies outside their tier's band widened by the hysteresis
+    #: (:func:`outside_their_tier`): none when tier and score are one scale.
+    incoherent: int = 0
     #: Risk rankings by name: churnwatch, the classic models, the plain baselines.
     ranking: dict[str, RankingFigures] = field(default_factory=dict)
     #: Calibration of P(an order within the horizon): churnwatch, the classic models.
@@ -329,6 +336,9 @@ class BacktestReport:
                 "base_rate_returned": self.base_rate,
                 "horizon_days": self.horizon_days,
                 "return_probability_horizon_days": self.probability_horizon_days,
+                "horizons_by_segment": self.horizons,
+                "horizons_learned": self.horizons_learned,
+                "customers_outside_their_tier": self.incoherent,
                 "roc_auc": self.auc, "recency_baseline_roc_auc": self.baseline_auc,
                 "top_decile_lift": self.lift, "recency_baseline_top_decile_lift":
                     self.baseline_lift,
@@ -342,6 +352,15 @@ class BacktestReport:
                 "churn_share_monotonic": self.monotonic,
                 "tiers_populated": self.populated_tiers}
 
+    def _horizon_lines(self) -> list[str]:
+        """What the scores' chances are about: the horizon of each segment."""
+        if not self.horizons:
+            return []
+        how = "learned from the shop's reorders" if self.horizons_learned else "configured"
+        said = "; ".join(f"{segment} {' / '.join(f'{h:g}' for h in days)} days"
+                         for segment, days in self.horizons.items())
+        return [f"horizon of return_probability and tiers ({how}): {said}"]
+
     def render(self) -> str:
         """A human-readable report."""
         horizon = f"{self.horizon_days:g}"
@@ -349,6 +368,7 @@ class BacktestReport:
             f"customers who ordered before the cut-off: {self.customers}",
             f"churned (no order within {horizon} days):  {self.churned} "
             f"({100 * self.churned / max(self.customers, 1):.1f} %)",
+            *self._horizon_lines(),
             "",
             f"ranking: who churned first{'':24}{'ROC AUC':>9}{'top-decile lift':>17}"
             f"{'churnwatch ahead by (paired DeLong test)':>44}",
@@ -368,7 +388,7 @@ class BacktestReport:
             if (self.probability_horizon_days is not None
                     and abs(self.probability_horizon_days - self.horizon_days) > 1e-9):
                 lines.append(f"  note: return_probability is for horizon_days = "
-                             f"{self.probability_horizon_days:g} (the configuration), judged "
+                             f"{self.probability_horizon_days:g}, judged "
                              f"over {horizon}; set [scoring] horizon_days = {horizon} to judge "
                              "its calibration")
             lines += ["", "reliability: customers, mean predicted, observed share per band"]
@@ -410,10 +430,29 @@ def _rankings(risks: Mapping[str, Sequence[float]], churned: Sequence[bool]
             for name, values in risks.items()}
 
 
+def outside_their_tier(score: float, tier: str, policy: SegmentPolicy) -> bool:
+    """Whether a customer's health score lies outside their tier's band widened by the
+    hysteresis: then a customer of the same segment with a lower score could sit in a better
+    tier, beyond what hysteresis explains.
+
+    >>> from churnwatch.core.config import SegmentPolicy
+    >>> p = SegmentPolicy()  # healthy >= 65, watch >= 45, at_risk >= 25, hysteresis 3
+    >>> outside_their_tier(63.0, "healthy", p), outside_their_tier(61.9, "healthy", p)
+    (False, True)
+    >>> outside_their_tier(67.9, "watch", p), outside_their_tier(68.0, "watch", p)
+    (False, True)
+    """
+    index = TIERS.index(tier)
+    bounds = (math.inf, *policy.boundaries, -math.inf)
+    return not bounds[index + 1] - policy.hysteresis <= score < bounds[index] + policy.hysteresis
+
+
 def build_report(outcomes: Sequence[CustomerOutcome], classic: Sequence[Prediction] = (),
                  horizon_days: float = math.nan,
                  probability_horizon_days: float | None = None,
-                 truth: Sequence[bool] | None = None) -> BacktestReport:
+                 truth: Sequence[bool] | None = None,
+                 horizons: dict[str, list[float]] | None = None,
+                 horizons_learned: bool = False, incoherent: int = 0) -> BacktestReport:
     """Every figure for ``outcomes``, beside the ``classic`` models' predictions for the same
     customers in the same order (and, given ``truth``, whether each has really left)."""
     churned = [o.churned for o in outcomes]
@@ -445,4 +484,5 @@ def build_report(outcomes: Sequence[CustomerOutcome], classic: Sequence[Predicti
         lift=main.lift, baseline_lift=recency.lift, tiers=tiers, horizon_days=horizon_days,
         probability_horizon_days=probability_horizon_days, ranking=ranking,
         calibration=calibration, classic_detail={m.name: m.detail for m in classic},
-        ranking_truth=ranking_truth)
+        ranking_truth=ranking_truth, horizons=dict(horizons or {}),
+        horizons_learned=horizons_learned, incoherent=incoherent)

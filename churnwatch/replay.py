@@ -28,7 +28,7 @@ from churnwatch.core.config import COMPONENTS, ChurnwatchConfig
 from churnwatch.core.customer import DAY
 from churnwatch.core.engine import BatchResult, TierTransition
 from churnwatch.core.events import ORDER, Event, InvalidEvent, decode_event
-from churnwatch.core.scoring import assess, reasons, tier_name
+from churnwatch.core.scoring import assess_as_held, reasons, tier_name
 from churnwatch.dataflows.file_source import STDIN, FileSource, count_lines, input_label, open_input
 from churnwatch.dataflows.flow import FlowHooks, FlowSettings, advance_all, build_flow
 from churnwatch.runtime import UsageError
@@ -285,8 +285,8 @@ def state_time(store: StateStore) -> float:
 
 
 EXPORT_COLUMNS = ["customer_id", "health_score", "tier", "segment", *COMPONENTS,
-                  "return_probability", "orders", "spend", "last_order", "days_since_last_order",
-                  "high_value", "reasons"]
+                  "return_probability", "horizon_days", "orders", "spend", "last_order",
+                  "days_since_last_order", "high_value", "reasons"]
 
 
 def export_rows(store: StateStore, config: ChurnwatchConfig, at: float
@@ -299,7 +299,7 @@ def export_rows(store: StateStore, config: ChurnwatchConfig, at: float
     rows: list[dict[str, object]] = []
     for cid, state in store.iter_customers():
         priors = shard_priors[shard_of(cid, config.shards)]
-        assessment = assess(state, max(at, state.scored_at), config, priors)
+        assessment = assess_as_held(state, max(at, state.scored_at), config, priors)
         row: dict[str, object] = {
             "customer_id": cid,
             "health_score": round(assessment.score, 2),
@@ -309,6 +309,7 @@ def export_rows(store: StateStore, config: ChurnwatchConfig, at: float
         for name, comp in zip(COMPONENTS, assessment.components, strict=True):
             row[name] = round(comp.value, 1) if comp.confidence > 0 else ""
         row["return_probability"] = round(assessment.return_probability, 4)
+        row["horizon_days"] = round(assessment.horizon_days, 1)
         bought = state.purchases
         row["orders"] = bought.orders
         row["spend"] = round(bought.spend, 2)
@@ -431,7 +432,7 @@ def backtest(path: str, cutoff: float, horizon_days: float, config: ChurnwatchCo
     models fitted on the same orders (``classic``) and the plain baselines (time since last
     order, order count), both read from the log itself. ``truth`` (customer id -> has really
     left, known for a simulated shop) adds the rankings against it."""
-    from churnwatch.backtest import CustomerOutcome, Prediction
+    from churnwatch.backtest import CustomerOutcome, Prediction, outside_their_tier
 
     with tempfile.TemporaryDirectory(prefix="churnwatch-backtest-") as workdir:
         split = split_at_cutoff(path, cutoff, horizon_days, workdir,
@@ -462,12 +463,21 @@ def backtest(path: str, cutoff: float, horizon_days: float, config: ChurnwatchCo
             # benchmark() orders customers by id, as ``ids`` is.
             predictions.append(Prediction(bench.name, bench.p_purchase.tolist(),
                                           bench.expected_purchases.tolist(), bench.detail()))
-    # The horizon return_probability is for, when one horizon holds for every segment.
-    horizons = {config.policy(None).horizon_days,
-                *(policy.horizon_days for policy in config.segment_policies.values())}
+    # The horizon each segment's return_probability is for (configured or learned).
+    horizons: dict[str, set[float]] = {}
+    for row in scored.values():
+        days = float(row["horizon_days"])  # type: ignore[arg-type]
+        horizons.setdefault(str(row["segment"]), set()).add(days)
+    every = set().union(*horizons.values()) if horizons else set()
+    incoherent = sum(1 for row in scored.values() if outside_their_tier(
+        float(row["health_score"]), str(row["tier"]),  # type: ignore[arg-type]
+        config.policy(str(row["segment"]))))
+    learned = any(config.policy(segment).horizon_learned for segment in horizons)
     return build_report(outcomes, predictions, horizon_days,
-                        horizons.pop() if len(horizons) == 1 else None,
-                        None if truth is None else [truth[c] for c in ids])
+                        every.pop() if len(every) == 1 else None,
+                        None if truth is None else [truth[c] for c in ids],
+                        horizons={s: sorted(h) for s, h in sorted(horizons.items())},
+                        horizons_learned=learned, incoherent=incoherent)
 
 
 def dump_json(data: object) -> str:

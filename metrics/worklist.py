@@ -64,7 +64,7 @@ from churnwatch.core.customer import CustomerState
 from churnwatch.core.engine import ShardState
 from churnwatch.core.history import TierChange, reason_words
 from churnwatch.core.priors import PopulationPriors
-from churnwatch.core.scoring import assess, reasons, tier_name
+from churnwatch.core.scoring import assess_as_held, reasons, tier_name
 from churnwatch.core.signals import MSG_SENT, SENT, answers
 from churnwatch.core.winback import (
     GROUPS,
@@ -325,7 +325,7 @@ def customer_detail(store: StateStore, config: ChurnwatchConfig, customer_id: st
     detail["first_seen"] = iso(state.first_seen)
     priors = priors_of(store, customer_id, config)
     if state.score is not None:
-        assessment = assess(state, state.scored_at, config, priors)
+        assessment = assess_as_held(state, state.scored_at, config, priors)
         detail["return_probability"] = round(assessment.return_probability, 4)
         detail["reasons"] = reasons(state, assessment, state.scored_at, config, priors)
     else:
@@ -370,7 +370,7 @@ def customer_success(customer_id: str, state: CustomerState, config: ChurnwatchC
         return {"main_reason": None, "reason_codes": [], "suggestion": None,
                 "holdout_playbook": None, "next_action": None, "interventions": []}
     at = state.scored_at
-    assessment = assess(state, at, config, priors)
+    assessment = assess_as_held(state, at, config, priors)
     found = suggest(customer_id, state, assessment, at, config)
     outreach = state.outreach or {}
     held = found is not None and found.holdout

@@ -24,7 +24,6 @@ from churnwatch.core.engine import Incoming, ShardEngine, ShardState
 from churnwatch.core.events import Event
 from churnwatch.core.priors import SAMPLE_SIZE, PopulationPriors, customer_hash
 from churnwatch.core.scoring import (
-    PERCENTILE_SHARE,
     assess,
     buyer_model,
     chance_percent,
@@ -200,9 +199,10 @@ def test_with_learned_priors_more_silence_never_raises_score_or_chance(
     assert 0.0 <= b.return_probability <= a.return_probability <= 1.0
 
 
-def test_recency_is_three_quarters_the_percentile_and_a_quarter_the_chance() -> None:
-    # A percentile alone moves with the luck of which customers a shard's sample holds; the
-    # chance alone with the level of the shard's fit. docs/scoring.md, "The recency blend".
+def test_the_score_is_the_calibrated_chance_and_never_ties_what_the_model_tells_apart() -> None:
+    # One scale (docs/scoring.md, "The health score"): health 42 reads "42 % likely to order
+    # within the horizon", the recency component is the calibrated model probability, and a
+    # calibration map without flat stretches does not tie customers the model tells apart.
     priors = FITTED_DEFAULT_HORIZON
     horizon = CONFIG.policy(None).horizon_days
     model = buyer_model(priors, CONFIG)
@@ -210,16 +210,15 @@ def test_recency_is_three_quarters_the_percentile_and_a_quarter_the_chance() -> 
     for day in range(0, 100, 10):
         state.apply(Event("c", "order", T0 + day * DAY, amount=20.0), windows_of(CONFIG))
     values = []
-    for silence in (1.0, 30.0, 90.0, 400.0):
+    for silence in (1.0, 30.0, 90.0, 91.0, 400.0):
         a = assess(state, T0 + (90.0 + silence) * DAY, CONFIG, priors)
         assert a.inputs is not None
-        chance = return_probability(a.inputs, horizon, model)
-        standing = priors.standing(chance, horizon)
-        assert standing is not None
-        assert PERCENTILE_SHARE == 0.75
-        assert math.isclose(a.components[0].value, 100.0 * (0.75 * standing + 0.25 * chance))
-        values.append(a.components[0].value)
-    assert values == sorted(values, reverse=True) and values[0] > values[-1]
+        raw = return_probability(a.inputs, horizon, model)
+        expected = priors.calibrated(raw, horizon)
+        assert math.isclose(a.components[0].value, 100.0 * expected)
+        assert math.isclose(a.score, 100.0 * a.return_probability)
+        values.append(a.score)
+    assert all(x > y for x, y in zip(values, values[1:], strict=False)), values
 
 
 @settings(max_examples=40, deadline=None)

@@ -75,8 +75,14 @@ def test_a_simulated_regime_is_judged_on_ranking_calibration_truth_and_tiers(
                 "**ROC AUC against who has really left (simulator truth)**"):
         assert row in table
     data = json.loads((tmp_path / "zoo.json").read_text())["weekly"]
-    # Ranking with the default configuration, calibration with horizon_days = 60.
-    assert data["default_configuration"]["return_probability_horizon_days"] == 180
+    # Ranking with the default configuration (the horizon learned from the weekly shoppers'
+    # reorders: weeks, not the 180 days a fresh shop starts with), calibration with
+    # horizon_days = 60.
+    default = data["default_configuration"]
+    assert default["horizons_learned"] and 7 <= default["return_probability_horizon_days"] <= 42
+    assert default["customers_outside_their_tier"] == 0
+    assert "learned horizon (days), default configuration" in table
     assert data["horizon_days_set"]["return_probability_horizon_days"] == 60
+    assert not data["horizon_days_set"]["horizons_learned"]
     truth = data["default_configuration"]["ranking_against_truth"]
     assert truth["churnwatch: 100 - health_score"]["roc_auc"] > 0.7

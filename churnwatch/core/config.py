@@ -47,7 +47,11 @@ class ConfigError(ValueError):
 class SegmentPolicy:
     """Everything that may differ per segment: horizon, weights, tier thresholds."""
 
+    #: The horizon of the chance tiers are defined on; until a segment has enough repeat orders
+    #: to learn its own (``horizon_learned``), or when configured, this one.
     horizon_days: float = 180.0
+    #: Whether the horizon is learned from the segment's buyers (no ``horizon_days`` configured).
+    horizon_learned: bool = True
     weights: Mapping[str, float] = field(
         default_factory=lambda: {"recency": 0.6, "trend": 0.15, "engagement": 0.15,
                                  "service": 0.1})
@@ -96,7 +100,7 @@ class ChurnwatchConfig:
     sudden_drop_window_days: float = 7.0
     high_value_tier: str = "high"
     high_value_top_share: float = 0.1
-    shards: int = 4
+    shards: int = 1
     key_prefix: str = "cw"
     max_future_seconds: float = 86400.0
     allowed_lateness_days: float = 3650.0
@@ -105,13 +109,13 @@ class ChurnwatchConfig:
     metrics_port: int = 9464
     score_history_length: int = 3
     tier_history_days: float = 365.0
-    customer_buckets: int = 512
+    customer_buckets: int = 2048
     transitions_kept: int = 3_000
     transitions_max_age_days: float = 7.0
     dead_letters_kept: int = 1_000
     dead_letters_max_age_days: float = 30.0
     source: str = "redis"
-    stream_partitions: int = 4
+    stream_partitions: int = 1
     stream_prefix: str = "churnwatch:events"
     kafka_brokers: str = "127.0.0.1:9092"
     kafka_topic: str = "churnwatch-events"
@@ -336,6 +340,7 @@ def _policy(reader: _Reader, base: SegmentPolicy, table: Mapping[str, Any], wher
     policy = replace(
         base,
         horizon_days=reader.number(table, where, "horizon_days", base.horizon_days, low=1.0),
+        horizon_learned=base.horizon_learned and "horizon_days" not in table,
         weights=weights,
         healthy=reader.number(tiers, tiers_where, "healthy", base.healthy, low=0, high=100),
         watch=reader.number(tiers, tiers_where, "watch", base.watch, low=0, high=100),

@@ -36,7 +36,7 @@ from churnwatch.core.aggregates import (
     SuddenDropCount,
     TransitionCount,
 )
-from churnwatch.core.config import COMPONENTS, TIERS, ChurnwatchConfig
+from churnwatch.core.config import COMPONENTS, TIERS, ChurnwatchConfig, SegmentPolicy
 from churnwatch.core.customer import DAY, CustomerState
 from churnwatch.core.history import change_evidence
 from churnwatch.core.priors import PopulationPriors
@@ -49,6 +49,8 @@ from churnwatch.core.scoring import (
     assess,
     chance_percent,
     component_values,
+    held_in_tier,
+    horizons_in_use,
     next_review_at,
     reasons,
     tier_for,
@@ -58,6 +60,12 @@ from churnwatch.core.scoring import (
 from churnwatch.core.winback import Suggestion, track
 
 RECENT_IDS_KEPT = 8
+#: The events that can raise a customer's chance (an order, answers, feedback): only they may
+#: move a customer to a better tier. Between them the customer did nothing, and a better
+#: estimate of the shop's habits is no news of theirs: their tier and score hold (see
+#: :func:`held`).
+LIFTING_EVENTS = frozenset({ev.ORDER, ev.CAMPAIGN_OPENED, ev.CAMPAIGN_CLICKED,
+                            ev.MESSAGE_REPLIED, ev.FEEDBACK})
 __all__ = ["SCORE_BANDS"]  # its home is churnwatch.core.aggregates; kept importable from here
 
 
@@ -257,7 +265,7 @@ class Verdict(NamedTuple):
     old_score: float | None
     score: float
     previous_components: list[int]
-    #: Scored before the model in force was fitted: a change of tier now is the refit's.
+    #: Scored last before the model in force was fitted.
     refitted: bool
 
 
@@ -271,9 +279,6 @@ class ShardEngine:
         self.windows = windows_of(config)
         self._lateness = config.allowed_lateness_days * DAY
         self._keys: dict[str | None, SegmentKeys] = {}
-        # The default horizon first: the evidence weight is chosen on its window.
-        self._horizons = [config.default_policy.horizon_days] + sorted(
-            {p.horizon_days for p in config.segment_policies.values()})
 
     # -- entry points -------------------------------------------------------------------------
 
@@ -325,8 +330,7 @@ class ShardEngine:
             return False
         if now > self.state.watermark:
             self.state.watermark = now
-        priors.refit(max(now, self.state.watermark), self._horizons,
-                     self.config.recency.prior())
+        self._refit(max(now, self.state.watermark))
         return True
 
     def rescore(self, customers: Mapping[str, CustomerState], now: float) -> BatchResult:
@@ -424,11 +428,6 @@ class ShardEngine:
         # event: the sample's growth by the events before this one triggers a refit too, at the
         # same event whatever the batching.
         self._refit_if_due()
-        if self._judged_by_older_model(state):
-            # Last judged by an older model and not looked at since the refit: judge them under
-            # the current one first, so what the event changes is measured under one model (an
-            # order never lowers the tier or the score; docs/scoring.md).
-            self._score(cid, state, max(event.ts, state.scored_at), result, cause="silence")
         self._advance(cid, state, event.ts, result)
         # The wait before a new latest order, for the reasons of an upgrade it causes.
         last_order = state.purchases.last_order
@@ -441,7 +440,7 @@ class ShardEngine:
         self._apply(state, event)
         self._remember(state, item)
         self._score(cid, state, at, result, cause="event", waited_days=waited,
-                    before=just_before)
+                    before=just_before, may_rise=event.type in LIFTING_EVENTS)
         result.scored += 1
         if event.ts > result.last_event_ts:
             result.last_event_ts = event.ts
@@ -502,7 +501,8 @@ class ShardEngine:
         if kind == ev.ORDER:
             priors.observe_order(event.customer_id, event.ts, event.amount)
             if bought.last_order is not None and event.ts > bought.last_order:
-                priors.observe_gap(event.ts - bought.last_order)
+                priors.observe_gap(event.ts - bought.last_order,
+                                   self.config.segment_label(state.segment))
         old_spend = bought.spend if bought.orders or bought.refunds else -1.0
         state.apply(event, self.windows)
         if kind in (ev.ORDER, ev.REFUND):
@@ -522,7 +522,15 @@ class ShardEngine:
         priors = self.state.priors
         mark = self.state.watermark
         if priors.refit_due(mark):
-            priors.refit(mark, self._horizons, self.config.recency.prior())
+            self._refit(mark)
+
+    def _refit(self, mark: float) -> None:
+        """Learn the segments' horizons from their reorders, then refit the buyer model and
+        calibrate it for every horizon in use (the default segment's first: the evidence
+        weight is chosen on its window)."""
+        priors = self.state.priors
+        priors.learn_horizons()
+        priors.refit(mark, horizons_in_use(self.config, priors), self.config.recency.prior())
 
     def _judged_by_older_model(self, state: CustomerState) -> bool:
         """Whether the customer's tier and score came from another of the shard's model fits
@@ -542,12 +550,20 @@ class ShardEngine:
 
     def _score(self, cid: str, state: CustomerState, now: float, result: BatchResult,
                cause: str, waited_days: float | None = None,
-               before: Assessment | None = None) -> None:
-        """Score one customer at ``now``: assess, playbooks, transitions, drops, next review."""
+               before: Assessment | None = None, may_rise: bool = False) -> None:
+        """Score one customer at ``now``: assess, playbooks, transitions, drops, next review.
+        Unless ``may_rise`` (an event that can raise the chance), the tier and score hold where
+        a better tier would come from the shop's learned habits alone (:func:`held`)."""
         # Stored times read back as whole-second ints: make "now" one type whichever way it
         # came, so a record reads the same whether or not the state was reloaded in between.
         now = float(now)
         verdict = self.assess_at(state, now, before)
+        if not may_rise and 0 <= verdict.old_tier and verdict.new_tier < verdict.old_tier:
+            verdict = held(verdict, self.config.policy(state.segment))
+        if cause == "event" and verdict.refitted and verdict.new_tier > verdict.old_tier >= 0:
+            # Scored last under the shop's earlier habits, and lower now despite this event:
+            # the silence before it, judged again, moved them (one change, not two).
+            cause = "silence"
         segment = self.config.segment_label(state.segment)
         # Playbook assignment and win-back counting (churnwatch.core.winback).
         suggestion = track(cid, state, verdict.assessment, now, verdict.old_tier,
@@ -592,8 +608,7 @@ class ShardEngine:
             why = tuple(reasons(state, verdict.assessment, now, self.config, self.state.priors,
                                 verdict.previous_components, from_tier=old_tier,
                                 to_tier=new_tier, old_score=verdict.old_score,
-                                gap_before_days=waited_days,
-                                refitted=verdict.refitted and cause == "silence")) + (
+                                gap_before_days=waited_days)) + (
                 component_moves(verdict.previous_components, state.components),)
             result.transitions.append(TierTransition(
                 cid, segment, tier_name(old_tier), tier_name(new_tier), verdict.old_score,
@@ -670,6 +685,22 @@ class ShardEngine:
         if keys is None:
             keys = self._keys[segment] = SegmentKeys(self.config.segment_label(segment))
         return keys
+
+
+def held(verdict: Verdict, policy: SegmentPolicy) -> Verdict:
+    """The verdict with the customer kept in their tier (:func:`held_in_tier`).
+
+    >>> from churnwatch.core.config import SegmentPolicy
+    >>> from churnwatch.core.scoring import Assessment, Component
+    >>> c = Component(80.0, 1.0)
+    >>> v = Verdict(Assessment(80.0, (c, c, c, c), 0.8), 2, 0, 30.0, 80.0, [30], False)
+    >>> kept = held(v, SegmentPolicy())  # at_risk is left upwards at 45 + 3
+    >>> kept.new_tier, kept.score
+    (2, 47.99)
+    """
+    assessment = held_in_tier(verdict.assessment, verdict.old_tier, policy)
+    return verdict._replace(assessment=assessment, new_tier=verdict.old_tier,
+                            score=round(assessment.score, 2))
 
 
 def component_moves(previous: list[int], current: list[int]) -> str:

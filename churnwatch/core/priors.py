@@ -47,6 +47,7 @@ from churnwatch.core.buyers import (
     percentile_map,
     shifted_many,
 )
+from churnwatch.core.horizon import ReorderGaps, learned_horizon
 from churnwatch.core.signals import first_basket_after
 
 DAY = 86400.0
@@ -67,7 +68,13 @@ MIN_OUTCOMES = 100
 #: 111 outcomes of a simulated shop whose baskets say nothing, one refit found -0.3 "at 1 %").
 MIN_VALUE_OUTCOMES = 500
 #: Wire format version of :class:`PopulationPriors`.
-WIRE_VERSION = 4
+WIRE_VERSION = 5
+#: The key of the reorder gaps of every segment together (:attr:`PopulationPriors.horizons`).
+ALL_SEGMENTS = "*"
+#: How far a refit moves the buyer model from the one before it toward its new fit (on the
+#: logarithm of each parameter): a customer's chance moves a little at each refit instead of
+#: jumping with the luck of one sample.
+REFIT_STEP = 1.0
 _SPEND_BINS = 48  # log2-spaced: bin i holds spends in [2**(i/2 - 1), 2**((i+1)/2 - 1))
 
 
@@ -84,7 +91,8 @@ class PopulationPriors:
 
     __slots__ = ("gap_sum_days", "gap_count", "sent", "responded", "spend_bins", "_floor",
                  "sample", "baskets", "model", "value", "calibration", "next_fit_day",
-                 "percentiles", "fits", "_top", "pending_days", "fitted_days")
+                 "percentiles", "fits", "_top", "pending_days", "fitted_days", "reorder",
+                 "horizons")
 
     def __init__(self) -> None:
         self.gap_sum_days = 0.0
@@ -117,6 +125,10 @@ class PopulationPriors:
         # reached its end, so the sample's growth triggers a refit as well as the calendar.
         self.pending_days = 0
         self.fitted_days = 0
+        # Per segment label, the gaps between consecutive orders of one customer, and the
+        # horizon learned from them at the last refit (ALL_SEGMENTS: every segment's gaps).
+        self.reorder: dict[str, ReorderGaps] = {}
+        self.horizons: dict[str, float] = {}
 
     # -- the buyer model ---------------------------------------------------------------------
 
@@ -213,7 +225,9 @@ class PopulationPriors:
                 fitted_at[window] = earlier
                 value = _choose_value(earlier, weight, xc, tc, agec, window, returned, then,
                                       scale, value)
-        self.model = BuyerModel(model.r, model.alpha, model.a, model.b, weight)
+        fitted = BuyerModel(model.r, model.alpha, model.a, model.b, weight)
+        self.model = fitted if self.model is None else self.model.moved_toward(fitted,
+                                                                              REFIT_STEP)
         self.value = value
         self.fits += 1
         now_shift = value.shifts(basket)
@@ -230,9 +244,7 @@ class PopulationPriors:
             tempered = BuyerModel(earlier.r, earlier.alpha, earlier.a, earlier.b, weight)
             predicted = shifted_many(p_order_within_many(tempered, xc, tc, agec, horizon),
                                      value.shifts(then))
-            fitted = fit_calibration(predicted, returned)
-            previous = self.calibration.get(horizon)
-            calibration[horizon] = fitted if previous is None else previous.blended(fitted)
+            calibration[horizon] = fit_calibration(predicted, returned)
         self.calibration = calibration
 
     def standing(self, p: float, horizon: float) -> float | None:
@@ -249,10 +261,35 @@ class PopulationPriors:
 
     # -- cadence, engagement, spend ----------------------------------------------------------
 
-    def observe_gap(self, gap_seconds: float) -> None:
-        """Record a completed gap between two consecutive orders."""
-        self.gap_sum_days += max(gap_seconds, 0.0) / 86400.0
+    def observe_gap(self, gap_seconds: float, segment: str = ALL_SEGMENTS) -> None:
+        """Record a completed gap between two consecutive orders of a customer of
+        ``segment`` (a bounded segment label)."""
+        days = max(gap_seconds, 0.0) / 86400.0
+        self.gap_sum_days += days
         self.gap_count += 1
+        gaps = self.reorder.get(segment)
+        if gaps is None:
+            gaps = self.reorder[segment] = ReorderGaps()
+        gaps.update(days)
+
+    def learn_horizons(self) -> None:
+        """Update each segment's learned horizon from its reorder gaps, and the horizon of
+        all segments together (see :mod:`churnwatch.core.horizon`). Called at a refit, so the
+        horizons change at the same event whatever the batching."""
+        pooled = ReorderGaps()
+        for gaps in self.reorder.values():
+            pooled = pooled.merged(gaps)
+        own = [(label, gaps) for label, gaps in sorted(self.reorder.items())
+               if label != ALL_SEGMENTS]
+        for label, gaps in [(ALL_SEGMENTS, pooled), *own]:
+            horizon = learned_horizon(gaps, self.horizons.get(label))
+            if horizon is not None:
+                self.horizons[label] = horizon
+
+    def horizon(self, segment: str) -> float | None:
+        """The horizon learned for ``segment`` (a segment label), or for all segments together
+        while it has too few reorders of its own; ``None`` before either has enough."""
+        return self.horizons.get(segment) or self.horizons.get(ALL_SEGMENTS)
 
     def observe_engagement(self, sent: float, responded: float) -> None:
         """Record outreach sent and answers (opens, clicks, replies) received."""
@@ -321,6 +358,8 @@ class PopulationPriors:
             "percentiles": [[h, list(m.knots)] for h, m in sorted(self.percentiles.items())],
             "growth": [self.pending_days, self.fitted_days],
             "fits": self.fits,
+            "reorder": {label: gaps.to_wire() for label, gaps in sorted(self.reorder.items())},
+            "horizons": dict(sorted(self.horizons.items())),
         }
 
     @classmethod
@@ -355,6 +394,11 @@ class PopulationPriors:
             # Absent from blobs written before the growth trigger: count from now on.
             priors.pending_days, priors.fitted_days = (int(v) for v in data.get("growth", (0, 0)))
             priors.fits = int(data.get("fits", 0))
+            # Absent before version 5: no horizon learned yet, gaps counted from now on.
+            priors.reorder = {str(label): ReorderGaps.from_wire(bins)
+                              for label, bins in (data.get("reorder") or {}).items()}
+            priors.horizons = {str(label): float(days)
+                               for label, days in (data.get("horizons") or {}).items()}
         priors.gap_sum_days, priors.gap_count = float(gaps[0]), int(gaps[1])
         priors.sent, priors.responded = float(engagement[0]), float(engagement[1])
         priors.spend_bins = [int(b) for b in bins]

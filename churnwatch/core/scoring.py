@@ -1,27 +1,30 @@
-"""The Customer Health Score, the return probability, tiers with hysteresis, reasons, next
+"""The Customer Health Score, the return chance behind it, tiers with hysteresis, reasons, next
 review time.
 
-``return_probability`` is the shard's buyer model (:mod:`churnwatch.core.buyers`) passed
-through the calibration map the shard learned from matured outcomes: the chance of at least one
-order within the segment's horizon. Tiers are defined on it, in percent.
+One scale: the health score (0..100) *is* the customer's chance, in percent, of ordering again
+within their segment's horizon (configured, or learned from the segment's reorders:
+:mod:`churnwatch.core.horizon`). A CS agent reading "health 42" reads "42 % likely to order
+within 3 weeks", and the tiers are bands of that same number, so a customer with a lower score
+is never in a better tier than another of their segment (beyond the hysteresis band).
 
-The score (0..100) ranks. It is a weighted mean of four components, each 0..100 with a
-confidence 0..1 (how much evidence stands behind it); a component without evidence drops out
-instead of pretending to be average. The trend enters as a share of recency (steady buying
-leaves recency as it is, a slowdown lowers it), the others as values of their own:
+The chance is built from four components, each 0..100 with a confidence 0..1 (how much evidence
+stands behind it), which are also its explanation:
 
-- ``recency``: where the customer's chance of ordering within the horizon (given their
-  silence, their number of orders, their first basket where the shard's outcomes show that it
-  matters, and the shard's learned population) stands among the shard's sampled buyers, as
-  a percentile.
-- ``trend``: purchase frequency and value in recent months against the customer's earlier months.
-- ``engagement``: their answer rate to campaigns and messages against the population's.
+- ``recency``: the buyer model's chance of an order within the horizon (given the customer's
+  silence, their number of orders, their first basket where the shop's outcomes show that it
+  matters, and the population learned from the stream; :mod:`churnwatch.core.buyers`), through
+  the calibration map learned from matured outcomes. It falls with every silent day.
+- ``engagement``: their answers to campaigns and messages against the population's usual rate.
 - ``service``: support tickets and feedback.
+- ``trend``: purchase frequency and value in recent months against earlier ones. It is read at
+  the last order, so an order would reveal a slowdown just as it raises the chance; it is
+  shown and named in reasons ("buying less often lately"), and does not move the chance.
 
-Only ``recency`` moves while a customer is silent; the others are taken as of their last event,
-and together they can lift the score at most ``MAX_LIFT_POINTS`` above recency alone, so a
-customer silent long enough always ends low. So a score never rises with silence, and nor does
-the return probability, whose crossing of the current tier's exit :func:`next_review_at` finds.
+Engagement and service move the recency chance on the log-odds, each by
+``SHIFT_PER_WEIGHT * weight / recency weight * confidence * (value - neutral) / 100``: nothing
+at their neutral value (``NEUTRAL``), down for silence to outreach or service problems, up a
+little for eager answers. They change only at their own events, so silence alone only lowers
+the chance, and an order only raises it.
 
 >>> from churnwatch.core.config import ChurnwatchConfig
 >>> from churnwatch.core.customer import CustomerState
@@ -33,8 +36,10 @@ the return probability, whose crossing of the current tier's exit :func:`next_re
 ...     c.apply(Event("c1", "order", day * 86400.0, amount=30.0), windows=windows_of(cfg))
 >>> fresh = assess(c, now=181 * 86400.0, config=cfg, priors=priors)
 >>> silent = assess(c, now=260 * 86400.0, config=cfg, priors=priors)
->>> fresh.score > silent.score, tier_name(tier_for(chance_percent(fresh), -1, cfg.policy(None)))
-(True, 'healthy')
+>>> fresh.score > silent.score, fresh.score == chance_percent(fresh)
+(True, True)
+>>> tier_name(tier_for(chance_percent(fresh), -1, cfg.policy(None)))
+'healthy'
 """
 
 from __future__ import annotations
@@ -45,15 +50,18 @@ from dataclasses import dataclass, replace
 from churnwatch.core.buyers import BuyerModel, shifted
 from churnwatch.core.config import COMPONENTS, TIERS, ChurnwatchConfig, SegmentPolicy
 from churnwatch.core.customer import CustomerState
+from churnwatch.core.horizon import describe_within
 from churnwatch.core.priors import PopulationPriors
 from churnwatch.core.signals import DAY, Windows
 
 RECENCY, TREND, ENGAGEMENT, SERVICE = range(4)
-#: How far the other components can lift the score above recency alone.
-MAX_LIFT_POINTS = 15.0
-#: How much of the recency component is the chance's percentile in the shard's sample; the rest
-#: is the chance itself.
-PERCENTILE_SHARE = 0.75
+#: How far a component at the far end of its range, weighted as much as recency, moves the
+#: log-odds of the chance: 3 turns an even chance into 5 % (or 95 %).
+SHIFT_PER_WEIGHT = 3.0
+#: Where each shifting component leaves the chance as it is: engagement at the population's
+#: usual answer rate (100 * (1 - e**-1.4), see :func:`_engagement`), service at no tickets and
+#: feedback 8 of 10.
+NEUTRAL = {ENGAGEMENT: 100.0 * (1.0 - math.exp(-1.4)), SERVICE: 80.0}
 HEALTHY, WATCH, AT_RISK, CHURNED = range(4)
 _MAX_SILENCE_DAYS = 36500.0
 
@@ -66,7 +74,7 @@ class Component:
     confidence: float
 
 
-#: A component without evidence (confidence 0): it drops out of the weighted mean.
+#: A component without evidence (confidence 0): it moves nothing.
 _NO_EVIDENCE = Component(100.0, 0.0)
 
 
@@ -81,6 +89,10 @@ class Assessment:
     # and reasons when asked about the same instant.
     inputs: RecencyInputs | None = None
     at: float = math.nan
+    #: What engagement and service add to the log-odds of the recency chance.
+    shift: float = 0.0
+    #: The horizon (days) the chance is about.
+    horizon_days: float = 180.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +112,39 @@ def windows_of(config: ChurnwatchConfig) -> Windows:
     """The decayed-window half-lives of a configuration, in seconds."""
     return Windows(config.trend_short_half_life_days * DAY, config.trend_long_half_life_days * DAY,
                    config.engagement_half_life_days * DAY, config.service_half_life_days * DAY)
+
+
+def horizon_days(segment: str | None, config: ChurnwatchConfig,
+                 priors: PopulationPriors) -> float:
+    """The horizon of a customer's chance: the segment's configured ``horizon_days``, else the
+    one learned from its reorders (:meth:`PopulationPriors.horizon`), else the default.
+
+    >>> from churnwatch.core.config import ChurnwatchConfig, parse_config
+    >>> priors = PopulationPriors()
+    >>> priors.horizons = {"*": 21.0}
+    >>> horizon_days(None, ChurnwatchConfig(), priors)
+    21.0
+    >>> cfg = parse_config({"scoring": {"horizon_days": 60}}, source="shop.toml")
+    >>> horizon_days(None, cfg, priors)
+    60.0
+    """
+    policy = config.policy(segment)
+    if not policy.horizon_learned:
+        return policy.horizon_days
+    return priors.horizon(config.segment_label(segment)) or policy.horizon_days
+
+
+def horizons_in_use(config: ChurnwatchConfig, priors: PopulationPriors) -> list[float]:
+    """Every horizon a chance may be asked for, the default segment's first: what a refit
+    calibrates."""
+    policies = [config.default_policy, *config.segment_policies.values()]
+    out = [horizon_days(None, config, priors)]
+    if any(p.horizon_learned for p in policies):
+        out += sorted(priors.horizons.values())
+        if priors.horizon("") is None:  # nothing learned yet: the defaults meanwhile
+            out += [p.horizon_days for p in policies if p.horizon_learned]
+    out += [p.horizon_days for p in policies if not p.horizon_learned]
+    return list(dict.fromkeys(out))
 
 
 def return_probability(inputs: RecencyInputs, horizon_days: float, model: BuyerModel) -> float:
@@ -128,26 +173,11 @@ def return_probability(inputs: RecencyInputs, horizon_days: float, model: BuyerM
                    inputs.value_shift)
 
 
-def _standing(p: float, horizon: float, priors: PopulationPriors) -> float:
-    """The recency component's 0..1: where the customer's chance ``p`` stands among the shard's
-    sampled customers, blended with the chance itself (``sqrt`` of the chance before the
-    shard's first fit). A monotone map of a probability that falls with silence, so it falls
-    with silence too.
-
-    The percentile puts shards whose fits sit at different levels on one scale; the chance
-    itself does not move with the luck of which customers a shard's sample holds. Each alone
-    loses on some regime (see docs/scoring.md, "The health score"); the blend holds on all.
-
-    >>> from churnwatch.core.buyers import PercentileMap
-    >>> priors = PopulationPriors()
-    >>> priors.percentiles = {180.0: PercentileMap((0.1, 0.3, 0.5))}
-    >>> round(_standing(0.3, 180.0, priors), 3), round(_standing(0.25, 90.0, priors), 3)
-    (0.45, 0.5)
-    """
-    standing = priors.standing(p, horizon)
-    if standing is None:
-        return math.sqrt(p)
-    return PERCENTILE_SHARE * standing + (1.0 - PERCENTILE_SHARE) * p
+def recency_chance(inputs: RecencyInputs, horizon: float, model: BuyerModel,
+                   priors: PopulationPriors) -> float:
+    """The purchases' chance of an order within ``horizon``: the model's probability through
+    the calibration map (strictly increasing, so it ties no customers the model tells apart)."""
+    return priors.calibrated(return_probability(inputs, horizon, model), horizon)
 
 
 def buyer_model(priors: PopulationPriors, config: ChurnwatchConfig) -> BuyerModel:
@@ -180,34 +210,41 @@ def _inputs_at(assessment: Assessment, state: CustomerState, now: float,
     return recency_inputs(state, now, priors, config)
 
 
+def component_shift(component: int, value: Component, policy: SegmentPolicy) -> float:
+    """What one of engagement or service adds to the log-odds of the chance.
+
+    >>> from churnwatch.core.config import SegmentPolicy
+    >>> p = SegmentPolicy()  # engagement weighs 0.15 against recency's 0.6
+    >>> component_shift(ENGAGEMENT, Component(0.0, 1.0), p) < 0 < component_shift(
+    ...     ENGAGEMENT, Component(100.0, 1.0), p)
+    True
+    >>> component_shift(SERVICE, Component(20.0, 0.0), p)  # no evidence: no move
+    0.0
+    """
+    if value.confidence <= 0.0:
+        return 0.0
+    weights = policy.weights
+    name = COMPONENTS[component]
+    return (SHIFT_PER_WEIGHT * weights[name] / weights["recency"] * value.confidence
+            * (value.value - NEUTRAL[component]) / 100.0)
+
+
 def assess(state: CustomerState, now: float, config: ChurnwatchConfig,
            priors: PopulationPriors) -> Assessment:
-    """Score one customer at ``now`` (event time in replay, wall clock live)."""
+    """Score one customer at ``now`` (event time; see docs/scoring.md for the time rule)."""
     policy = config.policy(state.segment)
-    weights = policy.weights
     inputs = recency_inputs(state, now, priors, config)
-    model = buyer_model(priors, config)
-    horizon = policy.horizon_days
-    raw = return_probability(inputs, horizon, model)
-    probability = priors.calibrated(raw, horizon)
-    recency = Component(100.0 * _standing(raw, horizon, priors), 1.0)
+    horizon = horizon_days(state.segment, config, priors)
+    chance = recency_chance(inputs, horizon, buyer_model(priors, config), priors)
+    recency = Component(100.0 * chance, 1.0)
     trend = _trend(state, config)
     engagement = _engagement(state, config, priors)
     service = _service(state)
-    w_trend = weights["trend"] * trend.confidence
-    w_engagement = weights["engagement"] * engagement.confidence
-    w_service = weights["service"] * service.confidence
-    # The trend scales recency: steady buying (trend 100) leaves it where it is, a slowdown
-    # lowers it. Taken as a value of its own, a steady trend lifted the score of everyone with
-    # enough orders to have one above customers with the same chance and fewer orders.
-    total = (weights["recency"] + w_trend * trend.value / 100.0) * recency.value \
-        + w_engagement * engagement.value + w_service * service.value
-    score = total / (weights["recency"] + w_trend + w_engagement + w_service)
-    # The other components are frozen at the last event; without a ceiling, good engagement
-    # from a year ago would keep a long-gone customer out of `churned` for ever.
-    score = min(score, recency.value + MAX_LIFT_POINTS)
-    return Assessment(min(max(score, 0.0), 100.0), (recency, trend, engagement, service),
-                      probability, inputs, now)
+    shift = (component_shift(ENGAGEMENT, engagement, policy)
+             + component_shift(SERVICE, service, policy))
+    chance = shifted(chance, shift)
+    return Assessment(100.0 * chance, (recency, trend, engagement, service), chance, inputs,
+                      now, shift, horizon)
 
 
 def after_order(before: Assessment, after: Assessment) -> Assessment:
@@ -231,7 +268,42 @@ def after_order(before: Assessment, after: Assessment) -> Assessment:
     >>> after_order(high, low).score == high.score, after_order(low, high) is high
     (True, True)
     """
-    return after if after.score >= before.score else replace(after, score=before.score)
+    if after.score >= before.score:
+        return after
+    return replace(after, score=before.score, return_probability=before.return_probability)
+
+
+def held_in_tier(assessment: Assessment, tier: int, policy: SegmentPolicy) -> Assessment:
+    """The assessment of a customer kept in ``tier`` while silent: the score (and the chance,
+    which is the score) capped just below where the tier is left upwards.
+
+    Only an event that can raise the chance moves a customer to a better tier; between such
+    events a better estimate of the shop's habits is no news of the customer's, so their tier
+    holds, and so that no customer sits in a worse tier than another with a lower score, their
+    score holds at the top of that tier's band. Readers (the export, the pages) apply it as the
+    engine does.
+
+    >>> from churnwatch.core.config import SegmentPolicy
+    >>> c = Component(80.0, 1.0)
+    >>> a = Assessment(80.0, (c, c, c, c), 0.8)
+    >>> kept = held_in_tier(a, AT_RISK, SegmentPolicy())  # at_risk is left upwards at 45 + 3
+    >>> kept.score, kept.return_probability, held_in_tier(a, HEALTHY, SegmentPolicy()) is a
+    (47.99, 0.4799, True)
+    """
+    if tier <= HEALTHY:
+        return assessment
+    ceiling = policy.boundaries[tier - 1] + policy.hysteresis - 0.01
+    if assessment.score <= ceiling:
+        return assessment
+    return replace(assessment, score=ceiling, return_probability=ceiling / 100.0)
+
+
+def assess_as_held(state: CustomerState, now: float, config: ChurnwatchConfig,
+                   priors: PopulationPriors) -> Assessment:
+    """A customer's assessment at ``now`` (no later than their next event) as a reader shows
+    it: held in their stored tier (:func:`held_in_tier`), as the engine would hold it."""
+    return held_in_tier(assess(state, now, config, priors), state.tier,
+                        config.policy(state.segment))
 
 
 def chance_percent(assessment: Assessment) -> float:
@@ -346,14 +418,15 @@ def next_review_at(state: CustomerState, assessment: Assessment, now: float,
         return now
     inputs = _inputs_at(assessment, state, now, priors, config)
     anchor = now - inputs.silence_days * DAY
-    horizon = policy.horizon_days
+    horizon = assessment.horizon_days
     model = buyer_model(priors, config)
+    shift = assessment.shift
 
     def still_above(silence: float) -> bool:
         # Built directly: dataclasses.replace costs twice as much, on every bisection step.
         at = RecencyInputs(inputs.repeats, inputs.span_days, silence,
                            inputs.population_gap_days, inputs.value_shift)
-        return priors.calibrated(return_probability(at, horizon, model), horizon) >= target
+        return shifted(recency_chance(at, horizon, model, priors), shift) >= target
 
     low = inputs.silence_days
     if not_after is not None and not_after > now:
@@ -383,8 +456,8 @@ def next_review_at(state: CustomerState, assessment: Assessment, now: float,
 def reasons(state: CustomerState, assessment: Assessment, now: float, config: ChurnwatchConfig,
             priors: PopulationPriors, previous: list[int] | None = None, *,
             from_tier: int | None = None, to_tier: int | None = None,
-            old_score: float | None = None, gap_before_days: float | None = None,
-            refitted: bool = False) -> list[str]:
+            old_score: float | None = None, gap_before_days: float | None = None
+            ) -> list[str]:
     """Plain-language reasons for a CS agent to read, the biggest moves first.
 
     ``previous`` are the components (0..100) at the last scoring. For a tier change the engine
@@ -392,8 +465,8 @@ def reasons(state: CustomerState, assessment: Assessment, now: float, config: Ch
     improved (an order, answers, a better trend or service), a downgrade by the problems, and a
     change whose two scores print the same says which threshold the score crossed.
     ``gap_before_days``, when the caller knows it, is the wait before the latest order.
-    ``refitted``: the change comes from the shard's model, refitted since the last scoring,
-    not from the customer (said first, with where the score went, in the direction it went).
+    Every reason speaks of the customer (what they did, how long they have been silent against
+    their own and the shop's habits), never of how the score is computed.
 
     >>> from churnwatch.core.config import ChurnwatchConfig
     >>> from churnwatch.core.customer import CustomerState
@@ -411,21 +484,14 @@ def reasons(state: CustomerState, assessment: Assessment, now: float, config: Ch
     'ordered again after 40 days, usually every 21 days'
     """
     upgrade = from_tier is not None and to_tier is not None and 0 <= to_tier < from_tier
-    horizon = config.policy(state.segment).horizon_days
-    chance = (f"chance of ordering within {horizon:.0f} days now "
-              f"{100 * assessment.return_probability:.0f}%")
-    lead: list[str] = []
-    if refitted:
-        lead = [f"the shard's model was refitted: {chance}; "
-                f"{_score_move(old_score, assessment.score)}"]
     if upgrade:
         out = _improvements(state, assessment, now, config, priors, previous, gap_before_days)
-        if not out and not lead:
-            # Nothing named moved (learned priors did, say): the move itself, not the problems.
-            out = [(0.0, f"{_score_move(old_score, assessment.score)}; {chance}")]
+        if not out:
+            # Nothing the customer did moved: say where they stand, in their terms.
+            out = [(0.0, _recency_text(state, assessment, now, config, priors))]
     else:
         out = _problems(state, assessment, now, config, priors, previous)
-    texts = lead + [text for _, text in sorted(out, key=lambda item: -item[0])]
+    texts = [text for _, text in sorted(out, key=lambda item: -item[0])]
     crossing = _crossing(state, assessment, config, from_tier, to_tier, old_score)
     return texts + ([crossing] if crossing else [])
 
@@ -439,8 +505,7 @@ def _problems(state: CustomerState, assessment: Assessment, now: float,
             _recency_text(state, assessment, now, config, priors))]
     if comps[TREND].confidence > 0 and comps[TREND].value < 90:
         out.append((_drop(previous, TREND, comps[TREND].value),
-                    f"buying less often lately: trend {comps[TREND].value:.0f}/100 against their "
-                    "earlier months"))
+                    "buying less often lately than in their earlier months"))
     if comps[ENGAGEMENT].confidence > 0 and comps[ENGAGEMENT].value < 70:
         out.append((_drop(previous, ENGAGEMENT, comps[ENGAGEMENT].value),
                     "not answering outreach: " + _answers_text(state, config)))
@@ -457,9 +522,7 @@ def _improvements(state: CustomerState, assessment: Assessment, now: float,
     """What got better since ``previous``, each with how far its component rose."""
     comps = assessment.components
     out: list[tuple[float, str]] = []
-    horizon = config.policy(state.segment).horizon_days
-    chance = (f"chance of ordering within {horizon:.0f} days now "
-              f"{100 * assessment.return_probability:.0f}%")
+    chance = _chance_text(assessment)
     rise = -_drop(previous, RECENCY, comps[RECENCY].value)
     inputs = _inputs_at(assessment, state, now, priors, config)
     orders = state.purchases.orders
@@ -489,8 +552,8 @@ def _improvements(state: CustomerState, assessment: Assessment, now: float,
         if index == ENGAGEMENT:
             text = "answering again: " + _answers_text(state, config)
         elif index == TREND:
-            text = (f"buying {'steadily' if fresh else 'more often'} lately: trend "
-                    f"{comp.value:.0f}/100 against their earlier months")
+            text = (f"buying {'steadily' if fresh else 'more often'} lately, against their "
+                    "earlier months")
         else:
             text = ("good service: " if fresh else "service better: ") + _service_text(state)
         out.append((gained, text))
@@ -509,11 +572,19 @@ def _recency_text(state: CustomerState, assessment: Assessment, now: float,
         last = f"no order for {_days(silence)}" if silence >= 1.0 else "ordered today"
         text = f"{last}, usually orders {_every(own_gap)} ({orders} orders)"
     else:
-        text = (f"one order, {_ago(silence)}; customers typically reorder within "
-                f"{_days(inputs.population_gap_days)}")
-    return (f"{text}; chance of ordering within "
-            f"{config.policy(state.segment).horizon_days:.0f} days "
-            f"{100 * assessment.return_probability:.0f}%" + _basket_text(state, inputs, priors))
+        text = f"one order, {_ago(silence)}"
+    habit = ""
+    if config.policy(state.segment).horizon_learned and \
+            priors.horizon(config.segment_label(state.segment)) is not None:
+        habit = ("; customers here usually reorder within "
+                 f"{describe_within(assessment.horizon_days)}")
+    return f"{text}{habit}; {_chance_text(assessment)}" + _basket_text(state, inputs, priors)
+
+
+def _chance_text(assessment: Assessment) -> str:
+    """``31% likely to order within 3 weeks``: the score, said as what it is."""
+    return (f"{100 * assessment.return_probability:.0f}% likely to order within "
+            f"{describe_within(assessment.horizon_days)}")
 
 
 def _basket_text(state: CustomerState, inputs: RecencyInputs, priors: PopulationPriors) -> str:
@@ -544,8 +615,10 @@ def _answers_text(state: CustomerState, config: ChurnwatchConfig) -> str:
 def _service_text(state: CustomerState) -> str:
     parts = []
     service = state.service
-    if service.tickets > 0.3:
-        parts.append(f"{service.tickets:.1f} weighted support tickets recently")
+    tickets = round(service.tickets)
+    if tickets >= 1:
+        # A decayed count: recent tickets count most, so "lately" rather than a calendar span.
+        parts.append(f"{_plural(tickets, 'support ticket')} lately")
     feedback = service.mean_feedback()
     if feedback is not None:
         parts.append(f"feedback {feedback:.1f}/10")
@@ -554,10 +627,8 @@ def _service_text(state: CustomerState) -> str:
 
 def _crossing(state: CustomerState, assessment: Assessment, config: ChurnwatchConfig,
               from_tier: int | None, to_tier: int | None, old_score: float | None) -> str:
-    """Why the tier changed when the old and new score print alike (``""`` otherwise).
-
-    Tiers follow the calibrated return chance, not the score, so the reason names the chance
-    and the boundary (less or plus the hysteresis) it crossed.
+    """Why the tier changed when the old and new score print alike (``""`` otherwise): which
+    line the score crossed, and why a customer at a line does not flicker across it.
     """
     if from_tier is None or to_tier is None or old_score is None or from_tier < 0 \
             or to_tier == from_tier or f"{old_score:.0f}" != f"{assessment.score:.0f}":
@@ -565,21 +636,14 @@ def _crossing(state: CustomerState, assessment: Assessment, config: ChurnwatchCo
     policy = config.policy(state.segment)
     margin = policy.hysteresis
     if to_tier > from_tier:
-        boundary, side = policy.boundaries[to_tier - 1], -1.0
-        edge = f"the {TIERS[to_tier - 1]} boundary {policy.boundaries[to_tier - 1]:g}%"
+        boundary, side, name = policy.boundaries[to_tier - 1], -1.0, TIERS[to_tier - 1]
     else:
-        boundary, side = policy.boundaries[to_tier], 1.0
-        edge = f"the {TIERS[to_tier]} boundary {policy.boundaries[to_tier]:g}%"
+        boundary, side, name = policy.boundaries[to_tier], 1.0, TIERS[to_tier]
     threshold = boundary + side * margin
-    hysteresis = f"{'less' if side < 0 else 'plus'} the {margin:g}-point hysteresis"
-    chance = (f"the chance of ordering within {policy.horizon_days:.0f} days, "
-              f"{chance_percent(assessment):.1f}%, is {'below' if side < 0 else 'at or above'} "
-              f"{threshold:g}% ({edge} {hysteresis})")
-    if f"{old_score:.2f}" == f"{assessment.score:.2f}":
-        return (f"score unchanged at {assessment.score:.2f}, but the tier follows the chance: "
-                f"{chance}")
-    return (f"score {old_score:.2f} -> {assessment.score:.2f} barely moved, but the tier follows "
-            f"the chance: {chance}")
+    where = "below" if side < 0 else "at or above"
+    return (f"health {old_score:.1f} -> {assessment.score:.1f}, {where} {threshold:g}: "
+            f"{name} starts at {boundary:g}, and a customer crosses that line only "
+            f"{margin:g} points beyond it, so that tiers do not flicker")
 
 
 def _score_move(old: float | None, new: float) -> str:
@@ -640,6 +704,6 @@ def component_values(assessment: Assessment) -> list[int]:
     return [round(c.value) if c.confidence > 0 else -1 for c in assessment.components]
 
 
-__all__ = ["COMPONENTS", "Assessment", "Component", "after_order", "assess", "buyer_model",
-           "chance_percent", "next_review_at", "reasons", "return_probability", "tier_for",
-           "tier_name"]
+__all__ = ["COMPONENTS", "Assessment", "Component", "after_order", "assess", "assess_as_held",
+           "buyer_model", "chance_percent", "held_in_tier", "horizon_days", "horizons_in_use",
+           "next_review_at", "reasons", "return_probability", "tier_for", "tier_name"]
