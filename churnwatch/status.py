@@ -34,6 +34,7 @@ from churnwatch.core.aggregates import TierCustomers
 from churnwatch.core.config import TIERS, ChurnwatchConfig
 from churnwatch.core.engine import partition_id
 from churnwatch.core.events import Event, decode_event
+from churnwatch.core.horizon import describe_within
 from churnwatch.core.priors import PopulationPriors
 from churnwatch.dataflows.redis_source import PAYLOAD_FIELD, id_offset, stream_names
 from churnwatch.state.base import shard_of
@@ -95,6 +96,9 @@ class MonitorStatus:
     max_segments: int = 0
     refused_segments: list[str] = field(default_factory=list)
     refused_segment_count: int = 0
+    #: Per segment label, the horizon(s) its chances are about and whether they were learned
+    #: from its reorders (several when shards learned different ones).
+    horizons: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def customers(self) -> int:
@@ -138,6 +142,8 @@ class MonitorStatus:
         kept = "" if self.dead_letters_kept == self.dead_letters else \
             f" ({self.dead_letters_kept:,} still on the stream)"
         lines.append(f"dead letters: {self.dead_letters:,}{kept}")
+        if self.horizons:
+            lines.append(_horizons_line(self.horizons))
         if self.models:
             lines.append(_models_line(self.models))
         lines.extend(self._segment_lines())
@@ -186,10 +192,36 @@ def monitor_status(store: RedisStore, config: ChurnwatchConfig,
     commits = [c.committed_at for c in committed.values() if c.committed_at is not None]
     commits += dead_commits.values()
     record = store.segment_record()
+    seen = config.with_discovered(record.kept)
+    horizons: dict[str, dict[str, Any]] = {}
+    for label in sorted(segments):
+        policy = seen.policy(label)
+        days = sorted({shard.priors.horizon(label) or policy.horizon_days for shard in shards}) \
+            if policy.horizon_learned else [policy.horizon_days]
+        horizons[label] = {"days": days, "learned": policy.horizon_learned}
     return MonitorStatus(partitions, tiers, added, kept, max(commits) if commits else None,
                          now, segments, [ShardModel.of(shard.priors) for shard in shards],
-                         list(config.with_discovered(record.kept).discovered_segments),
-                         config.max_segments, list(record.refused), record.refused_count)
+                         list(seen.discovered_segments),
+                         config.max_segments, list(record.refused), record.refused_count,
+                         horizons)
+
+
+def _horizons_line(horizons: dict[str, dict[str, Any]]) -> str:
+    """What each segment's chances and tiers are about.
+
+    >>> print(_horizons_line({"fashion": {"days": [180.0], "learned": False},
+    ...                       "other": {"days": [21.0], "learned": True}}))
+    horizons: fashion 180 days (configured); other 3 weeks (learned from its reorders)
+    """
+    said = []
+    for label, horizon in horizons.items():
+        how = "learned from its reorders" if horizon["learned"] else "configured"
+        words = (describe_within(horizon["days"][0]) if horizon["learned"]
+                 else f"{horizon['days'][0]:g} days")
+        if len(horizon["days"]) > 1:
+            words = " / ".join(describe_within(d) for d in horizon["days"]) + " (by shard)"
+        said.append(f"{label} {words} ({how})")
+    return "horizons: " + "; ".join(said)
 
 
 def _models_line(models: list[ShardModel]) -> str:

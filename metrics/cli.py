@@ -137,7 +137,9 @@ def render_explain(detail: dict[str, Any]) -> str:
     """One customer, for a person."""
     value = " (high value)" if detail["high_value"] else ""
     lines = [
-        f"{detail['customer_id']}: {detail['tier']}, health score {_score(detail)}{value}",
+        f"{detail['customer_id']}: {detail['tier']}, health score {_score(detail)}{value}"
+        + (f": {100 * detail['return_probability']:.0f}% likely to order within "
+           f"{detail['horizon']}" if detail.get("horizon") else ""),
         f"  segment {detail['segment']}, {detail['orders']} orders, spend "
         f"{detail['spend']:.2f}, last order {detail['last_order'] or 'none'}",
         f"  scored at {detail['scored_at']}, in this tier since {detail['tier_since']}"

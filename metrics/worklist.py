@@ -63,6 +63,7 @@ from churnwatch.core.config import COMPONENTS, TIERS, ChurnwatchConfig
 from churnwatch.core.customer import CustomerState
 from churnwatch.core.engine import ShardState
 from churnwatch.core.history import TierChange, reason_words
+from churnwatch.core.horizon import describe_within
 from churnwatch.core.priors import PopulationPriors
 from churnwatch.core.scoring import assess_as_held, reasons, tier_name
 from churnwatch.core.signals import MSG_SENT, SENT, answers
@@ -327,9 +328,12 @@ def customer_detail(store: StateStore, config: ChurnwatchConfig, customer_id: st
     if state.score is not None:
         assessment = assess_as_held(state, state.scored_at, config, priors)
         detail["return_probability"] = round(assessment.return_probability, 4)
+        detail["horizon_days"] = assessment.horizon_days
+        detail["horizon"] = describe_within(assessment.horizon_days)
         detail["reasons"] = reasons(state, assessment, state.scored_at, config, priors)
     else:
         detail["return_probability"] = None
+        detail["horizon_days"] = detail["horizon"] = None
         detail["reasons"] = []
     detail.update(customer_success(customer_id, state, config, priors))
     history = store.customer_transitions(customer_id, HISTORY_READ)

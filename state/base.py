@@ -65,7 +65,7 @@ class StoreLayout:
     many days is kept in the customer's own state for the customer page, and at least the
     ``history_kept`` newest."""
 
-    buckets: int = 512
+    buckets: int = 2048
     transitions_kept: int = 3_000
     transitions_max_age: float = 7 * 86400.0
     dead_letters_kept: int = 1_000

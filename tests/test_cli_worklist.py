@@ -98,6 +98,8 @@ def test_explain_prints_score_components_reasons_and_transitions(
     assert code == 0
     lines = out.splitlines()
     assert lines[0].startswith(f"{ODD_ID}: ") and "(high value)" in lines[0]
+    # One scale: the score is the chance, said with its horizon.
+    assert "% likely to order within " in lines[0], lines[0]
     assert "components: recency " in out
     assert "why:" in out and "no order for" in out
     assert "tier changes (newest first):" in out and " -> " in out
@@ -110,6 +112,8 @@ def test_explain_json_and_unknown_customer(args: list[str],
     detail = json.loads(out)
     assert detail["customer_id"] == "vip-2" and detail["high_value"] is True
     assert detail["score_history"][-1]["health_score"] == detail["health_score"]
+    assert abs(100 * detail["return_probability"] - detail["health_score"]) <= 0.06
+    assert detail["horizon_days"] > 0 and detail["horizon"]
     code, out, err = run(capsys, "explain", "nobody", *args)
     assert code == 1 and out == "" and "unknown customer 'nobody'" in err
 
