@@ -80,7 +80,8 @@ def test_every_change_of_the_year_keeps_its_reasons_after_the_stream_let_it_go(
     matched = 0
     for change, record in zip(shown, in_year, strict=True):
         assert change["at"][:16] == detail_time(record["at"])
-        assert change["new_score"] == round(record["new_score"])
+        # Whole points in the state; the stream's record has a tenth.
+        assert abs(change["new_score"] - record["new_score"]) <= 0.55
         assert change["reasons"], change
         assert "chance of ordering within 180 days" in change["reasons"][0]
         # The rebuilt words say what the stream said, numbers included (a change the stream
