@@ -25,7 +25,9 @@ def messages(extra_bad: bool = True) -> list[RawMessage]:
     if extra_bad:
         bad = [b"not json", b'{"customer_id": "x", "type": "order", "ts": "yesterday"}',
                b'{"type": "order"}', b"\x93\x01\x02\x03"]
-        out += [RawMessage("file:/sim", len(out) + i + 1, p, f"sim:{len(out) + i + 1}", 0.0)
+        # From a stream, where a payload that is not JSON is tried as msgpack (a file is JSON
+        # Lines: there the msgpack array would be invalid_json too).
+        out += [RawMessage("redis:bad", i + 1, p, f"bad:{i + 1}", 0.0, source="redis")
                 for i, p in enumerate(bad)]
     return out
 
