@@ -52,7 +52,7 @@ from churnwatch.core.signals import first_basket_after
 
 DAY = 86400.0
 #: Customers kept in a shard's buyer sample.
-SAMPLE_SIZE = 2048
+SAMPLE_SIZE = 8192
 #: Most recent order days kept per sampled customer (older ones are only counted).
 KEPT_DAYS = 12
 #: Fewest sampled customers worth a fit; fewer keep the defaults.
