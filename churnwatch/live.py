@@ -98,8 +98,10 @@ def ensure_recovery_partitions(directory: str | Path, count: int) -> bool:
         return True
 
 
-def build_source(options: RunOptions, metrics: Any = None) -> tuple[Any, str]:
-    """The Bytewax source for ``options.source`` and its label for metrics."""
+def build_source(options: RunOptions, metrics: Any = None, progress: Any = None
+                 ) -> tuple[Any, str]:
+    """The Bytewax source for ``options.source`` and its label for metrics; ``progress`` (a
+    ``SourceProgress``) hears of the Redis and Kafka partitions' reads."""
     config = options.config
     if options.source == "redis":
         from churnwatch.dataflows.redis_source import RedisStreamSource, stream_names
@@ -113,13 +115,14 @@ def build_source(options: RunOptions, metrics: Any = None) -> tuple[Any, str]:
                                  stream_names(config.stream_prefix, config.stream_partitions),
                                  batch_size=config.batch_size, stop_at_end=options.stop_at_end,
                                  observer=metrics, lag_reporter=reporter,
-                                 stop=options.stop), "redis"
+                                 stop=options.stop, progress=progress), "redis"
     if options.source == "kafka":
         from churnwatch.dataflows.kafka_source import KafkaEventSource
 
         return KafkaEventSource(config.kafka_brokers, config.kafka_topic,
                                 batch_size=config.batch_size,
-                                tail=not options.stop_at_end, stop=options.stop), "kafka"
+                                tail=not options.stop_at_end, stop=options.stop,
+                                progress=progress), "kafka"
     if options.source == "simulator":
         from churnwatch.dataflows.simulator_source import SimulatorSource
         from churnwatch.simulator import DAY, ShopSimulator
@@ -226,6 +229,7 @@ def run(options: RunOptions, hooks: Any = None) -> None:
     from bytewax.run import cli_main
 
     from churnwatch.dataflows.flow import FlowHooks, FlowSettings, build_flow
+    from churnwatch.dataflows.progress import SourceProgress
     from churnwatch.state.base import StoreLayout, claim_layout_of
     from churnwatch.state.redis_store import RedisStore
 
@@ -247,8 +251,9 @@ def run(options: RunOptions, hooks: Any = None) -> None:
     with metrics_server(options, store_factory) if hooks is None else _given(hooks) as active:
         if active is not None and hasattr(active, "roundtrip"):
             observers.append(active)
-        source, source_name = build_source(options, active)
-        settings = FlowSettings(config, store_factory, clock=options.clock,
+        progress = SourceProgress()
+        source, source_name = build_source(options, active, progress)
+        settings = FlowSettings(config, store_factory, clock=options.clock, progress=progress,
                                 hooks=active or FlowHooks(),
                                 transitions_path=options.transitions_path,
                                 dead_letters_path=options.dead_letters_path,

@@ -30,6 +30,7 @@ from bytewax.inputs import DynamicSource, Source, StatelessSourcePartition
 from bytewax.operators import StatefulBatchLogic
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from churnwatch.dataflows.messages import RawMessage
+from churnwatch.dataflows.progress import SourceProgress
 from churnwatch.dataflows.routing import key_worker, shard_keys
 from churnwatch.state.base import (
     StateStore,
@@ -46,6 +47,19 @@ from churnwatch.core.events import PROFILE, Event, InvalidEvent, decode_event
 log = logging.getLogger("churnwatch.flow")
 DUE_BATCH = 2000
 PRELOAD_DUE = 100_000
+#: The live time rule (docs/operations.md, "One time rule"). A shard whose newest event is
+#: this close to the wall clock is reading live traffic: once its partition is read to the end,
+#: its silent customers follow the clock at once. Producers' clocks and the pipeline's delay
+#: are seconds; a minute leaves room without taking history for live.
+CURRENT_EVENT_SECONDS = 60.0
+#: A partition read to its end whose events are older than that (history being published)
+#: must also bring nothing new for this long before silent customers follow the clock: a
+#: publisher feeding a running monitor never pauses that long between its writes (it writes
+#: batches of a few thousand entries back to back), while the monitor may catch up with it
+#: between two of them.
+SETTLE_SECONDS = 5.0
+#: While its partition is not caught up, a shard looks again this often.
+CLOCK_CHECK_SECONDS = 1.0
 
 
 class FlowHooks:
@@ -70,8 +84,10 @@ class FlowHooks:
 
 @dataclass(frozen=True)
 class FlowSettings:
-    """How a flow runs. ``clock="event"``: silent customers are due by event time (replay, the
-    simulator); ``clock="wall"``: by the wall clock (live)."""
+    """How a flow runs. Events are always judged in event time. ``clock="event"``: silent
+    customers are due by event time only (replay, the simulator); ``clock="wall"``: also by the
+    wall clock, once the source has caught up (live; ``progress``, ``current_seconds`` and
+    ``settle_seconds``: see :meth:`ShardLogic.wall_clock`)."""
 
     config: ChurnwatchConfig
     store_factory: Callable[[], StateStore]
@@ -87,6 +103,10 @@ class FlowSettings:
     # reads its events. Without partitions, shards are dealt out evenly over the workers.
     workers: int = 1
     partitions: tuple[str, ...] | None = None
+    # The source's reads (dataflows/progress.py), told by the sources of this process.
+    progress: SourceProgress | None = None
+    current_seconds: float = CURRENT_EVENT_SECONDS
+    settle_seconds: float = SETTLE_SECONDS
 
 
 class FlowStore:
@@ -170,7 +190,16 @@ def _decode_batch(settings: FlowSettings, keys: Sequence[str], batch: list[RawMe
 class ShardLogic(StatefulBatchLogic[tuple[Incoming, float], Any, None]):
     """Scores one shard. Bytewax builds one per shard on the worker that owns the shard; on
     resume it is rebuilt empty and reloads the shard from the store, which is the source of
-    truth (the snapshot is ``None``: nothing to carry in Bytewax's recovery store)."""
+    truth (the snapshot is ``None``: nothing to carry in Bytewax's recovery store).
+
+    One time rule, live and replay: a batch is judged in event time (its customers, and the
+    silent customers its events pass, are brought to the shard's watermark, whatever the
+    clock). Live (``clock="wall"``), silent customers are then reviewed by the wall clock, but
+    only while :meth:`wall_clock` says the shard's partition has caught up; the first time it
+    does after a backlog or history, the shard does what ``replay --as-of`` does at that
+    instant (:meth:`catch_up`). So history published into a running monitor ends in the state
+    ``replay --as-of`` gives.
+    """
 
     def __init__(self, shard: int, settings: FlowSettings, source: str, store: StateStore
                  ) -> None:
@@ -182,11 +211,13 @@ class ShardLogic(StatefulBatchLogic[tuple[Incoming, float], Any, None]):
                                   self.store.load_shard(shard))
         self._next_due = self.store.next_due(shard)
         self._asked_segments: set[str] = set()
-
-    def _now(self) -> float:
-        if self.settings.clock == "wall":
-            return time.time()
-        return self.engine.state.watermark
+        # The live time rule's memory: when the shard last had events, and while it has yet to
+        # catch up with its source (a fresh or resumed shard has), its watermark when it fell
+        # behind.
+        self._last_batch_at = time.time()
+        self._behind_from: float | None = self.engine.state.watermark
+        parts = settings.partitions
+        self._partition = parts[shard % len(parts)] if parts else None
 
     def on_batch(self, values: list[Any]) -> tuple[Iterable[Any], bool]:
         """Called by Bytewax with the shard's items of one activation, in arrival order:
@@ -194,51 +225,118 @@ class ShardLogic(StatefulBatchLogic[tuple[Incoming, float], Any, None]):
         values = [v for v in values if not isinstance(v, ShardTick)]
         if not values:  # only a tick: the shard exists on this worker; look at its due index
             self._next_due = self.store.next_due(self.shard)
-            return self._review_due(), StatefulBatchLogic.RETAIN
+            return self._follow_wall_clock(), StatefulBatchLogic.RETAIN
+        self._last_batch_at = time.time()
         items = [v[0] for v in values]
         oldest = min(v[1] for v in values)
         ids = list(dict.fromkeys(i.event.customer_id for i in items))
-        due: list[str] = []
-        overflow = self.settings.clock == "wall"
-        if not overflow:
-            # Silent customers the batch's event time will pass, reviewed in event order by the
-            # engine itself; only an overflow of that list needs the separate review below.
-            until = max(self.engine.state.watermark, max(i.event.ts for i in items))
-            due = self.store.due_customers(self.shard, until, PRELOAD_DUE)
-            overflow = len(due) == PRELOAD_DUE
+        # Silent customers the batch's event time will pass, reviewed in event order by the
+        # engine itself; only an overflow of that list needs the separate review below.
+        until = max(self.engine.state.watermark, max(i.event.ts for i in items))
+        due = self.store.due_customers(self.shard, until, PRELOAD_DUE)
+        overflow = len(due) == PRELOAD_DUE
         customers = self.store.load_customers(self.shard, list(dict.fromkeys(ids + due)))
         # The shop's own segments: recorded before a customer is counted under one.
         self.engine.config = admit_declared(
             self.store, self.engine.config,
             (i.event.attributes.get("segment") for i in items if i.event.type == PROFILE),
             self._asked_segments)
-        result = self.engine.process(items, customers, self._now(), due)
+        # Event time, live as in replay: everyone touched is brought to the watermark.
+        result = self.engine.process(items, customers, self.engine.state.watermark, due)
         self._commit(result, oldest)
         outputs = self._outputs(result)
         if overflow:
-            outputs.extend(self._review_due())
+            outputs.extend(self._review_due(self.engine.state.watermark))
+        outputs.extend(self._follow_wall_clock())
         return outputs, StatefulBatchLogic.RETAIN
 
     def on_notify(self) -> tuple[Iterable[Any], bool]:
-        """Called by Bytewax at :meth:`notify_at` (live mode): silent customers are due."""
-        outputs = self._review_due()
+        """Called by Bytewax at :meth:`notify_at` (live mode): silent customers are due, or the
+        shard looks again whether its source has caught up."""
+        outputs = self._follow_wall_clock()
         self._next_due = self.store.next_due(self.shard)
         return outputs, StatefulBatchLogic.RETAIN
 
     def notify_at(self) -> datetime | None:
-        """Wall-clock mode only: wake up when the earliest customer of the shard is due."""
+        """Wall-clock mode only: wake up when the earliest customer of the shard is due, or
+        within :data:`CLOCK_CHECK_SECONDS` while the source has not caught up."""
         if self.settings.clock != "wall" or self._next_due is None:
             return None
-        return datetime.fromtimestamp(max(self._next_due, time.time()), tz=timezone.utc)
+        now = time.time()
+        if self._behind_from is not None and self._next_due <= now:
+            return datetime.fromtimestamp(now + CLOCK_CHECK_SECONDS, tz=timezone.utc)
+        return datetime.fromtimestamp(max(self._next_due, now), tz=timezone.utc)
 
     def snapshot(self) -> None:
         return None
 
-    def _review_due(self) -> list[Any]:
-        """Re-score the shard's customers whose review time has passed, a chunk at a time; each
-        chunk is committed on its own (a customer held by hysteresis is pushed a minute on, so
-        no chunk repeats)."""
-        now = self._now()
+    def wall_clock(self) -> float | None:
+        """The wall clock when silent customers may be judged by it; ``None`` in event-clock
+        mode, and while the shard's partition has not caught up.
+
+        Caught up: the partition's last read reached the end of the stream, and either the
+        shard's newest event is within ``current_seconds`` of the clock (live traffic) or no
+        read has brought entries for ``settle_seconds`` (history, published in one go). A
+        partition this process does not read (the routing model was wrong) is judged by the
+        shard's own batches: current, or none for ``settle_seconds``."""
+        if self.settings.clock != "wall":
+            return None
+        now = time.time()
+        settle = self.settings.settle_seconds
+        current = now - self.engine.state.watermark <= self.settings.current_seconds
+        caught_up = None
+        if self.settings.progress is not None and self._partition is not None:
+            caught_up = self.settings.progress.caught_up(self._partition, settle, now, current)
+        if caught_up is None:
+            caught_up = current or now - self._last_batch_at >= settle
+        if not caught_up:
+            if self._behind_from is None:
+                self._behind_from = self.engine.state.watermark
+            return None
+        return now
+
+    def _follow_wall_clock(self) -> list[Any]:
+        """Live: review the silent customers due by the wall clock, if the source has caught
+        up. Caught up after more than ``current_seconds`` of event time (a backlog, history)
+        or with a newest event older than that (a restart on a quiet or replayed shop), the
+        shard first does what ``replay --as-of`` does: :meth:`catch_up`. A shard behind for a
+        moment of live traffic (a full read) just goes on."""
+        now = self.wall_clock()
+        if now is None:
+            return []
+        if self._behind_from is not None:
+            fell_behind_at, self._behind_from = self._behind_from, None
+            mark, current = self.engine.state.watermark, self.settings.current_seconds
+            if now - mark > current or mark - fell_behind_at > current:
+                return self.catch_up(now)
+        return self._review_due(now)
+
+    def catch_up(self, now: float) -> list[Any]:
+        """The shard has caught up with a backlog or history: do what ``replay --as-of now``
+        does (:func:`advance_all`): refit with every order so far, review the silent customers
+        due by ``now``, and re-score everyone under a new model. The watermark joins the
+        clock."""
+        engine = self.engine
+        refitted = engine.refit_at(now)
+        if now > engine.state.watermark:
+            engine.state.watermark = now
+        outputs = self._review_due(now)
+        if refitted:
+            ids = shard_members(self.store, engine.config.shards, {self.shard})[self.shard]
+            for start in range(0, len(ids), DUE_BATCH):
+                chunk = ids[start:start + DUE_BATCH]
+                loaded = {c: s for c, s in self.store.load_customers(self.shard, chunk).items()
+                          if s}
+                result = engine.rescore(loaded, now)
+                self._commit(result, time.time())
+                outputs.extend(self._outputs(result))
+        self._commit(BatchResult(), time.time())  # the watermark (and the refit) held
+        return outputs
+
+    def _review_due(self, now: float) -> list[Any]:
+        """Re-score the shard's customers whose review time is at or before ``now``, a chunk at
+        a time; each chunk is committed on its own (a customer held by hysteresis is pushed a
+        minute on, so no chunk repeats)."""
         outputs: list[Any] = []
         while True:
             due = self.store.due_customers(self.shard, now, DUE_BATCH)
@@ -551,12 +649,7 @@ def advance_all(store: StateStore, config: ChurnwatchConfig, now: float,
             store.commit(shard, engine.state, {}, [])
     if refitted:
         # The model moved for every customer of those shards: re-score them all under it.
-        members: dict[int, list[str]] = {shard: [] for shard in refitted}
-        for cid, _ in store.iter_customers():
-            shard = shard_of(cid, config.shards)
-            if shard in members:
-                members[shard].append(cid)
-        for shard, ids in members.items():
+        for shard, ids in shard_members(store, config.shards, set(refitted)).items():
             engine = refitted[shard]
             for start in range(0, len(ids), DUE_BATCH):
                 chunk = ids[start:start + DUE_BATCH]
@@ -567,3 +660,13 @@ def advance_all(store: StateStore, config: ChurnwatchConfig, now: float,
                 if hooks and result.transitions:
                     hooks.transitions(result.transitions)
     return out
+
+
+def shard_members(store: StateStore, shards: int, wanted: set[int]) -> dict[int, list[str]]:
+    """The customer ids of each shard in ``wanted``, read from the store."""
+    members: dict[int, list[str]] = {shard: [] for shard in wanted}
+    for cid, _ in store.iter_customers():
+        shard = shard_of(cid, shards)
+        if shard in members:
+            members[shard].append(cid)
+    return members

@@ -25,23 +25,27 @@ from typing import Any
 from bytewax.connectors.kafka import KafkaError, KafkaSource
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from churnwatch.dataflows.messages import RawMessage
+from churnwatch.dataflows.progress import SourceProgress
 
 log = logging.getLogger("churnwatch.kafka_source")
 
 
 class KafkaEventSource(FixedPartitionedSource[RawMessage, Any]):
     """Every partition of ``topic``; ``tail=False`` finishes each at its end (a backfill).
-    Once ``stop`` is set (a clean stop) every partition ends at its next batch."""
+    Once ``stop`` is set (a clean stop) every partition ends at its next batch. ``progress``
+    hears of every read (an empty one: the partition's end), for the live time rule."""
 
     def __init__(self, brokers: Sequence[str] | str, topic: str, batch_size: int = 5000,
                  tail: bool = True, poll_interval: float = 0.005,
                  add_config: dict[str, str] | None = None,
-                 stop: threading.Event | None = None) -> None:
+                 stop: threading.Event | None = None,
+                 progress: SourceProgress | None = None) -> None:
         self.brokers = [b for b in brokers.split(",") if b] if isinstance(brokers, str) else \
             list(brokers)
         self.topic = topic
         self.poll_interval = poll_interval
         self.stop = stop
+        self.progress = progress
         self.inner = KafkaSource(self.brokers, [topic], tail=tail, batch_size=batch_size,
                                  add_config=add_config, raise_on_errors=False)
 
@@ -54,13 +58,19 @@ class KafkaEventSource(FixedPartitionedSource[RawMessage, Any]):
         """Called on the worker owning the partition; ``resume_state`` is the next offset."""
         inner = self.inner.build_part(step_id, for_part, resume_state)
         number = int(for_part.split("-", 1)[0])
-        return _KafkaEventPartition(inner, self.topic, number, self.poll_interval, self.stop)
+        if self.progress is not None:
+            self.progress.register(for_part, time.time())
+        return _KafkaEventPartition(inner, self.topic, number, self.poll_interval, self.stop,
+                                    self.progress, for_part)
 
 
 class _KafkaEventPartition(StatefulSourcePartition[RawMessage, Any]):
     def __init__(self, inner: StatefulSourcePartition[Any, Any], topic: str, number: int,
-                 poll_interval: float, stop: threading.Event | None = None) -> None:
+                 poll_interval: float, stop: threading.Event | None = None,
+                 progress: SourceProgress | None = None, part: str = "") -> None:
         self._inner = inner
+        self._progress = progress
+        self._part = part
         self._stop = stop
         self._name = f"kafka:{topic}:{number}"
         self._label = f"{topic}:{number}"
@@ -91,6 +101,9 @@ class _KafkaEventPartition(StatefulSourcePartition[RawMessage, Any]):
             self._inner._offset = self._next
         self._awake = None if messages else datetime.now(timezone.utc) + timedelta(
             seconds=self._poll)
+        if self._progress is not None:
+            # The connector hands what the consumer had: only an empty read is the end.
+            self._progress.read(self._part, len(messages), bool(messages), now)
         return out
 
     def next_awake(self) -> datetime | None:

@@ -29,6 +29,7 @@ from typing import Any, Protocol
 import redis
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from churnwatch.dataflows.messages import RawMessage
+from churnwatch.dataflows.progress import SourceProgress
 from churnwatch.state.cluster import redis_client
 from churnwatch.state.connection import is_lost_connection
 
@@ -87,6 +88,8 @@ class RedisStreamSource(FixedPartitionedSource[RawMessage, str]):
     caught up with its stream; needs Redis 7 for ``entries-added``). Once ``stop`` is set (a
     clean stop: SIGTERM, Ctrl-C) every partition ends at its next batch, so the flow reaches
     its end normally: the last batches are committed and Bytewax takes a final snapshot.
+    ``progress`` hears of every read (whether it reached the stream's end), for the live time
+    rule (``dataflows/progress.py``).
     """
 
     def __init__(self, url: str, streams: Sequence[str], batch_size: int = 5000,
@@ -94,7 +97,8 @@ class RedisStreamSource(FixedPartitionedSource[RawMessage, str]):
                  observer: SourceObserver | None = None,
                  lag_reporter: Callable[[int], None] | None = None,
                  client_factory: Callable[[], redis.Redis] | None = None,
-                 stop: threading.Event | None = None) -> None:
+                 stop: threading.Event | None = None,
+                 progress: SourceProgress | None = None) -> None:
         self.url = url
         self.streams = list(streams)
         self.batch_size = batch_size
@@ -105,6 +109,7 @@ class RedisStreamSource(FixedPartitionedSource[RawMessage, str]):
         self.lag_reporter = lag_reporter
         self.client_factory = client_factory
         self.stop = stop
+        self.progress = progress
         self._lags: dict[str, int] = {}
         self._lags_lock = threading.Lock()
 
@@ -130,7 +135,7 @@ class RedisStreamSource(FixedPartitionedSource[RawMessage, str]):
                                     self.stop_at_end, resume_state or self.start_id,
                                     self.observer,
                                     self._report_lag if self.lag_reporter else None,
-                                    self.stop)
+                                    self.stop, self.progress)
 
 
 class RedisStreamPartition(StatefulSourcePartition[RawMessage, str]):
@@ -139,7 +144,8 @@ class RedisStreamPartition(StatefulSourcePartition[RawMessage, str]):
     def __init__(self, client: redis.Redis, stream: str, batch_size: int, poll_interval: float,
                  stop_at_end: bool, last_id: str, observer: SourceObserver | None,
                  lag_reporter: Callable[[str, int], None] | None = None,
-                 stop: threading.Event | None = None) -> None:
+                 stop: threading.Event | None = None,
+                 progress: SourceProgress | None = None) -> None:
         self._client = client
         self._stream = stream
         self._partition = f"redis:{stream}"
@@ -159,6 +165,9 @@ class RedisStreamPartition(StatefulSourcePartition[RawMessage, str]):
         self._from_oldest = last_id in ("0", "0-0")
         self._read = 0
         self._stop = stop
+        self._progress = progress
+        if progress is not None:
+            progress.register(stream, time.time())
 
     def next_batch(self) -> list[RawMessage]:
         """Called by Bytewax whenever the worker is free and ``next_awake`` has passed; ends
@@ -200,6 +209,9 @@ class RedisStreamPartition(StatefulSourcePartition[RawMessage, str]):
             self._position += len(entries)
         if isinstance(info, dict) and "entries-added" in info:
             self._lag(info, caught_up=len(entries) < self._batch_size)
+        if self._progress is not None:
+            self._progress.read(self._stream, len(entries), len(entries) >= self._batch_size,
+                                time.time())
         if not entries:
             if self._stop_at_end:
                 raise StopIteration
