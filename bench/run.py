@@ -53,8 +53,9 @@ from churnwatch.state.redis_store import BUCKET_SERVER_ARGS, RedisStore
 from bench.workload import write_jsonl
 from bench.yardstick import parse_and_count
 from churnwatch.core.config import ChurnwatchConfig
-from churnwatch.core.engine import Incoming, ShardEngine, ShardState, partition_id
+from churnwatch.core.engine import ShardEngine, partition_id
 from churnwatch.core.events import Event, decode_event
+from churnwatch.core.records import Incoming, ShardState
 from churnwatch.publish import Publisher, read_lines
 from churnwatch.runtime import tune_garbage_collector
 

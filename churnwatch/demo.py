@@ -24,8 +24,8 @@ from bytewax.testing import run_main
 
 from churnwatch.core.aggregates import TierCustomers
 from churnwatch.core.config import TIERS, ChurnwatchConfig
-from churnwatch.core.engine import BatchResult, TierTransition
-from churnwatch.dataflows.flow import FlowHooks, FlowSettings, build_flow
+from churnwatch.core.records import BatchResult, FlowHooks, TierTransition
+from churnwatch.dataflows.flow import FlowSettings, build_flow
 from churnwatch.dataflows.simulator_source import SimulatorSource
 from churnwatch.simulator import DAY, ShopSimulator
 from churnwatch.state.base import StateStore

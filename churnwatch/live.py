@@ -228,7 +228,8 @@ def run(options: RunOptions, hooks: Any = None) -> None:
     from bytewax.recovery import RecoveryConfig
     from bytewax.run import cli_main
 
-    from churnwatch.dataflows.flow import FlowHooks, FlowSettings, build_flow
+    from churnwatch.core.records import FlowHooks
+    from churnwatch.dataflows.flow import FlowSettings, build_flow
     from churnwatch.dataflows.progress import SourceProgress
     from churnwatch.state.base import StoreLayout, claim_layout_of
     from churnwatch.state.redis_store import RedisStore

@@ -26,11 +26,11 @@ from bytewax.testing import cluster_main, run_main
 from churnwatch.backtest import BacktestReport, build_report
 from churnwatch.core.config import COMPONENTS, ChurnwatchConfig
 from churnwatch.core.customer import DAY
-from churnwatch.core.engine import BatchResult, TierTransition
 from churnwatch.core.events import ORDER, Event, InvalidEvent, decode_event
+from churnwatch.core.records import BatchResult, FlowHooks, TierTransition
 from churnwatch.core.scoring import assess_as_held, reasons, tier_name
 from churnwatch.dataflows.file_source import STDIN, FileSource, count_lines, input_label, open_input
-from churnwatch.dataflows.flow import FlowHooks, FlowSettings, advance_all, build_flow
+from churnwatch.dataflows.flow import FlowSettings, advance_all, build_flow
 from churnwatch.runtime import UsageError
 from churnwatch.state.base import StateStore, claim_layout_of, config_with_segments, shard_of
 

@@ -41,8 +41,9 @@ from churnwatch.state.base import (
 )
 
 from churnwatch.core.config import ChurnwatchConfig
-from churnwatch.core.engine import BatchResult, Incoming, ShardEngine, TierTransition, partition_id
+from churnwatch.core.engine import ShardEngine, partition_id
 from churnwatch.core.events import PROFILE, Event, InvalidEvent, decode_event
+from churnwatch.core.records import BatchResult, FlowHooks, Incoming, TierTransition
 
 log = logging.getLogger("churnwatch.flow")
 DUE_BATCH = 2000
@@ -62,24 +63,6 @@ SETTLE_SECONDS = 5.0
 CLOCK_CHECK_SECONDS = 1.0
 
 
-class FlowHooks:
-    """Callbacks for what the flow does; the metrics exporter and the live summary implement
-    them. Called from the worker threads, so implementations must be thread-safe."""
-
-    def decoded(self, source: str, received: int, invalid: Sequence[InvalidEvent],
-                newest_published_at: float | None) -> None:
-        """A batch of raw messages was decoded; ``invalid`` are on their way to the dead-letter
-        output (after a resume some may be repeats: :meth:`dead_lettered` says which are new)."""
-
-    def committed(self, source: str, result: BatchResult, oldest_received_at: float) -> None:
-        """A shard batch's effects were committed to the store."""
-
-    def transitions(self, transitions: Sequence[TierTransition]) -> None:
-        """Tier transitions were committed."""
-
-    def dead_lettered(self, source: str, items: Sequence[InvalidEvent]) -> None:
-        """Dead letters were written to the store for the first time (each source position
-        once, across restarts: count them here, not in :meth:`decoded`)."""
 
 
 @dataclass(frozen=True)

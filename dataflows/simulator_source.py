@@ -1,4 +1,7 @@
-"""The built-in shop simulator as a Bytewax source, paced in wall-clock time for the demo."""
+"""The built-in shop simulator as a Bytewax source, paced in wall-clock time for the demo.
+
+The source reads any :class:`SimulatedShop` (``churnwatch.simulator.ShopSimulator`` is the one
+the commands pass): an adapter does not import the application that uses it."""
 
 from __future__ import annotations
 
@@ -7,18 +10,30 @@ import threading
 import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
+from typing import Protocol
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from churnwatch.dataflows.messages import RawMessage
 
-from churnwatch.simulator import DAY, ShopSimulator
+from churnwatch.core.signals import DAY
+
+
+class SimulatedShop(Protocol):
+    """What the source needs of a simulator: its seed (it names the partition) and its events,
+    each a JSON-able mapping with a ``ts`` in epoch seconds, in time order."""
+
+    seed: int
+
+    def events(self) -> Iterator[dict[str, object]]:
+        """The whole stream, from the start; called once per partition build."""
+        ...
 
 
 class SimulatorSource(FixedPartitionedSource[RawMessage, int]):
     """One partition; ``seconds_per_day`` wall seconds pass per simulated day (0: no pacing).
     Once ``stop`` is set (a clean stop) the partition ends at its next batch."""
 
-    def __init__(self, simulator: ShopSimulator, seconds_per_day: float = 0.1,
+    def __init__(self, simulator: SimulatedShop, seconds_per_day: float = 0.1,
                  batch_size: int = 2000, stop: threading.Event | None = None) -> None:
         self.simulator = simulator
         self.stop = stop

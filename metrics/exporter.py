@@ -42,7 +42,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit
 
-from churnwatch.dataflows.flow import FlowHooks
 from churnwatch.metrics.pages import WorkbenchPages, safe_next
 from churnwatch.metrics.worklist import WorklistAPI, winback_report
 from churnwatch.state.base import StateStore, config_with_segments
@@ -60,8 +59,8 @@ from churnwatch.core.aggregates import (
     merge_shards,
 )
 from churnwatch.core.config import COMPONENTS, TIERS, ChurnwatchConfig, ConfigError
-from churnwatch.core.engine import BatchResult, ShardState, TierTransition
 from churnwatch.core.events import DEAD_LETTER_REASONS, InvalidEvent
+from churnwatch.core.records import BatchResult, FlowHooks, ShardState, TierTransition
 
 log = logging.getLogger("churnwatch.metrics")
 

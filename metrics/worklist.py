@@ -61,10 +61,10 @@ from churnwatch.core.aggregates import (
 )
 from churnwatch.core.config import COMPONENTS, TIERS, ChurnwatchConfig
 from churnwatch.core.customer import CustomerState
-from churnwatch.core.engine import ShardState
 from churnwatch.core.history import TierChange, reason_words
 from churnwatch.core.horizon import describe_within
 from churnwatch.core.priors import PopulationPriors
+from churnwatch.core.records import ShardState
 from churnwatch.core.scoring import assess_as_held, reasons, tier_name
 from churnwatch.core.signals import MSG_SENT, SENT, answers
 from churnwatch.core.winback import (

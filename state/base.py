@@ -21,8 +21,8 @@ from typing import Protocol
 
 from churnwatch.core.config import TIERS, ChurnwatchConfig, ConfigError
 from churnwatch.core.customer import CustomerState
-from churnwatch.core.engine import ShardState, TierTransition
 from churnwatch.core.history import decode_change, encode_change, keep_history
+from churnwatch.core.records import ShardState, TierTransition
 
 
 def shard_of(customer_id: str, shards: int) -> int:
@@ -105,7 +105,7 @@ class StoreLayout:
 def history_entry(transition: TierTransition) -> list[object]:
     """A transition as a compact history record.
 
-    >>> from churnwatch.core.engine import TierTransition
+    >>> from churnwatch.core.records import TierTransition
     >>> history_entry(TierTransition("c1", "unassigned", "watch", "at_risk", 41.04, 28.96,
     ...                              1_700_000_000.5, ("no order for 90 days",), "silence",
     ...                              None, (12, 0, 90, 21, 4)))

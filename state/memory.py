@@ -30,7 +30,7 @@ from churnwatch.state.base import (
 )
 
 from churnwatch.core.customer import CustomerState
-from churnwatch.core.engine import ShardState, TierTransition
+from churnwatch.core.records import ShardState, TierTransition
 
 
 class MemoryStore:

@@ -77,7 +77,7 @@ from redis.cluster import RedisCluster
 
 from churnwatch.core.aggregates import ScoredCustomers
 from churnwatch.core.customer import CustomerState
-from churnwatch.core.engine import ShardState, TierTransition
+from churnwatch.core.records import ShardState, TierTransition
 
 log = logging.getLogger("churnwatch.state")
 T = TypeVar("T")

@@ -45,9 +45,10 @@ from churnwatch.core.aggregates import (
 )
 from churnwatch.core.config import COMPONENTS, TIERS, ChurnwatchConfig, parse_config
 from churnwatch.core.customer import DAY
-from churnwatch.core.engine import Incoming, ShardEngine, ShardState
+from churnwatch.core.engine import ShardEngine
 from churnwatch.core.events import Event
 from churnwatch.core.priors import PopulationPriors
+from churnwatch.core.records import Incoming, ShardState
 from churnwatch.core.winback import GROUPS, WINBACK_COUNTERS
 from churnwatch.demo import LiveSummary, render
 from churnwatch.status import monitor_status

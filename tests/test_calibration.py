@@ -20,9 +20,10 @@ from churnwatch.core.buyers import (
 )
 from churnwatch.core.config import ChurnwatchConfig
 from churnwatch.core.customer import DAY, CustomerState
-from churnwatch.core.engine import Incoming, ShardEngine, ShardState
+from churnwatch.core.engine import ShardEngine
 from churnwatch.core.events import Event
 from churnwatch.core.priors import SAMPLE_SIZE, PopulationPriors, customer_hash
+from churnwatch.core.records import Incoming, ShardState
 from churnwatch.core.scoring import (
     assess,
     buyer_model,

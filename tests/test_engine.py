@@ -10,8 +10,9 @@ from churnwatch.core.aggregates import (
 )
 from churnwatch.core.config import ChurnwatchConfig, SegmentPolicy
 from churnwatch.core.customer import DAY
-from churnwatch.core.engine import Incoming, ShardEngine, ShardState
+from churnwatch.core.engine import ShardEngine
 from churnwatch.core.events import Event
+from churnwatch.core.records import Incoming, ShardState
 from churnwatch.core.scoring import tier_for
 
 T0 = 1_700_000_000.0

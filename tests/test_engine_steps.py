@@ -10,8 +10,9 @@ from churnwatch.core.aggregates import (
 )
 from churnwatch.core.config import ChurnwatchConfig
 from churnwatch.core.customer import DAY, CustomerState
-from churnwatch.core.engine import BatchResult, Incoming, ShardEngine, ShardState
+from churnwatch.core.engine import ShardEngine
 from churnwatch.core.events import Event
+from churnwatch.core.records import BatchResult, Incoming, ShardState
 
 T0 = 1_700_000_000.0
 CONFIG = ChurnwatchConfig(allowed_lateness_days=30)

@@ -34,9 +34,9 @@ from churnwatch.core.aggregates import (
     TransitionCount,
 )
 from churnwatch.core.config import COMPONENTS, TIERS, ChurnwatchConfig
-from churnwatch.core.engine import BatchResult, ShardState
 from churnwatch.core.events import DEAD_LETTER_REASONS, InvalidEvent
 from churnwatch.core.playbooks import DEFAULT_PLAYBOOKS
+from churnwatch.core.records import BatchResult, ShardState
 from churnwatch.replay import replay
 
 BOUNDED_LABELS = {

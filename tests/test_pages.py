@@ -14,8 +14,9 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from churnwatch.core.config import ChurnwatchConfig
-from churnwatch.core.engine import Incoming, ShardEngine, ShardState
+from churnwatch.core.engine import ShardEngine
 from churnwatch.core.events import Event
+from churnwatch.core.records import Incoming, ShardState
 
 CONFIG = ChurnwatchConfig(shards=2, stream_partitions=1)
 T0 = 1_700_000_000.0

@@ -105,7 +105,8 @@ def add_nasty_customer(shop: Shop) -> None:
     """A customer whose id is markup, committed through the real engine and store."""
     from churnwatch.state.base import shard_of
 
-    from churnwatch.core.engine import Incoming, ShardEngine
+    from churnwatch.core.engine import ShardEngine
+    from churnwatch.core.records import Incoming
 
     store = shop.store()
     try:

@@ -10,10 +10,11 @@ from redis_server import redis_server, redis_url  # noqa: F401
 
 from churnwatch.core.config import ChurnwatchConfig, ConfigError, parse_config
 from churnwatch.core.customer import DAY, CustomerState, Windows
-from churnwatch.core.engine import Incoming, ShardEngine
+from churnwatch.core.engine import ShardEngine
 from churnwatch.core.events import Event
 from churnwatch.core.playbooks import DEFAULT_PLAYBOOKS
 from churnwatch.core.priors import PopulationPriors
+from churnwatch.core.records import Incoming
 from churnwatch.core.scoring import assess
 from churnwatch.core.winback import reason_codes, suggest
 

@@ -10,9 +10,10 @@ from hypothesis import strategies as st
 
 from churnwatch.core.config import ChurnwatchConfig
 from churnwatch.core.customer import DAY, CustomerState
-from churnwatch.core.engine import Incoming, ShardEngine, ShardState
+from churnwatch.core.engine import ShardEngine
 from churnwatch.core.events import Event, decode_event
 from churnwatch.core.priors import PopulationPriors
+from churnwatch.core.records import Incoming, ShardState
 from churnwatch.core.scoring import (
     AT_RISK,
     HEALTHY,

@@ -15,8 +15,9 @@ from redis_server import redis_server, redis_url  # noqa: F401
 
 from churnwatch.core.config import ChurnwatchConfig
 from churnwatch.core.customer import DAY
-from churnwatch.core.engine import Incoming, ShardEngine, ShardState
+from churnwatch.core.engine import ShardEngine
 from churnwatch.core.events import Event
+from churnwatch.core.records import Incoming, ShardState
 from churnwatch.replay import replay
 
 CONFIG = ChurnwatchConfig(shards=4, stream_partitions=2)

@@ -16,8 +16,9 @@ from redis_server import redis_server, redis_url  # noqa: F401
 
 from churnwatch.core.config import ChurnwatchConfig, load_config
 from churnwatch.core.customer import CustomerState
-from churnwatch.core.engine import Incoming, ShardEngine, ShardState
+from churnwatch.core.engine import ShardEngine
 from churnwatch.core.events import Event, decode_event
+from churnwatch.core.records import Incoming, ShardState
 from churnwatch.simulator import ShopSimulator
 
 CONFIG = ChurnwatchConfig(shards=4, stream_partitions=2)

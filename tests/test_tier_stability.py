@@ -14,9 +14,10 @@ from hypothesis import strategies as st
 from churnwatch.core.buyers import ValueEvidence
 from churnwatch.core.config import ChurnwatchConfig
 from churnwatch.core.customer import DAY, CustomerState
-from churnwatch.core.engine import Incoming, ShardEngine, ShardState, TierTransition
+from churnwatch.core.engine import ShardEngine
 from churnwatch.core.events import Event
 from churnwatch.core.priors import PopulationPriors
+from churnwatch.core.records import Incoming, ShardState, TierTransition
 from churnwatch.core.scoring import (
     HEALTHY,
     WATCH,

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from redis_server import redis_server, redis_url  # noqa: F401
 
 from churnwatch.core.customer import CustomerState
-from churnwatch.core.engine import ShardState
+from churnwatch.core.records import ShardState
 from churnwatch.core.signals import Purchases
 
 SHARDS = 4

@@ -16,9 +16,10 @@ from prometheus_client import CollectorRegistry, generate_latest
 from churnwatch.core.aggregates import WinbackCount
 from churnwatch.core.config import ChurnwatchConfig, parse_config
 from churnwatch.core.customer import DAY
-from churnwatch.core.engine import Incoming, ShardEngine, ShardState
+from churnwatch.core.engine import ShardEngine
 from churnwatch.core.events import Event, decode_event
 from churnwatch.core.playbooks import in_holdout
+from churnwatch.core.records import Incoming, ShardState
 from churnwatch.core.winback import newcombe_difference, wilson_interval
 
 T0 = 1_700_000_000.0

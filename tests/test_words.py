@@ -11,8 +11,9 @@ from churnwatch.metrics.worklist import WorklistAPI
 from churnwatch.state.memory import MemoryStore
 
 from churnwatch.core.config import ChurnwatchConfig
-from churnwatch.core.engine import Incoming, ShardEngine, ShardState
+from churnwatch.core.engine import ShardEngine
 from churnwatch.core.events import Event, decode_event
+from churnwatch.core.records import Incoming, ShardState
 from churnwatch.replay import export_rows
 from churnwatch.simulator import ShopSimulator
 

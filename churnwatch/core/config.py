@@ -15,6 +15,7 @@ churnwatch.core.config.ConfigError: shop.toml: tiers.healthy must be a number, g
 from __future__ import annotations
 
 import math
+import string
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -24,11 +25,14 @@ import tomllib
 
 from churnwatch.core.buyers import BuyerModel
 from churnwatch.core.playbooks import (
+    ACTION_CHANNELS,
     DEFAULT_PLAYBOOKS,
+    REASON_CODES,
+    TEMPLATE_FIELDS,
+    TIER_NAMES,
+    VALUE_TIER_NAMES,
     Playbook,
     WinbackPolicy,
-    parse_playbooks,
-    parse_winback,
 )
 
 COMPONENTS = ("recency", "trend", "engagement", "service")
@@ -322,7 +326,7 @@ def parse_config(data: Mapping[str, Any], *, source: str) -> ChurnwatchConfig:
 
 
 def _customer_success(reader: _Reader, data: Mapping[str, Any]) -> dict[str, Any]:
-    """``[playbooks.NAME]`` and ``[winback]``, parsed by ``churnwatch.core.playbooks``."""
+    """``[playbooks.NAME]`` and ``[winback]`` (:func:`parse_playbooks`, :func:`parse_winback`)."""
     return {"playbooks": parse_playbooks(reader.table(data, "playbooks"), source=reader.source),
             "winback": parse_winback(reader.table(data, "winback"), source=reader.source)}
 
@@ -410,3 +414,116 @@ class _Reader:
             raise ConfigError(f"{self.source}: {where}.{key} must be a non-empty string, got "
                               f"{value!r}")
         return value
+
+
+def parse_playbooks(tables: Mapping[str, Any], *, source: str) -> tuple[Playbook, ...]:
+    """Validate the ``[playbooks.NAME]`` tables; errors name the key and the file. No tables:
+    the defaults. Sorted by ``priority``, then by the order in the file.
+
+    >>> pb = parse_playbooks({"call_vips": {"tiers": ["at_risk"], "value_tiers": ["high"],
+    ...                       "action": "Call them", "channel": "phone"}}, source="shop.toml")
+    >>> [p.name for p in pb]
+    ['call_vips']
+    >>> parse_playbooks({"x": {"action": "Call", "channel": "phone", "reasons": ["sad"]}},
+    ...                 source="shop.toml")
+    Traceback (most recent call last):
+    ...
+    churnwatch.core.config.ConfigError: shop.toml: playbooks.x.reasons: unknown reason code \
+'sad' (expected one of buying_less, never_ordered, no_repeat_order, order_overdue, \
+service_problems, unanswered_chat, unanswered_email, unanswered_sms, unanswered_whatsapp)
+    """
+    if not tables:
+        return DEFAULT_PLAYBOOKS
+    out: list[tuple[int, int, Playbook]] = []
+    allowed = {"action", "channel", "template", "tiers", "segments", "value_tiers", "reasons",
+               "priority", "holdout_share"}
+    for order, (name, table) in enumerate(tables.items()):
+        where = f"playbooks.{name}"
+
+        def fail(key: str, message: str, where: str = where) -> ConfigError:
+            return ConfigError(f"{source}: {where}{'.' + key if key else ''}: {message}")
+
+        if not isinstance(table, Mapping):
+            raise fail("", "must be a table")
+        if not name.replace("_", "").isalnum() or not name.isascii() or len(name) > 40:
+            raise fail("", "the name must be letters, digits and '_' (at most 40): it labels "
+                       "metrics")
+        for key in table:
+            if key not in allowed:
+                raise fail(key, f"unknown key (expected one of {', '.join(sorted(allowed))})")
+        texts: dict[str, str | None] = {}
+        for key in ("action", "channel", "template"):
+            value = table.get(key)
+            if value is None:
+                if key != "template":
+                    raise fail(key, "is required")
+                texts[key] = None
+                continue
+            if not isinstance(value, str) or not value.strip():
+                raise fail(key, f"must be a non-empty string, got {value!r}")
+            texts[key] = value
+        if texts["channel"] not in ACTION_CHANNELS:
+            raise fail("channel", f"unknown channel {texts['channel']!r} (expected one of "
+                       f"{', '.join(ACTION_CHANNELS)})")
+        if texts["template"] is not None:
+            try:
+                fields = [f for _, f, _, _ in string.Formatter().parse(texts["template"]) if f]
+            except ValueError as exc:
+                raise fail("template", f"not a valid template: {exc}") from None
+            for field_name in fields:
+                if field_name not in TEMPLATE_FIELDS:
+                    raise fail("template", f"unknown field {{{field_name}}} (expected "
+                               f"{', '.join(TEMPLATE_FIELDS)})")
+
+        def names(key: str, known: Sequence[str] | None,
+                  table: Mapping[str, Any] = table) -> frozenset[str] | None:
+            value = table.get(key)
+            if value is None:
+                return None
+            if not isinstance(value, list) or not value or not all(
+                    isinstance(v, str) and v for v in value):
+                raise fail(key, f"must be a non-empty list of strings, got {value!r}")
+            for v in value:
+                if known is not None and v not in known:
+                    what = {"tiers": "tier", "value_tiers": "value tier",
+                            "reasons": "reason code"}[key]
+                    raise fail(key, f"unknown {what} {v!r} (expected one of "
+                               f"{', '.join(known)})")
+            return frozenset(value)
+
+        tiers = names("tiers", TIER_NAMES)
+        priority = table.get("priority", 100)
+        if isinstance(priority, bool) or not isinstance(priority, int):
+            raise fail("priority", f"must be an integer, got {priority!r}")
+        share = table.get("holdout_share")
+        if share is not None and (isinstance(share, bool) or not isinstance(share, (int, float))
+                                  or not 0.0 <= share <= 0.5):
+            raise fail("holdout_share", f"must be a number within 0..0.5, got {share!r}")
+        playbook = Playbook(
+            name=name, action=str(texts["action"]), channel=str(texts["channel"]),
+            template=texts["template"],
+            tiers=tiers if tiers is not None else Playbook.__dataclass_fields__[
+                "tiers"].default,  # type: ignore[arg-type]
+            segments=names("segments", None), value_tiers=names("value_tiers", VALUE_TIER_NAMES),
+            reasons=names("reasons", REASON_CODES), priority=priority,
+            holdout_share=None if share is None else float(share))
+        out.append((priority, order, playbook))
+    return tuple(p for _, _, p in sorted(out, key=lambda item: (item[0], item[1])))
+
+
+def parse_winback(table: Mapping[str, Any], *, source: str) -> WinbackPolicy:
+    """Validate ``[winback]``: ``holdout_share`` (0..0.5) and ``window_days`` (> 0)."""
+    base = WinbackPolicy()
+    for key in table:
+        if key not in ("holdout_share", "window_days"):
+            raise ConfigError(f"{source}: unknown key winback.{key} (expected one of "
+                              "holdout_share, window_days)")
+    values: dict[str, float] = {}
+    for key, low, high in (("holdout_share", 0.0, 0.5), ("window_days", 1.0, 3650.0)):
+        value = table.get(key, getattr(base, key))
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+                low <= value <= high):
+            raise ConfigError(f"{source}: winback.{key} must be a number within {low:g}.."
+                              f"{high:g}, got {value!r}")
+        values[key] = float(value)
+    return WinbackPolicy(**values)

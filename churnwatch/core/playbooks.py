@@ -10,30 +10,22 @@ A stable share of the customers each playbook applies to is held out (:func:`in_
 suggestion is withheld, and they are the control group that win-back is measured against
 (``docs/worklist.md``).
 
->>> pb = parse_playbooks({"call_vips": {"tiers": ["at_risk"], "value_tiers": ["high"],
-...                       "action": "Call them", "channel": "phone"}}, source="shop.toml")
->>> [p.name for p in pb]
-['call_vips']
+The ``[playbooks.NAME]`` tables of a configuration are read and checked by
+:func:`churnwatch.core.config.parse_playbooks`; this module knows no file.
+
+>>> pb = (Playbook("call_vips", "Call them", "phone", tiers=frozenset({"at_risk"}),
+...                value_tiers=frozenset({"high"})),)
 >>> choose(pb, tier="at_risk", segment="fashion", value_tier="high", codes=()).name
 'call_vips'
 >>> choose(pb, tier="watch", segment="fashion", value_tier="high", codes=()) is None
 True
->>> parse_playbooks({"x": {"action": "Call", "channel": "phone", "reasons": ["sad"]}},
-...                 source="shop.toml")
-Traceback (most recent call last):
-...
-churnwatch.core.config.ConfigError: shop.toml: playbooks.x.reasons: unknown reason code 'sad' \
-(expected one of buying_less, never_ordered, no_repeat_order, order_overdue, service_problems, \
-unanswered_chat, unanswered_email, unanswered_sms, unanswered_whatsapp)
 """
 
 from __future__ import annotations
 
 import hashlib
-import string
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 #: The risk tiers by name (the same as ``churnwatch.core.config.TIERS``, which imports us).
 TIER_NAMES = ("healthy", "watch", "at_risk", "churned")
@@ -49,10 +41,6 @@ REASON_CODES = tuple(sorted(
 TEMPLATE_FIELDS = ("customer_id", "segment", "tier", "days_since_order", "orders")
 #: Channels an action can name.
 ACTION_CHANNELS = ("phone", "whatsapp", "email", "sms", "chat", "letter", "visit")
-
-
-class PlaybookError(ValueError):
-    """Raised as ``ConfigError`` by the configuration (see :func:`parse_playbooks`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,107 +154,3 @@ DEFAULT_PLAYBOOKS: tuple[Playbook, ...] = (
              template="We miss you: here is 10% off your next order.",
              tiers=frozenset({"churned"}), priority=90),
 )
-
-
-def parse_playbooks(tables: Mapping[str, Any], *, source: str) -> tuple[Playbook, ...]:
-    """Validate the ``[playbooks.NAME]`` tables; errors name the key and the file. No tables:
-    the defaults. Sorted by ``priority``, then by the order in the file."""
-    from churnwatch.core.config import ConfigError
-
-    if not tables:
-        return DEFAULT_PLAYBOOKS
-    out: list[tuple[int, int, Playbook]] = []
-    allowed = {"action", "channel", "template", "tiers", "segments", "value_tiers", "reasons",
-               "priority", "holdout_share"}
-    for order, (name, table) in enumerate(tables.items()):
-        where = f"playbooks.{name}"
-
-        def fail(key: str, message: str, where: str = where) -> ConfigError:
-            return ConfigError(f"{source}: {where}{'.' + key if key else ''}: {message}")
-
-        if not isinstance(table, Mapping):
-            raise fail("", "must be a table")
-        if not name.replace("_", "").isalnum() or not name.isascii() or len(name) > 40:
-            raise fail("", "the name must be letters, digits and '_' (at most 40): it labels "
-                       "metrics")
-        for key in table:
-            if key not in allowed:
-                raise fail(key, f"unknown key (expected one of {', '.join(sorted(allowed))})")
-        texts: dict[str, str | None] = {}
-        for key in ("action", "channel", "template"):
-            value = table.get(key)
-            if value is None:
-                if key != "template":
-                    raise fail(key, "is required")
-                texts[key] = None
-                continue
-            if not isinstance(value, str) or not value.strip():
-                raise fail(key, f"must be a non-empty string, got {value!r}")
-            texts[key] = value
-        if texts["channel"] not in ACTION_CHANNELS:
-            raise fail("channel", f"unknown channel {texts['channel']!r} (expected one of "
-                       f"{', '.join(ACTION_CHANNELS)})")
-        if texts["template"] is not None:
-            try:
-                fields = [f for _, f, _, _ in string.Formatter().parse(texts["template"]) if f]
-            except ValueError as exc:
-                raise fail("template", f"not a valid template: {exc}") from None
-            for field_name in fields:
-                if field_name not in TEMPLATE_FIELDS:
-                    raise fail("template", f"unknown field {{{field_name}}} (expected "
-                               f"{', '.join(TEMPLATE_FIELDS)})")
-
-        def names(key: str, known: Sequence[str] | None,
-                  table: Mapping[str, Any] = table) -> frozenset[str] | None:
-            value = table.get(key)
-            if value is None:
-                return None
-            if not isinstance(value, list) or not value or not all(
-                    isinstance(v, str) and v for v in value):
-                raise fail(key, f"must be a non-empty list of strings, got {value!r}")
-            for v in value:
-                if known is not None and v not in known:
-                    what = {"tiers": "tier", "value_tiers": "value tier",
-                            "reasons": "reason code"}[key]
-                    raise fail(key, f"unknown {what} {v!r} (expected one of "
-                               f"{', '.join(known)})")
-            return frozenset(value)
-
-        tiers = names("tiers", TIER_NAMES)
-        priority = table.get("priority", 100)
-        if isinstance(priority, bool) or not isinstance(priority, int):
-            raise fail("priority", f"must be an integer, got {priority!r}")
-        share = table.get("holdout_share")
-        if share is not None and (isinstance(share, bool) or not isinstance(share, (int, float))
-                                  or not 0.0 <= share <= 0.5):
-            raise fail("holdout_share", f"must be a number within 0..0.5, got {share!r}")
-        playbook = Playbook(
-            name=name, action=str(texts["action"]), channel=str(texts["channel"]),
-            template=texts["template"],
-            tiers=tiers if tiers is not None else Playbook.__dataclass_fields__[
-                "tiers"].default,  # type: ignore[arg-type]
-            segments=names("segments", None), value_tiers=names("value_tiers", VALUE_TIER_NAMES),
-            reasons=names("reasons", REASON_CODES), priority=priority,
-            holdout_share=None if share is None else float(share))
-        out.append((priority, order, playbook))
-    return tuple(p for _, _, p in sorted(out, key=lambda item: (item[0], item[1])))
-
-
-def parse_winback(table: Mapping[str, Any], *, source: str) -> WinbackPolicy:
-    """Validate ``[winback]``: ``holdout_share`` (0..0.5) and ``window_days`` (> 0)."""
-    from churnwatch.core.config import ConfigError
-
-    base = WinbackPolicy()
-    for key in table:
-        if key not in ("holdout_share", "window_days"):
-            raise ConfigError(f"{source}: unknown key winback.{key} (expected one of "
-                              "holdout_share, window_days)")
-    values: dict[str, float] = {}
-    for key, low, high in (("holdout_share", 0.0, 0.5), ("window_days", 1.0, 3650.0)):
-        value = table.get(key, getattr(base, key))
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
-                low <= value <= high):
-            raise ConfigError(f"{source}: winback.{key} must be a number within {low:g}.."
-                              f"{high:g}, got {value!r}")
-        values[key] = float(value)
-    return WinbackPolicy(**values)

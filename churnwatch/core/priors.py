@@ -48,9 +48,8 @@ from churnwatch.core.buyers import (
     shifted_many,
 )
 from churnwatch.core.horizon import ReorderGaps, learned_horizon
-from churnwatch.core.signals import first_basket_after
+from churnwatch.core.signals import DAY, first_basket_after
 
-DAY = 86400.0
 #: Customers kept in a shard's buyer sample.
 SAMPLE_SIZE = 8192
 #: Most recent order days kept per sampled customer (older ones are only counted).

@@ -33,6 +33,8 @@ from typing import NamedTuple
 from churnwatch.core import events as ev
 
 LN2 = math.log(2.0)
+#: Seconds in a day: event times are epoch seconds, windows and horizons are days. The one
+#: definition; every module that converts imports it from here.
 DAY = 86400.0
 
 #: Per-channel engagement counters (:attr:`Engagement.channels`), in this order.

@@ -17,8 +17,9 @@ import msgpack
 
 from churnwatch.core.config import parse_config
 from churnwatch.core.customer import DAY, CustomerState
-from churnwatch.core.engine import BatchResult, Incoming, ShardEngine, ShardState
+from churnwatch.core.engine import ShardEngine
 from churnwatch.core.events import Event
+from churnwatch.core.records import BatchResult, Incoming, ShardState
 
 T0 = 1_700_000_000.0
 CONFIG = parse_config({
