@@ -146,7 +146,8 @@ class CollectorClock:
 
 def bench_replay(path: Path, url: str, config: ChurnwatchConfig, events: int) -> dict[str, Any]:
     """One worker, file -> flow -> Redis -> export CSV."""
-    from churnwatch.replay import export_rows, replay, state_time, write_export
+    from churnwatch.export import export_rows, state_time, write_export
+    from churnwatch.replay import replay
 
     client = redis.Redis.from_url(url)
     client.flushall()

@@ -5,7 +5,7 @@ docs/scoring.md, "Judging it"): each log is cut at a date, the orders before it 
 and a customer churned when no order follows within the judged horizon. Ranking figures come
 from the default configuration; calibration figures from a configuration whose
 ``[scoring] horizon_days`` is the judged horizon. Beside churnwatch: Pareto/NBD and MBG/NBD
-fitted on the same orders (churnwatch/classic.py), time since last order and the order count.
+fitted on the same orders (churnwatch/judge/classic.py), time since last order and the order count.
 
 The logs:
 
@@ -26,13 +26,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import subprocess
 import sys
 import time
 import zipfile
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -40,10 +38,10 @@ import redis
 from churnwatch.state.base import StoreLayout
 from churnwatch.state.redis_store import RedisStore
 
-from churnwatch.backtest import BacktestReport, format_p
-from churnwatch.core.config import TIERS, ChurnwatchConfig, parse_config
+from churnwatch.backtest import backtest
+from churnwatch.core.config import ChurnwatchConfig, parse_config
 from churnwatch.embedded import embedded_redis
-from churnwatch.replay import backtest
+from churnwatch.judge.zoo_table import Judged, Log, markdown
 from churnwatch.simulator import DAY, REGIMES, write_jsonl
 from churnwatch.simulator import VERSION as SIMULATOR_VERSION  # names the cached logs
 
@@ -56,18 +54,6 @@ SIM_START = 1_600_000_000.0
 def log(message: str) -> None:
     """Progress on stderr."""
     print(f"[zoo {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-@dataclass(frozen=True)
-class Log:
-    """One regime's transaction log, cut-off and judged horizon."""
-
-    key: str
-    title: str
-    path: Path
-    cutoff: float
-    horizon_days: float
-    truth: dict[str, bool] | None = None
 
 
 def _utc(day: str) -> float:
@@ -140,16 +126,6 @@ def configurations(horizon_days: float, shards: int | None = None
                          source=f"<zoo: horizon_days = {horizon_days:g}>"))
 
 
-@dataclass
-class Judged:
-    """A log's two backtests: ranking (default configuration), calibration (judged horizon)."""
-
-    log: Log
-    ranking: BacktestReport
-    calibration: BacktestReport
-    seconds: float
-
-
 def judge(entry: Log, url: str, shards: int | None = None) -> Judged:
     """Both backtests of one log, each on an emptied private Redis."""
     started = time.monotonic()
@@ -172,108 +148,6 @@ def judge(entry: Log, url: str, shards: int | None = None) -> Judged:
                                factory(at_horizon), classic=False)
     client.close()
     return Judged(entry, ranking, calibration, time.monotonic() - started)
-
-
-CHURNWATCH_RANK = "churnwatch: 100 - health_score"
-CHURNWATCH_P = "churnwatch: return_probability"
-
-
-def _f(value: float | None, digits: int = 3, sign: bool = False) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "-"
-    return f"{value:+.{digits}f}" if sign else f"{value:.{digits}f}"
-
-
-def _lead(report: BacktestReport, classic: list[str]) -> str:
-    """churnwatch's AUC minus the better classic model's, with the paired test's standard error
-    and p-value: whether a lead or a gap is more than chance."""
-    present = [report.ranking[n] for n in classic if n in report.ranking]
-    best = max(present, key=lambda f: f.auc, default=None)
-    versus = None if best is None else best.behind_churnwatch
-    if versus is None or math.isnan(versus.difference):
-        return "-"
-    return (f"{versus.difference:+.4f} ± {versus.standard_error:.4f} "
-            f"(p {format_p(versus.p_value)})")
-
-
-def _tiers(report: BacktestReport) -> str:
-    cells = []
-    for tier in TIERS:
-        n, share = report.tiers.get(tier, (0, math.nan))
-        cells.append(f"{100 * share:.0f}" if n else "-")
-    return " / ".join(cells) + " %"
-
-
-def _tier_counts(report: BacktestReport) -> str:
-    return " / ".join(str(report.tiers.get(t, (0, 0.0))[0]) for t in TIERS)
-
-
-def rows(results: list[Judged]) -> Iterator[tuple[str, list[str]]]:
-    """The table, one (figure, value per log) at a time."""
-    yield "customers (churn share)", [
-        f"{j.ranking.customers} ({100 * j.ranking.churned / j.ranking.customers:.1f} %)"
-        for j in results]
-    yield "judged horizon (days)", [f"{j.log.horizon_days:g}" for j in results]
-    yield "**ROC AUC, default configuration**", ["" for _ in results]
-    names = list(results[0].ranking.ranking)
-    for name in names:
-        yield name, [_f(j.ranking.ranking[name].auc) if name in j.ranking.ranking else "-"
-                     for j in results]
-    classic = [n for n in names if n.startswith(("Pareto/NBD", "MBG/NBD"))]
-    if classic:
-        yield "churnwatch minus the best classic model ± standard error (paired DeLong test)", [
-            _lead(j.ranking, classic) for j in results]
-    if any(j.ranking.ranking_truth for j in results):
-        yield "**ROC AUC against who has really left (simulator truth)**", [
-            "" for _ in results]
-        for name in names:
-            yield name, [_f(j.ranking.ranking_truth[name].auc) if j.ranking.ranking_truth
-                         else "-" for j in results]
-    yield "**P(order within the horizon), horizon_days = judged horizon**", ["" for _ in results]
-    yield "observed share (base rate)", [_f(j.calibration.base_rate) for j in results]
-    cal_names = [CHURNWATCH_P] + [n for n in results[0].ranking.calibration if n != CHURNWATCH_P]
-
-    def calibration_of(j: Judged, name: str):  # type: ignore[no-untyped-def]
-        return (j.calibration if name == CHURNWATCH_P else j.ranking).calibration.get(name)
-
-    for label, attr, sign in (("mean predicted", "mean_predicted", False),
-                              ("Brier skill", "brier_skill", True),
-                              ("calibration error (ECE, 10 bins)", "calibration_error", False)):
-        for name in cal_names:
-            yield f"{label}: {name.split(':')[0]}", [
-                _f(getattr(calibration_of(j, name), attr), sign=sign)
-                if calibration_of(j, name) else "-" for j in results]
-    yield "**Tiers: churn share healthy / watch / at_risk / churned**", ["" for _ in results]
-    yield "default configuration", [_tiers(j.ranking) for j in results]
-    yield "customers per tier", [_tier_counts(j.ranking) for j in results]
-    yield "rises strictly, tiers populated", [
-        f"{'yes' if j.ranking.monotonic else 'NO'}, {j.ranking.populated_tiers}"
-        for j in results]
-    yield "learned horizon (days), default configuration", [
-        " / ".join(f"{h:g}" for h in sorted({d for days in j.ranking.horizons.values()
-                                             for d in days})) for j in results]
-    yield "customers outside their tier's score band (one scale: 0)", [
-        str(j.ranking.incoherent) for j in results]
-    yield "horizon_days = judged horizon", [_tiers(j.calibration) for j in results]
-    yield "customers per tier ", [_tier_counts(j.calibration) for j in results]
-    yield "rises strictly, tiers populated ", [
-        f"{'yes' if j.calibration.monotonic else 'NO'}, {j.calibration.populated_tiers}"
-        for j in results]
-    yield "seconds (both backtests)", [f"{j.seconds:.0f}" for j in results]
-
-
-def markdown(results: list[Judged]) -> str:
-    """The side-by-side table."""
-    header = "| | " + " | ".join(j.log.key for j in results) + " |"
-    lines = [header, "|---|" + "---|" * len(results)]
-    for label, values in rows(results):
-        lines.append(f"| {label} | " + " | ".join(values) + " |")
-    lines.append("")
-    for j in results:
-        lines.append(f"- `{j.log.key}`: {j.log.title}; cut-off "
-                     f"{datetime.fromtimestamp(j.log.cutoff, tz=timezone.utc):%Y-%m-%d}, "
-                     f"horizon {j.log.horizon_days:g} days")
-    return "\n".join(lines)
 
 
 LOGS = ("cdnow", "lifetimes-example", "weekly", "frequent", "loyal-year", "monthly", "yearly",

@@ -1,488 +1,171 @@
-"""Backtest arithmetic: how well a score ranks the customers who left, and whether a predicted
-chance of returning comes true as often as it says.
+"""``backtest()``: replay a log up to a cut-off, score everyone as of it, and hand each
+customer's score and what they really did next to the judge (:mod:`churnwatch.judge`).
 
-Pure functions over plain per-customer rows, so the same figures come out of ``churnwatch
-backtest``, the zoo of regimes (``bench/zoo.py``) and the tests. The labels are the issue's:
-a customer is anyone with an order before the cut-off; they *churned* when no order follows
-within the judged horizon after it, and *returned* otherwise.
-
->>> roc_auc([0.9, 0.8, 0.3, 0.1], [True, True, False, False])
-1.0
->>> roc_auc([1, 1], [True, False])
-0.5
->>> round(brier([0.8, 0.2], [True, False]), 3), round(brier_skill([0.8, 0.2], [True, False]), 3)
-(0.04, 0.84)
-
-Two rankings of the same customers differ by chance as well as by skill: ``auc_difference``
-says by how much, with the standard error of the difference (DeLong's paired test), so a
-0.001 lead is not read as a win.
+The log is split at the cut-off (:func:`split_at_cutoff`): the events before it are replayed
+through the same dataflow as ``replay``; the orders after it, within the judged horizon, say
+who returned. The classic models are fitted on the same orders.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+import json
+import os
+import tempfile
+import zlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
-import numpy as np
-from scipy import special, stats
-
-from churnwatch.core.config import TIERS, SegmentPolicy
-
-#: Equal-width probability bands of the reliability table and the calibration error.
-BANDS = 10
-
-
-def roc_auc(risk: Sequence[float], churned: Sequence[bool]) -> float:
-    """ROC AUC of ``risk`` (higher = more likely to churn) for the ``churned`` labels; ties
-    count one half (the Mann-Whitney statistic with average ranks)."""
-    pairs = sorted(zip(risk, churned, strict=True), key=lambda p: p[0])
-    n_pos = sum(1 for _, c in pairs if c)
-    n_neg = len(pairs) - n_pos
-    if n_pos == 0 or n_neg == 0:
-        return math.nan
-    rank_sum = 0.0
-    i = 0
-    while i < len(pairs):
-        j = i
-        while j + 1 < len(pairs) and pairs[j + 1][0] == pairs[i][0]:
-            j += 1
-        average_rank = (i + j) / 2.0 + 1.0
-        rank_sum += average_rank * sum(1 for k in range(i, j + 1) if pairs[k][1])
-        i = j + 1
-    return (rank_sum - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg)
-
-
-@dataclass(frozen=True)
-class AucDifference:
-    """ROC AUC of ranking ``a`` minus that of ranking ``b`` over the same customers, with the
-    standard error of the difference and the two-sided p-value of "no difference" (DeLong,
-    DeLong and Clarke-Pearson, 1988: paired, so what the two rankings share cancels out)."""
-
-    difference: float
-    standard_error: float
-    p_value: float
-
-
-def auc_difference(risk_a: Sequence[float], risk_b: Sequence[float],
-                   churned: Sequence[bool]) -> AucDifference:
-    """Compare two rankings of the same customers (higher = more likely to churn).
-
-    Each customer's *placement* under a ranking is the share of the other class it is ranked
-    correctly against (ties one half); an AUC is the mean placement of the churned, and the
-    variance of the difference of two AUCs follows from the covariances of the placements.
-
-    >>> churned = [True, True, True, False, False, False]
-    >>> same = auc_difference([6, 5, 4, 3, 2, 1], [6, 5, 4, 3, 2, 1], churned)
-    >>> same.difference, same.standard_error, same.p_value
-    (0.0, 0.0, 1.0)
-    >>> d = auc_difference([6, 5, 4, 3, 2, 1], [6, 2, 4, 3, 5, 1], churned)
-    >>> round(d.difference, 3), round(d.standard_error, 3), round(d.p_value, 2)
-    (0.333, 0.272, 0.22)
-    """
-    labels = np.asarray(churned, dtype=bool)
-    n_pos, n_neg = int(labels.sum()), int((~labels).sum())
-    if n_pos < 2 or n_neg < 2:
-        return AucDifference(math.nan, math.nan, math.nan)
-    positive, negative = [], []
-    for risk in (risk_a, risk_b):
-        values = np.asarray(risk, dtype=float)
-        ranks = stats.rankdata(values)
-        # Placement of a churned customer: the share of returners ranked below it; of a
-        # returner: the share of the churned ranked above it (ties one half each).
-        positive.append((ranks[labels] - stats.rankdata(values[labels])) / n_neg)
-        negative.append(1.0 - (ranks[~labels] - stats.rankdata(values[~labels])) / n_pos)
-    difference = float(positive[0].mean() - positive[1].mean())
-    cov = np.cov(np.vstack(positive)) / n_pos + np.cov(np.vstack(negative)) / n_neg
-    variance = max(float(cov[0, 0] + cov[1, 1] - 2.0 * cov[0, 1]), 0.0)
-    error = math.sqrt(variance)
-    if error == 0.0:
-        return AucDifference(difference, 0.0, 1.0 if difference == 0.0 else 0.0)
-    return AucDifference(difference, error,
-                         float(special.erfc(abs(difference) / error / math.sqrt(2.0))))
-
-
-def format_p(p_value: float) -> str:
-    """A p-value as a reader wants it: ``< 0.001`` rather than ``0.000``.
-
-    >>> format_p(0.0004), format_p(0.0912), format_p(1.0)
-    ('< 0.001', '0.091', '1.000')
-    """
-    return "< 0.001" if p_value < 0.001 else f"{p_value:.3f}"
-
-
-def top_decile_lift(risk: Sequence[float], churned: Sequence[bool]) -> float:
-    """Churn share among the riskiest 10 % over the overall churn share."""
-    n = len(risk)
-    if n == 0:
-        return math.nan
-    overall = sum(churned) / n
-    if overall == 0:
-        return math.nan
-    ranked = sorted(zip(risk, churned, strict=True), key=lambda p: -p[0])
-    top = ranked[: max(1, n // 10)]
-    return (sum(1 for _, c in top if c) / len(top)) / overall
-
-
-def brier(probability: Sequence[float], returned: Sequence[bool]) -> float:
-    """Mean squared error of a predicted probability against what happened (0 is perfect).
-
-    >>> brier([1.0, 0.0], [True, False]), brier([0.5, 0.5], [True, False])
-    (0.0, 0.25)
-    """
-    n = len(probability)
-    if n == 0:
-        return math.nan
-    return sum((p - float(r)) ** 2 for p, r in zip(probability, returned, strict=True)) / n
-
-
-def brier_skill(probability: Sequence[float], returned: Sequence[bool]) -> float:
-    """``1 - Brier / Brier of the base rate``: 0 is no better than telling every customer the
-    observed share, negative is worse, 1 is perfect.
-
-    >>> brier_skill([0.5, 0.5], [True, False])
-    0.0
-    >>> brier_skill([0.9, 0.9], [True, False]) < 0
-    True
-    """
-    n = len(returned)
-    if n == 0:
-        return math.nan
-    base = sum(returned) / n
-    reference = base * (1.0 - base)
-    if reference == 0.0:
-        return math.nan
-    return 1.0 - brier(probability, returned) / reference
-
-
-@dataclass(frozen=True)
-class Band:
-    """One row of a reliability table: the customers predicted within ``[low, high)``."""
-
-    low: float
-    high: float
-    customers: int
-    mean_predicted: float
-    observed: float
-
-
-def reliability(probability: Sequence[float], returned: Sequence[bool], bands: int = BANDS
-                ) -> list[Band]:
-    """Customers per equal-width band of predicted probability, the band's mean prediction and
-    the share that really returned (1.0 falls in the top band).
-
-    >>> [(b.customers, b.mean_predicted, b.observed) for b in
-    ...  reliability([0.05, 0.15, 0.95, 1.0], [False, True, True, True], bands=2)]
-    [(2, 0.1, 0.5), (2, 0.975, 1.0)]
-    """
-    members: list[list[tuple[float, bool]]] = [[] for _ in range(bands)]
-    for p, r in zip(probability, returned, strict=True):
-        index = min(max(int(p * bands), 0), bands - 1)
-        members[index].append((p, r))
-    table = []
-    for index, rows in enumerate(members):
-        n = len(rows)
-        table.append(Band(index / bands, (index + 1) / bands, n,
-                          sum(p for p, _ in rows) / n if n else math.nan,
-                          sum(1 for _, r in rows if r) / n if n else math.nan))
-    return table
-
-
-def calibration_error(probability: Sequence[float], returned: Sequence[bool],
-                      bands: int = BANDS) -> float:
-    """Expected calibration error: the customer-weighted mean gap between predicted and
-    observed share over equal-width bands.
-
-    >>> round(calibration_error([0.05, 0.15, 0.95, 1.0], [False, True, True, True], bands=2), 4)
-    0.2125
-    """
-    table = reliability(probability, returned, bands)
-    n = sum(b.customers for b in table)
-    if n == 0:
-        return math.nan
-    return sum(b.customers * abs(b.mean_predicted - b.observed) for b in table if b.customers) / n
-
-
-@dataclass(frozen=True)
-class CustomerOutcome:
-    """One judged customer: what churnwatch said at the cut-off, the plain facts of their
-    history before it, and whether they churned."""
-
-    health_score: float
-    tier: str
-    return_probability: float
-    days_since_last_order: float
-    orders: int
-    churned: bool
-
-
-@dataclass(frozen=True)
-class Prediction:
-    """A classic model's answers for the same customers, in the same order."""
-
-    name: str
-    p_purchase: Sequence[float]
-    expected_purchases: Sequence[float]
-    detail: Mapping[str, object] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class ProbabilityFigures:
-    """How well one predictor's P(an order within the horizon) comes true."""
-
-    mean_predicted: float
-    brier: float
-    brier_skill: float
-    calibration_error: float
-    bands: tuple[Band, ...]
-
-    @classmethod
-    def of(cls, probability: Sequence[float], returned: Sequence[bool]) -> ProbabilityFigures:
-        """Every calibration figure of ``probability``."""
-        n = len(probability)
-        return cls(sum(probability) / n if n else math.nan, brier(probability, returned),
-                   brier_skill(probability, returned), calibration_error(probability, returned),
-                   tuple(reliability(probability, returned)))
-
-    def as_dict(self) -> dict[str, object]:
-        """Plain data for ``--json``."""
-        return {"mean_predicted": self.mean_predicted, "brier": self.brier,
-                "brier_skill": self.brier_skill, "calibration_error": self.calibration_error,
-                "reliability": [{"band": f"{b.low:.1f}-{b.high:.1f}", "customers": b.customers,
-                                 "mean_predicted": _nan_none(b.mean_predicted),
-                                 "observed": _nan_none(b.observed)} for b in self.bands]}
-
-
-@dataclass(frozen=True)
-class RankingFigures:
-    """How well one risk ranks the churned first; for a ranking other than churnwatch's,
-    ``behind_churnwatch`` is churnwatch's AUC minus this one's, with its standard error."""
-
-    auc: float
-    lift: float
-    behind_churnwatch: AucDifference | None = None
-
-    def as_dict(self) -> dict[str, object]:
-        """Plain data for ``--json``."""
-        data: dict[str, object] = {"roc_auc": self.auc, "top_decile_lift": self.lift}
-        versus = self.behind_churnwatch
-        if versus is not None:
-            data["churnwatch_minus_this"] = {
-                "roc_auc": _nan_none(versus.difference),
-                "standard_error": _nan_none(versus.standard_error),
-                "p_value": _nan_none(versus.p_value)}
-        return data
-
-    def render(self, name: str) -> str:
-        """One line of the ranking table."""
-        line = f"  {name:48}{self.auc:>9.4f}{self.lift:>17.2f}"
-        versus = self.behind_churnwatch
-        if versus is not None and not math.isnan(versus.difference):
-            line += (f"{versus.difference:>+13.4f} ± {versus.standard_error:.4f}"
-                     f"  p {format_p(versus.p_value)}")
-        return line
+from churnwatch.core.config import ChurnwatchConfig
+from churnwatch.core.customer import DAY
+from churnwatch.core.events import ORDER, Event, decode_event
+from churnwatch.core.records import FlowHooks
+from churnwatch.dataflows.file_source import input_label, open_input
+from churnwatch.export import export_rows, rfc3339
+from churnwatch.judge.classic import benchmark
+from churnwatch.judge.report import (
+    BacktestReport,
+    CustomerOutcome,
+    Prediction,
+    build_report,
+    outside_their_tier,
+)
+from churnwatch.replay import replay
+from churnwatch.runtime import UsageError
+from churnwatch.state.base import StateStore
 
 
 @dataclass
-class BacktestReport:
-    """The figures ``churnwatch backtest`` prints."""
+class CutoffSplit:
+    """A history cut at the cut-off: ``prefix`` is a copy of the file with every line after the
+    cut-off blanked (so line numbers, hence dead-letter positions, stay the user's file's);
+    ``churned`` says, per customer who ordered by the cut-off, whether no order followed within
+    the horizon; ``orders_before`` holds their order times up to the cut-off; ``newest_event`` is
+    the newest valid event time in the whole file."""
 
-    customers: int
-    churned: int
-    auc: float
-    baseline_auc: float
-    lift: float
-    baseline_lift: float
-    tiers: dict[str, tuple[int, float]] = field(default_factory=dict)
-    horizon_days: float = math.nan
-    probability_horizon_days: float | None = None
-    #: Per segment, the horizon(s) its return_probability and tiers are about, and whether
-    #: they were learned from the shop's reorders (no ``horizon_days`` configured).
-    horizons: dict[str, list[float]] = field(default_factory=dict)
-    horizons_learned: bool = False
-    #: Customers whose health score lies outside their tier's band widened by the hysteresis
-    #: (:func:`outside_their_tier`): none when tier and score are one scale.
-    incoherent: int = 0
-    #: Risk rankings by name: churnwatch, the classic models, the plain baselines.
-    ranking: dict[str, RankingFigures] = field(default_factory=dict)
-    #: Calibration of P(an order within the horizon): churnwatch, the classic models.
-    calibration: dict[str, ProbabilityFigures] = field(default_factory=dict)
-    classic_detail: dict[str, Mapping[str, object]] = field(default_factory=dict)
-    #: Where the truth is known (a simulated shop): the same rankings against who has really
-    #: left by the cut-off, whether or not they happened to order within the horizon.
-    ranking_truth: dict[str, RankingFigures] = field(default_factory=dict)
-
-    @property
-    def base_rate(self) -> float:
-        """The share of customers who ordered again within the horizon."""
-        return 1.0 - self.churned / self.customers if self.customers else math.nan
-
-    @property
-    def populated_tiers(self) -> int:
-        """How many tiers hold at least one customer."""
-        return sum(1 for t in TIERS if self.tiers.get(t, (0, 0.0))[0] > 0)
-
-    @property
-    def monotonic(self) -> bool:
-        """Whether the churn share rises strictly healthy -> watch -> at_risk -> churned (over
-        the tiers that hold customers)."""
-        shares = [self.tiers[t][1] for t in TIERS if t in self.tiers and self.tiers[t][0]]
-        return all(a < b for a, b in zip(shares, shares[1:], strict=False))
-
-    def as_dict(self) -> dict[str, object]:
-        """Plain data for ``--json``."""
-        return {"customers": self.customers, "churned": self.churned,
-                "churn_share": self.churned / self.customers if self.customers else None,
-                "base_rate_returned": self.base_rate,
-                "horizon_days": self.horizon_days,
-                "return_probability_horizon_days": self.probability_horizon_days,
-                "horizons_by_segment": self.horizons,
-                "horizons_learned": self.horizons_learned,
-                "customers_outside_their_tier": self.incoherent,
-                "roc_auc": self.auc, "recency_baseline_roc_auc": self.baseline_auc,
-                "top_decile_lift": self.lift, "recency_baseline_top_decile_lift":
-                    self.baseline_lift,
-                "ranking": {name: f.as_dict() for name, f in self.ranking.items()},
-                "calibration": {name: f.as_dict() for name, f in self.calibration.items()},
-                "classic_models": {name: dict(d) for name, d in self.classic_detail.items()},
-                "ranking_against_truth": {name: f.as_dict()
-                                          for name, f in self.ranking_truth.items()},
-                "tiers": {t: {"customers": n, "churn_share": _nan_none(s)} for t, (n, s) in
-                          self.tiers.items()},
-                "churn_share_monotonic": self.monotonic,
-                "tiers_populated": self.populated_tiers}
-
-    def _horizon_lines(self) -> list[str]:
-        """What the scores' chances are about: the horizon of each segment."""
-        if not self.horizons:
-            return []
-        how = "learned from the shop's reorders" if self.horizons_learned else "configured"
-        said = "; ".join(f"{segment} {' / '.join(f'{h:g}' for h in days)} days"
-                         for segment, days in self.horizons.items())
-        return [f"horizon of return_probability and tiers ({how}): {said}"]
-
-    def render(self) -> str:
-        """A human-readable report."""
-        horizon = f"{self.horizon_days:g}"
-        lines = [
-            f"customers who ordered before the cut-off: {self.customers}",
-            f"churned (no order within {horizon} days):  {self.churned} "
-            f"({100 * self.churned / max(self.customers, 1):.1f} %)",
-            *self._horizon_lines(),
-            "",
-            f"ranking: who churned first{'':24}{'ROC AUC':>9}{'top-decile lift':>17}"
-            f"{'churnwatch ahead by (paired DeLong test)':>44}",
-        ]
-        lines += [fig.render(name) for name, fig in self.ranking.items()]
-        if self.ranking_truth:
-            lines += ["", "ranking against who has really left by the cut-off"]
-            lines += [fig.render(name) for name, fig in self.ranking_truth.items()]
-        if self.calibration:
-            lines += ["", f"calibration: P(an order within {horizon} days)"
-                      f"{'':6}{'mean':>7}{'Brier':>8}{'skill':>8}{'ECE':>8}",
-                      f"  {'observed share (base rate)':48}{self.base_rate:>7.3f}"
-                      f"{self.base_rate * (1 - self.base_rate):>8.4f}{0.0:>+8.3f}"]
-            for name, cal in self.calibration.items():
-                lines.append(f"  {name:48}{cal.mean_predicted:>7.3f}{cal.brier:>8.4f}"
-                             f"{cal.brier_skill:>+8.3f}{cal.calibration_error:>8.3f}")
-            if (self.probability_horizon_days is not None
-                    and abs(self.probability_horizon_days - self.horizon_days) > 1e-9):
-                lines.append(f"  note: return_probability is for horizon_days = "
-                             f"{self.probability_horizon_days:g}, judged "
-                             f"over {horizon}; set [scoring] horizon_days = {horizon} to judge "
-                             "its calibration")
-            lines += ["", "reliability: customers, mean predicted, observed share per band"]
-            names = list(self.calibration)
-            lines.append(f"  {'':9}" + "".join(f"{n.split(':')[0]:>30}" for n in names))
-            lines.append(f"  {'band':9}" + f"{'customers':>11}{'predicted':>10}{'observed':>9}"
-                         * len(names))
-            for index in range(BANDS):
-                cells = []
-                for name in names:
-                    b = self.calibration[name].bands[index]
-                    cells.append(f"{b.customers:>11}{b.mean_predicted:>10.3f}{b.observed:>9.3f}"
-                                 if b.customers else f"{b.customers:>11}{'-':>10}{'-':>9}")
-                band = self.calibration[names[0]].bands[index]
-                lines.append(f"  {band.low:.1f}-{band.high:.1f}  " + "".join(cells))
-        lines += ["", f"{'tier':12}{'customers':>10}{'churn share':>13}"]
-        for tier in TIERS:
-            n, share = self.tiers.get(tier, (0, math.nan))
-            lines.append(f"{tier:12}{n:>10}" + (f"{100 * share:>12.1f}%" if n else f"{'-':>13}"))
-        lines.append("")
-        lines.append("tiers: churn share rises strictly healthy -> churned: "
-                     + ("yes" if self.monotonic else "NO"))
-        lines.append(f"tiers populated: {self.populated_tiers} of {len(TIERS)} (at least 3: "
-                     + ("yes" if self.populated_tiers >= 3 else "NO") + ")")
-        return "\n".join(lines)
+    prefix: str
+    churned: dict[str, bool]
+    orders_before: dict[str, list[float]]
+    newest_event: float | None
+    after_cutoff: int
 
 
-def _nan_none(value: float) -> float | None:
-    return None if isinstance(value, float) and math.isnan(value) else value
+def split_at_cutoff(path: str, cutoff: float, horizon_days: float, workdir: str,
+                    max_amount: float | None = None) -> CutoffSplit:
+    """Write the events up to ``cutoff`` to a new file (``path`` may be gzipped, or ``-``);
+    invalid lines are kept in the prefix so the replay dead-letters them as usual."""
+    limits = {} if max_amount is None else {"max_amount": max_amount}
+    prefix = os.path.join(workdir, "before-cutoff.jsonl")
+    end = cutoff + horizon_days * DAY
+    orders_before: dict[str, list[float]] = {}
+    ordered_after: set[str] = set()
+    newest: float | None = None
+    after = 0
+    label = input_label(path)
+    number = 0
+    with open_input(path) as source, open(prefix, "wb") as out:
+        lines = iter(source)
+        while True:
+            try:
+                line = next(lines)
+            except StopIteration:
+                break
+            except (OSError, EOFError, zlib.error) as exc:
+                raise UsageError(f"backtest: {label}: unreadable after line {number} ({exc})"
+                                 ) from None
+            number += 1
+            if not line.strip():
+                out.write(b"\n")
+                continue
+            event = decode_event(line, position=f"{label}:{number}", msgpack_allowed=False,
+                                 **limits)
+            if not isinstance(event, Event):
+                out.write(line if line.endswith(b"\n") else line + b"\n")
+                continue
+            if newest is None or event.ts > newest:
+                newest = event.ts
+            if event.ts <= cutoff:
+                out.write(line if line.endswith(b"\n") else line + b"\n")
+                if event.type == ORDER:
+                    orders_before.setdefault(event.customer_id, []).append(event.ts)
+                continue
+            out.write(b"\n")
+            after += 1
+            if event.ts <= end and event.type == ORDER:
+                ordered_after.add(event.customer_id)
+    return CutoffSplit(prefix, {c: c not in ordered_after for c in orders_before},
+                       orders_before, newest, after)
 
 
-def _rankings(risks: Mapping[str, Sequence[float]], churned: Sequence[bool]
-              ) -> dict[str, RankingFigures]:
-    """Each risk's figures; every ranking after the first (churnwatch's) compared with it."""
-    first = next(iter(risks.values()))
-    return {name: RankingFigures(roc_auc(values, churned), top_decile_lift(values, churned),
-                                 None if values is first else
-                                 auc_difference(first, values, churned))
-            for name, values in risks.items()}
+def check_horizon(path: str, split: CutoffSplit, cutoff: float, horizon_days: float) -> None:
+    """Refuse a backtest whose horizon runs past the newest event's day: every customer would
+    count as churned for want of data, and the figures would lie."""
+    if split.newest_event is None:
+        raise UsageError(f"backtest: {path} holds no valid event")
+    end = cutoff + horizon_days * DAY
+    # A day's grace: logs with day resolution stamp their last day at midnight, and a horizon
+    # ending within that day is covered by it.
+    if end > split.newest_event + DAY:
+        latest = split.newest_event + DAY - horizon_days * DAY
+        raise UsageError(
+            f"backtest: the cut-off {rfc3339(cutoff)} plus {horizon_days:g} days of horizon ends "
+            f"at {rfc3339(end)}, after the newest event in {path} ({rfc3339(split.newest_event)}); "
+            f"choose a cut-off at or before {rfc3339(latest)} or a shorter horizon")
 
 
-def outside_their_tier(score: float, tier: str, policy: SegmentPolicy) -> bool:
-    """Whether a customer's health score lies outside their tier's band widened by the
-    hysteresis: then a customer of the same segment with a lower score could sit in a better
-    tier, beyond what hysteresis explains.
+def backtest(path: str, cutoff: float, horizon_days: float, config: ChurnwatchConfig,
+             store_factory: Callable[[], StateStore], workers: int = 1,
+             hooks: FlowHooks | None = None, dead_letters_path: str | None = None,
+             progress: bool = False, classic: bool = True,
+             truth: Mapping[str, bool] | None = None) -> BacktestReport:
+    """Replay up to ``cutoff``, score everyone as of it, and judge against the next
+    ``horizon_days`` (refused when the file ends before the horizon does), beside the classic
+    models fitted on the same orders (``classic``) and the plain baselines (time since last
+    order, order count), both read from the log itself. ``truth`` (customer id -> has really
+    left, known for a simulated shop) adds the rankings against it."""
+    with tempfile.TemporaryDirectory(prefix="churnwatch-backtest-") as workdir:
+        split = split_at_cutoff(path, cutoff, horizon_days, workdir,
+                                max_amount=config.max_amount)
+        check_horizon(path, split, cutoff, horizon_days)
+        summary = replay([split.prefix], config, store_factory, as_of=cutoff, workers=workers,
+                         hooks=hooks, dead_letters_path=dead_letters_path,
+                         labels={split.prefix: input_label(path)}, progress=progress)
+    if summary.read_errors:
+        raise UsageError("; ".join(summary.read_errors))
+    store = store_factory()
+    scored = {str(row["customer_id"]): row for row in export_rows(store, config, cutoff)}
+    ids = sorted(c for c in split.churned if c in scored)
+    outcomes = []
+    for cid in ids:
+        row, times = scored[cid], split.orders_before[cid]
+        outcomes.append(CustomerOutcome(
+            health_score=float(row["health_score"]),  # type: ignore[arg-type]
+            tier=str(row["tier"]),
+            return_probability=float(row["return_probability"]),  # type: ignore[arg-type]
+            days_since_last_order=(cutoff - max(times)) / DAY, orders=len(times),
+            churned=split.churned[cid]))
+    predictions = []
+    if classic and ids:
+        for bench in benchmark({c: split.orders_before[c] for c in ids}, cutoff, horizon_days):
+            # benchmark() orders customers by id, as ``ids`` is.
+            predictions.append(Prediction(bench.name, bench.p_purchase.tolist(),
+                                          bench.expected_purchases.tolist(), bench.detail()))
+    # The horizon each segment's return_probability is for (configured or learned).
+    horizons: dict[str, set[float]] = {}
+    for row in scored.values():
+        days = float(row["horizon_days"])  # type: ignore[arg-type]
+        horizons.setdefault(str(row["segment"]), set()).add(days)
+    every = set().union(*horizons.values()) if horizons else set()
+    incoherent = sum(1 for row in scored.values() if outside_their_tier(
+        float(row["health_score"]), str(row["tier"]),  # type: ignore[arg-type]
+        config.policy(str(row["segment"]))))
+    learned = any(config.policy(segment).horizon_learned for segment in horizons)
+    return build_report(outcomes, predictions, horizon_days,
+                        every.pop() if len(every) == 1 else None,
+                        None if truth is None else [truth[c] for c in ids],
+                        horizons={s: sorted(h) for s, h in sorted(horizons.items())},
+                        horizons_learned=learned, incoherent=incoherent)
 
-    >>> from churnwatch.core.config import SegmentPolicy
-    >>> p = SegmentPolicy()  # healthy >= 65, watch >= 45, at_risk >= 25, hysteresis 3
-    >>> outside_their_tier(63.0, "healthy", p), outside_their_tier(61.9, "healthy", p)
-    (False, True)
-    >>> outside_their_tier(67.9, "watch", p), outside_their_tier(68.0, "watch", p)
-    (False, True)
-    """
-    index = TIERS.index(tier)
-    bounds = (math.inf, *policy.boundaries, -math.inf)
-    return not bounds[index + 1] - policy.hysteresis <= score < bounds[index] + policy.hysteresis
 
-
-def build_report(outcomes: Sequence[CustomerOutcome], classic: Sequence[Prediction] = (),
-                 horizon_days: float = math.nan,
-                 probability_horizon_days: float | None = None,
-                 truth: Sequence[bool] | None = None,
-                 horizons: dict[str, list[float]] | None = None,
-                 horizons_learned: bool = False, incoherent: int = 0) -> BacktestReport:
-    """Every figure for ``outcomes``, beside the ``classic`` models' predictions for the same
-    customers in the same order (and, given ``truth``, whether each has really left)."""
-    churned = [o.churned for o in outcomes]
-    returned = [not c for c in churned]
-    risk = [100.0 - o.health_score for o in outcomes]
-    silence = [o.days_since_last_order for o in outcomes]
-    fewer_orders = [-float(o.orders) for o in outcomes]
-    tiers: dict[str, tuple[int, float]] = {}
-    for tier in TIERS:
-        members = [o.churned for o in outcomes if o.tier == tier]
-        tiers[tier] = (len(members), sum(members) / len(members) if members else math.nan)
-
-    risks = {"churnwatch: 100 - health_score": risk}
-    for model in classic:
-        risks[f"{model.name}: fewer expected orders"] = [-float(e)
-                                                         for e in model.expected_purchases]
-    risks["time since last order"] = silence
-    risks["order count (fewer = riskier)"] = fewer_orders
-    ranking = _rankings(risks, churned)
-    ranking_truth = {} if truth is None else _rankings(risks, truth)
-    calibration = {"churnwatch: return_probability": ProbabilityFigures.of(
-        [o.return_probability for o in outcomes], returned)}
-    for model in classic:
-        calibration[f"{model.name}: P(at least one order)"] = ProbabilityFigures.of(
-            [float(p) for p in model.p_purchase], returned)
-    main, recency = ranking["churnwatch: 100 - health_score"], ranking["time since last order"]
-    return BacktestReport(
-        customers=len(outcomes), churned=sum(churned), auc=main.auc, baseline_auc=recency.auc,
-        lift=main.lift, baseline_lift=recency.lift, tiers=tiers, horizon_days=horizon_days,
-        probability_horizon_days=probability_horizon_days, ranking=ranking,
-        calibration=calibration, classic_detail={m.name: m.detail for m in classic},
-        ranking_truth=ranking_truth, horizons=dict(horizons or {}),
-        horizons_learned=horizons_learned, incoherent=incoherent)
+def dump_json(data: object) -> str:
+    """Pretty JSON for reports."""
+    return json.dumps(data, indent=2, sort_keys=True, default=str)

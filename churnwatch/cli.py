@@ -61,14 +61,8 @@ def _dead_letters_note(files: Sequence[str], default: bool, count: int) -> str:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from churnwatch.replay import (
-        AsOfBeforeData,
-        export_rows,
-        render_summary,
-        replay,
-        state_time,
-        write_export,
-    )
+    from churnwatch.export import export_rows, state_time, write_export
+    from churnwatch.replay import AsOfBeforeData, render_summary, replay
 
     tune_garbage_collector()
     config = config_from_args(args)
@@ -109,7 +103,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_backtest(args: argparse.Namespace) -> int:
-    from churnwatch.replay import ReplayCounts, backtest, dump_json, render_summary
+    from churnwatch.backtest import backtest, dump_json
+    from churnwatch.replay import ReplayCounts, render_summary
 
     tune_garbage_collector()
     config = config_from_args(args)

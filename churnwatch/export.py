@@ -1,48 +1,80 @@
-"""``churnwatch export``: every customer of a running monitor as CSV, for CRM imports and audits.
-
-Reads the monitor's Redis (never a private one: it would be empty) and writes, per customer,
-the health score, tier, segment, components, return probability, orders, spend, last order and
-the reasons, with exactly the columns of ``churnwatch replay --export`` (the same function
-writes both: :func:`churnwatch.replay.export_rows`). Scores are brought to ``--as-of`` (default:
-now, as a live monitor scores), so a customer who went quiet since their last event is shown
-as the monitor will score them; the stored state is not changed.
-"""
+"""Every customer's score as CSV rows: the columns of ``churnwatch export`` and ``churnwatch
+replay --export`` (the same functions write both), scored as of an instant without changing
+the stored state."""
 
 from __future__ import annotations
 
-import argparse
-import sys
-import time
-from collections.abc import Callable
+import csv
+from collections.abc import Sequence
+
+from churnwatch.core.config import COMPONENTS, ChurnwatchConfig
+from churnwatch.core.customer import DAY
+from churnwatch.core.scoring import assess_as_held, reasons, tier_name
+from churnwatch.state.base import StateStore, config_with_segments, shard_of
 
 
-def cmd_export(args: argparse.Namespace) -> int:
-    """``churnwatch export``."""
-    from churnwatch.replay import export_rows, write_export
-    from churnwatch.runtime import config_from_args, monitor_store, time_option
-
-    config = config_from_args(args)
-    at = time_option(args.as_of, "--as-of") if args.as_of else time.time()
-    with monitor_store(args, config, "export") as store:
-        rows = export_rows(store, config, at)
-    write_export(rows, args.out)  # a reader gone (`| head`) ends quietly in churnwatch.cli.main
-    if args.out != "-":
-        print(f"exported {len(rows)} customers to {args.out}", file=sys.stderr)
-    return 0
+def state_time(store: StateStore) -> float:
+    """The newest event time any shard has seen (the instant "now" means after a replay)."""
+    marks = [s.watermark for s in store.shard_states()]
+    return max(marks) if marks else 0.0
 
 
-def register(sub: argparse._SubParsersAction,  # type: ignore[type-arg]
-             common: Callable[[argparse.ArgumentParser], None]) -> None:
-    """Add ``export``."""
-    from churnwatch.runtime import add_monitor_options
+EXPORT_COLUMNS = ["customer_id", "health_score", "tier", "segment", *COMPONENTS,
+                  "return_probability", "horizon_days", "orders", "spend", "last_order",
+                  "days_since_last_order", "high_value", "reasons"]
 
-    p = sub.add_parser("export", help="every customer's score, tier, components and reasons "
-                       "as CSV, from the monitor's Redis", description=__doc__,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default="-", metavar="PATH",
-                   help="CSV file to write ('-', the default: standard output)")
-    p.add_argument("--as-of", metavar="TIME",
-                   help="score everyone as of this instant (RFC 3339 or epoch seconds; "
-                   "default: now). For state left by `replay --as-of T`, pass T")
-    add_monitor_options(p)
-    p.set_defaults(func=cmd_export)
+
+def export_rows(store: StateStore, config: ChurnwatchConfig, at: float
+                ) -> list[dict[str, object]]:
+    """Every customer's score, tier, components and reasons as of ``at``."""
+    config = config_with_segments(store, config)  # the shop's own segments are labels too
+    shard_priors = {}
+    for shard in range(config.shards):
+        shard_priors[shard] = store.load_shard(shard).priors
+    rows: list[dict[str, object]] = []
+    for cid, state in store.iter_customers():
+        priors = shard_priors[shard_of(cid, config.shards)]
+        assessment = assess_as_held(state, max(at, state.scored_at), config, priors)
+        row: dict[str, object] = {
+            "customer_id": cid,
+            "health_score": round(assessment.score, 2),
+            "tier": tier_name(state.tier),
+            "segment": config.segment_label(state.segment),
+        }
+        for name, comp in zip(COMPONENTS, assessment.components, strict=True):
+            row[name] = round(comp.value, 1) if comp.confidence > 0 else ""
+        row["return_probability"] = round(assessment.return_probability, 4)
+        row["horizon_days"] = round(assessment.horizon_days, 1)
+        bought = state.purchases
+        row["orders"] = bought.orders
+        row["spend"] = round(bought.spend, 2)
+        row["last_order"] = "" if bought.last_order is None else rfc3339(bought.last_order)
+        row["days_since_last_order"] = ("" if bought.last_order is None else
+                                        round((at - bought.last_order) / DAY, 1))
+        row["high_value"] = int(state.high_value)
+        row["reasons"] = " | ".join(reasons(state, assessment, at, config, priors))
+        rows.append(row)
+    rows.sort(key=lambda r: str(r["customer_id"]))
+    return rows
+
+
+def write_export(rows: Sequence[dict[str, object]], path: str) -> None:
+    """Write export rows as CSV with a header (``-`` for standard output)."""
+    if path == "-":
+        import sys
+
+        writer = csv.DictWriter(sys.stdout, fieldnames=EXPORT_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+        return
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=EXPORT_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def rfc3339(ts: float) -> str:
+    """An epoch time as RFC 3339 in UTC, fractions kept (``1970-01-01T00:00:00Z``)."""
+    from datetime import datetime, timezone
+
+    return datetime.fromtimestamp(ts, tz=timezone.utc).isoformat().replace("+00:00", "Z")

@@ -1,21 +1,16 @@
-"""Replay, export and backtest: the file-driven uses of the dataflow.
-
-``replay`` pushes JSON Lines files through the same dataflow and store as live mode, in event
-time; ``export`` writes every customer's score as of an instant; ``backtest`` replays up to a
-cut-off and judges the scores against what customers really did next.
+"""Replay: JSON Lines files pushed through the same dataflow and store as live mode, in event
+time, with the counts of what was read, applied and dead-lettered, and where the dead letters
+go. ``churnwatch replay``, ``backtest`` (:mod:`churnwatch.backtest`) and ``import`` run on it;
+every customer's score as CSV is :mod:`churnwatch.export`.
 """
 
 from __future__ import annotations
 
-import csv
-import json
 import os
 import shutil
 import sys
-import tempfile
 import threading
 import time
-import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -23,16 +18,14 @@ from typing import Any
 
 from bytewax.testing import cluster_main, run_main
 
-from churnwatch.backtest import BacktestReport, build_report
-from churnwatch.core.config import COMPONENTS, ChurnwatchConfig
-from churnwatch.core.customer import DAY
-from churnwatch.core.events import ORDER, Event, InvalidEvent, decode_event
+from churnwatch.core.config import ChurnwatchConfig
+from churnwatch.core.events import InvalidEvent
 from churnwatch.core.records import BatchResult, FlowHooks, TierTransition
-from churnwatch.core.scoring import assess_as_held, reasons, tier_name
-from churnwatch.dataflows.file_source import STDIN, FileSource, count_lines, input_label, open_input
+from churnwatch.dataflows.file_source import STDIN, FileSource, count_lines
 from churnwatch.dataflows.flow import FlowSettings, advance_all, build_flow
+from churnwatch.export import rfc3339
 from churnwatch.runtime import UsageError
-from churnwatch.state.base import StateStore, claim_layout_of, config_with_segments, shard_of
+from churnwatch.state.base import StateStore, claim_layout_of
 
 # A replay shorter than this shows no progress bar at all.
 PROGRESS_DELAY_SECONDS = 0.5
@@ -193,8 +186,8 @@ def replay(paths: Sequence[str], config: ChurnwatchConfig, store_factory: Callab
         newest = counts.newest_event
         if newest is not None and as_of < newest:
             raise AsOfBeforeData(
-                f"--as-of {_iso(as_of)} is earlier than the newest event replayed, "
-                f"{_iso(newest)}: give an --as-of at or after it (the events were replayed; "
+                f"--as-of {rfc3339(as_of)} is earlier than the newest event replayed, "
+                f"{rfc3339(newest)}: give an --as-of at or after it (the events were replayed; "
                 f"nothing was advanced or exported)",
                 counts.summary(as_of, 0, time.perf_counter() - started, read_errors))
         store = store_factory()
@@ -278,208 +271,3 @@ def render_summary(command: str, summary: ReplaySummary, customers: int,
     return "\n".join(lines)
 
 
-def state_time(store: StateStore) -> float:
-    """The newest event time any shard has seen (the instant "now" means after a replay)."""
-    marks = [s.watermark for s in store.shard_states()]
-    return max(marks) if marks else 0.0
-
-
-EXPORT_COLUMNS = ["customer_id", "health_score", "tier", "segment", *COMPONENTS,
-                  "return_probability", "horizon_days", "orders", "spend", "last_order",
-                  "days_since_last_order", "high_value", "reasons"]
-
-
-def export_rows(store: StateStore, config: ChurnwatchConfig, at: float
-                ) -> list[dict[str, object]]:
-    """Every customer's score, tier, components and reasons as of ``at``."""
-    config = config_with_segments(store, config)  # the shop's own segments are labels too
-    shard_priors = {}
-    for shard in range(config.shards):
-        shard_priors[shard] = store.load_shard(shard).priors
-    rows: list[dict[str, object]] = []
-    for cid, state in store.iter_customers():
-        priors = shard_priors[shard_of(cid, config.shards)]
-        assessment = assess_as_held(state, max(at, state.scored_at), config, priors)
-        row: dict[str, object] = {
-            "customer_id": cid,
-            "health_score": round(assessment.score, 2),
-            "tier": tier_name(state.tier),
-            "segment": config.segment_label(state.segment),
-        }
-        for name, comp in zip(COMPONENTS, assessment.components, strict=True):
-            row[name] = round(comp.value, 1) if comp.confidence > 0 else ""
-        row["return_probability"] = round(assessment.return_probability, 4)
-        row["horizon_days"] = round(assessment.horizon_days, 1)
-        bought = state.purchases
-        row["orders"] = bought.orders
-        row["spend"] = round(bought.spend, 2)
-        row["last_order"] = "" if bought.last_order is None else _iso(bought.last_order)
-        row["days_since_last_order"] = ("" if bought.last_order is None else
-                                        round((at - bought.last_order) / DAY, 1))
-        row["high_value"] = int(state.high_value)
-        row["reasons"] = " | ".join(reasons(state, assessment, at, config, priors))
-        rows.append(row)
-    rows.sort(key=lambda r: str(r["customer_id"]))
-    return rows
-
-
-def write_export(rows: Sequence[dict[str, object]], path: str) -> None:
-    """Write export rows as CSV with a header (``-`` for standard output)."""
-    if path == "-":
-        import sys
-
-        writer = csv.DictWriter(sys.stdout, fieldnames=EXPORT_COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
-        return
-    with open(path, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=EXPORT_COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
-
-
-def _iso(ts: float) -> str:
-    from datetime import datetime, timezone
-
-    return datetime.fromtimestamp(ts, tz=timezone.utc).isoformat().replace("+00:00", "Z")
-
-
-@dataclass
-class CutoffSplit:
-    """A history cut at the cut-off: ``prefix`` is a copy of the file with every line after the
-    cut-off blanked (so line numbers, hence dead-letter positions, stay the user's file's);
-    ``churned`` says, per customer who ordered by the cut-off, whether no order followed within
-    the horizon; ``orders_before`` holds their order times up to the cut-off; ``newest_event`` is
-    the newest valid event time in the whole file."""
-
-    prefix: str
-    churned: dict[str, bool]
-    orders_before: dict[str, list[float]]
-    newest_event: float | None
-    after_cutoff: int
-
-
-def split_at_cutoff(path: str, cutoff: float, horizon_days: float, workdir: str,
-                    max_amount: float | None = None) -> CutoffSplit:
-    """Write the events up to ``cutoff`` to a new file (``path`` may be gzipped, or ``-``);
-    invalid lines are kept in the prefix so the replay dead-letters them as usual."""
-    limits = {} if max_amount is None else {"max_amount": max_amount}
-    prefix = os.path.join(workdir, "before-cutoff.jsonl")
-    end = cutoff + horizon_days * DAY
-    orders_before: dict[str, list[float]] = {}
-    ordered_after: set[str] = set()
-    newest: float | None = None
-    after = 0
-    label = input_label(path)
-    number = 0
-    with open_input(path) as source, open(prefix, "wb") as out:
-        lines = iter(source)
-        while True:
-            try:
-                line = next(lines)
-            except StopIteration:
-                break
-            except (OSError, EOFError, zlib.error) as exc:
-                raise UsageError(f"backtest: {label}: unreadable after line {number} ({exc})"
-                                 ) from None
-            number += 1
-            if not line.strip():
-                out.write(b"\n")
-                continue
-            event = decode_event(line, position=f"{label}:{number}", msgpack_allowed=False,
-                                 **limits)
-            if not isinstance(event, Event):
-                out.write(line if line.endswith(b"\n") else line + b"\n")
-                continue
-            if newest is None or event.ts > newest:
-                newest = event.ts
-            if event.ts <= cutoff:
-                out.write(line if line.endswith(b"\n") else line + b"\n")
-                if event.type == ORDER:
-                    orders_before.setdefault(event.customer_id, []).append(event.ts)
-                continue
-            out.write(b"\n")
-            after += 1
-            if event.ts <= end and event.type == ORDER:
-                ordered_after.add(event.customer_id)
-    return CutoffSplit(prefix, {c: c not in ordered_after for c in orders_before},
-                       orders_before, newest, after)
-
-
-def check_horizon(path: str, split: CutoffSplit, cutoff: float, horizon_days: float) -> None:
-    """Refuse a backtest whose horizon runs past the newest event's day: every customer would
-    count as churned for want of data, and the figures would lie."""
-    if split.newest_event is None:
-        raise UsageError(f"backtest: {path} holds no valid event")
-    end = cutoff + horizon_days * DAY
-    # A day's grace: logs with day resolution stamp their last day at midnight, and a horizon
-    # ending within that day is covered by it.
-    if end > split.newest_event + DAY:
-        latest = split.newest_event + DAY - horizon_days * DAY
-        raise UsageError(
-            f"backtest: the cut-off {_iso(cutoff)} plus {horizon_days:g} days of horizon ends "
-            f"at {_iso(end)}, after the newest event in {path} ({_iso(split.newest_event)}); "
-            f"choose a cut-off at or before {_iso(latest)} or a shorter horizon")
-
-
-def backtest(path: str, cutoff: float, horizon_days: float, config: ChurnwatchConfig,
-             store_factory: Callable[[], StateStore], workers: int = 1,
-             hooks: FlowHooks | None = None, dead_letters_path: str | None = None,
-             progress: bool = False, classic: bool = True,
-             truth: Mapping[str, bool] | None = None) -> BacktestReport:
-    """Replay up to ``cutoff``, score everyone as of it, and judge against the next
-    ``horizon_days`` (refused when the file ends before the horizon does), beside the classic
-    models fitted on the same orders (``classic``) and the plain baselines (time since last
-    order, order count), both read from the log itself. ``truth`` (customer id -> has really
-    left, known for a simulated shop) adds the rankings against it."""
-    from churnwatch.backtest import CustomerOutcome, Prediction, outside_their_tier
-
-    with tempfile.TemporaryDirectory(prefix="churnwatch-backtest-") as workdir:
-        split = split_at_cutoff(path, cutoff, horizon_days, workdir,
-                                max_amount=config.max_amount)
-        check_horizon(path, split, cutoff, horizon_days)
-        summary = replay([split.prefix], config, store_factory, as_of=cutoff, workers=workers,
-                         hooks=hooks, dead_letters_path=dead_letters_path,
-                         labels={split.prefix: input_label(path)}, progress=progress)
-    if summary.read_errors:
-        raise UsageError("; ".join(summary.read_errors))
-    store = store_factory()
-    scored = {str(row["customer_id"]): row for row in export_rows(store, config, cutoff)}
-    ids = sorted(c for c in split.churned if c in scored)
-    outcomes = []
-    for cid in ids:
-        row, times = scored[cid], split.orders_before[cid]
-        outcomes.append(CustomerOutcome(
-            health_score=float(row["health_score"]),  # type: ignore[arg-type]
-            tier=str(row["tier"]),
-            return_probability=float(row["return_probability"]),  # type: ignore[arg-type]
-            days_since_last_order=(cutoff - max(times)) / DAY, orders=len(times),
-            churned=split.churned[cid]))
-    predictions = []
-    if classic and ids:
-        from churnwatch.classic import benchmark
-
-        for bench in benchmark({c: split.orders_before[c] for c in ids}, cutoff, horizon_days):
-            # benchmark() orders customers by id, as ``ids`` is.
-            predictions.append(Prediction(bench.name, bench.p_purchase.tolist(),
-                                          bench.expected_purchases.tolist(), bench.detail()))
-    # The horizon each segment's return_probability is for (configured or learned).
-    horizons: dict[str, set[float]] = {}
-    for row in scored.values():
-        days = float(row["horizon_days"])  # type: ignore[arg-type]
-        horizons.setdefault(str(row["segment"]), set()).add(days)
-    every = set().union(*horizons.values()) if horizons else set()
-    incoherent = sum(1 for row in scored.values() if outside_their_tier(
-        float(row["health_score"]), str(row["tier"]),  # type: ignore[arg-type]
-        config.policy(str(row["segment"]))))
-    learned = any(config.policy(segment).horizon_learned for segment in horizons)
-    return build_report(outcomes, predictions, horizon_days,
-                        every.pop() if len(every) == 1 else None,
-                        None if truth is None else [truth[c] for c in ids],
-                        horizons={s: sorted(h) for s, h in sorted(horizons.items())},
-                        horizons_learned=learned, incoherent=incoherent)
-
-
-def dump_json(data: object) -> str:
-    """Pretty JSON for reports."""
-    return json.dumps(data, indent=2, sort_keys=True, default=str)

@@ -11,9 +11,10 @@ from pathlib import Path
 from churnwatch.state.redis_store import RedisStore
 from redis_server import redis_server, redis_url  # noqa: F401
 
-from churnwatch.backtest import roc_auc
 from churnwatch.core.config import ChurnwatchConfig
-from churnwatch.replay import export_rows, replay
+from churnwatch.export import export_rows
+from churnwatch.judge.measures import roc_auc
+from churnwatch.replay import replay
 from churnwatch.simulator import ShopSimulator
 
 DAY = 86400.0

@@ -15,19 +15,17 @@ from hypothesis import given
 from hypothesis import strategies as st
 from redis_server import redis_server, redis_url  # noqa: F401
 
-from churnwatch.backtest import (
-    CustomerOutcome,
-    Prediction,
+from churnwatch.backtest import backtest, split_at_cutoff
+from churnwatch.core.config import ChurnwatchConfig
+from churnwatch.judge.measures import (
     auc_difference,
     brier,
     brier_skill,
-    build_report,
     calibration_error,
     reliability,
     roc_auc,
 )
-from churnwatch.core.config import ChurnwatchConfig
-from churnwatch.replay import backtest, split_at_cutoff
+from churnwatch.judge.report import CustomerOutcome, Prediction, build_report
 from churnwatch.simulator import ShopSimulator, write_jsonl
 
 DAY = 86400.0

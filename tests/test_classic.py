@@ -9,8 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from churnwatch.backtest import calibration_error
-from churnwatch.classic import (
+from churnwatch.judge.classic import (
     BGNBD,
     MBGNBD,
     ParetoNBD,
@@ -19,6 +18,7 @@ from churnwatch.classic import (
     fit,
     summaries_from_orders,
 )
+from churnwatch.judge.measures import calibration_error
 
 # Bruce Hardie's 1/10th systematic sample of CDNOW (2,357 customers, 39 weeks of calibration),
 # as shipped in the lifetimes wheel (lifetimes/datasets/cdnow_customers_summary.csv); weeks.

@@ -41,8 +41,9 @@ from bench.workload import START as WORKLOAD_START
 from bench.workload import write_jsonl
 from churnwatch.core.config import ChurnwatchConfig, load_config
 from churnwatch.core.customer import DAY
+from churnwatch.export import export_rows
 from churnwatch.publish import Publisher, read_lines
-from churnwatch.replay import export_rows, replay
+from churnwatch.replay import replay
 from churnwatch.simulator import ShopSimulator
 
 START = 1_700_000_000.0

@@ -17,7 +17,8 @@ from prometheus_client import CollectorRegistry
 from redis_server import redis_server, redis_url  # noqa: F401
 
 from churnwatch.core.config import ChurnwatchConfig, ConfigError, parse_config
-from churnwatch.replay import export_rows, replay
+from churnwatch.export import export_rows
+from churnwatch.replay import replay
 from churnwatch.simulator import ShopSimulator
 from churnwatch.status import monitor_status
 

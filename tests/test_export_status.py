@@ -28,8 +28,8 @@ from live_servers import (
 
 from churnwatch.cli import main
 from churnwatch.core.config import TIERS, ChurnwatchConfig, load_config
+from churnwatch.export import EXPORT_COLUMNS
 from churnwatch.publish import Publisher
-from churnwatch.replay import EXPORT_COLUMNS
 from churnwatch.simulator import DAY, ShopSimulator
 
 CUSTOMERS = 80

@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from redis_server import redis_server, redis_url  # noqa: F401
 
-from churnwatch.backtest import CustomerOutcome, build_report
+from churnwatch.judge.report import CustomerOutcome, build_report
 from churnwatch.simulator import ShopSimulator, write_jsonl
 
 START = 1_600_000_000.0

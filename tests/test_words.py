@@ -14,7 +14,7 @@ from churnwatch.core.config import ChurnwatchConfig
 from churnwatch.core.engine import ShardEngine
 from churnwatch.core.events import Event, decode_event
 from churnwatch.core.records import Incoming, ShardState
-from churnwatch.replay import export_rows
+from churnwatch.export import export_rows
 from churnwatch.simulator import ShopSimulator
 
 #: What a CS agent should never have to read: the machinery behind the score.
@@ -112,7 +112,7 @@ def test_every_customer_sits_in_the_tier_their_score_says_within_the_hysteresis(
     # customer is in a worse tier than another of their segment with a lower score, beyond the
     # hysteresis band. Held tiers (a silent customer is never moved up) keep their score in
     # their band too.
-    from churnwatch.backtest import outside_their_tier
+    from churnwatch.judge.report import outside_their_tier
 
     store, _, end = replayed_shop()
     rows = export_rows(store, CONFIG, end)
