@@ -524,7 +524,7 @@ def bench_cluster(url: str, path: Path, events: int) -> dict[str, Any]:
 def bench_worklist(url: str, customers: int, seed: int, pages: int = 1000) -> dict[str, Any]:
     """Build the urgency index for ``customers`` customers through ``RedisStore.commit`` (in
     batches per shard, as the dataflow commits), then time worklist pages."""
-    from churnwatch.metrics.worklist import parse_worklist_query, worklist_page
+    from churnwatch.web.worklist import parse_worklist_query, worklist_page
 
     from churnwatch.core.customer import DAY, CustomerState
 

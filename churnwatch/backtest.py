@@ -20,7 +20,7 @@ from churnwatch.core.customer import DAY
 from churnwatch.core.events import ORDER, Event, decode_event
 from churnwatch.core.records import FlowHooks
 from churnwatch.dataflows.file_source import input_label, open_input
-from churnwatch.export import export_rows, rfc3339
+from churnwatch.export import export_rows, iso_utc
 from churnwatch.judge.classic import benchmark
 from churnwatch.judge.report import (
     BacktestReport,
@@ -107,9 +107,9 @@ def check_horizon(path: str, split: CutoffSplit, cutoff: float, horizon_days: fl
     if end > split.newest_event + DAY:
         latest = split.newest_event + DAY - horizon_days * DAY
         raise UsageError(
-            f"backtest: the cut-off {rfc3339(cutoff)} plus {horizon_days:g} days of horizon ends "
-            f"at {rfc3339(end)}, after the newest event in {path} ({rfc3339(split.newest_event)}); "
-            f"choose a cut-off at or before {rfc3339(latest)} or a shorter horizon")
+            f"backtest: the cut-off {iso_utc(cutoff)} plus {horizon_days:g} days of horizon ends "
+            f"at {iso_utc(end)}, after the newest event in {path} ({iso_utc(split.newest_event)}); "
+            f"choose a cut-off at or before {iso_utc(latest)} or a shorter horizon")
 
 
 def backtest(path: str, cutoff: float, horizon_days: float, config: ChurnwatchConfig,

@@ -48,7 +48,7 @@ def export_rows(store: StateStore, config: ChurnwatchConfig, at: float
         bought = state.purchases
         row["orders"] = bought.orders
         row["spend"] = round(bought.spend, 2)
-        row["last_order"] = "" if bought.last_order is None else rfc3339(bought.last_order)
+        row["last_order"] = "" if bought.last_order is None else iso_utc(bought.last_order)
         row["days_since_last_order"] = ("" if bought.last_order is None else
                                         round((at - bought.last_order) / DAY, 1))
         row["high_value"] = int(state.high_value)
@@ -73,7 +73,7 @@ def write_export(rows: Sequence[dict[str, object]], path: str) -> None:
         writer.writerows(rows)
 
 
-def rfc3339(ts: float) -> str:
+def iso_utc(ts: float) -> str:
     """An epoch time as RFC 3339 in UTC, fractions kept (``1970-01-01T00:00:00Z``)."""
     from datetime import datetime, timezone
 

@@ -23,7 +23,7 @@ from churnwatch.core.events import InvalidEvent
 from churnwatch.core.records import BatchResult, FlowHooks, TierTransition
 from churnwatch.dataflows.file_source import STDIN, FileSource, count_lines
 from churnwatch.dataflows.flow import FlowSettings, advance_all, build_flow
-from churnwatch.export import rfc3339
+from churnwatch.export import iso_utc
 from churnwatch.runtime import UsageError
 from churnwatch.state.base import StateStore, claim_layout_of
 
@@ -186,8 +186,8 @@ def replay(paths: Sequence[str], config: ChurnwatchConfig, store_factory: Callab
         newest = counts.newest_event
         if newest is not None and as_of < newest:
             raise AsOfBeforeData(
-                f"--as-of {rfc3339(as_of)} is earlier than the newest event replayed, "
-                f"{rfc3339(newest)}: give an --as-of at or after it (the events were replayed; "
+                f"--as-of {iso_utc(as_of)} is earlier than the newest event replayed, "
+                f"{iso_utc(newest)}: give an --as-of at or after it (the events were replayed; "
                 f"nothing was advanced or exported)",
                 counts.summary(as_of, 0, time.perf_counter() - started, read_errors))
         store = store_factory()

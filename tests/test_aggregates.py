@@ -12,16 +12,18 @@ from pathlib import Path
 
 import msgpack
 import redis
-from churnwatch.metrics.exporter import BusinessCollector
-from churnwatch.metrics.worklist import segments_overview, winback_report
+from churnwatch.metrics.business import BusinessCollector
 from churnwatch.state.base import StateStore
 from churnwatch.state.memory import MemoryStore
 from churnwatch.state.redis_store import RedisStore
+from churnwatch.web.worklist import segments_overview
 from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 from redis_server import redis_server, redis_url  # noqa: F401
 
+from churnwatch.commands.demo import LiveSummary, render
+from churnwatch.commands.status import monitor_status
 from churnwatch.core import aggregates
 from churnwatch.core.aggregates import (
     COUNTER_TYPES,
@@ -49,9 +51,7 @@ from churnwatch.core.engine import ShardEngine
 from churnwatch.core.events import Event
 from churnwatch.core.priors import PopulationPriors
 from churnwatch.core.records import Incoming, ShardState
-from churnwatch.core.winback import GROUPS, WINBACK_COUNTERS
-from churnwatch.demo import LiveSummary, render
-from churnwatch.status import monitor_status
+from churnwatch.core.winback import GROUPS, WINBACK_COUNTERS, winback_report
 
 DATA = Path(__file__).parent / "data"
 BLOB = DATA / "shard_wire_v1.msgpack"

@@ -11,6 +11,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from churnwatch.commands.status import ShardModel
 from churnwatch.core.buyers import (
     BuyerModel,
     CalibrationMap,
@@ -33,7 +34,6 @@ from churnwatch.core.scoring import (
     return_probability,
     windows_of,
 )
-from churnwatch.status import ShardModel
 
 CONFIG = ChurnwatchConfig()
 T0 = 1_700_000_000.0

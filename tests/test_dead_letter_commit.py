@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import redis
-from churnwatch.metrics.exporter import PipelineMetrics
+from churnwatch.metrics.pipeline import PipelineMetrics
 from live_servers import finish, start_run, write_config
 from prometheus_client import CollectorRegistry
 from redis_server import redis_server, redis_url  # noqa: F401

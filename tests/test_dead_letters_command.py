@@ -21,8 +21,8 @@ from live_servers import finish, start_run, write_config
 from redis_server import redis_server, redis_url  # noqa: F401
 
 from churnwatch.cli import main
+from churnwatch.commands.dead_letters import read_dead_letters, replay_dead_letters
 from churnwatch.core.config import load_config
-from churnwatch.dead_letters import read_dead_letters, replay_dead_letters
 from churnwatch.publish import Publisher
 
 RUN_TIMEOUT = 120.0

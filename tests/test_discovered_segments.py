@@ -9,18 +9,18 @@ import json
 from pathlib import Path
 
 import pytest
-from churnwatch.metrics.exporter import BusinessCollector
+from churnwatch.metrics.business import BusinessCollector
 from churnwatch.state.base import StateStore, StoreLayout, config_with_segments
 from churnwatch.state.memory import MemoryStore
 from churnwatch.state.redis_store import RedisStore
 from prometheus_client import CollectorRegistry
 from redis_server import redis_server, redis_url  # noqa: F401
 
+from churnwatch.commands.status import monitor_status
 from churnwatch.core.config import ChurnwatchConfig, ConfigError, parse_config
 from churnwatch.export import export_rows
 from churnwatch.replay import replay
 from churnwatch.simulator import ShopSimulator
-from churnwatch.status import monitor_status
 
 START = 1_650_000_000.0
 DAY = 86400.0

@@ -10,17 +10,13 @@ from collections import Counter as Tally
 from collections.abc import Iterator
 
 import pytest
-from churnwatch.metrics.exporter import (
-    REDIS_OPERATIONS,
-    SOURCES,
-    BusinessCollector,
-    PipelineMetrics,
-    api_token_from_env,
-    start_metrics_server,
-)
+from churnwatch.metrics.business import BusinessCollector
+from churnwatch.metrics.pipeline import REDIS_OPERATIONS, SOURCES, PipelineMetrics
 from churnwatch.state.base import config_with_segments
 from churnwatch.state.memory import MemoryStore
 from churnwatch.state.redis_store import RedisStore
+from churnwatch.web.auth import api_token_from_env
+from churnwatch.web.server import start_metrics_server
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 from redis_server import RedisServer, redis_server  # noqa: F401

@@ -18,8 +18,8 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from churnwatch.commands.import_csv import PRESETS, ColumnMapping, import_rows, parse_map
 from churnwatch.core.events import Event, InvalidEvent, decode_event
-from churnwatch.importer import PRESETS, ColumnMapping, import_rows, parse_map
 
 DATA = Path(__file__).parent / "data"
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from churnwatch.metrics.exporter import SOURCES, PipelineMetrics
+from churnwatch.metrics.pipeline import SOURCES, PipelineMetrics
 from churnwatch.state.base import StoreLayout
 from churnwatch.state.redis_store import RedisStore
 from prometheus_client import CollectorRegistry

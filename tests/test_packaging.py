@@ -16,7 +16,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 DATA_FILES = ("churnwatch/data/demo.toml", "churnwatch/metrics/rules/alerts.yml",
               "churnwatch/metrics/alertmanager/alertmanager.yml",
-              "churnwatch/metrics/templates/worklist.html",
+              "churnwatch/web/templates/worklist.html",
               "churnwatch/dashboards/json/churnwatch-overview.json", "churnwatch/py.typed")
 TEST_ONLY = ("ruff", "mypy", "hypothesis", "pytest", "grafana-foundation-sdk")
 
@@ -67,7 +67,7 @@ def test_the_wheel_installs_in_a_fresh_venv_and_replays_with_the_runtime_only(
                           cwd=work, env=env, timeout=120)
     assert demo.returncode == 0 and "usage: churnwatch demo" in demo.stdout, demo.stderr
     where = subprocess.run([str(venv / "bin" / "python"), "-c",
-                            "import churnwatch.metrics.pages, churnwatch; "
+                            "import churnwatch.web.pages, churnwatch; "
                             "print(churnwatch.__file__)"],
                            capture_output=True, text=True, cwd=work, env=env, timeout=120)
     assert where.stdout.startswith(str(venv)), where.stdout + where.stderr

@@ -6,10 +6,10 @@ from __future__ import annotations
 from html.parser import HTMLParser
 from urllib.parse import quote
 
-from churnwatch.metrics.pages import WorkbenchPages, score_chart
-from churnwatch.metrics.worklist import WorklistAPI
 from churnwatch.state.base import shard_of
 from churnwatch.state.memory import MemoryStore
+from churnwatch.web.pages import WorkbenchPages, score_chart
+from churnwatch.web.worklist import WorklistAPI
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 

@@ -13,10 +13,10 @@ from pathlib import Path
 import msgpack
 import pytest
 import redis
-from churnwatch.metrics.pages import WorkbenchPages
-from churnwatch.metrics.worklist import WorklistAPI, customer_detail
 from churnwatch.state.base import StoreLayout, history_records
 from churnwatch.state.redis_store import RedisStore
+from churnwatch.web.pages import WorkbenchPages
+from churnwatch.web.worklist import WorklistAPI, customer_detail
 from redis_server import redis_server, redis_url  # noqa: F401
 
 from churnwatch.core.config import parse_config
@@ -104,7 +104,7 @@ def test_every_change_of_the_year_keeps_its_reasons_after_the_stream_let_it_go(
 
 
 def detail_time(at: float) -> str:
-    from churnwatch.metrics.worklist import iso
+    from churnwatch.web.worklist import iso
 
     return str(iso(at))[:16]
 

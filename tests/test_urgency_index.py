@@ -9,10 +9,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from churnwatch.metrics.worklist import urgency_key
 from churnwatch.state.base import StateStore, UrgencySelection, shard_of, urgency_score
 from churnwatch.state.memory import MemoryStore
 from churnwatch.state.redis_store import RedisStore
+from churnwatch.web.worklist import urgency_key
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from redis_server import redis_server, redis_url  # noqa: F401

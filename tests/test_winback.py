@@ -8,8 +8,7 @@ import shutil
 import subprocess
 
 import pytest
-from churnwatch.metrics.exporter import BusinessCollector
-from churnwatch.metrics.worklist import winback_report
+from churnwatch.metrics.business import BusinessCollector
 from churnwatch.state.memory import MemoryStore
 from prometheus_client import CollectorRegistry, generate_latest
 
@@ -20,7 +19,7 @@ from churnwatch.core.engine import ShardEngine
 from churnwatch.core.events import Event, decode_event
 from churnwatch.core.playbooks import in_holdout
 from churnwatch.core.records import Incoming, ShardState
-from churnwatch.core.winback import newcombe_difference, wilson_interval
+from churnwatch.core.winback import newcombe_difference, wilson_interval, winback_report
 
 T0 = 1_700_000_000.0
 CONFIG = parse_config({

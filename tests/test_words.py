@@ -6,9 +6,9 @@ from __future__ import annotations
 import re
 from html.parser import HTMLParser
 
-from churnwatch.metrics.pages import WorkbenchPages
-from churnwatch.metrics.worklist import WorklistAPI
 from churnwatch.state.memory import MemoryStore
+from churnwatch.web.pages import WorkbenchPages
+from churnwatch.web.worklist import WorklistAPI
 
 from churnwatch.core.config import ChurnwatchConfig
 from churnwatch.core.engine import ShardEngine

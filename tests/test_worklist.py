@@ -12,9 +12,10 @@ from collections.abc import Iterator
 from urllib.parse import quote
 
 import pytest
-from churnwatch.metrics.exporter import PipelineMetrics, start_metrics_server
+from churnwatch.metrics.pipeline import PipelineMetrics
 from churnwatch.state.base import LONG_GONE_DAYS, RECENCY_DAYS
 from churnwatch.state.redis_store import RedisStore
+from churnwatch.web.server import start_metrics_server
 from prometheus_client import CollectorRegistry
 from redis_server import redis_server  # noqa: F401
 from replayed_shop import END, ODD_ID, Shop, replayed_shop  # noqa: F401

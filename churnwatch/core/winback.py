@@ -31,8 +31,9 @@ runs out. Counters in the shard's aggregates, per playbook and group
 from __future__ import annotations
 
 import math
-from collections.abc import MutableMapping
+from collections.abc import Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 from churnwatch.core.aggregates import CounterKey, WinbackCount
 from churnwatch.core.config import ChurnwatchConfig
@@ -237,3 +238,41 @@ def newcombe_difference(k1: int, n1: int, k2: int, n2: int, z: float = Z95
     low = d - math.sqrt((p1 - l1) ** 2 + (u2 - p2) ** 2)
     high = d + math.sqrt((u1 - p1) ** 2 + (p2 - l2) ** 2)
     return d, low, high
+
+
+class CountedShard(Protocol):
+    """What :func:`winback_report` reads of a shard: its counters (a
+    :class:`churnwatch.core.records.ShardState` has them)."""
+
+    @property
+    def counters(self) -> Mapping[CounterKey, float]:
+        """The shard's counters by typed key."""
+        ...
+
+
+def winback_report(shards: Sequence[CountedShard], config: ChurnwatchConfig
+                   ) -> list[dict[str, Any]]:
+    """Per configured playbook: customers assigned, contacted and recovered within the window,
+    in the treated group and the hold-out, each rate with its Wilson interval, and the
+    difference of the rates with Newcombe's interval (``None`` while a group is empty)."""
+    counts: dict[WinbackCount, float] = {}
+    for shard in shards:
+        for key, value in shard.counters.items():
+            if isinstance(key, WinbackCount):
+                counts[key] = counts.get(key, 0.0) + value
+    out = []
+    for playbook in config.playbooks:
+        entry: dict[str, Any] = {"playbook": playbook.name, "channel": playbook.channel}
+        for group in GROUPS:
+            numbers = {what: round(counts.get(WinbackCount(what, playbook.name, group), 0.0))
+                       for what in WINBACK_COUNTERS}
+            n, k = numbers["assigned"], numbers["recovered"]
+            low, high = wilson_interval(k, n)
+            entry[group] = {**numbers, "recovery_rate": k / n if n else None,
+                            "interval": [round(low, 4), round(high, 4)] if n else None}
+        diff = newcombe_difference(entry["treated"]["recovered"], entry["treated"]["assigned"],
+                                   entry["holdout"]["recovered"], entry["holdout"]["assigned"])
+        entry["uplift"] = None if diff is None else {
+            "difference": round(diff[0], 4), "interval": [round(diff[1], 4), round(diff[2], 4)]}
+        out.append(entry)
+    return out

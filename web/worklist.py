@@ -1,7 +1,7 @@
 """The customer-success worklist: which customers to call first, and why.
 
 Read-only views over the state store, shared by the HTTP API (served beside ``/metrics`` by
-:func:`churnwatch.metrics.exporter.start_metrics_server`) and the ``churnwatch top`` and
+:func:`churnwatch.web.server.start_metrics_server`) and the ``churnwatch top`` and
 ``churnwatch explain`` commands. The reference is docs/worklist.md.
 
 Every figure is the customer's stored assessment: the score, tier and components computed at
@@ -56,7 +56,6 @@ from churnwatch.core.aggregates import (
     RecoveryCount,
     TierCustomers,
     TransitionCount,
-    WinbackCount,
     merge_shards,
 )
 from churnwatch.core.config import COMPONENTS, TIERS, ChurnwatchConfig
@@ -64,16 +63,12 @@ from churnwatch.core.customer import CustomerState
 from churnwatch.core.history import TierChange, reason_words
 from churnwatch.core.horizon import describe_within
 from churnwatch.core.priors import PopulationPriors
-from churnwatch.core.records import ShardState
 from churnwatch.core.scoring import assess_as_held, reasons, tier_name
 from churnwatch.core.signals import MSG_SENT, SENT, answers
 from churnwatch.core.winback import (
-    GROUPS,
-    WINBACK_COUNTERS,
-    newcombe_difference,
     reason_codes,
     suggest,
-    wilson_interval,
+    winback_report,
 )
 
 log = logging.getLogger("churnwatch.worklist")
@@ -424,33 +419,6 @@ def worklist_page(store: StateStore, config: ChurnwatchConfig, query: WorklistQu
         row.update(customer_success(cid, state, config, priors[shard]))
         out.append(row)
     return WorklistPage(out, total, query)
-
-
-def winback_report(shards: list[ShardState], config: ChurnwatchConfig) -> list[dict[str, Any]]:
-    """Per configured playbook: customers assigned, contacted and recovered within the window,
-    in the treated group and the hold-out, each rate with its Wilson interval, and the
-    difference of the rates with Newcombe's interval (``None`` while a group is empty)."""
-    counts: dict[WinbackCount, float] = {}
-    for shard in shards:
-        for key, value in shard.counters.items():
-            if isinstance(key, WinbackCount):
-                counts[key] = counts.get(key, 0.0) + value
-    out = []
-    for playbook in config.playbooks:
-        entry: dict[str, Any] = {"playbook": playbook.name, "channel": playbook.channel}
-        for group in GROUPS:
-            numbers = {what: round(counts.get(WinbackCount(what, playbook.name, group), 0.0))
-                       for what in WINBACK_COUNTERS}
-            n, k = numbers["assigned"], numbers["recovered"]
-            low, high = wilson_interval(k, n)
-            entry[group] = {**numbers, "recovery_rate": k / n if n else None,
-                            "interval": [round(low, 4), round(high, 4)] if n else None}
-        diff = newcombe_difference(entry["treated"]["recovered"], entry["treated"]["assigned"],
-                                   entry["holdout"]["recovered"], entry["holdout"]["assigned"])
-        entry["uplift"] = None if diff is None else {
-            "difference": round(diff[0], 4), "interval": [round(diff[1], 4), round(diff[2], 4)]}
-        out.append(entry)
-    return out
 
 
 def segments_overview(store: StateStore, config: ChurnwatchConfig) -> dict[str, Any]:

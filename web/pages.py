@@ -3,7 +3,7 @@
 ``/`` (the worklist, filtered and paged), ``/customers/<id>`` (one customer) and ``/segments``
 (per segment, and win-back per playbook), plus ``/login`` for browsers when an API token is set.
 Served by the same HTTP server as ``/metrics`` and the JSON API
-(:func:`churnwatch.metrics.exporter.start_metrics_server`), so ``churnwatch run`` and
+(:func:`churnwatch.web.server.start_metrics_server`), so ``churnwatch run`` and
 ``churnwatch serve`` both serve them. Plain HTML and CSS from Jinja2 templates (autoescaped:
 every customer-provided string is escaped), no JavaScript, readable at phone width; the score
 history chart is an inline SVG drawn here.
@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlencode
 
-from churnwatch.metrics.worklist import (
+from churnwatch.web.worklist import (
     DEFAULT_TIERS,
     BadRequest,
     WorklistAPI,
@@ -50,8 +50,8 @@ TIER_CHOICES = (("at_risk,churned", "at risk and churned"), ("at_risk", "at risk
 
 
 def environment() -> Environment:
-    """The templates (``churnwatch/metrics/templates``), autoescaping everything."""
-    env = Environment(loader=PackageLoader("churnwatch.metrics", "templates"),
+    """The templates (``churnwatch/web/templates``), autoescaping everything."""
+    env = Environment(loader=PackageLoader("churnwatch.web", "templates"),
                       autoescape=select_autoescape(default=True, default_for_string=True))
     env.filters["urlpart"] = lambda value: quote(str(value), safe="")
     return env
@@ -59,7 +59,7 @@ def environment() -> Environment:
 
 class WorkbenchPages:
     """Renders the pages: ``handle(path, query) -> (status, html)``; the HTTP server does
-    authentication (see :mod:`churnwatch.metrics.exporter`)."""
+    authentication (see :mod:`churnwatch.web.auth`)."""
 
     def __init__(self, api: WorklistAPI) -> None:
         self.api = api

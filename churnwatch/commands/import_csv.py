@@ -118,9 +118,9 @@ def parse_map(text: str, base: ColumnMapping | None = None) -> ColumnMapping:
     >>> parse_map("customr=Email")
     Traceback (most recent call last):
     ...
-    churnwatch.importer.MappingError: --map: 'customr' is not an event field (one of customer_id, \
-type, ts, amount, score, event_id, order_id, currency, category, channel, campaign_id, severity, \
-topic, kind, segment, value_tier, playbook)
+    churnwatch.commands.import_csv.MappingError: --map: 'customr' is not an event field \
+(one of customer_id, type, ts, amount, score, event_id, order_id, currency, category, channel, \
+campaign_id, severity, topic, kind, segment, value_tier, playbook)
     """
     lexer = shlex.shlex(text, posix=True)
     lexer.whitespace, lexer.whitespace_split, lexer.commenters = ",", True, ""
