@@ -55,9 +55,19 @@ from churnwatch.core.scoring import (
     tier_name,
     windows_of,
 )
+from churnwatch.core.signals import CLICK_ANSWER, OPEN_ANSWER
 from churnwatch.core.winback import Suggestion, track
 
 RECENT_IDS_KEPT = 8
+#: At most this many reviews of one silent customer in one call of :meth:`ShardEngine._advance`:
+#: a tier falls at most three times (healthy to churned) and a refit adds a review or two, so
+#: eight cover every real run; the bound keeps a customer held by hysteresis (looked at again
+#: every :data:`HELD_RECHECK_SECONDS`) from being re-scored once a minute through a long
+#: silence. What is left waits for the next batch or review.
+MAX_REVIEWS_PER_ADVANCE = 8
+#: A customer already past a tier's threshold but held in the tier by hysteresis is looked at
+#: again this many seconds later: a review time in the past would be due again at once.
+HELD_RECHECK_SECONDS = 60.0
 #: The events that can raise a customer's chance (an order, answers, feedback): only they may
 #: move a customer to a better tier. Between them the customer did nothing, and a better
 #: estimate of the shop's habits is no news of theirs: their tier and score hold (see
@@ -357,9 +367,9 @@ class ShardEngine:
         elif kind in (ev.CAMPAIGN_SENT, ev.MESSAGE_SENT):
             priors.observe_engagement(1.0, 0.0)
         elif kind == ev.CAMPAIGN_OPENED:
-            priors.observe_engagement(0.0, 0.6)
+            priors.observe_engagement(0.0, OPEN_ANSWER)
         elif kind in (ev.CAMPAIGN_CLICKED,):
-            priors.observe_engagement(0.0, 0.4)
+            priors.observe_engagement(0.0, CLICK_ANSWER)
         elif kind == ev.MESSAGE_REPLIED:
             priors.observe_engagement(0.0, 1.0)
 
@@ -388,12 +398,13 @@ class ShardEngine:
 
     def _advance(self, cid: str, state: CustomerState, until: float, result: BatchResult) -> None:
         """Re-score at every review time up to ``until``: tier changes of silence, on time."""
-        guard = 0
-        while state.next_review_at is not None and state.next_review_at <= until and guard < 8:
+        reviews = 0
+        while (state.next_review_at is not None and state.next_review_at <= until
+               and reviews < MAX_REVIEWS_PER_ADVANCE):
             at = max(state.next_review_at, state.scored_at)
             self._score(cid, state, at, result, cause="silence")
             result.rescored_silent += 1
-            guard += 1
+            reviews += 1
 
     def _score(self, cid: str, state: CustomerState, now: float, result: BatchResult,
                cause: str, waited_days: float | None = None,
@@ -501,7 +512,7 @@ class ShardEngine:
         due = next_review_at(state, assessment, now, self.config, priors,
                              not_after=refit_at if capped else None)
         if due is not None and due <= now:
-            due = now + 60.0  # already past the threshold but held by hysteresis: look again
+            due = now + HELD_RECHECK_SECONDS  # past the threshold, held by hysteresis
         # Whole seconds, as stored: the due index must read back exactly as written.
         state.next_review_at = None if due is None else float(math.ceil(due))
 

@@ -58,10 +58,24 @@ RECENCY, TREND, ENGAGEMENT, SERVICE = range(4)
 #: How far a component at the far end of its range, weighted as much as recency, moves the
 #: log-odds of the chance: 3 turns an even chance into 5 % (or 95 %).
 SHIFT_PER_WEIGHT = 3.0
+#: The trend: recent order frequency against the long run weighs more than recent order value
+#: (a customer who buys as often but smaller baskets is less at risk than one who stops
+#: coming); the weights sum to one.
+TREND_FREQUENCY_WEIGHT = 0.7
+TREND_VALUE_WEIGHT = 0.3
+#: The trend's curve: the ratio (0..1) is raised to this power, so a customer buying half as
+#: often still scores about 60, and only a near stop falls toward 0.
+TREND_CURVE = 0.7
+#: Engagement's steepness: at the population's usual answer rate engagement reads
+#: 100 * (1 - e**-1.4), about 75; silence reads 0, twice the usual rate about 94.
+ENGAGEMENT_STEEPNESS = 1.4
+#: Each recent support ticket (weighted by severity, decayed) multiplies the service reading by
+#: e**-0.4, about two thirds: three open problems bring it from 100 to 30.
+TICKET_DECAY = 0.4
 #: Where each shifting component leaves the chance as it is: engagement at the population's
 #: usual answer rate (100 * (1 - e**-1.4), see :func:`_engagement`), service at no tickets and
 #: feedback 8 of 10.
-NEUTRAL = {ENGAGEMENT: 100.0 * (1.0 - math.exp(-1.4)), SERVICE: 80.0}
+NEUTRAL = {ENGAGEMENT: 100.0 * (1.0 - math.exp(-ENGAGEMENT_STEEPNESS)), SERVICE: 80.0}
 HEALTHY, WATCH, AT_RISK, CHURNED = range(4)
 _MAX_SILENCE_DAYS = 36500.0
 
@@ -328,9 +342,9 @@ def _trend(state: CustomerState, config: ChurnwatchConfig) -> Component:
     rates = state.trend.rates(tenure, short, long)
     freq = rates.orders_short / rates.orders_long if rates.orders_long > 0 else 1.0
     value = rates.value_short / rates.value_long if rates.value_long > 0 else freq
-    ratio = 0.7 * min(freq, 1.0) + 0.3 * min(value, 1.0)
+    ratio = TREND_FREQUENCY_WEIGHT * min(freq, 1.0) + TREND_VALUE_WEIGHT * min(value, 1.0)
     confidence = min(1.0, (orders - 2) / 3.0) * min(1.0, tenure / (2.0 * short))
-    return Component(100.0 * ratio ** 0.7, confidence)
+    return Component(100.0 * ratio ** TREND_CURVE, confidence)
 
 
 def _engagement(state: CustomerState, config: ChurnwatchConfig, priors: PopulationPriors
@@ -343,7 +357,7 @@ def _engagement(state: CustomerState, config: ChurnwatchConfig, priors: Populati
                                               config.engagement_half_life_days * DAY)
     usual = priors.response_rate()
     rate = (responses + 2.0 * usual) / (sent + 2.0)
-    value = 100.0 * (1.0 - math.exp(-1.4 * rate / usual))
+    value = 100.0 * (1.0 - math.exp(-ENGAGEMENT_STEEPNESS * rate / usual))
     return Component(value, min(1.0, sent / 4.0))
 
 
@@ -352,7 +366,7 @@ def _service(state: CustomerState) -> Component:
     service = state.service
     if service.tickets <= 0.0 and service.fb_weight <= 0.0:
         return _NO_EVIDENCE
-    tickets = 100.0 * math.exp(-0.4 * service.tickets)
+    tickets = 100.0 * math.exp(-TICKET_DECAY * service.tickets)
     if service.fb_weight > 0:
         feedback = 10.0 * service.fb_sum / service.fb_weight
         value = min(tickets, feedback) if service.tickets > 0.5 else feedback

@@ -39,6 +39,10 @@ DAY = 86400.0
 
 #: Per-channel engagement counters (:attr:`Engagement.channels`), in this order.
 SENT, OPENED, CLICKED, MSG_SENT, REPLIED = range(5)
+#: How much of an answer an opened campaign and a click are: a campaign opened and clicked is
+#: one whole answer, as a reply to a message is; an open alone says less than a click.
+OPEN_ANSWER = 0.6
+CLICK_ANSWER = 0.4
 
 #: The counter each engagement event type adds to.
 ENGAGEMENT_SLOT = {
@@ -83,8 +87,8 @@ def answers(counters: list[float]) -> float:
     >>> answers([2.0, 1.0, 1.0, 1.0, 3.0])
     2.0
     """
-    return min(counters[SENT], 0.6 * counters[OPENED] + 0.4 * counters[CLICKED]) \
-        + min(counters[MSG_SENT], counters[REPLIED])
+    opened = OPEN_ANSWER * counters[OPENED] + CLICK_ANSWER * counters[CLICKED]
+    return min(counters[SENT], opened) + min(counters[MSG_SENT], counters[REPLIED])
 
 
 def first_basket_after(basket: int | None, first_day: int | None, day: int, amount: float

@@ -119,33 +119,34 @@ def days_since_order(state: CustomerState, now: float) -> int | None:
 
 
 def suggest(customer_id: str, state: CustomerState, assessment: Assessment, now: float,
-            config: ChurnwatchConfig) -> Suggestion | None:
-    """The suggested next action for a customer's current tier, or ``None`` when no playbook
-    applies. A customer whose open assignment is held out gets no other suggestion either, so
-    the control group stays untouched."""
-    if state.tier < 0:
+            config: ChurnwatchConfig, tier: int | None = None) -> Suggestion | None:
+    """The suggested next action for a customer in ``tier`` (default: their current tier), or
+    ``None`` when no playbook applies. A customer whose open assignment is held out gets no
+    other suggestion either, so the control group stays untouched."""
+    tier = state.tier if tier is None else tier
+    if tier < 0:
         return None
     open_assignment = state.outreach.get("playbook") if state.outreach else None
     if open_assignment is not None and state.outreach and state.outreach.get("holdout"):
         return Suggestion(str(open_assignment), "", "", None, True)
     segment = config.segment_label(state.segment)
-    playbook = choose(config.playbooks, tier=tier_name(state.tier), segment=segment,
+    playbook = choose(config.playbooks, tier=tier_name(tier), segment=segment,
                       value_tier=value_tier(state),
                       codes=reason_codes(state, assessment, now, config))
     if playbook is None:
         return None
-    return _suggestion(customer_id, state, playbook, now, config)
+    return _suggestion(customer_id, state, tier, playbook, now, config)
 
 
-def _suggestion(customer_id: str, state: CustomerState, playbook: Playbook, now: float,
-                config: ChurnwatchConfig) -> Suggestion:
+def _suggestion(customer_id: str, state: CustomerState, tier: int, playbook: Playbook,
+                now: float, config: ChurnwatchConfig) -> Suggestion:
     share = (playbook.holdout_share if playbook.holdout_share is not None
              else config.winback.holdout_share)
     held = in_holdout(customer_id, playbook.name, share)
     days = days_since_order(state, now)
     message = playbook.message({
         "customer_id": customer_id, "segment": config.segment_label(state.segment),
-        "tier": tier_name(state.tier), "days_since_order": "" if days is None else days,
+        "tier": tier_name(tier), "days_since_order": "" if days is None else days,
         "orders": state.purchases.orders})
     return Suggestion(playbook.name, playbook.action, playbook.channel, message, held)
 
@@ -186,9 +187,7 @@ def track(customer_id: str, state: CustomerState, assessment: Assessment, now: f
             state.outreach = outreach or None
     if new_tier == old_tier or new_tier == HEALTHY:
         return None
-    previous, state.tier = state.tier, new_tier  # suggest() reads the new tier
-    suggestion = suggest(customer_id, state, assessment, now, config)
-    state.tier = previous
+    suggestion = suggest(customer_id, state, assessment, now, config, tier=new_tier)
     if suggestion is None:
         return None
     outreach = state.outreach
