@@ -21,6 +21,7 @@ from grafana_foundation_sdk.builders import common as common_builders
 from grafana_foundation_sdk.builders import dashboard as dashboard_builders
 from grafana_foundation_sdk.builders import heatmap as heatmap_builders
 from grafana_foundation_sdk.builders import prometheus as prometheus_builders
+from grafana_foundation_sdk.builders import stat as stat_builders
 from grafana_foundation_sdk.cog import builder as cog_builder
 from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.models import common as common_models
@@ -124,6 +125,23 @@ def panel(
     if links:
         builder.links(links)
     return builder
+
+
+def stat_panel(
+    *,
+    title: str,
+    description: str,
+    unit: str,
+    targets: Sequence[prometheus_builders.Dataquery],
+    width: int,
+    height: int = 8,
+    links: Iterable[dashboard_builders.DashboardLink] = (),
+) -> stat_builders.Panel:
+    """A stat panel showing each series' latest value (:func:`last_value`), with what every
+    churnwatch panel has (:func:`panel`); colours, thresholds and decimals are the caller's."""
+    return panel(stat_builders.Panel().reduce_options(last_value()), title=title,
+                 description=description, unit=unit, targets=targets, width=width,
+                 height=height, links=links)
 
 
 def link(title: str, url: str) -> dashboard_builders.DashboardLink:

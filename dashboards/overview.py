@@ -6,7 +6,7 @@ filters every panel; at-risk panels link to the CS worklist served by `churnwatc
 
 from __future__ import annotations
 
-from grafana_foundation_sdk.builders import bargauge, heatmap, stat, table, timeseries
+from grafana_foundation_sdk.builders import bargauge, heatmap, table, timeseries
 from grafana_foundation_sdk.builders import dashboard as dashboard_builders
 from grafana_foundation_sdk.models import common as common_models
 from grafana_foundation_sdk.models import dashboard as dashboard_models
@@ -30,6 +30,7 @@ from .common import (
     segment_variable,
     shared_tooltip,
     stacked,
+    stat_panel,
     table_legend,
     thresholds,
     with_tier_colors,
@@ -53,8 +54,7 @@ CHURN_RATE_DESCRIPTION = (
 def _now_row(builder: dashboard_builders.Dashboard) -> None:
     builder.with_row(dashboard_builders.Row("Now"))
     builder.with_panel(
-        panel(
-            stat.Panel().reduce_options(last_value()),
+        stat_panel(
             title="Customers",
             description="Customers churnwatch currently scores in the selected segments.",
             unit=units.Short,
@@ -64,8 +64,7 @@ def _now_row(builder: dashboard_builders.Dashboard) -> None:
         ).color_mode(common_models.BigValueColorMode.NONE)
     )
     builder.with_panel(
-        panel(
-            stat.Panel().reduce_options(last_value()),
+        stat_panel(
             title="At risk",
             description=(
                 "Customers now in the at_risk tier. The panel link opens the customer-success "
@@ -79,8 +78,7 @@ def _now_row(builder: dashboard_builders.Dashboard) -> None:
         ).thresholds(thresholds((None, "orange")))
     )
     builder.with_panel(
-        panel(
-            stat.Panel().reduce_options(last_value()),
+        stat_panel(
             title="High-value customers at risk",
             description=(
                 "Customers of the top value tier now in at_risk or churned: the first calls to "
@@ -99,8 +97,7 @@ def _now_row(builder: dashboard_builders.Dashboard) -> None:
         ).thresholds(thresholds((None, "green"), (1, "red")))
     )
     builder.with_panel(
-        panel(
-            stat.Panel().reduce_options(last_value()),
+        stat_panel(
             title="Mean health score",
             description=(
                 "Mean current health score (0 to 100, higher is healthier) over the customers of "
@@ -117,8 +114,7 @@ def _now_row(builder: dashboard_builders.Dashboard) -> None:
         .color_mode(common_models.BigValueColorMode.NONE)
     )
     builder.with_panel(
-        panel(
-            stat.Panel().reduce_options(last_value()),
+        stat_panel(
             title="Churn rate vs objective (30 days)",
             description=(
                 "Share of the active customers (every tier but churned) that turned churned over "
@@ -140,8 +136,7 @@ def _now_row(builder: dashboard_builders.Dashboard) -> None:
         .color_mode(common_models.BigValueColorMode.NONE)
     )
     builder.with_panel(
-        panel(
-            stat.Panel().reduce_options(last_value()),
+        stat_panel(
             title="Sudden score drops",
             description=(
                 "Customers whose score fell by more than [alerts] sudden_drop_points within "

@@ -8,7 +8,7 @@ The `source` variable filters the per-source panels.
 from __future__ import annotations
 
 from grafana_foundation_sdk.builders import dashboard as dashboard_builders
-from grafana_foundation_sdk.builders import heatmap, stat, timeseries
+from grafana_foundation_sdk.builders import heatmap, timeseries
 from grafana_foundation_sdk.models import common as common_models
 from grafana_foundation_sdk.models import dashboard as dashboard_models
 from grafana_foundation_sdk.models import units
@@ -19,11 +19,11 @@ from .common import (
     counts_heatmap_colors,
     finish,
     firing_alerts_annotation,
-    last_value,
     new_dashboard,
     panel,
     query,
     shared_tooltip,
+    stat_panel,
     table_legend,
     thresholds,
 )
@@ -68,8 +68,7 @@ def source_variable() -> dashboard_builders.QueryVariable:
 def _now_row(builder: dashboard_builders.Dashboard) -> None:
     builder.with_row(dashboard_builders.Row("Now"))
     builder.with_panel(
-        panel(
-            stat.Panel().reduce_options(last_value()),
+        stat_panel(
             title="Events received",
             description="Raw messages read from the selected sources per second, all processes.",
             unit=units.EventsPerSecond,
@@ -79,8 +78,7 @@ def _now_row(builder: dashboard_builders.Dashboard) -> None:
         ).color_mode(common_models.BigValueColorMode.NONE)
     )
     builder.with_panel(
-        panel(
-            stat.Panel().reduce_options(last_value()),
+        stat_panel(
             title="Events scored",
             description="Events applied to a customer's state and scored per second.",
             unit=units.EventsPerSecond,
@@ -90,8 +88,7 @@ def _now_row(builder: dashboard_builders.Dashboard) -> None:
         ).color_mode(common_models.BigValueColorMode.NONE)
     )
     builder.with_panel(
-        panel(
-            stat.Panel().reduce_options(last_value()),
+        stat_panel(
             title="Dead-letter share",
             description=(
                 "Share of the messages read that went to the dead-letter output (malformed, "
@@ -112,8 +109,7 @@ def _now_row(builder: dashboard_builders.Dashboard) -> None:
         .thresholds(thresholds((None, "green"), (0.01, "orange"), (0.05, "red")))
     )
     builder.with_panel(
-        panel(
-            stat.Panel().reduce_options(last_value()),
+        stat_panel(
             title="Time since last commit",
             description=(
                 "Wall-clock seconds since a churnwatch process last committed state to Redis: "
@@ -133,8 +129,7 @@ def _now_row(builder: dashboard_builders.Dashboard) -> None:
         .thresholds(thresholds((None, "green"), (30, "orange"), (120, "red")))
     )
     builder.with_panel(
-        panel(
-            stat.Panel().reduce_options(last_value()),
+        stat_panel(
             title="Source lag",
             description=(
                 "Wall-clock age of the newest message read (Redis stream id or Kafka timestamp), "
@@ -147,8 +142,7 @@ def _now_row(builder: dashboard_builders.Dashboard) -> None:
         ).thresholds(thresholds((None, "green"), (30, "orange"), (300, "red")))
     )
     builder.with_panel(
-        panel(
-            stat.Panel().reduce_options(last_value()),
+        stat_panel(
             title="Processing latency p99",
             description=(
                 "99th percentile of the time from a message being read to its effect committed "
@@ -476,8 +470,7 @@ def _process_row(builder: dashboard_builders.Dashboard) -> None:
         .tooltip(shared_tooltip())
     )
     builder.with_panel(
-        panel(
-            stat.Panel().reduce_options(last_value()),
+        stat_panel(
             title="Running processes",
             description="churnwatch processes Prometheus scrapes, by version.",
             unit=units.Short,
