@@ -1,11 +1,7 @@
 """``churnwatch explain CUSTOMER_ID``: one customer's score, components, reasons, suggested
 action and tier history, as text or the API's JSON.
 
-It reads the state a running (or finished) churnwatch left in Redis: pass ``--redis-url`` or
-set ``CHURNWATCH_REDIS_URL`` (or ``CHURNWATCH_REDIS_URL_FILE``), and the same ``--config`` the
-monitor runs with (segments, shards and key prefix must match). Without a URL it refuses: a
-private Redis would be empty. An unreachable Redis or a refused login is a one-line error
-(exit 2).
+It reads the monitor's Redis as ``churnwatch top`` does (:mod:`churnwatch.commands.top`).
 """
 
 from __future__ import annotations
