@@ -50,7 +50,7 @@ test-fast: venv
 	$(BIN)/pytest -m "not slow"
 
 lint: venv
-	$(BIN)/ruff check churnwatch dataflows state metrics dashboards tests bench
+	$(BIN)/ruff check churnwatch dataflows state metrics web dashboards tests bench
 	$(BIN)/mypy churnwatch/core
 
 bench: venv system-deps

@@ -3,7 +3,7 @@
 Reads the monitor's Redis (never a private one: it would be empty) and writes, per customer,
 the health score, tier, segment, components, return probability, orders, spend, last order and
 the reasons, with exactly the columns of ``churnwatch replay --export`` (the same function
-writes both: :func:`churnwatch.replay.export_rows`). Scores are brought to ``--as-of`` (default:
+writes both: :func:`churnwatch.export.export_rows`). Scores are brought to ``--as-of`` (default:
 now, as a live monitor scores), so a customer who went quiet since their last event is shown
 as the monitor will score them; the stored state is not changed.
 """
