@@ -1,8 +1,9 @@
 """What every command shares: configuration loading, the state store it runs against, time
 options, the one-line usage error and the clean stop on SIGTERM or Ctrl-C.
 
-The CLI (``churnwatch.cli``) only wires commands together; the command modules (replay, live,
-demo, publish, the worklist, ...) import what they share from here, never from the CLI.
+The CLI (``churnwatch.cli``) only builds the parser from the command registry; the command
+modules (``churnwatch.commands``) and the application modules they run (replay, backtest, live,
+publish, ...) import what they share from here, never from the CLI.
 """
 
 from __future__ import annotations
