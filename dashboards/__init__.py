@@ -1,1 +1,1 @@
-"""churnwatch."""
+"""Grafana dashboards as code and their generated JSON; imports nothing of churnwatch."""
