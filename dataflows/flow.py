@@ -63,8 +63,6 @@ SETTLE_SECONDS = 5.0
 CLOCK_CHECK_SECONDS = 1.0
 
 
-
-
 @dataclass(frozen=True)
 class FlowSettings:
     """How a flow runs. Events are always judged in event time. ``clock="event"``: silent

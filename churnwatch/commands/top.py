@@ -47,7 +47,6 @@ def register(sub: argparse._SubParsersAction,  # type: ignore[type-arg]
     p.set_defaults(func=cmd_top)
 
 
-
 def cmd_top(args: argparse.Namespace) -> int:
     """``churnwatch top``."""
     from churnwatch.runtime import UsageError, config_from_args, monitor_store
