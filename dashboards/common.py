@@ -21,6 +21,7 @@ from grafana_foundation_sdk.builders import common as common_builders
 from grafana_foundation_sdk.builders import dashboard as dashboard_builders
 from grafana_foundation_sdk.builders import heatmap as heatmap_builders
 from grafana_foundation_sdk.builders import prometheus as prometheus_builders
+from grafana_foundation_sdk.builders import stat as stat_builders
 from grafana_foundation_sdk.cog import builder as cog_builder
 from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.models import common as common_models
@@ -125,6 +126,31 @@ def panel(
         builder.links(links)
     return builder
 
+
+def stat_panel(
+    *,
+    title: str,
+    description: str,
+    unit: str,
+    targets: Sequence[prometheus_builders.Dataquery],
+    width: int = 4,
+    height: int = 4,
+    links: Iterable[dashboard_builders.DashboardLink] = (),
+) -> stat_builders.Panel:
+    """A stat panel showing its query's last value: the single figures of the "Now" rows.
+
+    Chain `.thresholds(...)` for a coloured figure or `.color_mode(NONE)` for a plain one.
+    """
+    return panel(
+        stat_builders.Panel().reduce_options(last_value()),
+        title=title,
+        description=description,
+        unit=unit,
+        targets=targets,
+        width=width,
+        height=height,
+        links=links,
+    )
 
 def link(title: str, url: str) -> dashboard_builders.DashboardLink:
     """A link opening in a new tab (panel links and data links share this type)."""

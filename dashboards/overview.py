@@ -6,7 +6,7 @@ filters every panel; at-risk panels link to the CS worklist served by `churnwatc
 
 from __future__ import annotations
 
-from grafana_foundation_sdk.builders import bargauge, heatmap, stat, table, timeseries
+from grafana_foundation_sdk.builders import bargauge, heatmap, table, timeseries
 from grafana_foundation_sdk.builders import dashboard as dashboard_builders
 from grafana_foundation_sdk.models import common as common_models
 from grafana_foundation_sdk.models import dashboard as dashboard_models
@@ -30,6 +30,7 @@ from .common import (
     segment_variable,
     shared_tooltip,
     stacked,
+    stat_panel,
     table_legend,
     thresholds,
     with_tier_colors,
@@ -53,19 +54,15 @@ CHURN_RATE_DESCRIPTION = (
 def _now_row(builder: dashboard_builders.Dashboard) -> None:
     builder.with_row(dashboard_builders.Row("Now"))
     builder.with_panel(
-        panel(
-            stat.Panel().reduce_options(last_value()),
+        stat_panel(
             title="Customers",
             description="Customers churnwatch currently scores in the selected segments.",
             unit=units.Short,
             targets=[query(f"sum({CUSTOMERS})", "customers")],
-            width=4,
-            height=4,
         ).color_mode(common_models.BigValueColorMode.NONE)
     )
     builder.with_panel(
-        panel(
-            stat.Panel().reduce_options(last_value()),
+        stat_panel(
             title="At risk",
             description=(
                 "Customers now in the at_risk tier. The panel link opens the customer-success "
@@ -73,14 +70,11 @@ def _now_row(builder: dashboard_builders.Dashboard) -> None:
             ),
             unit=units.Short,
             targets=[query(f"sum({queries.in_tier('at_risk', SEGMENTS)})", "at risk")],
-            width=4,
-            height=4,
             links=[worklist_link()],
         ).thresholds(thresholds((None, "orange")))
     )
     builder.with_panel(
-        panel(
-            stat.Panel().reduce_options(last_value()),
+        stat_panel(
             title="High-value customers at risk",
             description=(
                 "Customers of the top value tier now in at_risk or churned: the first calls to "
@@ -93,14 +87,11 @@ def _now_row(builder: dashboard_builders.Dashboard) -> None:
                     "high value at risk",
                 )
             ],
-            width=4,
-            height=4,
             links=[worklist_link()],
         ).thresholds(thresholds((None, "green"), (1, "red")))
     )
     builder.with_panel(
-        panel(
-            stat.Panel().reduce_options(last_value()),
+        stat_panel(
             title="Mean health score",
             description=(
                 "Mean current health score (0 to 100, higher is healthier) over the customers of "
@@ -108,8 +99,6 @@ def _now_row(builder: dashboard_builders.Dashboard) -> None:
             ),
             unit=units.NoUnit,
             targets=[query(queries.mean_score(SEGMENTS), "mean score")],
-            width=4,
-            height=4,
         )
         .decimals(1)
         .min(0)
@@ -117,8 +106,7 @@ def _now_row(builder: dashboard_builders.Dashboard) -> None:
         .color_mode(common_models.BigValueColorMode.NONE)
     )
     builder.with_panel(
-        panel(
-            stat.Panel().reduce_options(last_value()),
+        stat_panel(
             title="Churn rate vs objective (30 days)",
             description=(
                 "Share of the active customers (every tier but churned) that turned churned over "
@@ -131,8 +119,6 @@ def _now_row(builder: dashboard_builders.Dashboard) -> None:
                 query(queries.churn_rate(SEGMENTS), "churn rate", instant=True),
                 query(queries.churn_objective(SEGMENTS), "objective", instant=True),
             ],
-            width=4,
-            height=4,
         )
         .decimals(2)
         .graph_mode(common_models.BigValueGraphMode.NONE)
@@ -140,8 +126,7 @@ def _now_row(builder: dashboard_builders.Dashboard) -> None:
         .color_mode(common_models.BigValueColorMode.NONE)
     )
     builder.with_panel(
-        panel(
-            stat.Panel().reduce_options(last_value()),
+        stat_panel(
             title="Sudden score drops",
             description=(
                 "Customers whose score fell by more than [alerts] sudden_drop_points within "
@@ -156,8 +141,6 @@ def _now_row(builder: dashboard_builders.Dashboard) -> None:
                     instant=True,
                 )
             ],
-            width=4,
-            height=4,
         )
         .graph_mode(common_models.BigValueGraphMode.NONE)
         .thresholds(thresholds((None, "green"), (1, "orange")))

@@ -8,7 +8,7 @@ The `source` variable filters the per-source panels.
 from __future__ import annotations
 
 from grafana_foundation_sdk.builders import dashboard as dashboard_builders
-from grafana_foundation_sdk.builders import heatmap, stat, timeseries
+from grafana_foundation_sdk.builders import heatmap, timeseries
 from grafana_foundation_sdk.models import common as common_models
 from grafana_foundation_sdk.models import dashboard as dashboard_models
 from grafana_foundation_sdk.models import units
@@ -19,11 +19,11 @@ from .common import (
     counts_heatmap_colors,
     finish,
     firing_alerts_annotation,
-    last_value,
     new_dashboard,
     panel,
     query,
     shared_tooltip,
+    stat_panel,
     table_legend,
     thresholds,
 )
@@ -68,30 +68,23 @@ def source_variable() -> dashboard_builders.QueryVariable:
 def _now_row(builder: dashboard_builders.Dashboard) -> None:
     builder.with_row(dashboard_builders.Row("Now"))
     builder.with_panel(
-        panel(
-            stat.Panel().reduce_options(last_value()),
+        stat_panel(
             title="Events received",
             description="Raw messages read from the selected sources per second, all processes.",
             unit=units.EventsPerSecond,
             targets=[query(_rate("churnwatch_events_received_total"), "received")],
-            width=4,
-            height=4,
         ).color_mode(common_models.BigValueColorMode.NONE)
     )
     builder.with_panel(
-        panel(
-            stat.Panel().reduce_options(last_value()),
+        stat_panel(
             title="Events scored",
             description="Events applied to a customer's state and scored per second.",
             unit=units.EventsPerSecond,
             targets=[query(_rate("churnwatch_events_scored_total"), "scored")],
-            width=4,
-            height=4,
         ).color_mode(common_models.BigValueColorMode.NONE)
     )
     builder.with_panel(
-        panel(
-            stat.Panel().reduce_options(last_value()),
+        stat_panel(
             title="Dead-letter share",
             description=(
                 "Share of the messages read that went to the dead-letter output (malformed, "
@@ -105,15 +98,12 @@ def _now_row(builder: dashboard_builders.Dashboard) -> None:
                     "dead letters",
                 )
             ],
-            width=4,
-            height=4,
         )
         .decimals(2)
         .thresholds(thresholds((None, "green"), (0.01, "orange"), (0.05, "red")))
     )
     builder.with_panel(
-        panel(
-            stat.Panel().reduce_options(last_value()),
+        stat_panel(
             title="Time since last commit",
             description=(
                 "Wall-clock seconds since a churnwatch process last committed state to Redis: "
@@ -126,15 +116,12 @@ def _now_row(builder: dashboard_builders.Dashboard) -> None:
                     "since last commit",
                 )
             ],
-            width=4,
-            height=4,
         )
         .decimals(0)
         .thresholds(thresholds((None, "green"), (30, "orange"), (120, "red")))
     )
     builder.with_panel(
-        panel(
-            stat.Panel().reduce_options(last_value()),
+        stat_panel(
             title="Source lag",
             description=(
                 "Wall-clock age of the newest message read (Redis stream id or Kafka timestamp), "
@@ -142,13 +129,10 @@ def _now_row(builder: dashboard_builders.Dashboard) -> None:
             ),
             unit=units.Seconds,
             targets=[query(f"max(churnwatch_source_lag_seconds{{{SOURCES}}})", "lag")],
-            width=4,
-            height=4,
         ).thresholds(thresholds((None, "green"), (30, "orange"), (300, "red")))
     )
     builder.with_panel(
-        panel(
-            stat.Panel().reduce_options(last_value()),
+        stat_panel(
             title="Processing latency p99",
             description=(
                 "99th percentile of the time from a message being read to its effect committed "
@@ -161,8 +145,6 @@ def _now_row(builder: dashboard_builders.Dashboard) -> None:
                     "p99",
                 )
             ],
-            width=4,
-            height=4,
         ).thresholds(thresholds((None, "green"), (1, "orange"), (5, "red")))
     )
 
@@ -476,13 +458,11 @@ def _process_row(builder: dashboard_builders.Dashboard) -> None:
         .tooltip(shared_tooltip())
     )
     builder.with_panel(
-        panel(
-            stat.Panel().reduce_options(last_value()),
+        stat_panel(
             title="Running processes",
             description="churnwatch processes Prometheus scrapes, by version.",
             unit=units.Short,
             targets=[query("count by (version) (churnwatch_build_info)", "{{version}}")],
-            width=4,
             height=8,
         )
         .graph_mode(common_models.BigValueGraphMode.NONE)

@@ -6,7 +6,7 @@ The `segment` variable selects exactly one segment; "all segments" series are dr
 from __future__ import annotations
 
 from grafana_foundation_sdk.builders import dashboard as dashboard_builders
-from grafana_foundation_sdk.builders import heatmap, stat, table, timeseries
+from grafana_foundation_sdk.builders import heatmap, table, timeseries
 from grafana_foundation_sdk.models import common as common_models
 from grafana_foundation_sdk.models import dashboard as dashboard_models
 from grafana_foundation_sdk.models import units
@@ -19,7 +19,6 @@ from .common import (
     finish,
     firing_alerts_annotation,
     fixed_color,
-    last_value,
     new_dashboard,
     panel,
     per_minute_bars,
@@ -27,6 +26,7 @@ from .common import (
     segment_variable,
     shared_tooltip,
     stacked,
+    stat_panel,
     table_legend,
     thresholds,
     with_tier_colors,
@@ -43,31 +43,24 @@ SEGMENT_DASHBOARD_VALUE_URL = "/d/churnwatch-segment?var-segment=${__value.raw}&
 def _now_row(builder: dashboard_builders.Dashboard) -> None:
     builder.with_row(dashboard_builders.Row("$segment now"))
     builder.with_panel(
-        panel(
-            stat.Panel().reduce_options(last_value()),
+        stat_panel(
             title="Customers",
             description="Customers churnwatch currently scores in this segment.",
             unit=units.Short,
             targets=[query(f"sum({queries.customers(THIS)})", "customers")],
-            width=4,
-            height=4,
         ).color_mode(common_models.BigValueColorMode.NONE)
     )
     builder.with_panel(
-        panel(
-            stat.Panel().reduce_options(last_value()),
+        stat_panel(
             title="At risk",
             description="Customers of this segment now in at_risk; the link opens the worklist.",
             unit=units.Short,
             targets=[query(f"sum({queries.in_tier('at_risk', THIS)})", "at risk")],
-            width=4,
-            height=4,
             links=[worklist_link()],
         ).thresholds(thresholds((None, "orange")))
     )
     builder.with_panel(
-        panel(
-            stat.Panel().reduce_options(last_value()),
+        stat_panel(
             title="High-value customers at risk",
             description=(
                 "Customers of the top value tier in at_risk or churned in this segment; the link "
@@ -80,14 +73,11 @@ def _now_row(builder: dashboard_builders.Dashboard) -> None:
                     "high value at risk",
                 )
             ],
-            width=4,
-            height=4,
             links=[worklist_link()],
         ).thresholds(thresholds((None, "green"), (1, "red")))
     )
     builder.with_panel(
-        panel(
-            stat.Panel().reduce_options(last_value()),
+        stat_panel(
             title="Mean health score vs all segments",
             description=(
                 "Mean current health score of this segment (0 to 100) next to the mean over "
@@ -99,7 +89,6 @@ def _now_row(builder: dashboard_builders.Dashboard) -> None:
                 query(queries.mean_score(), "all segments"),
             ],
             width=6,
-            height=4,
         )
         .decimals(1)
         .graph_mode(common_models.BigValueGraphMode.NONE)
@@ -107,8 +96,7 @@ def _now_row(builder: dashboard_builders.Dashboard) -> None:
         .color_mode(common_models.BigValueColorMode.NONE)
     )
     builder.with_panel(
-        panel(
-            stat.Panel().reduce_options(last_value()),
+        stat_panel(
             title="Churn rate vs objective (30 days)",
             description=(
                 "Share of this segment's active customers (every tier but churned) that turned "
@@ -125,7 +113,6 @@ def _now_row(builder: dashboard_builders.Dashboard) -> None:
                 ),
             ],
             width=6,
-            height=4,
         )
         .decimals(2)
         .graph_mode(common_models.BigValueGraphMode.NONE)
