@@ -137,7 +137,7 @@ def stat_panel(
     height: int = 4,
     links: Iterable[dashboard_builders.DashboardLink] = (),
 ) -> stat_builders.Panel:
-    """A stat panel showing its query's last value: the single figures of the "Now" rows.
+    """A stat panel showing its query's last value as one figure (the dashboards' "Now" rows).
 
     Chain `.thresholds(...)` for a coloured figure or `.color_mode(NONE)` for a plain one.
     """
