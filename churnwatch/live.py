@@ -1,9 +1,10 @@
 """``churnwatch run``: the live monitor, one process of a Bytewax cluster or all of it.
 
 The same dataflow as ``replay`` (``churnwatch.dataflows.flow``) reads the event streams
-(Redis Streams by default, a Kafka topic, or the built-in simulator), scores in wall-clock time
-(a silent customer changes tier when their review time comes), keeps state in Redis, and serves
-``/metrics`` and the worklist API.
+(Redis Streams by default, a Kafka topic, or the built-in simulator), scores events in event
+time and, once the source has caught up, silent customers by the wall clock (one changes tier
+when their review time comes; docs/operations.md, "One time rule"), keeps state in Redis, and
+serves ``/metrics`` and the worklist API.
 
 Scaling and recovery are Bytewax's: ``--workers`` threads in a process, ``-i/-a`` to join
 several processes (on one host or many) into one cluster, ``--recovery-dir`` to resume after a

@@ -6,6 +6,7 @@ every customer's score as CSV is :mod:`churnwatch.export`.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
@@ -191,7 +192,14 @@ def replay(paths: Sequence[str], config: ChurnwatchConfig, store_factory: Callab
                 f"nothing was advanced or exported)",
                 counts.summary(as_of, 0, time.perf_counter() - started, read_errors))
         store = store_factory()
-        silent = len(advance_all(store, config, as_of, counts))
+        advanced = advance_all(store, config, as_of, counts)
+        silent = len(advanced)
+        if transitions_path and advanced:
+            # The changes of silence up to --as-of belong in the file with the flow's (worker
+            # 0's file when there are several).
+            path = transitions_path if workers <= 1 else f"{transitions_path}.0"
+            with open(path, "a", encoding="utf-8") as handle:
+                handle.writelines(json.dumps(t.as_dict()) + "\n" for t in advanced)
     return counts.summary(as_of, silent, time.perf_counter() - started, read_errors)
 
 

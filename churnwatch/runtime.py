@@ -50,8 +50,8 @@ def tune_garbage_collector() -> None:
     Scoring allocates and drops a few hundred objects per event, almost none of them in
     reference cycles (reference counting frees them), so with the defaults the collector ran
     some 18,000 times over a 200,000-event replay, each full pass walking every long-lived
-    object, for about a quarter of the replay's time (docs/benchmarks.md, "The garbage
-    collector"). Cycles are still collected, less often.
+    object, for about a quarter of the replay's time
+    (docs/decisions/0013-garbage-collector-tuned.md). Cycles are still collected, less often.
 
     >>> import gc
     >>> before = gc.get_threshold()

@@ -133,16 +133,24 @@ def stat_panel(
     description: str,
     unit: str,
     targets: Sequence[prometheus_builders.Dataquery],
-    width: int,
-    height: int = 8,
+    width: int = 4,
+    height: int = 4,
     links: Iterable[dashboard_builders.DashboardLink] = (),
 ) -> stat_builders.Panel:
-    """A stat panel showing each series' latest value (:func:`last_value`), with what every
-    churnwatch panel has (:func:`panel`); colours, thresholds and decimals are the caller's."""
-    return panel(stat_builders.Panel().reduce_options(last_value()), title=title,
-                 description=description, unit=unit, targets=targets, width=width,
-                 height=height, links=links)
+    """A stat panel showing its query's last value as one figure (the dashboards' "Now" rows).
 
+    Chain `.thresholds(...)` for a coloured figure or `.color_mode(NONE)` for a plain one.
+    """
+    return panel(
+        stat_builders.Panel().reduce_options(last_value()),
+        title=title,
+        description=description,
+        unit=unit,
+        targets=targets,
+        width=width,
+        height=height,
+        links=links,
+    )
 
 def link(title: str, url: str) -> dashboard_builders.DashboardLink:
     """A link opening in a new tab (panel links and data links share this type)."""

@@ -59,8 +59,6 @@ def _now_row(builder: dashboard_builders.Dashboard) -> None:
             description="Customers churnwatch currently scores in the selected segments.",
             unit=units.Short,
             targets=[query(f"sum({CUSTOMERS})", "customers")],
-            width=4,
-            height=4,
         ).color_mode(common_models.BigValueColorMode.NONE)
     )
     builder.with_panel(
@@ -72,8 +70,6 @@ def _now_row(builder: dashboard_builders.Dashboard) -> None:
             ),
             unit=units.Short,
             targets=[query(f"sum({queries.in_tier('at_risk', SEGMENTS)})", "at risk")],
-            width=4,
-            height=4,
             links=[worklist_link()],
         ).thresholds(thresholds((None, "orange")))
     )
@@ -91,8 +87,6 @@ def _now_row(builder: dashboard_builders.Dashboard) -> None:
                     "high value at risk",
                 )
             ],
-            width=4,
-            height=4,
             links=[worklist_link()],
         ).thresholds(thresholds((None, "green"), (1, "red")))
     )
@@ -105,8 +99,6 @@ def _now_row(builder: dashboard_builders.Dashboard) -> None:
             ),
             unit=units.NoUnit,
             targets=[query(queries.mean_score(SEGMENTS), "mean score")],
-            width=4,
-            height=4,
         )
         .decimals(1)
         .min(0)
@@ -127,8 +119,6 @@ def _now_row(builder: dashboard_builders.Dashboard) -> None:
                 query(queries.churn_rate(SEGMENTS), "churn rate", instant=True),
                 query(queries.churn_objective(SEGMENTS), "objective", instant=True),
             ],
-            width=4,
-            height=4,
         )
         .decimals(2)
         .graph_mode(common_models.BigValueGraphMode.NONE)
@@ -151,8 +141,6 @@ def _now_row(builder: dashboard_builders.Dashboard) -> None:
                     instant=True,
                 )
             ],
-            width=4,
-            height=4,
         )
         .graph_mode(common_models.BigValueGraphMode.NONE)
         .thresholds(thresholds((None, "green"), (1, "orange")))

@@ -73,8 +73,6 @@ def _now_row(builder: dashboard_builders.Dashboard) -> None:
             description="Raw messages read from the selected sources per second, all processes.",
             unit=units.EventsPerSecond,
             targets=[query(_rate("churnwatch_events_received_total"), "received")],
-            width=4,
-            height=4,
         ).color_mode(common_models.BigValueColorMode.NONE)
     )
     builder.with_panel(
@@ -83,8 +81,6 @@ def _now_row(builder: dashboard_builders.Dashboard) -> None:
             description="Events applied to a customer's state and scored per second.",
             unit=units.EventsPerSecond,
             targets=[query(_rate("churnwatch_events_scored_total"), "scored")],
-            width=4,
-            height=4,
         ).color_mode(common_models.BigValueColorMode.NONE)
     )
     builder.with_panel(
@@ -102,8 +98,6 @@ def _now_row(builder: dashboard_builders.Dashboard) -> None:
                     "dead letters",
                 )
             ],
-            width=4,
-            height=4,
         )
         .decimals(2)
         .thresholds(thresholds((None, "green"), (0.01, "orange"), (0.05, "red")))
@@ -122,8 +116,6 @@ def _now_row(builder: dashboard_builders.Dashboard) -> None:
                     "since last commit",
                 )
             ],
-            width=4,
-            height=4,
         )
         .decimals(0)
         .thresholds(thresholds((None, "green"), (30, "orange"), (120, "red")))
@@ -137,8 +129,6 @@ def _now_row(builder: dashboard_builders.Dashboard) -> None:
             ),
             unit=units.Seconds,
             targets=[query(f"max(churnwatch_source_lag_seconds{{{SOURCES}}})", "lag")],
-            width=4,
-            height=4,
         ).thresholds(thresholds((None, "green"), (30, "orange"), (300, "red")))
     )
     builder.with_panel(
@@ -155,8 +145,6 @@ def _now_row(builder: dashboard_builders.Dashboard) -> None:
                     "p99",
                 )
             ],
-            width=4,
-            height=4,
         ).thresholds(thresholds((None, "green"), (1, "orange"), (5, "red")))
     )
 
@@ -475,7 +463,6 @@ def _process_row(builder: dashboard_builders.Dashboard) -> None:
             description="churnwatch processes Prometheus scrapes, by version.",
             unit=units.Short,
             targets=[query("count by (version) (churnwatch_build_info)", "{{version}}")],
-            width=4,
             height=8,
         )
         .graph_mode(common_models.BigValueGraphMode.NONE)

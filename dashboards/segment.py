@@ -48,8 +48,6 @@ def _now_row(builder: dashboard_builders.Dashboard) -> None:
             description="Customers churnwatch currently scores in this segment.",
             unit=units.Short,
             targets=[query(f"sum({queries.customers(THIS)})", "customers")],
-            width=4,
-            height=4,
         ).color_mode(common_models.BigValueColorMode.NONE)
     )
     builder.with_panel(
@@ -58,8 +56,6 @@ def _now_row(builder: dashboard_builders.Dashboard) -> None:
             description="Customers of this segment now in at_risk; the link opens the worklist.",
             unit=units.Short,
             targets=[query(f"sum({queries.in_tier('at_risk', THIS)})", "at risk")],
-            width=4,
-            height=4,
             links=[worklist_link()],
         ).thresholds(thresholds((None, "orange")))
     )
@@ -77,8 +73,6 @@ def _now_row(builder: dashboard_builders.Dashboard) -> None:
                     "high value at risk",
                 )
             ],
-            width=4,
-            height=4,
             links=[worklist_link()],
         ).thresholds(thresholds((None, "green"), (1, "red")))
     )
@@ -95,7 +89,6 @@ def _now_row(builder: dashboard_builders.Dashboard) -> None:
                 query(queries.mean_score(), "all segments"),
             ],
             width=6,
-            height=4,
         )
         .decimals(1)
         .graph_mode(common_models.BigValueGraphMode.NONE)
@@ -120,7 +113,6 @@ def _now_row(builder: dashboard_builders.Dashboard) -> None:
                 ),
             ],
             width=6,
-            height=4,
         )
         .decimals(2)
         .graph_mode(common_models.BigValueGraphMode.NONE)

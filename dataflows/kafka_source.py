@@ -103,7 +103,7 @@ class _KafkaEventPartition(StatefulSourcePartition[RawMessage, Any]):
             seconds=self._poll)
         if self._progress is not None:
             # The connector hands what the consumer had: only an empty read is the end.
-            self._progress.read(self._part, len(messages), bool(messages), now)
+            self._progress.read(self._part, len(out), bool(messages), now)
         return out
 
     def next_awake(self) -> datetime | None:

@@ -1,6 +1,7 @@
 """Tiers move for what the customer did, not for when the shard's model was refitted: an order
 never lowers the tier or the score, regular buyers do not flap while the model learns, and a
-reason's words go the way its numbers go (docs/scoring.md, "Refits and tiers")."""
+reason's words go the way its numbers go (docs/scoring.md, "Tiers that move with the
+customer")."""
 
 from __future__ import annotations
 

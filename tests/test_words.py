@@ -1,5 +1,6 @@
 """Words for people: every reason a CS agent reads (transition records, the export, the pages)
-speaks of the customer, never of how the score is computed (docs/scoring.md, "Reasons")."""
+speaks of the customer, never of how the score is computed (docs/scoring.md, "Tiers and
+hysteresis")."""
 
 from __future__ import annotations
 

@@ -24,7 +24,6 @@ True
 
 from __future__ import annotations
 
-import bisect
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -80,21 +79,6 @@ class BuyerModel:
         base = self.alpha + w * age
         quiet = math.exp((self.r + w * x) * math.log(base / (base + horizon)))
         return self.p_alive(x, t_x, age) * (1.0 - quiet)
-
-    def moved_toward(self, newer: BuyerModel, step: float) -> BuyerModel:
-        """This model moved ``step`` (0..1) of the way toward ``newer`` on the logarithm of
-        each population parameter; the evidence weight is ``newer``'s.
-
-        >>> old, new = BuyerModel(1.0, 30.0, 1.0, 2.0), BuyerModel(4.0, 120.0, 1.0, 8.0, 0.7)
-        >>> old.moved_toward(new, 0.5)
-        BuyerModel(r=2.0, alpha=60.0, a=1.0, b=4.0, evidence_weight=0.7)
-        """
-        def toward(old: float, new: float) -> float:
-            return round(math.exp((1.0 - step) * math.log(old) + step * math.log(new)), 9)
-
-        return BuyerModel(toward(self.r, newer.r), toward(self.alpha, newer.alpha),
-                          toward(self.a, newer.a), toward(self.b, newer.b),
-                          newer.evidence_weight)
 
     def without_weight(self) -> BuyerModel:
         """The population parameters alone (evidence weight 1): where a fit may start."""
@@ -341,43 +325,11 @@ def choose_value_coefficient(predicted: np.ndarray, standardised: np.ndarray,
 
 
 @dataclass(frozen=True, slots=True)
-class PercentileMap:
-    """Where a probability stands among a shard's sampled customers (0..1), from the sample's
-    quantiles at the last refit. Each shard fits its own model, so its probabilities sit at a
-    level of their own; a percentile puts every shard's customers on one scale.
-
-    >>> m = PercentileMap((0.1, 0.2, 0.4, 0.8, 0.9))
-    >>> m.apply(0.05), m.apply(0.3), m.apply(0.95)
-    (0.0, 0.375, 1.0)
-    """
-
-    knots: tuple[float, ...]
-
-    def apply(self, p: float) -> float:
-        """The share of the sample whose probability is below ``p``, interpolated."""
-        knots = self.knots
-        if len(knots) < 2 or p <= knots[0]:
-            return 0.0
-        if p >= knots[-1]:
-            return 1.0
-        i = bisect.bisect_right(knots, p) - 1
-        lo, hi = knots[i], knots[i + 1]
-        frac = (p - lo) / (hi - lo) if hi > lo else 0.0
-        return (i + frac) / (len(knots) - 1)
-
-
-def percentile_map(predicted: np.ndarray, knots: int = 32) -> PercentileMap:
-    """The quantiles of ``predicted`` at ``knots`` equal steps."""
-    quantiles = np.quantile(predicted, np.linspace(0.0, 1.0, knots + 1))
-    return PercentileMap(tuple(round(float(q), 8) for q in quantiles))
-
-
-@dataclass(frozen=True, slots=True)
 class CalibrationMap:
     """A monotone map from the model's probability to the observed return rate.
 
-    Knots ``(predicted, observed)`` from matured outcomes, pooled-adjacent-violators so the map
-    never falls, interpolated linearly and pinned at (0, 0) and (1, 1). Monotone, so a model
+    Knots ``(predicted, observed)`` of the curve :func:`fit_calibration` fits to matured
+    outcomes, interpolated linearly and pinned at (0, 0) and (1, 1). Increasing, so a model
     probability that falls with silence stays falling once calibrated.
 
     >>> m = CalibrationMap((0.2, 0.5, 0.8), (0.3, 0.6, 0.85))
@@ -387,19 +339,6 @@ class CalibrationMap:
 
     predicted: tuple[float, ...]
     observed: tuple[float, ...]
-
-    def blended(self, newer: CalibrationMap) -> CalibrationMap:
-        """The mean of this map and a ``newer`` one, on the newer one's knots: each refit's map
-        comes from one window of matured outcomes, and the mean of two windows moves a
-        customer's chance by half as much from one refit to the next. Monotone, as both are.
-
-        >>> old = CalibrationMap((0.2, 0.8), (0.3, 0.9))
-        >>> old.blended(CalibrationMap((0.5,), (0.4,)))
-        CalibrationMap(predicted=(0.5,), observed=(0.5,))
-        """
-        return CalibrationMap(newer.predicted, tuple(
-            round(0.5 * (y + self.apply(x)), 6) for x, y in zip(newer.predicted, newer.observed,
-                                                                 strict=True)))
 
     def apply(self, p: float) -> float:
         """The calibrated probability for a model probability ``p``."""

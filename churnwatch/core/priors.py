@@ -37,14 +37,12 @@ import numpy as np
 from churnwatch.core.buyers import (
     BuyerModel,
     CalibrationMap,
-    PercentileMap,
     ValueEvidence,
     choose_evidence_weight,
     choose_value_coefficient,
     fit_buyer_model,
     fit_calibration,
     p_order_within_many,
-    percentile_map,
     shifted_many,
 )
 from churnwatch.core.horizon import ReorderGaps, learned_horizon
@@ -70,10 +68,6 @@ MIN_VALUE_OUTCOMES = 500
 WIRE_VERSION = 5
 #: The key of the reorder gaps of every segment together (:attr:`PopulationPriors.horizons`).
 ALL_SEGMENTS = "*"
-#: How far a refit moves the buyer model from the one before it toward its new fit (on the
-#: logarithm of each parameter): a customer's chance moves a little at each refit instead of
-#: jumping with the luck of one sample.
-REFIT_STEP = 1.0
 _SPEND_BINS = 48  # log2-spaced: bin i holds spends in [2**(i/2 - 1), 2**((i+1)/2 - 1))
 
 
@@ -90,7 +84,7 @@ class PopulationPriors:
 
     __slots__ = ("gap_sum_days", "gap_count", "sent", "responded", "spend_bins", "_floor",
                  "sample", "baskets", "model", "value", "calibration", "next_fit_day",
-                 "percentiles", "fits", "_top", "pending_days", "fitted_days", "reorder",
+                 "fits", "_top", "pending_days", "fitted_days", "reorder",
                  "horizons")
 
     def __init__(self) -> None:
@@ -112,9 +106,6 @@ class PopulationPriors:
         self.value = ValueEvidence()
         self.calibration: dict[float, CalibrationMap] = {}
         self.next_fit_day = 0
-        # Per horizon, where the sample's customers stand under the model: the health score's
-        # scale.
-        self.percentiles: dict[float, PercentileMap] = {}
         # How many times the model was fitted: a customer scored at another count was judged
         # by another model (CustomerState.model_fit).
         self.fits = 0
@@ -224,14 +215,9 @@ class PopulationPriors:
                 fitted_at[window] = earlier
                 value = _choose_value(earlier, weight, xc, tc, agec, window, returned, then,
                                       scale, value)
-        fitted = BuyerModel(model.r, model.alpha, model.a, model.b, weight)
-        self.model = fitted if self.model is None else self.model.moved_toward(fitted,
-                                                                              REFIT_STEP)
+        self.model = BuyerModel(model.r, model.alpha, model.a, model.b, weight)
         self.value = value
         self.fits += 1
-        now_shift = value.shifts(basket)
-        self.percentiles = {h: percentile_map(shifted_many(
-            p_order_within_many(self.model, x, t_x, age, h), now_shift)) for h in horizons}
         calibration: dict[float, CalibrationMap] = {}
         for horizon in horizons:
             if history < horizon + 7.0:
@@ -245,12 +231,6 @@ class PopulationPriors:
                                      value.shifts(then))
             calibration[horizon] = fit_calibration(predicted, returned)
         self.calibration = calibration
-
-    def standing(self, p: float, horizon: float) -> float | None:
-        """Where the model's probability ``p`` stands among the shard's sampled
-        customers at the last refit (0..1; ``None`` before the first fit)."""
-        scale = self.percentiles.get(horizon)
-        return None if scale is None else scale.apply(p)
 
     def calibrated(self, p: float, horizon: float) -> float:
         """The model probability ``p`` for ``horizon`` through the shard's calibration map
@@ -354,7 +334,6 @@ class PopulationPriors:
             "value": self.value.to_wire() if self.value.coefficient else None,
             "calibration": [[h, *m.to_wire()] for h, m in sorted(self.calibration.items())],
             "next_fit_day": self.next_fit_day,
-            "percentiles": [[h, list(m.knots)] for h, m in sorted(self.percentiles.items())],
             "growth": [self.pending_days, self.fitted_days],
             "fits": self.fits,
             "reorder": {label: gaps.to_wire() for label, gaps in sorted(self.reorder.items())},
@@ -388,8 +367,6 @@ class PopulationPriors:
             priors.calibration = {float(row[0]): CalibrationMap.from_wire(row[1:])
                                   for row in data["calibration"]}
             priors.next_fit_day = int(data["next_fit_day"])
-            priors.percentiles = {float(h): PercentileMap(tuple(float(v) for v in knots))
-                                  for h, knots in data["percentiles"]}
             # Absent from blobs written before the growth trigger: count from now on.
             priors.pending_days, priors.fitted_days = (int(v) for v in data.get("growth", (0, 0)))
             priors.fits = int(data.get("fits", 0))
