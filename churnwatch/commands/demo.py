@@ -18,7 +18,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
-from pathlib import Path
+from importlib import resources
 
 from bytewax.testing import run_main
 
@@ -108,7 +108,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     tune_garbage_collector()
     if not args.config and not os.environ.get("CHURNWATCH_CONFIG"):
-        args.config = str(Path(__file__).with_name("data") / "demo.toml")
+        args.config = str(resources.files("churnwatch").joinpath("data/demo.toml"))
     config = config_from_args(args)
     sim = ShopSimulator(customers=args.customers, seed=args.seed,
                         start=time.time() - args.days * DAY, days=args.days)
