@@ -75,7 +75,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         status = int(args.func(args) or 0)
-        sys.stdout.flush()  # inside the try: a reader gone (`| head`) is found here, not at exit
+        if not sys.stdout.closed:  # a command writing to `-` may have closed it already
+            sys.stdout.flush()  # inside the try: a reader gone (`| head`) is found here
         return status
     except BrokenPipeError:
         if not _readers_gone():

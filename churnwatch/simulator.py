@@ -15,7 +15,6 @@ True
 
 from __future__ import annotations
 
-import contextlib
 import heapq
 import json
 import math
@@ -251,9 +250,7 @@ class ShopSimulator:
 def write_jsonl(path: str, simulator: ShopSimulator) -> int:
     """Write the simulator's events to a JSON Lines file; returns how many."""
     count = 0
-    # Standard output is written to, never closed: the command still flushes it on the way out.
-    with (open(path, "w", encoding="utf-8") if path != "-" else
-          contextlib.nullcontext(sys.stdout)) as out:
+    with (open(path, "w", encoding="utf-8") if path != "-" else sys.stdout) as out:
         for event in simulator.events():
             out.write(json.dumps(event, separators=(",", ":")) + "\n")
             count += 1

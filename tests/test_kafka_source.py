@@ -161,10 +161,11 @@ def test_churnwatch_run_reads_a_kafka_topic(tansu: str, live_redis: LiveRedis,
     _produce(tansu, "live", lines)
     config = write_config(tmp_path / "k.toml", "kr",
                           source={"kind": "kafka", "kafka_brokers": tansu, "kafka_topic": "live",
-                                  "stream_partitions": PARTITIONS})
+                                  "stream_partitions": PARTITIONS},
+                          state={"shards": PARTITIONS})
     log = tmp_path / "run.log"
     finish(start_run(["--redis-url", live_redis.url, "--config", str(config), "--clock", "event",
                       "--stop-at-end", "--no-metrics"], log), 120, log)
     assert "source kafka" in log.read_text()
-    store = RedisStore(live_redis.url, ChurnwatchConfig().shards, "kr")  # the file's default
+    store = RedisStore(live_redis.url, PARTITIONS, "kr")  # one shard per topic partition
     assert store.customer_count() == 7
