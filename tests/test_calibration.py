@@ -339,6 +339,17 @@ def test_priors_survive_the_wire_and_the_previous_format_still_reads() -> None:
     back = PopulationPriors.from_wire(msgpack.unpackb(msgpack.packb(valued.to_wire())))
     assert back.to_wire() == valued.to_wire()
     assert (back.value, back.baskets) == (valued.value, valued.baskets)
+    # Format 5: the segments' reorder gaps and learned horizons survive; format 4 reads with none
+    # learned yet; the (empty) percentiles stay for a release before 5, which requires the key.
+    for days in (3.0, 10.0, 40.0):
+        valued.observe_gap(days * DAY, "fashion")
+    valued.horizons = {"*": 42.0, "fashion": 42.0}
+    back = PopulationPriors.from_wire(msgpack.unpackb(msgpack.packb(valued.to_wire())))
+    assert back.horizons == valued.horizons and back.reorder["fashion"].count == 3
+    assert valued.to_wire()["percentiles"] == []
+    v4 = {k: v for k, v in valued.to_wire().items() if k not in ("reorder", "horizons")}
+    old4 = PopulationPriors.from_wire(dict(v4, v=4))
+    assert old4.horizons == {} and old4.reorder == {} and old4.sample == valued.sample
     # Format 3: no first baskets (unknown, not 0) and no value evidence.
     v3 = {k: v for k, v in valued.to_wire().items() if k not in ("baskets", "value")}
     old3 = PopulationPriors.from_wire(dict(v3, v=3))

@@ -336,6 +336,9 @@ class PopulationPriors:
             "next_fit_day": self.next_fit_day,
             "growth": [self.pending_days, self.fitted_days],
             "fits": self.fits,
+            # Read by churnwatch before version 5 (it required the key), so a monitor can go
+            # back a release; today's reads nothing from it.
+            "percentiles": [],
             "reorder": {label: gaps.to_wire() for label, gaps in sorted(self.reorder.items())},
             "horizons": dict(sorted(self.horizons.items())),
         }
