@@ -29,7 +29,7 @@ the chance, and an order only raises it.
 >>> from churnwatch.core.config import ChurnwatchConfig
 >>> from churnwatch.core.customer import CustomerState
 >>> from churnwatch.core.events import Event
->>> from churnwatch.core.priors import PopulationPriors
+>>> from churnwatch.core.priors import ALL_SEGMENTS, PopulationPriors
 >>> cfg, priors = ChurnwatchConfig(), PopulationPriors()
 >>> c = CustomerState(first_seen=0.0)
 >>> for day in range(0, 200, 20):
@@ -51,7 +51,7 @@ from churnwatch.core.buyers import BuyerModel, shifted
 from churnwatch.core.config import COMPONENTS, TIERS, ChurnwatchConfig, SegmentPolicy
 from churnwatch.core.customer import CustomerState
 from churnwatch.core.horizon import describe_within
-from churnwatch.core.priors import PopulationPriors
+from churnwatch.core.priors import ALL_SEGMENTS, PopulationPriors
 from churnwatch.core.signals import DAY, Windows
 
 RECENCY, TREND, ENGAGEMENT, SERVICE = range(4)
@@ -159,7 +159,7 @@ def horizons_in_use(config: ChurnwatchConfig, priors: PopulationPriors) -> list[
     out = [horizon_days(None, config, priors)]
     if any(p.horizon_learned for p in policies):
         out += sorted(priors.horizons.values())
-        if priors.horizon("") is None:  # nothing learned yet: the defaults meanwhile
+        if ALL_SEGMENTS not in priors.horizons:  # nothing learned yet: the defaults meanwhile
             out += [p.horizon_days for p in policies if p.horizon_learned]
     out += [p.horizon_days for p in policies if not p.horizon_learned]
     return list(dict.fromkeys(out))
@@ -662,22 +662,6 @@ def _crossing(state: CustomerState, assessment: Assessment, config: ChurnwatchCo
     return (f"health {old_score:.1f} -> {assessment.score:.1f}, {where} {threshold:g}: "
             f"{name} starts at {boundary:g}, and a customer crosses that line only "
             f"{margin:g} points beyond it, so that tiers do not flicker")
-
-
-def _score_move(old: float | None, new: float) -> str:
-    """Where the score went, in the direction the printed numbers go.
-
-    >>> _score_move(100.0, 98.1), _score_move(85.2, 99.6), _score_move(99.7, 100.0)
-    ('score fell from 100 to 98', 'score rose from 85 to 100', 'score unchanged at 100')
-    >>> _score_move(None, 72.0)
-    'score 72'
-    """
-    if old is None:
-        return f"score {new:.0f}"
-    before, after = round(old), round(new)
-    if before == after:
-        return f"score unchanged at {after}"
-    return f"score {'rose' if after > before else 'fell'} from {before} to {after}"
 
 
 def _days(days: float) -> str:
