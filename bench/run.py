@@ -7,7 +7,9 @@ reproduce it. What is measured (docs/benchmarks.md has the figures and the machi
 1. replay: one worker over ``--events`` mixed events for ``--customers`` customers, from the
    first event read to the export CSV written (``replay`` + ``export``), beside the yardstick
    (:mod:`bench.yardstick`: Bytewax parsing each line of the same file and counting per
-   customer, in the same run) and the ratio of the two;
+   customer, in the same run) and the ratio of the two; and beside the polars batch job
+   (:mod:`bench.polars_batch`: recency, frequency, spend and decayed counts per customer over
+   the same file, what a nightly analytics job computes) and the ratio replay/polars;
 2. naive: a consumer doing one Redis round trip per event (GET, score, SET) with the same
    scoring engine, on the first ``--naive-events`` events; and the ratio to (1);
 3. memory: Redis ``used_memory`` per customer after the replay, and per kind of key;
@@ -50,6 +52,7 @@ import redis
 from churnwatch.state.base import StoreLayout, shard_of
 from churnwatch.state.redis_store import BUCKET_SERVER_ARGS, RedisStore
 
+from bench.polars_batch import batch_job
 from bench.workload import write_jsonl
 from bench.yardstick import parse_and_count
 from churnwatch.core.config import ChurnwatchConfig
@@ -625,7 +628,8 @@ def main(argv: list[str] | None = None) -> int:
                         "sustained rate")
     parser.add_argument("--cluster-events", type=int, default=300_000)
     parser.add_argument("--worklist-customers", type=int, default=1_000_000)
-    parser.add_argument("--only", default="yardstick,replay,naive,memory,live,cluster,worklist",
+    parser.add_argument("--only", default="yardstick,polars,replay,naive,memory,live,cluster,"
+                        "worklist",
                         help="comma-separated subset of the benchmarks")
     parser.add_argument("--gc", choices=("tuned", "default"), default="tuned",
                         help="the garbage collector settings of the in-process rows: those of "
@@ -649,6 +653,10 @@ def main(argv: list[str] | None = None) -> int:
         log("1. yardstick: Bytewax parse-and-count over the same file")
         results["yardstick"] = parse_and_count(path)
         log(f"yardstick: {results['yardstick']}")
+    if "polars" in only:
+        log("1. polars: the batch job over the same file (read + compute)")
+        results["polars"] = batch_job(path)
+        log(f"polars: {results['polars']}")
     with redis_server() as url:
         if only & {"replay", "memory"}:
             log("1. replay")
@@ -663,6 +671,9 @@ def main(argv: list[str] | None = None) -> int:
             if "yardstick" in results:
                 replay["replay_over_yardstick"] = round(
                     replay["events_per_second"] / results["yardstick"]["events_per_second"], 3)
+            if "polars" in results:
+                replay["replay_over_polars"] = round(
+                    replay["events_per_second"] / results["polars"]["events_per_second"], 3)
         if "naive" in only:
             log("2. naive")
             naive = bench_naive(path, url, config, args.naive_events)
