@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import bytewax.operators as op
+import numpy as np
 from bytewax.dataflow import Dataflow
 from bytewax.inputs import DynamicSource, Source, StatelessSourcePartition
 from bytewax.operators import StatefulBatchLogic
@@ -40,6 +41,7 @@ from churnwatch.state.base import (
     shard_of,
 )
 
+from churnwatch.core.columnar import ColumnarShard, EventColumns
 from churnwatch.core.config import ChurnwatchConfig
 from churnwatch.core.engine import ShardEngine, partition_id
 from churnwatch.core.events import PROFILE, Event, InvalidEvent, decode_event
@@ -188,9 +190,11 @@ class ShardLogic(StatefulBatchLogic[tuple[Incoming, float], Any, None]):
         self.settings = settings
         self.source = source
         self.store = store
-        self.engine = ShardEngine(shard, config_with_segments(store, settings.config),
-                                  self.store.load_shard(shard))
-        self._next_due = self.store.next_due(shard)
+        self.engine = ColumnarShard(shard, config_with_segments(store, settings.config),
+                                    self.store.load_shard(shard))
+        for cid, state in self.store.shard_customers(shard):
+            self.engine.adopt(cid, state)
+        self._next_due = self.engine.next_due()
         self._asked_segments: set[str] = set()
         # The live time rule's memory: when the shard last had events, and while it has yet to
         # catch up with its source (a fresh or resumed shard has), its watermark when it fell
@@ -204,30 +208,24 @@ class ShardLogic(StatefulBatchLogic[tuple[Incoming, float], Any, None]):
         """Called by Bytewax with the shard's items of one activation, in arrival order:
         ``(Incoming, received_at)`` pairs, and in wall-clock mode :class:`ShardTick` items."""
         values = [v for v in values if not isinstance(v, ShardTick)]
-        if not values:  # only a tick: the shard exists on this worker; look at its due index
-            self._next_due = self.store.next_due(self.shard)
+        if not values:  # only a tick: the shard exists on this worker
+            self._next_due = self.engine.next_due()
             return self._follow_wall_clock(), StatefulBatchLogic.RETAIN
         self._last_batch_at = time.time()
         items = [v[0] for v in values]
         oldest = min(v[1] for v in values)
-        ids = list(dict.fromkeys(i.event.customer_id for i in items))
-        # Silent customers the batch's event time will pass, reviewed in event order by the
-        # engine itself; only an overflow of that list needs the separate review below.
-        until = max(self.engine.state.watermark, max(i.event.ts for i in items))
-        due = self.store.due_customers(self.shard, until, PRELOAD_DUE)
-        overflow = len(due) == PRELOAD_DUE
-        customers = self.store.load_customers(self.shard, list(dict.fromkeys(ids + due)))
         # The shop's own segments: recorded before a customer is counted under one.
         self.engine.config = admit_declared(
             self.store, self.engine.config,
             (i.event.attributes.get("segment") for i in items if i.event.type == PROFILE),
             self._asked_segments)
-        # Event time, live as in replay: everyone touched is brought to the watermark.
-        result = self.engine.process(items, customers, self.engine.state.watermark, due)
+        # Event time, live as in replay: everyone touched, and every silent customer the
+        # batch's events pass, is brought to the watermark.
+        batch = EventColumns.of(items)
+        until = max(self.engine.state.watermark, float(batch.ts.max()))
+        result = self.engine.process(batch, until)
         self._commit(result, oldest)
         outputs = self._outputs(result)
-        if overflow:
-            outputs.extend(self._review_due(self.engine.state.watermark))
         outputs.extend(self._follow_wall_clock())
         return outputs, StatefulBatchLogic.RETAIN
 
@@ -235,7 +233,7 @@ class ShardLogic(StatefulBatchLogic[tuple[Incoming, float], Any, None]):
         """Called by Bytewax at :meth:`notify_at` (live mode): silent customers are due, or the
         shard looks again whether its source has caught up."""
         outputs = self._follow_wall_clock()
-        self._next_due = self.store.next_due(self.shard)
+        self._next_due = self.engine.next_due()
         return outputs, StatefulBatchLogic.RETAIN
 
     def notify_at(self) -> datetime | None:
@@ -303,34 +301,21 @@ class ShardLogic(StatefulBatchLogic[tuple[Incoming, float], Any, None]):
             engine.state.watermark = now
         outputs = self._review_due(now)
         if refitted:
-            ids = shard_members(self.store, engine.config.shards, {self.shard})[self.shard]
-            for start in range(0, len(ids), DUE_BATCH):
-                chunk = ids[start:start + DUE_BATCH]
-                loaded = {c: s for c, s in self.store.load_customers(self.shard, chunk).items()
-                          if s}
-                result = engine.rescore(loaded, now)
-                self._commit(result, time.time())
-                outputs.extend(self._outputs(result))
+            result = engine.rescore(now)
+            self._commit(result, time.time())
+            outputs.extend(self._outputs(result))
+        engine.changed_rows = np.zeros(0, dtype=np.int64)
         self._commit(BatchResult(), time.time())  # the watermark (and the refit) held
         return outputs
 
     def _review_due(self, now: float) -> list[Any]:
-        """Re-score the shard's customers whose review time is at or before ``now``, a chunk at
-        a time; each chunk is committed on its own (a customer held by hysteresis is pushed a
-        minute on, so no chunk repeats)."""
-        outputs: list[Any] = []
-        while True:
-            due = self.store.due_customers(self.shard, now, DUE_BATCH)
-            if not due:
-                break
-            loaded = {c: s for c, s in self.store.load_customers(self.shard, due).items()
-                      if s is not None}
-            reviewed = self.engine.review(loaded, now)
-            self._commit(reviewed, time.time())
-            outputs.extend(self._outputs(reviewed))
-            if len(due) < DUE_BATCH:
-                break
-        return outputs
+        """Re-score the shard's customers whose review time is at or before ``now`` (a
+        customer held by hysteresis is pushed a minute on, so a review does not repeat)."""
+        if self._next_due is None or self._next_due > now:
+            return []
+        reviewed = self.engine.review(now)
+        self._commit(reviewed, time.time())
+        return self._outputs(reviewed)
 
     def _commit(self, result: BatchResult, oldest_received_at: float) -> None:
         if result.dead_letters:
@@ -341,11 +326,10 @@ class ShardLogic(StatefulBatchLogic[tuple[Incoming, float], Any, None]):
             new = [d for d, w in zip(result.dead_letters, written, strict=True) if w]
             if new:
                 self.settings.hooks.dead_lettered(self.source, new)
+        result.changed = self.engine.changed_states()
         self.store.commit(self.shard, self.engine.state, result.changed, result.transitions)
-        dues = [s.next_review_at for s in result.changed.values() if s.next_review_at]
-        if self._next_due is not None:
-            dues.append(self._next_due)
-        self._next_due = min(dues) if dues else None
+        self.engine.keep_history(result.changed)
+        self._next_due = self.engine.next_due()
         self.settings.hooks.committed(self.source, result, oldest_received_at)
         if result.transitions:
             self.settings.hooks.transitions(result.transitions)

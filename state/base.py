@@ -223,6 +223,11 @@ class StateStore(Protocol):
         """Every customer, in no particular order (for export and backtests)."""
         ...
 
+    def shard_customers(self, shard: int) -> Iterator[tuple[str, CustomerState]]:
+        """Every customer of one shard, in no particular order (the columnar engine loads its
+        shard with it when it starts)."""
+        ...
+
     def shard_states(self) -> list[ShardState]:
         """Every shard's state (for metrics), in one round trip."""
         ...

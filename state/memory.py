@@ -170,6 +170,11 @@ class MemoryStore:
             for cid, raw in list(blobs.items()):
                 yield cid, CustomerState.from_wire(msgpack.unpackb(raw, strict_map_key=False))
 
+    def shard_customers(self, shard: int) -> Iterator[tuple[str, CustomerState]]:
+        for cid, state in self.iter_customers():
+            if shard_of(cid, self.shards) == shard:
+                yield cid, state
+
     def shard_states(self) -> list[ShardState]:
         return [self.load_shard(s) for s in sorted(self._shards)]
 

@@ -731,6 +731,11 @@ class RedisStore:
                 for cid, raw in chunk:
                     yield cid, CustomerState.from_wire(msgpack.unpackb(raw, strict_map_key=False))
 
+    def shard_customers(self, shard: int) -> Iterator[tuple[str, CustomerState]]:
+        for chunk in self._customer_chunks(shard):
+            for cid, raw in chunk:
+                yield cid, CustomerState.from_wire(msgpack.unpackb(raw, strict_map_key=False))
+
     def shard_states(self) -> list[ShardState]:
         keys = [f"{self._tag(s)}:shard" for s in range(self.shards)]
         raws = self._call("scrape", lambda: self.topology.mget(keys))

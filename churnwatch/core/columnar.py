@@ -1,19 +1,24 @@
-"""The columnar engine of one shard: a micro-batch folded and assessed as passes over arrays.
+"""The columnar engine of one shard: micro-batches applied as passes over arrays.
 
-The shard's customers are the rows of a :class:`~churnwatch.core.columns.CustomerTable`; a
-micro-batch is handled in the four steps of its reference,
-:meth:`churnwatch.core.engine.ShardEngine.process_batch` (which differential tests hold it to):
+The shard's customers are the rows of a :class:`~churnwatch.core.columns.CustomerTable`. A
+micro-batch gives exactly what its reference, :meth:`churnwatch.core.engine.ShardEngine.
+process`, gives event by event (differential tests hold it to that, on any batching):
 
-1. each customer the batch names is brought to their first event's time (due reviews);
-2. the batch is folded into the columns in arrival order (:func:`kernels.fold.fold_batch`:
-   dedupe, lateness, the four signals), and the shard's priors learn from it;
-3. the buyer model is refitted when due at the batch's watermark;
-4. each customer with an admitted event is assessed once, at their newest event
-   (:mod:`kernels.scoring`), then every row whose review time has come is brought to ``now``.
+1. each event's fate in arrival order (:func:`kernels.fold.admit`: dedupe, lateness);
+2. what the shard's priors learn from the admitted events, up to the one that finds a refit of
+   the buyer model due: the batch is cut there, so a refit falls at the same event whatever
+   the batching;
+3. the events before the cut in rounds, round ``k`` holding every customer's ``k``-th event:
+   reviews due before it, the fold into the four signals (:func:`kernels.fold.apply_events`),
+   the assessment (:mod:`kernels.scoring`); between refits a customer's score depends on their
+   own events and the shop's model alone, so scoring every customer's first event, then every
+   second one, is the reference's order as far as any score can tell;
+4. at a cut, the reviews the watermark passed before it, then the refit; at the end, every row
+   whose review time has come is brought to ``now``.
 
-Python runs only for the rows whose tier changes or whose playbook assignment is open
-(reasons, playbooks, transition records) and for the events the priors learn from. The engine
-reads no clock and does no I/O.
+Python runs for the rows whose tier changes or whose playbook assignment is open (reasons,
+playbooks, transition records), for profiles and interventions, and for the orders the buyer
+sample learns from. The engine reads no clock and does no I/O.
 
 >>> from churnwatch.core.config import ChurnwatchConfig
 >>> from churnwatch.core.events import Event
@@ -43,8 +48,9 @@ from churnwatch.core.aggregates import (
     SuddenDropCount,
     TransitionCount,
 )
-from churnwatch.core.columns import CHANNELS, CustomerTable, set_from_state, to_state
+from churnwatch.core.columns import CHANNELS, CustomerTable, set_from_state, to_states
 from churnwatch.core.config import COMPONENTS, TIERS, ChurnwatchConfig
+from churnwatch.core.customer import CustomerState
 from churnwatch.core.engine import HELD_RECHECK_SECONDS, MAX_REVIEWS_PER_ADVANCE, component_moves
 from churnwatch.core.history import change_evidence
 from churnwatch.core.kernels import fold
@@ -57,6 +63,7 @@ from churnwatch.core.kernels.scoring import (
     rounded_components,
     tiers_for,
 )
+from churnwatch.core.priors import PopulationPriors
 from churnwatch.core.records import BatchResult, Incoming, ShardState, SuddenDrop, TierTransition
 from churnwatch.core.scoring import (
     AT_RISK,
@@ -74,6 +81,10 @@ from churnwatch.core.scoring import (
 from churnwatch.core.signals import CLICK_ANSWER, DAY, OPEN_ANSWER
 from churnwatch.core.winback import track
 
+#: Review passes over the due rows at the end of a batch (each re-scores at most
+#: ``MAX_REVIEWS_PER_ADVANCE`` times a row): a bound for rows held by hysteresis, who come due
+#: again a minute on.
+MAX_REVIEW_PASSES = 64
 #: Type codes in the order of :mod:`churnwatch.core.kernels.fold`.
 TYPES = (ev.ORDER, ev.REFUND, ev.CAMPAIGN_SENT, ev.CAMPAIGN_OPENED, ev.CAMPAIGN_CLICKED,
          ev.MESSAGE_SENT, ev.MESSAGE_REPLIED, ev.SUPPORT_TICKET, ev.FEEDBACK, ev.VISIT,
@@ -109,12 +120,17 @@ class EventColumns:
     positions: list[str] | None = None
 
     @classmethod
+    def empty(cls) -> EventColumns:
+        """No events (a review of the due customers only)."""
+        return cls.of([])
+
+    @classmethod
     def of(cls, items: Sequence[Incoming]) -> EventColumns:
         """Columns of :class:`Incoming` items (tests and small callers)."""
         events = [item.event for item in items]
         return cls(
             [e.customer_id for e in events],
-            np.array([TYPE_CODE[e.type] for e in events], dtype=np.uint8),
+            np.array([TYPE_CODE[e.type] for e in events], dtype=np.uint8).reshape(-1),
             np.array([e.ts for e in events], dtype=float),
             np.array([e.amount for e in events], dtype=float),
             np.array([CHANNEL_CODE.get(e.channel or "", -1) for e in events], dtype=np.int8),
@@ -155,64 +171,121 @@ class ColumnarShard:
         return self.process(EventColumns.of(items), now)
 
     def process(self, batch: EventColumns, now: float) -> BatchResult:
-        """Fold and assess one micro-batch, then bring every due row to ``now`` (the watermark
-        in replay, the wall clock live). Returns what the store and the outputs need; the rows
-        it changed are in :attr:`BatchResult.changed` only by id (``changed_rows``)."""
+        """Apply a micro-batch, then bring every due row to ``now`` (the watermark in replay,
+        the wall clock live): what :meth:`ShardEngine.process` does, event by event, done as
+        passes over arrays.
+
+        Each customer's events are scored one at a time, as the reference does, but all
+        customers at once: round ``k`` takes the ``k``-th admitted event of every customer in
+        the batch. Between two refits of the buyer model a customer's score depends on their
+        own events alone (the shop's rates are read as of the last refit), so the rounds give
+        the reference's result; the batch is cut at each refit, which falls at the same event
+        whatever the batching. The rows changed are left in :attr:`changed_rows`.
+        """
         result = BatchResult()
         table = self.table
-        n = len(batch.customer_ids)
+        replayed = self._replayed(batch)
         self._note_positions(batch)
         rows = table.rows_for(batch.customer_ids, batch.ts)
-        first_of = _first_index(rows)
-        touched = np.unique(rows)
-        due_now = self._due_rows(float(math.floor(now)))
-        affected = np.union1d(touched, due_now)
+        floor_now = float(math.floor(now))
+        affected = np.union1d(np.unique(rows), self._due_rows(max(
+            floor_now, float(batch.ts.max()) if len(rows) else floor_now)))
         before = self._contributions(affected)
-        # 1. Each named customer to their first event's time.
-        self._advance(rows[first_of], batch.ts[first_of], result)
-        # 2. The fold, then what the priors learn.
-        status = np.empty(n, dtype=np.int8)
-        gap_before = np.empty(n)
-        old = {name: table[name][touched].copy() for name in ("spend", "orders", "refunds")}
-        hashes, has_id = self._id_hashes(batch.event_ids)
-        fold.fold_batch(
-            rows, batch.types, batch.ts, batch.amount, batch.channel, batch.score,
-            batch.severity, hashes, has_id, self.config.allowed_lateness_days * DAY,
-            self._half_lives, table["score"], table["last_event_ts"], table["first_seen"],
-            table["orders"], table["first_order"], table["last_order"], table["spend"],
-            table["refunds"], table["first_basket"], table["ord_short"], table["ord_long"],
-            table["val_short"], table["val_long"], table["trend_ref"], table["channels"],
-            table["channel_seen"], table["eng_ref"], table["tickets"], table["fb_sum"],
-            table["fb_weight"], table["svc_ref"], table["recent_ids"], table["recent_count"],
-            status, gap_before)
-        applied = status <= fold.LATE
-        result.scored = int(applied.sum())
+        status = self._admit(batch, rows, replayed)
         result.late = int((status == fold.LATE).sum())
         result.duplicates = int((status == fold.DUPLICATE).sum())
         self._too_late(batch, np.nonzero(status == fold.TOO_LATE)[0], result)
-        if result.scored:
-            newest = float(batch.ts[applied].max())
-            result.last_event_ts = newest
-            self.state.watermark = max(self.state.watermark, newest)
-        self._learn(batch, rows, applied, gap_before)
-        self._move_spend(touched, old)
-        # 3. The refit, at the batch's watermark.
-        priors = self.state.priors
-        if priors.refit_due(self.state.watermark):
-            priors.learn_horizons()
-            priors.refit(self.state.watermark, horizons_in_use(self.config, priors),
-                         self.config.recency.prior())
-        # 4. Once per customer with an admitted event, then everyone due to now.
-        if result.scored:
-            scored_rows, newest_at, lifting, waited = _admitted(rows, batch, applied, gap_before)
-            at = np.maximum(newest_at, table["scored_at"][scored_rows])
-            self._score(scored_rows, at, result, cause="event", may_rise=lifting, waited=waited)
-        reviewed = np.union1d(touched, due_now)
-        self._advance(reviewed, np.full(len(reviewed), float(math.floor(now))), result)
+        admitted = np.nonzero(status <= fold.LATE)[0]
+        result.scored = len(admitted)
+        # The watermark as each admitted event finds it (the event's own time included).
+        marks = np.maximum.accumulate(np.concatenate(
+            ([self.state.watermark], batch.ts[admitted])))
+        start = 0
+        while start < len(admitted):
+            stop = self._learn(batch, rows, admitted, marks, start)
+            self._rounds(batch, rows, admitted[start:stop], marks[start + 1:stop + 1], result)
+            if stop < len(admitted):
+                # The event at ``stop`` refits the model: every review the watermark passed
+                # before it is done first, under the model it was due under.
+                self._advance_all(float(marks[stop]), result)
+                self.state.watermark = float(marks[stop + 1])
+                self._refit(self.state.watermark)
+            start = stop
+        if len(admitted):
+            result.last_event_ts = float(batch.ts[admitted].max())
+            self.state.watermark = max(self.state.watermark, result.last_event_ts)
+        self._advance_all(floor_now, result)
         self._account(before, self._contributions(affected))
-        result.changed = {}
         self.changed_rows = affected
         return result
+
+    def review(self, now: float) -> BatchResult:
+        """Bring the rows whose review time has come to ``now`` (no events)."""
+        return self.process(EventColumns.empty(), now)
+
+    def refit_at(self, now: float) -> bool:
+        """Refit the buyer model at ``now`` if orders reached the sample since the last fit
+        (``ShardEngine.refit_at``); ``True`` if it refitted, and :meth:`rescore` should
+        follow."""
+        priors = self.state.priors
+        if not priors.unfitted_orders():
+            return False
+        self.state.watermark = max(self.state.watermark, now)
+        self._refit(self.state.watermark)
+        return True
+
+    def rescore(self, now: float) -> BatchResult:
+        """Re-score every scored row at ``now`` under the current model (after
+        :meth:`refit_at`); a tier change is a silence transition (``ShardEngine.rescore``)."""
+        result = BatchResult()
+        now = float(math.floor(now))
+        rows = np.nonzero(self.table["tier"] >= 0)[0]
+        before = self._contributions(rows)
+        self._advance(rows, np.full(len(rows), now), result)
+        if len(rows):
+            self._score(rows, np.maximum(now, self.table["scored_at"][rows]), result,
+                        cause="silence", may_rise=np.zeros(len(rows), dtype=bool), waited=None)
+        self._account(before, self._contributions(rows))
+        self.changed_rows = rows
+        return result
+
+    def next_due(self) -> float | None:
+        """The earliest review time of the shard's rows (``None``: nobody is due ever)."""
+        due = self.table["next_review_at"]
+        if not len(due) or np.isnan(due).all():
+            return None
+        return float(np.nanmin(due))
+
+    def changed_states(self) -> dict[str, CustomerState]:
+        """The rows the last call changed, as the reference model's states (for a store that
+        keeps customers one by one)."""
+        rows = self.changed_rows
+        ids = self.table.ids
+        return dict(zip((ids[r] for r in rows.tolist()), to_states(self.table, rows),
+                        strict=True))
+
+    def keep_history(self, states: dict[str, CustomerState]) -> None:
+        """Take back the tier histories a store added to ``states`` when it committed them
+        (:func:`churnwatch.state.base.remember_transitions`)."""
+        history = self.table.sparse["history"]
+        for cid, state in states.items():
+            if state.history:
+                history[self.table.index[cid]] = state.history
+
+    def _replayed(self, batch: EventColumns) -> np.ndarray:
+        """Events at or before the shard's position in their source partition: applied (or
+        skipped) already, committed with the shard; read again after a resume."""
+        replayed = np.zeros(len(batch.customer_ids), dtype=np.bool_)
+        if batch.partitions is None or batch.offsets is None or not self.state.positions:
+            return replayed
+        for partition, position in self.state.positions.items():
+            replayed |= (batch.partitions == partition) & (batch.offsets <= position)
+        return replayed
+
+    def _refit(self, mark: float) -> None:
+        priors = self.state.priors
+        priors.learn_horizons()
+        priors.refit(mark, horizons_in_use(self.config, priors), self.config.recency.prior())
 
     # -- the parts of a batch -------------------------------------------------------------------
 
@@ -242,48 +315,144 @@ class ColumnarShard:
                 f"shard {self.shard} of {partition}" if partition else "",
                 offset if partition else -1))
 
-    def _learn(self, batch: EventColumns, rows: np.ndarray, applied: np.ndarray,
-               gap_before: np.ndarray) -> None:
-        """What the shard's priors learn from the applied events (orders, gaps, answers), and
-        the profiles and interventions, in arrival order."""
+    def _admit(self, batch: EventColumns, rows: np.ndarray, replayed: np.ndarray
+               ) -> np.ndarray:
+        """Each event's fate (:func:`kernels.fold.admit`)."""
         table = self.table
-        priors = self.state.priors
-        config = self.config
+        hashes = np.array([0 if e is None else id_hash(e) for e in batch.event_ids],
+                          dtype=np.uint32)
+        has_id = np.array([e is not None for e in batch.event_ids], dtype=np.bool_)
+        status = np.empty(len(rows), dtype=np.int8)
+        fold.admit(rows, batch.ts, hashes, has_id, replayed,
+                   self.config.allowed_lateness_days * DAY, ~np.isnan(table["score"]),
+                   table["last_event_ts"].copy(), table["recent_ids"], table["recent_count"],
+                   status)
+        return status
+
+    def _learn(self, batch: EventColumns, rows: np.ndarray, admitted: np.ndarray,
+               marks: np.ndarray, start: int) -> int:
+        """What the shard's priors learn from the admitted events from ``start`` on, in arrival
+        order (orders, the gaps before them, answers, spend), up to the event that finds a
+        refit due (its index is returned; ``len(admitted)`` when none does)."""
+        table, config, priors = self.table, self.config, self.state.priors
         types = batch.types
-        interesting = applied & ((types == fold.ORDER) | (types >= fold.PROFILE)
-                                 | ((types >= fold.CAMPAIGN_SENT)
-                                    & (types <= fold.MESSAGE_REPLIED)))
-        segment = table["segment"]
-        for i in np.nonzero(interesting)[0].tolist():
+        stop = len(admitted)
+        segment: dict[int, int] = {}
+        last_order: dict[int, float] = {}
+        for k in range(start, len(admitted)):
+            if priors.refit_due(float(marks[k + 1])):
+                stop = k
+                break
+            i = int(admitted[k])
             kind = int(types[i])
             if kind == fold.ORDER:
-                priors.observe_order(batch.customer_ids[i], float(batch.ts[i]),
-                                     float(batch.amount[i]))
-                gap = gap_before[i]
-                if gap == gap:  # not nan
-                    priors.observe_gap(float(gap), config.segment_label(
-                        table.label(int(segment[rows[i]]))))
-            elif kind >= fold.PROFILE:
                 row = int(rows[i])
-                state = to_state(table, row)
-                state.apply(batch.extras[i], self._windows)
-                table["segment"][row] = table.label_code(state.segment)
-                table["value_tier"][row] = table.label_code(state.declared_value_tier)
-                if state.outreach:
-                    table.sparse["outreach"][row] = state.outreach
-            else:
-                sent, answered = ENGAGEMENT_OBSERVED[kind]
-                priors.observe_engagement(sent, answered)
+                ts = float(batch.ts[i])
+                priors.observe_order(batch.customer_ids[i], ts, float(batch.amount[i]))
+                last = last_order.get(row, float(table["last_order"][row]))
+                if last == last and ts > last:  # not nan: an earlier order
+                    code = segment.get(row, int(table["segment"][row]))
+                    priors.observe_gap(ts - last, config.segment_label(table.label(code)))
+                if not last == last or ts > last:
+                    last_order[row] = ts
+            elif kind == fold.PROFILE:
+                label = batch.extras[i].attributes.get("segment")
+                if label:
+                    segment[int(rows[i])] = table.label_code(label)
+        part = admitted[start:stop]
+        kinds = types[part]
+        sent = np.isin(kinds, (fold.CAMPAIGN_SENT, fold.MESSAGE_SENT))
+        answers = np.select([kinds == fold.CAMPAIGN_OPENED, kinds == fold.CAMPAIGN_CLICKED,
+                             kinds == fold.MESSAGE_REPLIED], [OPEN_ANSWER, CLICK_ANSWER, 1.0],
+                            0.0)
+        if sent.any():  # added one by one, as the reference adds them
+            priors.sent = float(np.add.accumulate(np.concatenate(
+                ([priors.sent], np.ones(int(sent.sum())))))[-1])
+        answered = answers[answers > 0]
+        if len(answered):
+            priors.responded = float(np.add.accumulate(np.concatenate(
+                ([priors.responded], answered)))[-1])
+        return stop
 
-    def _move_spend(self, touched: np.ndarray, old: dict[str, np.ndarray]) -> None:
+    def _rounds(self, batch: EventColumns, rows: np.ndarray, which: np.ndarray,
+                marks: np.ndarray, result: BatchResult) -> None:
+        """Score the admitted events ``which`` (no refit among them), each customer's in
+        arrival order: round ``k`` is every customer's ``k``-th event."""
+        if not len(which):
+            return
         table = self.table
-        new_spend = table["spend"][touched]
-        moved = (new_spend != old["spend"]) | (table["orders"][touched] != old["orders"]) | (
-            table["refunds"][touched] != old["refunds"])
+        r = rows[which]
+        order = np.argsort(r, kind="stable")
+        ordered = r[order]
+        first = np.concatenate(([True], ordered[1:] != ordered[:-1]))
+        position = np.arange(len(r))
+        rank = np.empty(len(r), dtype=np.int64)
+        rank[order] = position - np.maximum.accumulate(np.where(first, position, 0))
+        spend_rows = np.unique(r[np.isin(batch.types[which], (fold.ORDER, fold.REFUND))])
+        old_spend = table["spend"][spend_rows].copy()
+        had_spend = (table["orders"][spend_rows] > 0) | (table["refunds"][spend_rows] > 0)
+        for k in range(int(rank.max()) + 1):
+            pick = rank == k
+            self._event_round(batch, rows, which[pick], marks[pick], result)
         priors = self.state.priors
-        for i in np.nonzero(moved)[0].tolist():
-            had = old["orders"][i] > 0 or old["refunds"][i] > 0
-            priors.move_spend(float(old["spend"][i]) if had else -1.0, float(new_spend[i]))
+        new_spend = table["spend"][spend_rows]
+        for old, had, new in zip(old_spend.tolist(), had_spend.tolist(), new_spend.tolist(),
+                                 strict=True):
+            priors.move_spend(old if had else -1.0, new)
+
+    def _event_round(self, batch: EventColumns, rows: np.ndarray, which: np.ndarray,
+                     marks: np.ndarray, result: BatchResult) -> None:
+        """One event of each of several customers: reviews due before it, apply, score
+        (``ShardEngine.apply_event``)."""
+        table = self.table
+        r = rows[which]
+        self._advance(r, marks, result)
+        kinds = batch.types[which]
+        for j in np.nonzero(kinds >= fold.PROFILE)[0].tolist():
+            self._profile_or_intervention(int(r[j]), batch.extras[int(which[j])])
+        ts = batch.ts[which]
+        at = np.maximum(ts, table["scored_at"][r])
+        last = table["last_order"][r]
+        is_order = kinds == fold.ORDER
+        waited = np.where(is_order & (ts > last), (ts - last) / DAY, np.nan)  # nan > x: False
+        before = np.full(len(r), np.nan)
+        guarded = is_order & ~np.isnan(table["score"][r])
+        if guarded.any():
+            policies = Policies.of(table, self.config, self.state.priors)
+            before[guarded] = assess_rows(table, r[guarded], at[guarded], self.config,
+                                          self.state.priors, policies).chance
+        fold.apply_events(
+            which, rows, batch.types, batch.ts, batch.amount, batch.channel, batch.score,
+            batch.severity, self._half_lives, table["last_event_ts"], table["first_seen"],
+            table["orders"], table["first_order"], table["last_order"], table["spend"],
+            table["refunds"], table["first_basket"], table["ord_short"], table["ord_long"],
+            table["val_short"], table["val_long"], table["trend_ref"], table["channels"],
+            table["channel_seen"], table["eng_ref"], table["tickets"], table["fb_sum"],
+            table["fb_weight"], table["svc_ref"])
+        self._score(r, at, result, cause="event", may_rise=np.isin(kinds, LIFTING_CODES),
+                    waited=waited, before=before)
+
+    def _profile_or_intervention(self, row: int, event: ev.Event) -> None:
+        """A profile or an intervention, by the reference's own rules on a state holding just
+        what they touch."""
+        table = self.table
+        state = CustomerState(event.ts)
+        state.segment = table.label(int(table["segment"][row]))
+        state.declared_value_tier = table.label(int(table["value_tier"][row]))
+        state.outreach = table.sparse["outreach"].get(row)
+        state.apply(event, self._windows)
+        table["segment"][row] = table.label_code(state.segment)
+        table["value_tier"][row] = table.label_code(state.declared_value_tier)
+        if state.outreach:
+            table.sparse["outreach"][row] = state.outreach
+
+    def _advance_all(self, until: float, result: BatchResult) -> None:
+        """Every row whose review time is at or before ``until``, reviewed until none is."""
+        for _ in range(MAX_REVIEW_PASSES):
+            due = self._due_rows(until)
+            if not len(due):
+                return
+            self._advance(due, np.full(len(due), until), result)
 
     def _due_rows(self, now: float) -> np.ndarray:
         due = self.table["next_review_at"]
@@ -304,12 +473,16 @@ class ColumnarShard:
             result.rescored_silent += len(which)
 
     def _score(self, rows: np.ndarray, at: np.ndarray, result: BatchResult, cause: str,
-               may_rise: np.ndarray, waited: np.ndarray | None) -> None:
+               may_rise: np.ndarray, waited: np.ndarray | None,
+               before: np.ndarray | None = None) -> None:
         """Score ``rows`` at ``at``: assess, hold, tiers, playbooks, transitions, drops, next
         review (``engine.ShardEngine._score`` for many rows)."""
         table, config, priors = self.table, self.config, self.state.priors
         policies = Policies.of(table, config, priors)
         assessed = assess_rows(table, rows, at, config, priors, policies)
+        if before is not None:
+            # An order never lowers the score: what it was just before, at the same instant.
+            assessed.chance = np.where(before > assessed.chance, before, assessed.chance)
         old_tier = table["tier"][rows].astype(np.int64)
         old_score = table["score"][rows].copy()
         bounds = policies.bounds[assessed.policy]
@@ -335,10 +508,18 @@ class ColumnarShard:
         assigned = np.array([bool((table.sparse["outreach"].get(r) or {}).get("playbook"))
                              for r in rows.tolist()]) if table.sparse["outreach"] else \
             np.zeros(len(rows), dtype=bool)
-        for i in np.nonzero(changed | assigned)[0].tolist():
-            previous = old_components[i][:int(old_count[i])].tolist()
-            self._in_python(i, rows, assessed, score, chance, old_tier, new_tier, old_score,
-                            previous, bool(refitted[i]), cause, may_rise, waited, result)
+        # A first tier is an assignment, not a change: no record, no playbook (nothing to do
+        # in Python unless an assignment is open).
+        first = changed & (old_tier < 0)
+        table["tier_since"][rows[first]] = assessed.at[first]
+        python = np.nonzero((changed & ~first) | assigned)[0]
+        if len(python):
+            states = to_states(table, rows[python])
+            assessments = _assessments(assessed, python, score, chance, priors, config)
+            for i, state, assessment in zip(python.tolist(), states, assessments, strict=True):
+                previous = old_components[i][:int(old_count[i])].tolist()
+                self._in_python(i, rows, state, assessment, old_tier, new_tier, old_score,
+                                previous, bool(refitted[i]), cause, waited, result)
         table["tier"][rows] = new_tier
         self._watch_drops(rows, score, assessed.at, result)
         table["score"][rows] = score
@@ -346,20 +527,16 @@ class ColumnarShard:
         table["model_fit"][rows] = priors.fits
         self._schedule(assessed, chance, new_tier, policies)
 
-    def _in_python(self, i: int, rows: np.ndarray, assessed: Assessed, score: np.ndarray,
-                   chance: np.ndarray, old_tier: np.ndarray, new_tier: np.ndarray,
+    def _in_python(self, i: int, rows: np.ndarray, state: CustomerState,
+                   assessment: Assessment, old_tier: np.ndarray, new_tier: np.ndarray,
                    old_score: np.ndarray, previous: list[int], refitted: bool, cause: str,
-                   may_rise: np.ndarray, waited: np.ndarray | None, result: BatchResult
-                   ) -> None:
+                   waited: np.ndarray | None, result: BatchResult) -> None:
         """One row whose tier changes or whose playbook assignment is open: win-back
         bookkeeping, and for a change its transition with reasons."""
         table, config, priors = self.table, self.config, self.state.priors
         row = int(rows[i])
         cid = table.ids[row]
-        now = float(assessed.at[i])
-        state = to_state(table, row)
-        assessment = _assessment(assessed, i, float(score[i]), float(chance[i]), priors,
-                                 config)
+        now = assessment.at
         old, new = int(old_tier[i]), int(new_tier[i])
         suggestion = track(cid, state, assessment, now, old, new, config, self.state.counters)
         if state.outreach:
@@ -379,7 +556,7 @@ class ColumnarShard:
                 component_moves(previous, state.components),)
             segment = config.segment_label(state.segment)
             result.transitions.append(TierTransition(
-                cid, segment, tier_name(old), tier_name(new), prior_score, float(score[i]), now,
+                cid, segment, tier_name(old), tier_name(new), prior_score, assessment.score, now,
                 why, cause, suggestion,
                 change_evidence(state, assessment, now, config, old, new, waited_days)))
             counters = self.state.counters
@@ -474,8 +651,6 @@ class ColumnarShard:
     def adopt(self, customer_id: str, state: object) -> int:
         """Take over a customer's state written by the per-customer engine (upgrade in
         place); returns their row."""
-        from churnwatch.core.customer import CustomerState
-
         assert isinstance(state, CustomerState)
         row = int(self.table.rows_for([customer_id], [state.first_seen])[0])
         set_from_state(self.table, row, state)
@@ -519,19 +694,21 @@ def _admitted(rows: np.ndarray, batch: EventColumns, applied: np.ndarray,
     return unique[order], newest[order], lifting[order], waited[order]
 
 
-def _assessment(assessed: Assessed, i: int, score: float, chance: float,
-                priors: object, config: ChurnwatchConfig) -> Assessment:
-    """Row ``i`` of a pass as the reference's :class:`Assessment` (for reasons and
+def _assessments(assessed: Assessed, which: np.ndarray, score: np.ndarray, chance: np.ndarray,
+                 priors: PopulationPriors, config: ChurnwatchConfig) -> list[Assessment]:
+    """Rows ``which`` of a pass as the reference's :class:`Assessment` (for reasons and
     playbooks)."""
-    from churnwatch.core.priors import PopulationPriors
-
-    assert isinstance(priors, PopulationPriors)
     gap = priors.mean_gap_days(config.recency.default_gap_days,
                                config.recency.default_gap_weight)
-    components = tuple(Component(float(assessed.values[i, k]),
-                                 float(assessed.confidences[i, k])) for k in range(4))
-    inputs = RecencyInputs(int(assessed.repeats[i]), float(assessed.span_days[i]),
-                           float(assessed.silence_days[i]), gap, float(assessed.value_shift[i]))
-    return Assessment(score, components, chance, inputs,  # type: ignore[arg-type]
-                      float(assessed.at[i]), float(assessed.shift[i]),
-                      float(assessed.horizon[i]))
+    values = assessed.values[which].tolist()
+    confidences = assessed.confidences[which].tolist()
+    columns = zip(score[which].tolist(), chance[which].tolist(),
+                  assessed.repeats[which].tolist(), assessed.span_days[which].tolist(),
+                  assessed.silence_days[which].tolist(), assessed.value_shift[which].tolist(),
+                  assessed.at[which].tolist(), assessed.shift[which].tolist(),
+                  assessed.horizon[which].tolist(), values, confidences, strict=True)
+    return [Assessment(s, (Component(v[0], c[0]), Component(v[1], c[1]), Component(v[2], c[2]),
+                           Component(v[3], c[3])), p,
+                       RecencyInputs(int(repeats), span, silence, gap, value_shift), at, shift,
+                       horizon)
+            for s, p, repeats, span, silence, value_shift, at, shift, horizon, v, c in columns]

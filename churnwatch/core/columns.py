@@ -146,14 +146,16 @@ class CustomerTable:
         self.labels: list[str] = []
         self._label_codes: dict[str, int] = {}
         self.sparse: dict[str, dict[int, Any]] = {name: {} for name in SPARSE_FIELDS}
-        self._data = {c.name: _filled(c, max(capacity, 16)) for c in SCHEMA}
+        #: The columns' storage, ``capacity`` rows each (the first ``len(self)`` in use):
+        #: index it with rows directly where a view per call would cost too much.
+        self.columns = {c.name: _filled(c, max(capacity, 16)) for c in SCHEMA}
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def __getitem__(self, name: str) -> np.ndarray:
         """The column ``name`` over the table's rows (a view: writes go to the table)."""
-        return self._data[name][:len(self.ids)]
+        return self.columns[name][:len(self.ids)]
 
     def row(self, customer_id: str) -> int | None:
         """The customer's row, or ``None`` when the table has not seen them."""
@@ -168,8 +170,8 @@ class CustomerTable:
             row = index.get(cid)
             if row is None:
                 row = self._append(cid)
-                self._data["first_seen"][row] = first_seen[i]
-                self._data["last_event_ts"][row] = first_seen[i]
+                self.columns["first_seen"][row] = first_seen[i]
+                self.columns["last_event_ts"][row] = first_seen[i]
             out[i] = row
         return out
 
@@ -189,7 +191,7 @@ class CustomerTable:
 
     def _append(self, customer_id: str) -> int:
         row = len(self.ids)
-        if row == len(self._data["first_seen"]):
+        if row == len(self.columns["first_seen"]):
             self._grow()
         self.ids.append(customer_id)
         self.index[customer_id] = row
@@ -197,10 +199,10 @@ class CustomerTable:
 
     def _grow(self) -> None:
         for column in SCHEMA:
-            old = self._data[column.name]
+            old = self.columns[column.name]
             new = _filled(column, 2 * len(old))
             new[:len(old)] = old
-            self._data[column.name] = new
+            self.columns[column.name] = new
 
 
 def _filled(column: Column, rows: int) -> np.ndarray:
@@ -211,48 +213,66 @@ def _filled(column: Column, rows: int) -> np.ndarray:
 # -- the reference model, row by row ------------------------------------------------------------
 
 
-def _time_or_none(value: float) -> float | None:
-    return None if math.isnan(value) else float(value)
-
-
 def to_state(table: CustomerTable, row: int) -> CustomerState:
     """Row ``row`` as the per-customer reference model's state (the same fields, exactly)."""
-    t = table
-    state = CustomerState.__new__(CustomerState)
-    state.first_seen = float(t["first_seen"][row])
-    state.last_event_ts = float(t["last_event_ts"][row])
-    state.segment = t.label(int(t["segment"][row]))
-    state.declared_value_tier = t.label(int(t["value_tier"][row]))
-    basket = int(t["first_basket"][row])
-    state.purchases = Purchases(int(t["orders"][row]), _time_or_none(t["first_order"][row]),
-                                _time_or_none(t["last_order"][row]), float(t["spend"][row]),
-                                float(t["refunds"][row]), None if basket < 0 else basket)
-    state.trend = PurchaseTrend(float(t["ord_short"][row]), float(t["ord_long"][row]),
-                                float(t["val_short"][row]), float(t["val_long"][row]),
-                                float(t["trend_ref"][row]))
-    seen = int(t["channel_seen"][row])
-    counters = t["channels"][row]
-    state.engagement = Engagement(
-        {name: [float(v) for v in counters[c * COUNTERS_PER_CHANNEL:(c + 1) * COUNTERS_PER_CHANNEL]]
-         for c, name in enumerate(CHANNELS) if seen >> c & 1}, float(t["eng_ref"][row]))
-    state.service = Service(float(t["tickets"][row]), float(t["fb_sum"][row]),
-                            float(t["fb_weight"][row]), float(t["svc_ref"][row]))
-    state.score = _time_or_none(t["score"][row])
-    state.tier = int(t["tier"][row])
-    state.components = [int(v) for v in t["components"][row][:int(t["component_count"][row])]]
-    state.scored_at = float(t["scored_at"][row])
-    state.next_review_at = _time_or_none(t["next_review_at"][row])
-    state.tier_since = float(t["tier_since"][row])
-    state.peak_score = float(t["peak_score"][row])
-    state.peak_at = float(t["peak_at"][row])
-    state.drop_counted = bool(t["drop_counted"][row])
-    state.high_value = bool(t["high_value"][row])
-    state.offsets = {}
-    state.recent_ids = [int(v) for v in t["recent_ids"][row][:int(t["recent_count"][row])]]
-    state.outreach = t.sparse["outreach"].get(row)
-    state.model_fit = int(t["model_fit"][row])
-    state.history = t.sparse["history"].get(row, [])
-    return state
+    return to_states(table, [row])[0]
+
+
+def to_states(table: CustomerTable, rows: Sequence[int]) -> list[CustomerState]:
+    """:func:`to_state` for many rows, each column gathered once."""
+    d = table.columns
+    index = np.asarray(rows, dtype=np.int64)
+    col = {c.name: d[c.name][index].tolist() for c in SCHEMA}
+    labels = table.labels
+    outreach = table.sparse["outreach"]
+    history = table.sparse["history"]
+    out = []
+    for i, row in enumerate(index.tolist()):
+        state = CustomerState.__new__(CustomerState)
+        state.first_seen = col["first_seen"][i]
+        state.last_event_ts = col["last_event_ts"][i]
+        code = col["segment"][i]
+        state.segment = labels[code] if code >= 0 else None
+        code = col["value_tier"][i]
+        state.declared_value_tier = labels[code] if code >= 0 else None
+        basket = col["first_basket"][i]
+        first, last = col["first_order"][i], col["last_order"][i]
+        state.purchases = Purchases(col["orders"][i], None if first != first else first,
+                                    None if last != last else last, col["spend"][i],
+                                    col["refunds"][i], None if basket < 0 else basket)
+        state.trend = PurchaseTrend(col["ord_short"][i], col["ord_long"][i],
+                                    col["val_short"][i], col["val_long"][i],
+                                    col["trend_ref"][i])
+        seen = col["channel_seen"][i]
+        channels: dict[str, list[float]] = {}
+        if seen:
+            counters = col["channels"][i]
+            for c, name in enumerate(CHANNELS):
+                if seen >> c & 1:
+                    channels[name] = counters[c * COUNTERS_PER_CHANNEL:
+                                              (c + 1) * COUNTERS_PER_CHANNEL]
+        state.engagement = Engagement(channels, col["eng_ref"][i])
+        state.service = Service(col["tickets"][i], col["fb_sum"][i], col["fb_weight"][i],
+                                col["svc_ref"][i])
+        score = col["score"][i]
+        state.score = None if score != score else score
+        state.tier = col["tier"][i]
+        state.components = col["components"][i][:col["component_count"][i]]
+        state.scored_at = col["scored_at"][i]
+        review = col["next_review_at"][i]
+        state.next_review_at = None if review != review else review
+        state.tier_since = col["tier_since"][i]
+        state.peak_score = col["peak_score"][i]
+        state.peak_at = col["peak_at"][i]
+        state.drop_counted = bool(col["drop_counted"][i])
+        state.high_value = bool(col["high_value"][i])
+        state.offsets = {}
+        state.recent_ids = col["recent_ids"][i][:col["recent_count"][i]]
+        state.outreach = outreach.get(row)
+        state.model_fit = col["model_fit"][i]
+        state.history = history.get(row, [])
+        out.append(state)
+    return out
 
 
 def set_from_state(table: CustomerTable, row: int, state: CustomerState) -> None:

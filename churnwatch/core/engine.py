@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import heapq
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -165,65 +165,6 @@ class ShardEngine:
             self.apply_event(item, state, result)
             touched.queue_review(item.event.customer_id, state)
             self.review_due(touched, result)
-        self.bring_to(float(math.floor(now)), touched.states, result)
-        self.account(touched.before, touched.states)
-        return result
-
-    def process_batch(self, items: Sequence[Incoming],
-                      customers: Mapping[str, CustomerState | None], now: float,
-                      due: Iterable[str] = ()) -> BatchResult:
-        """A micro-batch assessed once: the reference of the columnar engine
-        (:mod:`churnwatch.core.columnar`), which must give the same states and transitions.
-
-        Four steps. (1) Each customer the batch names is first brought to their first event's
-        time (their due reviews of silence, as :meth:`process` does before an event). (2) Every
-        admitted event (dedupe and lateness as in :meth:`process`) is folded into its customer
-        and the shard's priors, in arrival order. (3) The shard's model is refitted if due at
-        the batch's watermark. (4) Each customer with an admitted event is assessed once, at
-        their newest event (an upgrade only if one of their events can raise the chance), then
-        everyone touched is brought to ``now``. An order's "never lowers the score" guard of
-        :meth:`process` does not apply: the customer is judged once, after all their events.
-        """
-        result = BatchResult()
-        touched = self.touch_due(due, customers)
-        first_at: dict[str, float] = {}
-        for item in items:
-            first_at.setdefault(item.event.customer_id, item.event.ts)
-        for cid, ts in first_at.items():
-            state = customers.get(cid) if cid not in touched.states else touched.states[cid]
-            if state is not None:
-                if cid not in touched.states:
-                    touched.states[cid] = state
-                    touched.before[cid] = self._contribution(state)
-                self._advance(cid, state, ts, result)
-        admitted: dict[str, list[float | bool | None]] = {}
-        for item in items:
-            self.note_position(item)
-            state = self.touch(item.event, customers, touched)
-            if self.is_duplicate(state, item, result) or self.is_too_late(state, item, result):
-                continue
-            event = item.event
-            cid = event.customer_id
-            if event.ts > self.state.watermark:
-                self.state.watermark = event.ts
-            last_order = state.purchases.last_order
-            seen = admitted.setdefault(cid, [event.ts, False, None])
-            if event.type == ev.ORDER and last_order is not None and event.ts > last_order:
-                seen[2] = (event.ts - last_order) / DAY
-            self._apply(state, event)
-            self._remember(state, item)
-            seen[0] = max(float(seen[0] or 0.0), event.ts)
-            seen[1] = bool(seen[1]) or event.type in LIFTING_EVENTS
-            result.scored += 1
-            if event.ts > result.last_event_ts:
-                result.last_event_ts = event.ts
-        self._refit_if_due()
-        for cid, (newest, lifting, waited) in admitted.items():
-            state = touched.states[cid]
-            at = max(float(newest or 0.0), state.scored_at)
-            self._score(cid, state, at, result, cause="event",
-                        waited_days=None if waited is None else float(waited),
-                        may_rise=bool(lifting))
         self.bring_to(float(math.floor(now)), touched.states, result)
         self.account(touched.before, touched.states)
         return result

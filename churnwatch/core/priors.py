@@ -21,6 +21,8 @@ same state on one worker or on a cluster.
 >>> p = PopulationPriors()
 >>> for gap_days in (10, 20, 30):
 ...     p.observe_gap(gap_days * 86400.0)
+>>> from churnwatch.core.buyers import BuyerModel
+>>> p.refit(0.0, [180.0], BuyerModel())  # scores read the shop's rates as of the last refit
 >>> round(p.mean_gap_days(default_days=30.0, default_weight=0.0), 1)
 20.0
 """
@@ -28,6 +30,7 @@ same state on one worker or on a cluster.
 from __future__ import annotations
 
 import hashlib
+import heapq
 import math
 from collections.abc import Iterable
 from typing import Any
@@ -84,8 +87,8 @@ class PopulationPriors:
 
     __slots__ = ("gap_sum_days", "gap_count", "sent", "responded", "spend_bins", "_floor",
                  "sample", "baskets", "model", "value", "calibration", "next_fit_day",
-                 "fits", "_top", "pending_days", "fitted_days", "reorder",
-                 "horizons")
+                 "fits", "_heap", "pending_days", "fitted_days", "reorder",
+                 "horizons", "usual_response", "spend_bins_at_fit", "gaps_at_fit")
 
     def __init__(self) -> None:
         self.gap_sum_days = 0.0
@@ -93,6 +96,13 @@ class PopulationPriors:
         self.sent = 0.0
         self.responded = 0.0
         self.spend_bins = [0] * _SPEND_BINS
+        # The shop-wide rates a score reads, as they were at the last refit: the usual answer
+        # rate and the spend histogram the top spenders' floor is read from. Between refits a
+        # customer's score then depends on their own events and the shop's model alone, not on
+        # which other customers' events came first (so any batching gives the same state).
+        self.usual_response = 0.25
+        self.spend_bins_at_fit = [0] * _SPEND_BINS
+        self.gaps_at_fit = (0.0, 0)  # the gaps' sum (days) and count
         # (top_share, floor) of the last spend_quantile_floor call: every scoring asks, the
         # histogram changes only when a customer's spend crosses a bin edge.
         self._floor: tuple[float, float] | None = None
@@ -109,7 +119,9 @@ class PopulationPriors:
         # How many times the model was fitted: a customer scored at another count was judged
         # by another model (CustomerState.model_fit).
         self.fits = 0
-        self._top: int | None = None
+        # The sample's id hashes as a max-heap (negated), built when the sample first fills:
+        # a full sample admits a customer only below its largest hash, which it evicts.
+        self._heap: list[int] | None = None
         # Order days the sample gained since the last fit, and the sample's order days then: a
         # log in customer order (CDNOW's is) brings most of the shard after the watermark has
         # reached its end, so the sample's growth triggers a refit as well as the calendar.
@@ -130,15 +142,19 @@ class PopulationPriors:
         entry = self.sample.get(key)
         first_day = None if entry is None else entry[0]
         if entry is None:
+            heap = self._heap
             if len(self.sample) >= SAMPLE_SIZE:
-                top = self._top
-                if top is None:
-                    top = self._top = max(self.sample)
+                if heap is None:
+                    heap = self._heap = [-k for k in self.sample]
+                    heapq.heapify(heap)
+                top = -heap[0]
                 if key >= top:
                     return
+                heapq.heapreplace(heap, -key)
                 del self.sample[top]
                 del self.baskets[top]
-                self._top = None
+            elif heap is not None:
+                heapq.heappush(heap, -key)
             entry = self.sample[key] = [day, 0]
         self.baskets[key] = first_basket_after(self.baskets.get(key), first_day, day, amount)
         if day in entry[2:]:
@@ -185,6 +201,10 @@ class PopulationPriors:
         on a window of the first horizon, or half the sample's history when that is shorter; a
         calibration map is made only for a horizon that has fully matured.
         """
+        self.usual_response = self.current_response_rate()
+        self.spend_bins_at_fit = list(self.spend_bins)
+        self.gaps_at_fit = (self.gap_sum_days, self.gap_count)
+        self._floor = None
         today = now / DAY
         keys = sorted(self.sample)
         entries = [self.sample[k] for k in keys]
@@ -276,13 +296,19 @@ class PopulationPriors:
         self.responded += responded
 
     def mean_gap_days(self, default_days: float, default_weight: float) -> float:
-        """The population's mean gap between orders, shrunk towards a default while data is thin."""
-        return (default_days * default_weight + self.gap_sum_days) / (
-            default_weight + self.gap_count) if default_weight + self.gap_count > 0 else \
-            default_days
+        """The population's mean gap between orders as of the last refit, shrunk towards a
+        default while data is thin."""
+        gap_sum, gap_count = self.gaps_at_fit
+        return (default_days * default_weight + gap_sum) / (
+            default_weight + gap_count) if default_weight + gap_count > 0 else default_days
 
     def response_rate(self) -> float:
-        """The population's share of outreach that gets an answer (0.25 until data arrives)."""
+        """The population's share of outreach that gets an answer, as of the last refit
+        (0.25 until data arrives): what engagement is scored against."""
+        return self.usual_response
+
+    def current_response_rate(self) -> float:
+        """The share of outreach answered so far (0.25 until data arrives)."""
         return (self.responded + 0.25 * 20.0) / (self.sent + 20.0)
 
     def move_spend(self, old: float, new: float) -> None:
@@ -296,10 +322,10 @@ class PopulationPriors:
                     return  # out of a bin and back into it
                 bins[old_bin] -= 1
         bins[new_bin] += 1
-        self._floor = None
 
     def spend_quantile_floor(self, top_share: float) -> float:
-        """The lowest spend inside the top ``top_share`` of customers (inf when no customers)."""
+        """The lowest spend inside the top ``top_share`` of customers as of the last refit (inf
+        when there were none)."""
         cached = self._floor
         if cached is not None and cached[0] == top_share:
             return cached[1]
@@ -308,13 +334,14 @@ class PopulationPriors:
         return floor
 
     def _spend_quantile_floor(self, top_share: float) -> float:
-        total = sum(self.spend_bins)
+        bins = self.spend_bins_at_fit
+        total = sum(bins)
         if total == 0 or top_share <= 0:
             return math.inf
         wanted = top_share * total
         seen = 0
         for index in range(_SPEND_BINS - 1, -1, -1):
-            seen += self.spend_bins[index]
+            seen += bins[index]
             if seen >= wanted:
                 return _bin_floor(index)
         return 0.0
@@ -341,6 +368,7 @@ class PopulationPriors:
             "percentiles": [],
             "reorder": {label: gaps.to_wire() for label, gaps in sorted(self.reorder.items())},
             "horizons": dict(sorted(self.horizons.items())),
+            "at_fit": [self.usual_response, list(self.spend_bins_at_fit), *self.gaps_at_fit],
         }
 
     @classmethod
@@ -381,6 +409,15 @@ class PopulationPriors:
         priors.gap_sum_days, priors.gap_count = float(gaps[0]), int(gaps[1])
         priors.sent, priors.responded = float(engagement[0]), float(engagement[1])
         priors.spend_bins = [int(b) for b in bins]
+        at_fit = data.get("at_fit") if isinstance(data, dict) else None
+        if at_fit:
+            priors.usual_response = float(at_fit[0])
+            priors.spend_bins_at_fit = [int(b) for b in at_fit[1]]
+            priors.gaps_at_fit = (float(at_fit[2]), int(at_fit[3]))
+        else:  # written before the rates were read as of the refit: as of now
+            priors.usual_response = priors.current_response_rate()
+            priors.spend_bins_at_fit = list(priors.spend_bins)
+            priors.gaps_at_fit = (priors.gap_sum_days, priors.gap_count)
         return priors
 
 

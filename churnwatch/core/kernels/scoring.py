@@ -56,13 +56,15 @@ class Policies:
         default policy, as :meth:`ChurnwatchConfig.policy` gives it)."""
         segments: list[str | None] = [None, *table.labels]
         policies = [config.policy(s) for s in segments]
-        per_weight = [SHIFT_PER_WEIGHT / p.weights["recency"] for p in policies]
+        per_point = [SHIFT_PER_WEIGHT / p.weights["recency"] / 100.0 for p in policies]
         return cls(
             np.array([horizon_days(s, config, priors) for s in segments]),
             np.array([p.boundaries for p in policies], dtype=float),
             np.array([p.hysteresis for p in policies]),
-            np.array([k * p.weights["engagement"] / 100.0 for k, p in zip(per_weight, policies)]),
-            np.array([k * p.weights["service"] / 100.0 for k, p in zip(per_weight, policies)]))
+            np.array([k * p.weights["engagement"] for k, p in zip(per_point, policies,
+                                                                   strict=True)]),
+            np.array([k * p.weights["service"] for k, p in zip(per_point, policies,
+                                                                strict=True)]))
 
 
 @dataclass(slots=True)
