@@ -2,8 +2,9 @@
 
 Where things happen, for a newcomer:
 
-- parsed:   ``_decode_batch`` calls ``churnwatch.core.events.decode_event``
-- scored:   ``ShardLogic.on_batch`` calls ``churnwatch.core.engine.ShardEngine``
+- parsed:   ``_decode_batch`` calls ``churnwatch.core.event_batch.decode_lines`` (a read at once)
+- scored:   ``ShardLogic.on_batch`` calls ``churnwatch.core.columnar.ColumnarShard``, which holds
+            the shard's customers as columns in the worker
 - stored:   ``ShardLogic`` commits through a ``churnwatch.state`` store, one transaction a batch
 - exported: ``FlowHooks`` (metrics, the live summary) and the transition / dead-letter sinks
 
@@ -44,8 +45,9 @@ from churnwatch.state.base import (
 from churnwatch.core.columnar import ColumnarShard, EventColumns
 from churnwatch.core.config import ChurnwatchConfig
 from churnwatch.core.engine import ShardEngine, partition_id
-from churnwatch.core.events import PROFILE, Event, InvalidEvent, decode_event
-from churnwatch.core.records import BatchResult, FlowHooks, Incoming, TierTransition
+from churnwatch.core.event_batch import EventBatch, decode_lines
+from churnwatch.core.events import PROFILE, InvalidEvent
+from churnwatch.core.records import BatchResult, FlowHooks, TierTransition
 
 log = logging.getLogger("churnwatch.flow")
 DUE_BATCH = 2000
@@ -135,42 +137,73 @@ class FlowStore:
             store.close()
 
 
+@dataclass(frozen=True, slots=True)
+class ShardBatch:
+    """One source read's valid events of one shard, as columns: what the decode step hands the
+    shard's scoring step (one item per shard and read, so Bytewax's cost per item is paid per
+    batch, not per event)."""
+
+    shard: int
+    events: EventColumns
+    oldest_received_at: float
+
+
 def _decode_batch(settings: FlowSettings, keys: Sequence[str], batch: list[RawMessage]
                   ) -> list[tuple[str, Any]]:
-    """Decode raw messages: valid ones under their shard's key (``keys[shard]``), invalid ones
+    """Decode a read of raw messages at once (:func:`decode_lines`): the valid events as one
+    :class:`ShardBatch` per shard under the shard's key (``keys[shard]``), the invalid ones
     under the key ``"dead"`` with their source partition and offset (so each is dead-lettered
     once)."""
+    if not batch:
+        return []
     config = settings.config
-    shards = config.shards
     now = time.time()
     out: list[tuple[str, Any]] = []
     invalid: list[InvalidEvent] = []
-    partitions: dict[str, int] = {}
-    newest_published: float | None = None
-    source = batch[0].source if batch else "file"
-    for raw in batch:
-        decoded = decode_event(raw.payload, position=raw.position, now=now,
+    source = batch[0].source
+    # A file's line is JSON Lines; a stream's payload may be msgpack.
+    for msgpack_allowed in (False, True):
+        raws = [r for r in batch if (r.source != "file") == msgpack_allowed]
+        if not raws:
+            continue
+        decoded = decode_lines([r.payload for r in raws], [r.position for r in raws], now=now,
                                max_future_seconds=config.max_future_seconds,
-                               max_amount=config.max_amount,
-                               msgpack_allowed=raw.source != "file")  # a file is JSON Lines
-        if isinstance(decoded, Event):
-            pid = partitions.get(raw.partition)
-            if pid is None:
-                pid = partitions[raw.partition] = partition_id(raw.partition)
-            out.append((keys[shard_of(decoded.customer_id, shards)],
-                        (Incoming(decoded, pid, raw.offset, raw.position), raw.received_at)))
-        else:
-            decoded = replace(decoded, partition=raw.partition, offset=raw.offset)
-            invalid.append(decoded)
-            out.append(("dead", decoded))
-        if raw.published_at is not None and (newest_published is None
-                                             or raw.published_at > newest_published):
-            newest_published = raw.published_at
-    settings.hooks.decoded(source, len(batch), invalid, newest_published)
+                               max_amount=config.max_amount, msgpack_allowed=msgpack_allowed)
+        valid = np.zeros(len(raws), dtype=bool)
+        valid[decoded.index] = True
+        for raw, bad in zip((r for r, ok in zip(raws, valid.tolist(), strict=True) if not ok),
+                            decoded.invalid, strict=True):
+            bad = replace(bad, partition=raw.partition, offset=raw.offset)
+            invalid.append(bad)
+            out.append(("dead", bad))
+        out.extend(_shard_batches(config.shards, keys, raws, decoded))
+    published = [r.published_at for r in batch if r.published_at is not None]
+    settings.hooks.decoded(source, len(batch), invalid, max(published) if published else None)
     return out
 
 
-class ShardLogic(StatefulBatchLogic[tuple[Incoming, float], Any, None]):
+def _shard_batches(shards: int, keys: Sequence[str], raws: Sequence[RawMessage],
+                   decoded: EventBatch) -> list[tuple[str, ShardBatch]]:
+    """The decoded valid events grouped by shard, each shard's in arrival order."""
+    if not len(decoded):
+        return []
+    index = decoded.index.tolist()
+    pids: dict[str, int] = {}
+    partitions = np.array([pids.setdefault(raws[i].partition, partition_id(raws[i].partition))
+                           for i in index], dtype=np.int64)
+    offsets = np.array([raws[i].offset for i in index], dtype=np.int64)
+    received = np.array([raws[i].received_at for i in index])
+    shard = np.array([shard_of(cid, shards) for cid in decoded.customer_ids], dtype=np.int64)
+    out = []
+    for s in np.unique(shard).tolist():
+        rows = np.nonzero(shard == s)[0]
+        events = EventColumns.take(decoded, rows, partitions[rows], offsets[rows],
+                                   [raws[index[r]].position for r in rows.tolist()])
+        out.append((keys[s], ShardBatch(s, events, float(received[rows].min()))))
+    return out
+
+
+class ShardLogic(StatefulBatchLogic["ShardBatch | ShardTick", Any, None]):
     """Scores one shard. Bytewax builds one per shard on the worker that owns the shard; on
     resume it is rebuilt empty and reloads the shard from the store, which is the source of
     truth (the snapshot is ``None``: nothing to carry in Bytewax's recovery store).
@@ -206,22 +239,21 @@ class ShardLogic(StatefulBatchLogic[tuple[Incoming, float], Any, None]):
 
     def on_batch(self, values: list[Any]) -> tuple[Iterable[Any], bool]:
         """Called by Bytewax with the shard's items of one activation, in arrival order:
-        ``(Incoming, received_at)`` pairs, and in wall-clock mode :class:`ShardTick` items."""
+        :class:`ShardBatch` items, and in wall-clock mode :class:`ShardTick` items."""
         values = [v for v in values if not isinstance(v, ShardTick)]
         if not values:  # only a tick: the shard exists on this worker
             self._next_due = self.engine.next_due()
             return self._follow_wall_clock(), StatefulBatchLogic.RETAIN
         self._last_batch_at = time.time()
-        items = [v[0] for v in values]
-        oldest = min(v[1] for v in values)
+        batch = EventColumns.concat([v.events for v in values])
+        oldest = min(v.oldest_received_at for v in values)
         # The shop's own segments: recorded before a customer is counted under one.
         self.engine.config = admit_declared(
             self.store, self.engine.config,
-            (i.event.attributes.get("segment") for i in items if i.event.type == PROFILE),
+            (e.attributes.get("segment") for e in batch.extras.values() if e.type == PROFILE),
             self._asked_segments)
         # Event time, live as in replay: everyone touched, and every silent customer the
         # batch's events pass, is brought to the watermark.
-        batch = EventColumns.of(items)
         until = max(self.engine.state.watermark, float(batch.ts.max()))
         result = self.engine.process(batch, until)
         self._commit(result, oldest)
@@ -422,7 +454,7 @@ class _TickPartition(StatelessSourcePartition[tuple[str, ShardTick]]):
         return min(self.next, datetime.now(timezone.utc) + timedelta(seconds=1))
 
 
-class _LazyShardLogic(StatefulBatchLogic[tuple[Incoming, float], Any, None]):
+class _LazyShardLogic(StatefulBatchLogic["ShardBatch | ShardTick", Any, None]):
     """Defers building :class:`ShardLogic` until the first item names the shard: Bytewax calls
     the builder with the resume state only, not the key."""
 
@@ -434,9 +466,7 @@ class _LazyShardLogic(StatefulBatchLogic[tuple[Incoming, float], Any, None]):
 
     def on_batch(self, values: list[Any]) -> tuple[Iterable[Any], bool]:
         if self.inner is None:
-            first = values[0]
-            shard = first.shard if isinstance(first, ShardTick) else shard_of(
-                first[0].event.customer_id, self.settings.config.shards)
+            shard = values[0].shard  # a ShardTick or a ShardBatch
             self.inner = ShardLogic(shard, self.settings, self.source_name, self.store.get())
         return self.inner.on_batch(values)
 

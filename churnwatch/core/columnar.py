@@ -52,6 +52,7 @@ from churnwatch.core.columns import CHANNELS, CustomerTable, set_from_state, to_
 from churnwatch.core.config import COMPONENTS, TIERS, ChurnwatchConfig
 from churnwatch.core.customer import CustomerState
 from churnwatch.core.engine import HELD_RECHECK_SECONDS, MAX_REVIEWS_PER_ADVANCE, component_moves
+from churnwatch.core.event_batch import TYPE_CODES, EventBatch
 from churnwatch.core.history import change_evidence
 from churnwatch.core.kernels import fold
 from churnwatch.core.kernels.scoring import (
@@ -86,10 +87,7 @@ from churnwatch.core.winback import track
 #: again a minute on.
 MAX_REVIEW_PASSES = 64
 #: Type codes in the order of :mod:`churnwatch.core.kernels.fold`.
-TYPES = (ev.ORDER, ev.REFUND, ev.CAMPAIGN_SENT, ev.CAMPAIGN_OPENED, ev.CAMPAIGN_CLICKED,
-         ev.MESSAGE_SENT, ev.MESSAGE_REPLIED, ev.SUPPORT_TICKET, ev.FEEDBACK, ev.VISIT,
-         ev.PROFILE, ev.INTERVENTION)
-TYPE_CODE = {name: code for code, name in enumerate(TYPES)}
+TYPE_CODE = {name: code for code, name in enumerate(TYPE_CODES)}
 CHANNEL_CODE = {name: code for code, name in enumerate(CHANNELS)}
 #: The type codes that can raise a customer's chance (``engine.LIFTING_EVENTS``).
 LIFTING_CODES = np.array([fold.ORDER, fold.CAMPAIGN_OPENED, fold.CAMPAIGN_CLICKED,
@@ -118,6 +116,44 @@ class EventColumns:
     partitions: np.ndarray | None = None
     offsets: np.ndarray | None = None
     positions: list[str] | None = None
+
+    @classmethod
+    def take(cls, batch: EventBatch, rows: np.ndarray, partitions: np.ndarray,
+             offsets: np.ndarray, positions: Sequence[str]) -> EventColumns:
+        """The decoded batch's valid events ``rows``, in that order, with each one's source
+        partition id, offset and position."""
+        listed = rows.tolist()
+        extras = batch.extras
+        return cls(
+            [batch.customer_ids[r] for r in listed], batch.types[rows], batch.ts[rows],
+            batch.amount[rows], batch.channel[rows], batch.score[rows], batch.severity[rows],
+            [batch.event_ids[r] for r in listed],
+            {i: extras[r] for i, r in enumerate(listed) if r in extras}, partitions, offsets,
+            list(positions))
+
+    @classmethod
+    def concat(cls, parts: Sequence[EventColumns]) -> EventColumns:
+        """Several batches as one, in order."""
+        if len(parts) == 1:
+            return parts[0]
+        extras: dict[int, ev.Event] = {}
+        base = 0
+        for part in parts:
+            extras.update({base + i: e for i, e in part.extras.items()})
+            base += len(part.customer_ids)
+
+        def joined(name: str) -> np.ndarray:
+            return np.concatenate([getattr(p, name) for p in parts])
+
+        return cls(
+            [c for p in parts for c in p.customer_ids], joined("types"), joined("ts"),
+            joined("amount"), joined("channel"), joined("score"), joined("severity"),
+            [e for p in parts for e in p.event_ids], extras,
+            np.concatenate([p.partitions if p.partitions is not None
+                            else np.zeros(len(p.customer_ids), dtype=np.int64) for p in parts]),
+            np.concatenate([p.offsets if p.offsets is not None
+                            else np.zeros(len(p.customer_ids), dtype=np.int64) for p in parts]),
+            [x for p in parts for x in (p.positions or [""] * len(p.customer_ids))])
 
     @classmethod
     def empty(cls) -> EventColumns:
@@ -163,6 +199,9 @@ class ColumnarShard:
                                      config.service_half_life_days * DAY])
         self._keys: dict[str, SegmentKeys] = {}
         self._windows = windows_of(config)
+        self._policy_key: tuple[object, ...] | None = None
+        self._policy_cache: Policies | None = None
+        self._policy_config = config
 
     # -- entry points ---------------------------------------------------------------------------
 
@@ -418,7 +457,7 @@ class ColumnarShard:
         before = np.full(len(r), np.nan)
         guarded = is_order & ~np.isnan(table["score"][r])
         if guarded.any():
-            policies = Policies.of(table, self.config, self.state.priors)
+            policies = self._policies()
             before[guarded] = assess_rows(table, r[guarded], at[guarded], self.config,
                                           self.state.priors, policies).chance
         fold.apply_events(
@@ -478,7 +517,7 @@ class ColumnarShard:
         """Score ``rows`` at ``at``: assess, hold, tiers, playbooks, transitions, drops, next
         review (``engine.ShardEngine._score`` for many rows)."""
         table, config, priors = self.table, self.config, self.state.priors
-        policies = Policies.of(table, config, priors)
+        policies = self._policies()
         assessed = assess_rows(table, rows, at, config, priors, policies)
         if before is not None:
             # An order never lowers the score: what it was just before, at the same instant.
@@ -512,7 +551,9 @@ class ColumnarShard:
         # in Python unless an assignment is open).
         first = changed & (old_tier < 0)
         table["tier_since"][rows[first]] = assessed.at[first]
-        python = np.nonzero((changed & ~first) | assigned)[0]
+        self._assignments_held(rows, np.nonzero(assigned & ~changed)[0], assessed.at,
+                               new_tier)
+        python = np.nonzero(changed & ~first)[0]
         if len(python):
             states = to_states(table, rows[python])
             assessments = _assessments(assessed, python, score, chance, priors, config)
@@ -566,6 +607,27 @@ class ColumnarShard:
                 key = RecoveryCount(segment, TIERS[old])
                 counters[key] = counters.get(key, 0.0) + 1.0
         table["tier_since"][row] = now
+
+    def _assignments_held(self, rows: np.ndarray, which: np.ndarray, at: np.ndarray,
+                          tier: np.ndarray) -> None:
+        """Rows with an open playbook assignment whose tier holds: the win-back bookkeeping
+        only (contacted, recovered by an order, expired), which reads nothing of the score, so
+        the rows need no full state."""
+        table = self.table
+        outreach = table.sparse["outreach"]
+        last_order = table["last_order"]
+        for i in which.tolist():
+            row = int(rows[i])
+            state = CustomerState(0.0)
+            last = float(last_order[row])
+            state.purchases.last_order = None if last != last else last
+            state.outreach = outreach[row]
+            track(table.ids[row], state, _NO_ASSESSMENT, float(at[i]), int(tier[i]),
+                  int(tier[i]), self.config, self.state.counters)
+            if state.outreach:
+                outreach[row] = state.outreach
+            else:
+                outreach.pop(row, None)
 
     def _watch_drops(self, rows: np.ndarray, score: np.ndarray, now: np.ndarray,
                      result: BatchResult) -> None:
@@ -639,6 +701,18 @@ class ColumnarShard:
         for key in [k for k, v in gauges.items() if abs(v) < 1e-9]:
             del gauges[key]
 
+    def _policies(self) -> Policies:
+        """The segments' policies as arrays, made again only when the labels, the
+        configuration or the learned horizons change."""
+        priors = self.state.priors
+        key = (len(self.table.labels), priors.fits, tuple(priors.horizons.items()))
+        cached = self._policy_cache
+        if cached is None or self._policy_key != key or self._policy_config is not self.config:
+            cached = self._policy_cache = Policies.of(self.table, self.config, priors)
+            self._policy_key = key
+            self._policy_config = self.config
+        return cached
+
     def _segment_keys(self, segment: str | None) -> SegmentKeys:
         label = self.config.segment_label(segment)
         keys = self._keys.get(label)
@@ -655,6 +729,10 @@ class ColumnarShard:
         row = int(self.table.rows_for([customer_id], [state.first_seen])[0])
         set_from_state(self.table, row, state)
         return row
+
+
+#: What :func:`track` is handed for a customer whose tier holds: it reads no assessment then.
+_NO_ASSESSMENT = Assessment(0.0, (Component(0.0, 0.0),) * 4, 0.0)  # type: ignore[arg-type]
 
 
 def _add(out: dict[GaugeKey, float], key: GaugeKey, value: float) -> None:

@@ -58,6 +58,7 @@ import numpy as np
 import numpy.typing as npt
 from msgspec import UNSET, Meta, UnsetType
 
+from churnwatch.core.columns import CHANNELS
 from churnwatch.core.events import (
     CAMPAIGN_CHANNELS,
     CAMPAIGN_CLICKED,
@@ -90,8 +91,8 @@ TYPE_CODES: tuple[str, ...] = (ORDER, REFUND, CAMPAIGN_SENT, CAMPAIGN_OPENED, CA
                                MESSAGE_SENT, MESSAGE_REPLIED, SUPPORT_TICKET, FEEDBACK, VISIT,
                                PROFILE, INTERVENTION)
 #: Engagement channels by code: :attr:`EventBatch.channel` holds an index into this tuple, or
-#: :data:`NO_CHANNEL` (the same order as :data:`churnwatch.core.columns.CHANNELS`).
-CHANNEL_CODES: tuple[str, ...] = ("email", "whatsapp", "sms", "push", "chat")
+#: :data:`NO_CHANNEL` (the columns' order, :data:`churnwatch.core.columns.CHANNELS`).
+CHANNEL_CODES: tuple[str, ...] = CHANNELS
 #: The channel code of an event without an engagement channel (an intervention's ``phone`` is
 #: not one: its full event is in :attr:`EventBatch.extras`).
 NO_CHANNEL = -1

@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from typing import NamedTuple
 
 from churnwatch.core.buyers import BuyerModel, shifted
 from churnwatch.core.config import COMPONENTS, TIERS, ChurnwatchConfig, SegmentPolicy
@@ -84,8 +85,7 @@ HEALTHY, WATCH, AT_RISK, CHURNED = range(4)
 _MAX_SILENCE_DAYS = 36500.0
 
 
-@dataclass(frozen=True, slots=True)
-class Component:
+class Component(NamedTuple):
     """One component of the score: its value (0..100) and the confidence behind it (0..1)."""
 
     value: float
@@ -113,8 +113,7 @@ class Assessment:
     horizon_days: float = 180.0
 
 
-@dataclass(frozen=True, slots=True)
-class RecencyInputs:
+class RecencyInputs(NamedTuple):
     """What the return-probability model needs, in days."""
 
     repeats: int
