@@ -202,6 +202,10 @@ class ColumnarShard:
         self._policy_key: tuple[object, ...] | None = None
         self._policy_cache: Policies | None = None
         self._policy_config = config
+        # While a batch is processed: the watermark after each of its admitted events, and the
+        # place of each transition in the reference's order.
+        self._marks: np.ndarray | None = None
+        self._keys_of: dict[int, tuple[int, int, float, str, int]] = {}
 
     # -- entry points ---------------------------------------------------------------------------
 
@@ -239,10 +243,13 @@ class ColumnarShard:
         # The watermark as each admitted event finds it (the event's own time included).
         marks = np.maximum.accumulate(np.concatenate(
             ([self.state.watermark], batch.ts[admitted])))
+        self._marks = marks[1:]
+        self._keys_of = {}
         start = 0
         while start < len(admitted):
             stop = self._learn(batch, rows, admitted, marks, start)
-            self._rounds(batch, rows, admitted[start:stop], marks[start + 1:stop + 1], result)
+            self._rounds(batch, rows, admitted[start:stop], marks[start + 1:stop + 1],
+                         np.arange(start, stop), result)
             if stop < len(admitted):
                 # The event at ``stop`` refits the model: every review the watermark passed
                 # before it is done first, under the model it was due under.
@@ -256,6 +263,10 @@ class ColumnarShard:
         self._advance_all(floor_now, result)
         self._account(before, self._contributions(affected))
         self.changed_rows = affected
+        # In the order the reference records them, which no batching changes.
+        keys = self._keys_of
+        result.transitions.sort(key=lambda t: keys[id(t)])
+        self._marks = None
         return result
 
     def review(self, now: float) -> BatchResult:
@@ -414,7 +425,7 @@ class ColumnarShard:
         return stop
 
     def _rounds(self, batch: EventColumns, rows: np.ndarray, which: np.ndarray,
-                marks: np.ndarray, result: BatchResult) -> None:
+                marks: np.ndarray, positions: np.ndarray, result: BatchResult) -> None:
         """Score the admitted events ``which`` (no refit among them), each customer's in
         arrival order: round ``k`` is every customer's ``k``-th event."""
         if not len(which):
@@ -432,7 +443,7 @@ class ColumnarShard:
         had_spend = (table["orders"][spend_rows] > 0) | (table["refunds"][spend_rows] > 0)
         for k in range(int(rank.max()) + 1):
             pick = rank == k
-            self._event_round(batch, rows, which[pick], marks[pick], result)
+            self._event_round(batch, rows, which[pick], marks[pick], positions[pick], result)
         priors = self.state.priors
         new_spend = table["spend"][spend_rows]
         for old, had, new in zip(old_spend.tolist(), had_spend.tolist(), new_spend.tolist(),
@@ -440,16 +451,16 @@ class ColumnarShard:
             priors.move_spend(old if had else -1.0, new)
 
     def _event_round(self, batch: EventColumns, rows: np.ndarray, which: np.ndarray,
-                     marks: np.ndarray, result: BatchResult) -> None:
+                     marks: np.ndarray, positions: np.ndarray, result: BatchResult) -> None:
         """One event of each of several customers: reviews due before it, apply, score
         (``ShardEngine.apply_event``)."""
         table = self.table
         r = rows[which]
-        self._advance(r, marks, result)
+        ts = batch.ts[which]
+        self._advance(r, marks, result, own=(positions, ts))
         kinds = batch.types[which]
         for j in np.nonzero(kinds >= fold.PROFILE)[0].tolist():
             self._profile_or_intervention(int(r[j]), batch.extras[int(which[j])])
-        ts = batch.ts[which]
         at = np.maximum(ts, table["scored_at"][r])
         last = table["last_order"][r]
         is_order = kinds == fold.ORDER
@@ -469,7 +480,8 @@ class ColumnarShard:
             table["channel_seen"], table["eng_ref"], table["tickets"], table["fb_sum"],
             table["fb_weight"], table["svc_ref"])
         self._score(r, at, result, cause="event", may_rise=np.isin(kinds, LIFTING_CODES),
-                    waited=waited, before=before)
+                    waited=waited, before=before,
+                    order=(positions, np.ones(len(r), dtype=np.int64), ts))
 
     def _profile_or_intervention(self, row: int, event: ev.Event) -> None:
         """A profile or an intervention, by the reference's own rules on a state holding just
@@ -497,9 +509,13 @@ class ColumnarShard:
         due = self.table["next_review_at"]
         return np.nonzero(due <= now)[0]
 
-    def _advance(self, rows: np.ndarray, until: np.ndarray, result: BatchResult) -> None:
-        """Re-score ``rows`` at every review time up to ``until``: tier changes of silence."""
+    def _advance(self, rows: np.ndarray, until: np.ndarray, result: BatchResult,
+                 own: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+        """Re-score ``rows`` at every review time up to ``until``: tier changes of silence.
+        ``own``: the position among the batch's admitted events and the time of each row's
+        event these reviews come before (for the order of the transitions)."""
         due_at = self.table["next_review_at"]
+        chain = np.full((len(rows), 4), -1.0)  # the reference's review: event, kind, time, step
         for _ in range(MAX_REVIEWS_PER_ADVANCE):
             reviews = due_at[rows]
             due = reviews <= until  # nan: never
@@ -507,13 +523,37 @@ class ColumnarShard:
                 return
             which = rows[due]
             at = np.maximum(reviews[due], self.table["scored_at"][which])
+            order = None
+            if self._marks is not None:
+                order = self._review_order(reviews[due], None if own is None else
+                                           (own[0][due], own[1][due]), chain[due])
+                chain[due] = np.column_stack(order)
             self._score(which, at, result, cause="silence",
-                        may_rise=np.zeros(len(which), dtype=bool), waited=None)
+                        may_rise=np.zeros(len(which), dtype=bool), waited=None, order=order)
             result.rescored_silent += len(which)
+
+    def _review_order(self, times: np.ndarray, own: tuple[np.ndarray, np.ndarray] | None,
+                      chain: np.ndarray
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Where the reference records the reviews at ``times``: after the first admitted event
+        whose watermark reaches them (kind 2), or just before the customer's own event when it
+        is that event and the review falls at or before its time (kind 0); after every event
+        (kind 3) when no event's watermark reaches them. A review that the same step of the
+        reference reaches as the customer's previous one (``chain``: its event, kind, time and
+        step) follows it there."""
+        assert self._marks is not None
+        first = np.searchsorted(self._marks, times, side="left")
+        kind = np.where(first >= len(self._marks), 3, 2)
+        if own is not None:
+            kind = np.where((first == own[0]) & (times <= own[1]), 0, kind)
+        follows = (chain[:, 0] == first) & (chain[:, 1] == kind)
+        return (first.astype(float), kind.astype(float),
+                np.where(follows, chain[:, 2], times), np.where(follows, chain[:, 3] + 1, 0.0))
 
     def _score(self, rows: np.ndarray, at: np.ndarray, result: BatchResult, cause: str,
                may_rise: np.ndarray, waited: np.ndarray | None,
-               before: np.ndarray | None = None) -> None:
+               before: np.ndarray | None = None,
+               order: tuple[np.ndarray, ...] | None = None) -> None:
         """Score ``rows`` at ``at``: assess, hold, tiers, playbooks, transitions, drops, next
         review (``engine.ShardEngine._score`` for many rows)."""
         table, config, priors = self.table, self.config, self.state.priors
@@ -559,8 +599,13 @@ class ColumnarShard:
             assessments = _assessments(assessed, python, score, chance, priors, config)
             for i, state, assessment in zip(python.tolist(), states, assessments, strict=True):
                 previous = old_components[i][:int(old_count[i])].tolist()
+                made = len(result.transitions)
                 self._in_python(i, rows, state, assessment, old_tier, new_tier, old_score,
                                 previous, bool(refitted[i]), cause, waited, result)
+                if order is not None and len(result.transitions) > made:
+                    self._keys_of[id(result.transitions[-1])] = (
+                        int(order[0][i]), int(order[1][i]), float(order[2][i]),
+                        table.ids[int(rows[i])], int(order[3][i]) if len(order) > 3 else 0)
         table["tier"][rows] = new_tier
         self._watch_drops(rows, score, assessed.at, result)
         table["score"][rows] = score
