@@ -30,6 +30,10 @@ from churnwatch.state.base import StateStore, claim_layout_of
 
 # A replay shorter than this shows no progress bar at all.
 PROGRESS_DELAY_SECONDS = 0.5
+#: A replay's shards commit what they did at most this often (and at the end of the input): a
+#: customer met in many batches is written once per commit, and a crash redoes at most this
+#: much work.
+REPLAY_COMMIT_SECONDS = 10.0
 
 
 @dataclass
@@ -174,7 +178,8 @@ def replay(paths: Sequence[str], config: ChurnwatchConfig, store_factory: Callab
     counts = ReplayCounts(hooks, bar)
     settings = FlowSettings(config, store_factory, clock="event", hooks=counts,
                             transitions_path=transitions_path,
-                            dead_letters_path=dead_letters_path)
+                            dead_letters_path=dead_letters_path,
+                            commit_seconds=REPLAY_COMMIT_SECONDS)
     # A store written with another shard count is refused here, before the flow starts.
     claim_layout_of(store_factory)
     try:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -65,6 +66,8 @@ CURRENT_EVENT_SECONDS = 60.0
 SETTLE_SECONDS = 5.0
 #: While its partition is not caught up, a shard looks again this often.
 CLOCK_CHECK_SECONDS = 1.0
+#: Live: shards commit what they did at most this long after doing it.
+COMMIT_SECONDS = 0.2
 
 
 @dataclass(frozen=True)
@@ -92,6 +95,10 @@ class FlowSettings:
     progress: SourceProgress | None = None
     current_seconds: float = CURRENT_EVENT_SECONDS
     settle_seconds: float = SETTLE_SECONDS
+    # How long what the shards did may wait to be committed together: live, what the store,
+    # the metrics and the transition stream show is at most this old; a replay uses a longer
+    # one (a crash redoes at most that much work: the commit holds the source positions).
+    commit_seconds: float = COMMIT_SECONDS
 
 
 class FlowStore:
@@ -236,6 +243,13 @@ class ShardLogic(StatefulBatchLogic["ShardBatch | ShardTick", Any, None]):
         self._behind_from: float | None = self.engine.state.watermark
         parts = settings.partitions
         self._partition = parts[shard % len(parts)] if parts else None
+        # What the engine did since the last commit (committed together, at most every
+        # ``settings.commit_seconds``, and at the end of the input).
+        self._pending = BatchResult()
+        self._pending_rows: list[np.ndarray] = []
+        self._pending_oldest = math.inf
+        self._pending_since: float | None = None
+        self._committed_at = time.time()
 
     def on_batch(self, values: list[Any]) -> tuple[Iterable[Any], bool]:
         """Called by Bytewax with the shard's items of one activation, in arrival order:
@@ -243,7 +257,8 @@ class ShardLogic(StatefulBatchLogic["ShardBatch | ShardTick", Any, None]):
         values = [v for v in values if not isinstance(v, ShardTick)]
         if not values:  # only a tick: the shard exists on this worker
             self._next_due = self.engine.next_due()
-            return self._follow_wall_clock(), StatefulBatchLogic.RETAIN
+            self._follow_wall_clock()
+            return self._commit_if_due(), StatefulBatchLogic.RETAIN
         self._last_batch_at = time.time()
         batch = EventColumns.concat([v.events for v in values])
         oldest = min(v.oldest_received_at for v in values)
@@ -255,28 +270,36 @@ class ShardLogic(StatefulBatchLogic["ShardBatch | ShardTick", Any, None]):
         # Event time, live as in replay: everyone touched, and every silent customer the
         # batch's events pass, is brought to the watermark.
         until = max(self.engine.state.watermark, float(batch.ts.max()))
-        result = self.engine.process(batch, until)
-        self._commit(result, oldest)
-        outputs = self._outputs(result)
-        outputs.extend(self._follow_wall_clock())
-        return outputs, StatefulBatchLogic.RETAIN
+        self._absorb(self.engine.process(batch, until), oldest)
+        self._follow_wall_clock()
+        return self._commit_if_due(), StatefulBatchLogic.RETAIN
 
     def on_notify(self) -> tuple[Iterable[Any], bool]:
         """Called by Bytewax at :meth:`notify_at` (live mode): silent customers are due, or the
-        shard looks again whether its source has caught up."""
-        outputs = self._follow_wall_clock()
+        shard looks again whether its source has caught up, or what it did since its last
+        commit is due to be committed."""
+        self._follow_wall_clock()
         self._next_due = self.engine.next_due()
-        return outputs, StatefulBatchLogic.RETAIN
+        return self._commit_if_due(), StatefulBatchLogic.RETAIN
+
+    def on_eof(self) -> tuple[Iterable[Any], bool]:
+        """The input has ended (a replay's files, a clean stop): commit what is pending."""
+        return self._commit_if_due(force=True), StatefulBatchLogic.RETAIN
 
     def notify_at(self) -> datetime | None:
-        """Wall-clock mode only: wake up when the earliest customer of the shard is due, or
-        within :data:`CLOCK_CHECK_SECONDS` while the source has not caught up."""
-        if self.settings.clock != "wall" or self._next_due is None:
-            return None
-        now = time.time()
-        if self._behind_from is not None and self._next_due <= now:
-            return datetime.fromtimestamp(now + CLOCK_CHECK_SECONDS, tz=timezone.utc)
-        return datetime.fromtimestamp(max(self._next_due, now), tz=timezone.utc)
+        """Wake up when what is pending is due to be committed; live, also when the earliest
+        customer of the shard is due, or within :data:`CLOCK_CHECK_SECONDS` while the source
+        has not caught up."""
+        commit_at = (self._committed_at + self.settings.commit_seconds
+                     if self._pending_since is not None else None)
+        review_at = None
+        if self.settings.clock == "wall" and self._next_due is not None:
+            now = time.time()
+            review_at = max(self._next_due, now)
+            if self._behind_from is not None and self._next_due <= now:
+                review_at = now + CLOCK_CHECK_SECONDS
+        times = [t for t in (commit_at, review_at) if t is not None]
+        return datetime.fromtimestamp(min(times), tz=timezone.utc) if times else None
 
     def snapshot(self) -> None:
         return None
@@ -306,7 +329,7 @@ class ShardLogic(StatefulBatchLogic["ShardBatch | ShardTick", Any, None]):
             return None
         return now
 
-    def _follow_wall_clock(self) -> list[Any]:
+    def _follow_wall_clock(self) -> None:
         """Live: review the silent customers due by the wall clock, if the source has caught
         up. Caught up after more than ``current_seconds`` of event time (a backlog, history)
         or with a newest event older than that (a restart on a quiet or replayed shop), the
@@ -314,15 +337,16 @@ class ShardLogic(StatefulBatchLogic["ShardBatch | ShardTick", Any, None]):
         moment of live traffic (a full read) just goes on."""
         now = self.wall_clock()
         if now is None:
-            return []
+            return
         if self._behind_from is not None:
             fell_behind_at, self._behind_from = self._behind_from, None
             mark, current = self.engine.state.watermark, self.settings.current_seconds
             if now - mark > current or mark - fell_behind_at > current:
-                return self.catch_up(now)
-        return self._review_due(now)
+                self.catch_up(now)
+                return
+        self._review_due(now)
 
-    def catch_up(self, now: float) -> list[Any]:
+    def catch_up(self, now: float) -> None:
         """The shard has caught up with a backlog or history: do what ``replay --as-of now``
         does (:func:`advance_all`): refit with every order so far, review the silent customers
         due by ``now``, and re-score everyone under a new model. The watermark joins the
@@ -331,25 +355,57 @@ class ShardLogic(StatefulBatchLogic["ShardBatch | ShardTick", Any, None]):
         refitted = engine.refit_at(now)
         if now > engine.state.watermark:
             engine.state.watermark = now
-        outputs = self._review_due(now)
+        self._review_due(now)
         if refitted:
-            result = engine.rescore(now)
-            self._commit(result, time.time())
-            outputs.extend(self._outputs(result))
-        engine.changed_rows = np.zeros(0, dtype=np.int64)
-        self._commit(BatchResult(), time.time())  # the watermark (and the refit) held
-        return outputs
+            self._absorb(engine.rescore(now), time.time())
+        # The watermark (and the refit) are held even when no customer changed.
+        self._absorb(BatchResult(), time.time())
 
-    def _review_due(self, now: float) -> list[Any]:
+    def _review_due(self, now: float) -> None:
         """Re-score the shard's customers whose review time is at or before ``now`` (a
         customer held by hysteresis is pushed a minute on, so a review does not repeat)."""
         if self._next_due is None or self._next_due > now:
-            return []
-        reviewed = self.engine.review(now)
-        self._commit(reviewed, time.time())
-        return self._outputs(reviewed)
+            return
+        self._absorb(self.engine.review(now), time.time())
 
-    def _commit(self, result: BatchResult, oldest_received_at: float) -> None:
+    def _absorb(self, result: BatchResult, oldest_received_at: float) -> None:
+        """Add what one call to the engine did (its rows are ``engine.changed_rows``) to what
+        waits for the next commit."""
+        pending = self._pending
+        pending.transitions.extend(result.transitions)
+        pending.drops.extend(result.drops)
+        pending.dead_letters.extend(result.dead_letters)
+        pending.scored += result.scored
+        pending.duplicates += result.duplicates
+        pending.late += result.late
+        pending.rescored_silent += result.rescored_silent
+        pending.last_event_ts = max(pending.last_event_ts, result.last_event_ts)
+        self._pending_rows.append(self.engine.changed_rows)
+        self.engine.changed_rows = np.zeros(0, dtype=np.int64)
+        self._pending_oldest = min(self._pending_oldest, oldest_received_at)
+        if self._pending_since is None:
+            self._pending_since = time.time()
+        self._next_due = self.engine.next_due()
+
+    def _commit_if_due(self, force: bool = False) -> list[Any]:
+        """Commit what is pending once :attr:`FlowSettings.commit_seconds` have passed since the
+        last commit (or ``force``); returns the outputs of what was committed (transitions and
+        dead letters go downstream only once they are committed)."""
+        if self._pending_since is None:
+            return []
+        if not force and time.time() - self._committed_at < self.settings.commit_seconds:
+            return []
+        result = self._pending
+        rows = np.unique(np.concatenate(self._pending_rows))
+        oldest = self._pending_oldest
+        self._pending, self._pending_rows = BatchResult(), []
+        self._pending_oldest, self._pending_since = math.inf, None
+        self._commit(result, rows, oldest)
+        self._committed_at = time.time()
+        return self._outputs(result)
+
+    def _commit(self, result: BatchResult, rows: np.ndarray, oldest_received_at: float
+                ) -> None:
         if result.dead_letters:
             # Before the commit: once the commit holds the customers' offsets, a replay of the
             # batch takes these events for duplicates and would never find them again.
@@ -358,7 +414,7 @@ class ShardLogic(StatefulBatchLogic["ShardBatch | ShardTick", Any, None]):
             new = [d for d, w in zip(result.dead_letters, written, strict=True) if w]
             if new:
                 self.settings.hooks.dead_lettered(self.source, new)
-        result.changed = self.engine.changed_states()
+        result.changed = self.engine.states_of(rows)
         self.store.commit(self.shard, self.engine.state, result.changed, result.transitions)
         self.engine.keep_history(result.changed)
         self._next_due = self.engine.next_due()
@@ -474,6 +530,11 @@ class _LazyShardLogic(StatefulBatchLogic["ShardBatch | ShardTick", Any, None]):
         if self.inner is None:
             return (), StatefulBatchLogic.RETAIN
         return self.inner.on_notify()
+
+    def on_eof(self) -> tuple[Iterable[Any], bool]:
+        if self.inner is None:
+            return (), StatefulBatchLogic.RETAIN
+        return self.inner.on_eof()
 
     def notify_at(self) -> datetime | None:
         return None if self.inner is None else self.inner.notify_at()

@@ -198,6 +198,8 @@ class ColumnarShard:
                                      config.engagement_half_life_days * DAY,
                                      config.service_half_life_days * DAY])
         self._keys: dict[str, SegmentKeys] = {}
+        #: The rows the last call changed (for the store).
+        self.changed_rows = np.zeros(0, dtype=np.int64)
         self._windows = windows_of(config)
         self._policy_key: tuple[object, ...] | None = None
         self._policy_cache: Policies | None = None
@@ -309,7 +311,10 @@ class ColumnarShard:
     def changed_states(self) -> dict[str, CustomerState]:
         """The rows the last call changed, as the reference model's states (for a store that
         keeps customers one by one)."""
-        rows = self.changed_rows
+        return self.states_of(self.changed_rows)
+
+    def states_of(self, rows: np.ndarray) -> dict[str, CustomerState]:
+        """``rows`` as the reference model's states, by customer id."""
         ids = self.table.ids
         return dict(zip((ids[r] for r in rows.tolist()), to_states(self.table, rows),
                         strict=True))
