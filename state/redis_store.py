@@ -248,6 +248,10 @@ class RedisStore:
         # commit() moves a customer whose segment changed out of its old urgency index without
         # another round trip (the dataflow loads a batch's customers, then commits them).
         self._loaded_segments: dict[int, dict[str, str | None]] = {}
+        # Shards read whole by shard_customers(): their _loaded_segments then names every
+        # stored customer and is kept up to date by commit(), so a customer it does not name is
+        # new (in no urgency index yet).
+        self._whole_shards: set[int] = set()
 
     def claim_layout(self) -> None:
         """Record the shard and bucket counts the store is written with (``{prefix}:layout``),
@@ -442,9 +446,10 @@ class RedisStore:
         unpack = msgpack.unpackb
         out = {cid: CustomerState.from_wire(unpack(raw, strict_map_key=False)) if raw else None
                for cid, raw in zip(customer_ids, raws, strict=True)}
-        self._loaded_segments[shard] = {cid: (None if state is None else
-                                              segment_key_part(state.segment))
-                                        for cid, state in out.items()}
+        if shard not in self._whole_shards:
+            self._loaded_segments[shard] = {cid: (None if state is None else
+                                                  segment_key_part(state.segment))
+                                            for cid, state in out.items()}
         return out
 
     def due_customers(self, shard: int, until: float, limit: int) -> list[str]:
@@ -540,7 +545,9 @@ class RedisStore:
         """What the urgency index of a shard needs for a batch: scores to add per segment,
         members to remove per segment (customers whose segment changed, or lost their score),
         and the segments in use."""
-        loaded = self._loaded_segments.pop(shard, {})
+        whole = shard in self._whole_shards
+        loaded = self._loaded_segments.get(shard, {}) if whole else \
+            self._loaded_segments.pop(shard, {})
         add: dict[str, dict[str, float]] = {}
         remove: dict[str, list[str]] = {}
         unknown: list[str] = []
@@ -550,11 +557,16 @@ class RedisStore:
             if score is not None:
                 add.setdefault(segment, {})[cid] = score
             if cid not in loaded:
-                unknown.append(cid)
+                if whole:  # new to the shard: in no index yet
+                    loaded[cid] = segment
+                else:
+                    unknown.append(cid)
                 continue
             old = loaded[cid]
             if old is not None and (old != segment or score is None):
                 remove.setdefault(old, []).append(cid)
+            if whole:
+                loaded[cid] = segment
         if unknown:
             # Committed without a load through this store (a bulk loader, a test): take the
             # customers out of every other segment's index of the shard.
@@ -732,9 +744,14 @@ class RedisStore:
                     yield cid, CustomerState.from_wire(msgpack.unpackb(raw, strict_map_key=False))
 
     def shard_customers(self, shard: int) -> Iterator[tuple[str, CustomerState]]:
+        segments: dict[str, str | None] = {}
         for chunk in self._customer_chunks(shard):
             for cid, raw in chunk:
-                yield cid, CustomerState.from_wire(msgpack.unpackb(raw, strict_map_key=False))
+                state = CustomerState.from_wire(msgpack.unpackb(raw, strict_map_key=False))
+                segments[cid] = segment_key_part(state.segment)
+                yield cid, state
+        self._loaded_segments[shard] = segments
+        self._whole_shards.add(shard)
 
     def shard_states(self) -> list[ShardState]:
         keys = [f"{self._tag(s)}:shard" for s in range(self.shards)]
