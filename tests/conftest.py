@@ -2,6 +2,9 @@
 
 ``redis_cluster`` and ``cluster_url``: a real three-node Redis Cluster (tests/redis_cluster.py).
 
+``compiled_kernels`` (for every session, first): the columnar engine's numba kernels compiled
+once and cached on disk, so no test that starts a monitor with a deadline pays the compilation.
+
 ``monitor_metrics_url``: a live ``churnwatch run --source redis`` (wall clock) on its own
 redis-server, fed a simulated shop's history, yielding its ``/metrics`` URL once the state holds
 every customer (for tests/test_dashboard_queries.py).
@@ -26,6 +29,21 @@ shards = 4
 stream_partitions = 2
 """
 MONITOR_CUSTOMERS = 120
+
+
+@pytest.fixture(scope="session", autouse=True)
+def compiled_kernels() -> None:
+    """Compile (or load from the on-disk cache) every kernel with one small batch."""
+    from churnwatch.core.columnar import ColumnarShard
+    from churnwatch.core.config import ChurnwatchConfig
+    from churnwatch.core.events import Event
+    from churnwatch.core.records import Incoming, ShardState
+
+    shard = ColumnarShard(0, ChurnwatchConfig(), ShardState())
+    events = [Event("c1", "order", 0.0, amount=10.0), Event("c1", "refund", 1.0, amount=1.0),
+              Event("c1", "campaign_sent", 2.0, channel="email"),
+              Event("c1", "support_ticket", 3.0), Event("c1", "feedback", 4.0, score=9.0)]
+    shard.process_items([Incoming(e) for e in events], now=4.0)
 
 
 @pytest.fixture(scope="session")
