@@ -242,6 +242,7 @@ class ColumnarShard:
         self._too_late(batch, np.nonzero(status == fold.TOO_LATE)[0], result)
         admitted = np.nonzero(status <= fold.LATE)[0]
         result.scored = len(admitted)
+        self._remember_positions(batch, rows, admitted)
         # The watermark as each admitted event finds it (the event's own time included).
         marks = np.maximum.accumulate(np.concatenate(
             ([self.state.watermark], batch.ts[admitted])))
@@ -369,6 +370,17 @@ class ColumnarShard:
                 batch.positions[i] if batch.positions else "", b"", batch.customer_ids[i],
                 f"shard {self.shard} of {partition}" if partition else "",
                 offset if partition else -1))
+
+    def _remember_positions(self, batch: EventColumns, rows: np.ndarray,
+                            admitted: np.ndarray) -> None:
+        """Each customer's newest applied source position (shown with their state)."""
+        if batch.partitions is None or batch.offsets is None or not len(admitted):
+            return
+        keep = admitted[batch.partitions[admitted] != 0]
+        newest = len(keep) - 1 - np.unique(rows[keep][::-1], return_index=True)[1]
+        last = keep[newest]
+        self.table["last_partition"][rows[last]] = batch.partitions[last]
+        self.table["last_offset"][rows[last]] = batch.offsets[last]
 
     def _admit(self, batch: EventColumns, rows: np.ndarray, replayed: np.ndarray
                ) -> np.ndarray:
@@ -703,7 +715,7 @@ class ColumnarShard:
                   policies: Policies) -> None:
         priors = self.state.priors
         refit_at = priors.next_fit_day * DAY
-        not_after = refit_at if priors.may_change_at_refit() else None
+        not_after: float | None = refit_at
         due = next_reviews(assessed, chance, tier, policies,
                            buyer_model(priors, self.config), priors, not_after)
         now = assessed.at

@@ -113,6 +113,9 @@ SCHEMA: tuple[Column, ...] = (
     Column("recent_ids", "u4", "idempotence", "hashes of the newest event ids, oldest first", 0,
            RECENT_IDS),
     Column("recent_count", "u1", "idempotence", "how many of recent_ids are in use"),
+    Column("last_partition", "i8", "idempotence", "the source partition of the newest applied "
+           "event (0: none)"),
+    Column("last_offset", "i8", "idempotence", "its offset there", -1),
 )
 
 COLUMNS = {column.name: column for column in SCHEMA}
@@ -127,7 +130,7 @@ def column_bytes() -> int:
     """Bytes one row takes in the columns (before any compression of a checkpoint).
 
     >>> column_bytes()
-    442
+    458
     """
     return sum(np.dtype(c.dtype).itemsize * c.width for c in SCHEMA)
 
@@ -266,7 +269,8 @@ def to_states(table: CustomerTable, rows: Sequence[int]) -> list[CustomerState]:
         state.peak_at = col["peak_at"][i]
         state.drop_counted = bool(col["drop_counted"][i])
         state.high_value = bool(col["high_value"][i])
-        state.offsets = {}
+        partition = col["last_partition"][i]
+        state.offsets = {partition: col["last_offset"][i]} if partition else {}
         state.recent_ids = col["recent_ids"][i][:col["recent_count"][i]]
         state.outreach = outreach.get(row)
         state.model_fit = col["model_fit"][i]
@@ -276,8 +280,8 @@ def to_states(table: CustomerTable, rows: Sequence[int]) -> list[CustomerState]:
 
 
 def set_from_state(table: CustomerTable, row: int, state: CustomerState) -> None:
-    """Write the reference model's ``state`` into row ``row`` (source offsets are not kept: the
-    columnar engine's checkpoint holds the source positions with the whole shard)."""
+    """Write the reference model's ``state`` into row ``row`` (of its source offsets, the
+    newest: the shard's committed positions are what dedupes a source read again)."""
     t = table
     t["first_seen"][row] = state.first_seen
     t["last_event_ts"][row] = state.last_event_ts
@@ -319,6 +323,8 @@ def set_from_state(table: CustomerTable, row: int, state: CustomerState) -> None
     t["drop_counted"][row] = state.drop_counted
     t["high_value"][row] = state.high_value
     t["model_fit"][row] = state.model_fit
+    t["last_partition"][row], t["last_offset"][row] = next(
+        iter(sorted(state.offsets.items(), key=lambda item: item[1], reverse=True)), (0, -1))
     ids = state.recent_ids[-RECENT_IDS:]
     recent = t["recent_ids"][row]
     recent[:] = 0

@@ -508,7 +508,7 @@ class ShardEngine:
         # at again right after it, so their tier follows the model rather than the one they
         # were scored with. (Churned customers wait for an event.)
         refit_at = priors.next_fit_day * DAY
-        capped = refit_at > now and priors.may_change_at_refit()
+        capped = refit_at > now
         due = next_review_at(state, assessment, now, self.config, priors,
                              not_after=refit_at if capped else None)
         if due is not None and due <= now:

@@ -187,11 +187,6 @@ class PopulationPriors:
         so the final model has seen every order)."""
         return self.pending_days > 0 and len(self.sample) >= MIN_FIT
 
-    def may_change_at_refit(self) -> bool:
-        """Whether the next refit can change the model: not while the sample is too small for
-        a first fit (then nobody need be looked at again after it)."""
-        return self.model is not None or len(self.sample) >= MIN_FIT
-
     def refit(self, now: float, horizons: Iterable[float], prior: BuyerModel) -> None:
         """Refit the buyer model on the sample as of ``now``; choose the evidence weight and
         fit a calibration map per horizon on the sample's matured outcomes.
