@@ -463,9 +463,12 @@ class ColumnarShard:
             self._event_round(batch, rows, which[pick], marks[pick], positions[pick], result)
         priors = self.state.priors
         new_spend = table["spend"][spend_rows]
-        for old, had, new in zip(old_spend.tolist(), had_spend.tolist(), new_spend.tolist(),
-                                 strict=True):
-            priors.move_spend(old if had else -1.0, new)
+        # In the shop's spend histogram from the first order or refund of any amount on.
+        has = ((table["orders"][spend_rows] > 0) | (table["refunds"][spend_rows] > 0)).tolist()
+        for old, had, new, counted in zip(old_spend.tolist(), had_spend.tolist(),
+                                          new_spend.tolist(), has, strict=True):
+            if counted:
+                priors.move_spend(old if had else -1.0, new)
 
     def _event_round(self, batch: EventColumns, rows: np.ndarray, which: np.ndarray,
                      marks: np.ndarray, positions: np.ndarray, result: BatchResult) -> None:
@@ -589,6 +592,7 @@ class ColumnarShard:
         score = np.where(held, held_scores(assessed.score, old_tier, bounds, margin),
                          assessed.score)
         chance = np.where(held & (score != assessed.score), score / 100.0, assessed.chance)
+        unrounded = score  # what reasons read (the reference's assessment); stored: hundredths
         score = np.round(score, 2)
         old_components = table["components"][rows].copy()
         old_count = table["component_count"][rows].copy()
@@ -613,12 +617,13 @@ class ColumnarShard:
         python = np.nonzero(changed & ~first)[0]
         if len(python):
             states = to_states(table, rows[python])
-            assessments = _assessments(assessed, python, score, chance, priors, config)
+            assessments = _assessments(assessed, python, unrounded, chance, priors, config)
             for i, state, assessment in zip(python.tolist(), states, assessments, strict=True):
                 previous = old_components[i][:int(old_count[i])].tolist()
                 made = len(result.transitions)
-                self._in_python(i, rows, state, assessment, old_tier, new_tier, old_score,
-                                previous, bool(refitted[i]), cause, waited, result)
+                self._in_python(i, rows, state, assessment, float(score[i]), old_tier,
+                                new_tier, old_score, previous, bool(refitted[i]), cause, waited,
+                                result)
                 if order is not None and len(result.transitions) > made:
                     self._keys_of[id(result.transitions[-1])] = (
                         int(order[0][i]), int(order[1][i]), float(order[2][i]),
@@ -631,7 +636,8 @@ class ColumnarShard:
         self._schedule(assessed, chance, new_tier, policies)
 
     def _in_python(self, i: int, rows: np.ndarray, state: CustomerState,
-                   assessment: Assessment, old_tier: np.ndarray, new_tier: np.ndarray,
+                   assessment: Assessment, score: float, old_tier: np.ndarray,
+                   new_tier: np.ndarray,
                    old_score: np.ndarray, previous: list[int], refitted: bool, cause: str,
                    waited: np.ndarray | None, result: BatchResult) -> None:
         """One row whose tier changes or whose playbook assignment is open: win-back
@@ -659,7 +665,7 @@ class ColumnarShard:
                 component_moves(previous, state.components),)
             segment = config.segment_label(state.segment)
             result.transitions.append(TierTransition(
-                cid, segment, tier_name(old), tier_name(new), prior_score, assessment.score, now,
+                cid, segment, tier_name(old), tier_name(new), prior_score, score, now,
                 why, cause, suggestion,
                 change_evidence(state, assessment, now, config, old, new, waited_days)))
             counters = self.state.counters

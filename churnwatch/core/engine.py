@@ -362,7 +362,9 @@ class ShardEngine:
                                    self.config.segment_label(state.segment))
         old_spend = bought.spend if bought.orders or bought.refunds else -1.0
         state.apply(event, self.windows)
-        if kind in (ev.ORDER, ev.REFUND):
+        if kind in (ev.ORDER, ev.REFUND) and (bought.orders or bought.refunds):
+            # In the shop's spend histogram from the first order or refund of any amount on
+            # (a refund of nothing before any order is no spender yet).
             priors.move_spend(old_spend, bought.spend)
         elif kind in (ev.CAMPAIGN_SENT, ev.MESSAGE_SENT):
             priors.observe_engagement(1.0, 0.0)
