@@ -721,7 +721,7 @@ class ColumnarShard:
                   policies: Policies) -> None:
         priors = self.state.priors
         refit_at = priors.next_fit_day * DAY
-        not_after: float | None = refit_at
+        not_after = refit_at if priors.model is not None else None  # as the reference
         due = next_reviews(assessed, chance, tier, policies,
                            buyer_model(priors, self.config), priors, not_after)
         now = assessed.at

@@ -510,7 +510,10 @@ class ShardEngine:
         # at again right after it, so their tier follows the model rather than the one they
         # were scored with. (Churned customers wait for an event.)
         refit_at = priors.next_fit_day * DAY
-        capped = refit_at > now
+        # Before the first fit, the prior stands until a refit fits a model; only a fitted
+        # model is refitted in a way that moves everyone. (A fact of the last refit: any
+        # batching reads it alike.)
+        capped = refit_at > now and priors.model is not None
         due = next_review_at(state, assessment, now, self.config, priors,
                              not_after=refit_at if capped else None)
         if due is not None and due <= now:
