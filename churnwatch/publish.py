@@ -112,12 +112,19 @@ class Publisher:
             return partition, raw
         try:
             if self.format == "msgpack":
-                return partition, msgpack.packb(obj, default=str)
-            return partition, json.dumps(obj, separators=(",", ":"), default=str).encode()
+                payload = msgpack.packb(obj, default=str)
+            else:
+                payload = json.dumps(obj, separators=(",", ":"), default=str).encode()
         except Exception:  # lone surrogates, huge ints, nesting too deep, cycles
             if raw is not None:
                 return partition, raw  # valid JSON as it came: the flow reads it all the same
-            return partition, _last_resort(obj)
+            payload = _last_resort(obj)
+        if cid is None:
+            # Encoding may have made an id of what was none (msgpack writes an integer beyond
+            # 64 bits as its text): the partition is that of the id the flow will read.
+            read = customer_id_of(_loads(payload))
+            partition = 0 if read is None else shard_of(read, partitions)
+        return partition, payload
 
     def publish(self, events: Iterable[Mapping[str, Any] | bytes | str],
                 on_batch: Callable[[int], None] | None = None) -> int:
