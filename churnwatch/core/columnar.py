@@ -800,7 +800,7 @@ class ColumnarShard:
 
 
 #: What :func:`track` is handed for a customer whose tier holds: it reads no assessment then.
-_NO_ASSESSMENT = Assessment(0.0, (Component(0.0, 0.0),) * 4, 0.0)  # type: ignore[arg-type]
+_NO_ASSESSMENT = Assessment(0.0, (Component(0.0, 0.0),) * 4, 0.0)
 
 
 def _add(out: dict[GaugeKey, float], key: GaugeKey, value: float) -> None:

@@ -164,7 +164,8 @@ class CustomerTable:
         """The customer's row, or ``None`` when the table has not seen them."""
         return self.index.get(customer_id)
 
-    def rows_for(self, customer_ids: Sequence[str], first_seen: Sequence[float]) -> np.ndarray:
+    def rows_for(self, customer_ids: Sequence[str], first_seen: Sequence[float] | np.ndarray
+                 ) -> np.ndarray:
         """The rows of ``customer_ids``, adding a row at its defaults for each new one (first
         seen at the matching ``first_seen``)."""
         out = np.empty(len(customer_ids), dtype=np.int64)
@@ -221,7 +222,7 @@ def to_state(table: CustomerTable, row: int) -> CustomerState:
     return to_states(table, [row])[0]
 
 
-def to_states(table: CustomerTable, rows: Sequence[int]) -> list[CustomerState]:
+def to_states(table: CustomerTable, rows: Sequence[int] | np.ndarray) -> list[CustomerState]:
     """:func:`to_state` for many rows, each column gathered once."""
     d = table.columns
     index = np.asarray(rows, dtype=np.int64)

@@ -16,8 +16,8 @@ DAY = 86400.0
 
 
 @njit(cache=True)
-def first_basket_after(basket: int, first_day: int, has_first: bool, day: int,
-                       amount: float) -> int:
+def first_basket_after(basket: np.int64, first_day: np.int64, has_first: bool,
+                       day: np.int64, amount: float) -> np.int64:
     """:func:`churnwatch.core.signals.first_basket_after` with ``-1`` for unknown."""
     cents = np.int64(np.round(max(amount, 0.0) * 100.0))
     if not has_first or day < first_day:
