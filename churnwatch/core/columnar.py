@@ -32,7 +32,6 @@ sample learns from. The engine reads no clock and does no I/O.
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -51,7 +50,12 @@ from churnwatch.core.aggregates import (
 from churnwatch.core.columns import CHANNELS, CustomerTable, set_from_state, to_states
 from churnwatch.core.config import COMPONENTS, TIERS, ChurnwatchConfig
 from churnwatch.core.customer import CustomerState
-from churnwatch.core.engine import HELD_RECHECK_SECONDS, MAX_REVIEWS_PER_ADVANCE, component_moves
+from churnwatch.core.engine import (
+    HELD_RECHECK_SECONDS,
+    MAX_REVIEWS_PER_ADVANCE,
+    component_moves,
+    id_hash,
+)
 from churnwatch.core.event_batch import TYPE_CODES, EventBatch
 from churnwatch.core.history import change_evidence
 from churnwatch.core.kernels import fold
@@ -177,11 +181,6 @@ class EventColumns:
             np.array([item.partition for item in items], dtype=np.int64),
             np.array([item.offset for item in items], dtype=np.int64),
             [item.position for item in items])
-
-
-def id_hash(event_id: str) -> int:
-    """The 32-bit hash a customer's recent event ids are kept as (the reference's)."""
-    return int.from_bytes(hashlib.blake2b(event_id.encode(), digest_size=4).digest(), "big")
 
 
 class ColumnarShard:
@@ -353,11 +352,6 @@ class ColumnarShard:
                                      strict=True):
             if partition and offset > positions.get(partition, -1):
                 positions[partition] = offset
-
-    def _id_hashes(self, event_ids: list[str | None]) -> tuple[np.ndarray, np.ndarray]:
-        hashes = np.array([0 if e is None else id_hash(e) for e in event_ids], dtype=np.uint32)
-        has_id = np.array([e is not None for e in event_ids], dtype=np.bool_)
-        return hashes, has_id
 
     def _too_late(self, batch: EventColumns, which: np.ndarray, result: BatchResult) -> None:
         days = self.config.allowed_lateness_days
@@ -790,10 +784,9 @@ class ColumnarShard:
 
     # -- taking over the reference model's states ----------------------------------------------
 
-    def adopt(self, customer_id: str, state: object) -> int:
-        """Take over a customer's state written by the per-customer engine (upgrade in
-        place); returns their row."""
-        assert isinstance(state, CustomerState)
+    def adopt(self, customer_id: str, state: CustomerState) -> int:
+        """Take over a customer's state as the store keeps it (written by this engine or the
+        per-customer one: upgrade in place); returns their row."""
         row = int(self.table.rows_for([customer_id], [state.first_seen])[0])
         set_from_state(self.table, row, state)
         return row

@@ -248,7 +248,7 @@ class ShardEngine:
         if item.partition and item.offset <= state.offsets.get(item.partition, -1):
             duplicate = True
         elif item.event.event_id is not None:
-            duplicate = _id_hash(item.event.event_id) in state.recent_ids
+            duplicate = id_hash(item.event.event_id) in state.recent_ids
         else:
             duplicate = False
         if duplicate:
@@ -347,7 +347,7 @@ class ShardEngine:
             state.offsets[item.partition] = item.offset
         if item.event.event_id is not None:
             ids = state.recent_ids
-            ids.append(_id_hash(item.event.event_id))
+            ids.append(id_hash(item.event.event_id))
             if len(ids) > RECENT_IDS_KEPT:
                 del ids[0]
 
@@ -586,7 +586,12 @@ def component_moves(previous: list[int], current: list[int]) -> str:
     return "components: " + ", ".join(parts)
 
 
-def _id_hash(event_id: str) -> int:
+def id_hash(event_id: str) -> int:
+    """The 32-bit hash a customer's recent event ids are kept as.
+
+    >>> id_hash("o-1") == id_hash("o-1") < 2 ** 32
+    True
+    """
     return int.from_bytes(hashlib.blake2b(event_id.encode(), digest_size=4).digest(), "big")
 
 
