@@ -52,7 +52,6 @@ from churnwatch.core.records import BatchResult, FlowHooks, TierTransition
 
 log = logging.getLogger("churnwatch.flow")
 DUE_BATCH = 2000
-PRELOAD_DUE = 100_000
 #: The live time rule (docs/operations.md, "One time rule"). A shard whose newest event is
 #: this close to the wall clock is reading live traffic: once its partition is read to the end,
 #: its silent customers follow the clock at once. Producers' clocks and the pipeline's delay
