@@ -65,8 +65,9 @@ CURRENT_EVENT_SECONDS = 60.0
 SETTLE_SECONDS = 5.0
 #: While its partition is not caught up, a shard looks again this often.
 CLOCK_CHECK_SECONDS = 1.0
-#: Live: shards commit what they did at most this long after doing it.
-COMMIT_SECONDS = 0.2
+#: Live: shards commit what they did in the same activation (before Bytewax snapshots the
+#: source positions that read it: a resume after a crash starts from that snapshot).
+COMMIT_SECONDS = 0.0
 
 
 @dataclass(frozen=True)
