@@ -95,9 +95,10 @@ class FlowSettings:
     progress: SourceProgress | None = None
     current_seconds: float = CURRENT_EVENT_SECONDS
     settle_seconds: float = SETTLE_SECONDS
-    # How long what the shards did may wait to be committed together: live, what the store,
-    # the metrics and the transition stream show is at most this old; a replay uses a longer
-    # one (a crash redoes at most that much work: the commit holds the source positions).
+    # How long what the shards did may wait to be committed together: live, no wait (a resume
+    # starts from Bytewax's snapshot of the sources, which must not pass an uncommitted
+    # batch); a replay, which restarts from its files, waits longer (the commit holds the
+    # source positions, so a crash redoes at most that much work).
     commit_seconds: float = COMMIT_SECONDS
 
 
