@@ -308,11 +308,6 @@ class ColumnarShard:
             return None
         return float(np.nanmin(due))
 
-    def changed_states(self) -> dict[str, CustomerState]:
-        """The rows the last call changed, as the reference model's states (for a store that
-        keeps customers one by one)."""
-        return self.states_of(self.changed_rows)
-
     def states_of(self, rows: np.ndarray) -> dict[str, CustomerState]:
         """``rows`` as the reference model's states, by customer id."""
         ids = self.table.ids
