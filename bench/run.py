@@ -219,14 +219,14 @@ def bench_naive(path: Path, url: str, config: ChurnwatchConfig, limit: int) -> d
 
 
 def key_family(name: str) -> str:
-    """The family of a key below the prefix: ``{s3}:c:17`` -> ``customers``, ``{s3}:due`` ->
-    ``due``; keys of an older layout (``{s3}:h:<id>``, one ``{s3}:c:<id>`` string per customer)
-    keep their own families."""
+    """The family of a key below the prefix: ``{s3}:k:17`` (a bucket's checkpoint) ->
+    ``customers``, ``{s3}:due`` -> ``due``; keys of older layouts (``{s3}:c:<bucket>`` hashes,
+    ``{s3}:h:<id>``) keep their own families or count as customers."""
     parts = name.split(":")
     if not parts[0].startswith("{"):
         return name  # deadletters, deadletters:offsets
     kind = parts[1] if len(parts) > 1 else "?"
-    return {"c": "customers", "h": "history", "u": "urgency_index", "due": "due_index",
+    return {"k": "customers", "c": "customers", "h": "history", "u": "urgency_index", "due": "due_index",
             "transitions": "transition_streams", "shard": "shard_blobs"}.get(kind, kind)
 
 

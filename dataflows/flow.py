@@ -233,8 +233,7 @@ class ShardLogic(StatefulBatchLogic["ShardBatch | ShardTick", Any, None]):
         self.store = store
         self.engine = ColumnarShard(shard, config_with_segments(store, settings.config),
                                     self.store.load_shard(shard))
-        for cid, state in self.store.shard_customers(shard):
-            self.engine.adopt(cid, state)
+        self.store.load_table(shard, self.engine.table)
         self._next_due = self.engine.next_due()
         self._asked_segments: set[str] = set()
         # The live time rule's memory: when the shard last had events, and while it has yet to
@@ -415,9 +414,10 @@ class ShardLogic(StatefulBatchLogic["ShardBatch | ShardTick", Any, None]):
             new = [d for d, w in zip(result.dead_letters, written, strict=True) if w]
             if new:
                 self.settings.hooks.dead_lettered(self.source, new)
-        result.changed = self.engine.states_of(rows)
-        self.store.commit(self.shard, self.engine.state, result.changed, result.transitions)
-        self.engine.keep_history(result.changed)
+        layout = self.store.layout
+        self.engine.remember(result.transitions, layout.history_kept, layout.history_days)
+        self.store.commit_rows(self.shard, self.engine.state, self.engine.table, rows,
+                               result.transitions)
         self._next_due = self.engine.next_due()
         self.settings.hooks.committed(self.source, result, oldest_received_at)
         if result.transitions:

@@ -19,9 +19,12 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from churnwatch.core.config import TIERS, ChurnwatchConfig, ConfigError
+import numpy as np
+
+from churnwatch.core.columns import CustomerTable
+from churnwatch.core.config import ChurnwatchConfig, ConfigError
 from churnwatch.core.customer import CustomerState
-from churnwatch.core.history import decode_change, encode_change, keep_history
+from churnwatch.core.history import decode_change, history_entry, keep_history
 from churnwatch.core.records import ShardState, TierTransition
 
 
@@ -102,20 +105,6 @@ class StoreLayout:
 # still holds a change, its record (the words of the moment, the suggestion) is used instead.
 
 
-def history_entry(transition: TierTransition) -> list[object]:
-    """A transition as a compact history record.
-
-    >>> from churnwatch.core.records import TierTransition
-    >>> history_entry(TierTransition("c1", "unassigned", "watch", "at_risk", 41.04, 28.96,
-    ...                              1_700_000_000.5, ("no order for 90 days",), "silence",
-    ...                              None, (12, 0, 90, 21, 4)))
-    [1700000000, 54, 29, 41, 12, 0, 90, 21, 4]
-    """
-    return encode_change(transition.at, TIERS.index(transition.from_tier),
-                         TIERS.index(transition.to_tier), transition.old_score,
-                         transition.new_score, transition.cause, transition.evidence)
-
-
 def remember_transitions(changed: Mapping[str, CustomerState],
                          transitions: Sequence[TierTransition], kept: int,
                          keep_days: float = 365.0) -> None:
@@ -185,6 +174,9 @@ def dead_letter_position(record: Mapping[str, object]) -> tuple[str, int]:
 class StateStore(Protocol):
     """Where customers, shard aggregates and the due-time index live."""
 
+    #: How the store lays out and retains what it keeps.
+    layout: StoreLayout
+
     def claim_layout(self) -> None:
         """Before writing: record the shard and bucket counts the store is written with, or
         raise :class:`LayoutMismatch` if it was written with others."""
@@ -213,6 +205,18 @@ class StateStore(Protocol):
         """Write a batch's effects atomically: customers, due index, aggregates, transitions.
         (Sudden drops are in the aggregates, counted per segment: no store kept the records
         one by one, so none is passed.)"""
+        ...
+
+    def load_table(self, shard: int, table: CustomerTable) -> None:
+        """Put every stored customer of the shard into ``table`` (the columnar engine's, when a
+        worker takes the shard over); the shard is then held whole by that worker."""
+        ...
+
+    def commit_rows(self, shard: int, shard_state: ShardState, table: CustomerTable,
+                    rows: np.ndarray, transitions: Sequence[TierTransition]) -> None:
+        """The columnar engine's :meth:`commit`: ``table`` holds the whole shard, ``rows``
+        changed (their tier histories already hold ``transitions``). Atomic like
+        :meth:`commit`."""
         ...
 
     def customer(self, customer_id: str) -> CustomerState | None:
@@ -417,6 +421,42 @@ def urgency_score(state: CustomerState) -> float | None:
     group, rank = order
     return (state.tier * _TIER_SHIFT + (0.0 if state.high_value else _STANDARD_SHIFT)
             + float(group * _GROUP_SHIFT + rank))
+
+
+def urgency_scores(table: CustomerTable, rows: np.ndarray) -> np.ndarray:
+    """:func:`urgency_score` of a table's ``rows`` at once (``nan``: not listed), read from the
+    columns: what a commit of the columnar engine writes to the urgency index.
+
+    >>> from churnwatch.core.columns import CustomerTable, set_from_state
+    >>> from churnwatch.core.customer import CustomerState
+    >>> from churnwatch.core.signals import Purchases
+    >>> table, state = CustomerTable(), CustomerState(0.0)
+    >>> state.score, state.tier, state.scored_at = 30.0, 3, 400 * 86400.0
+    >>> state.purchases = Purchases(2, 0.0, 100 * 86400.0, 80.0, 0.0)
+    >>> rows = table.rows_for(["a", "b"], [0.0, 0.0])
+    >>> set_from_state(table, 0, state)
+    >>> scores = urgency_scores(table, rows)
+    >>> bool(scores[0] == urgency_score(state)), bool(np.isnan(scores[1]))
+    (True, True)
+    """
+    c = table.columns
+    score = c["score"][rows]
+    tier = c["tier"][rows].astype(np.int64)
+    last = c["last_order"][rows]
+    last = np.where(np.isnan(last), c["first_seen"][rows], last)
+    group = np.asarray(_GROUP_OF_TIER, dtype=np.int64)[np.minimum(np.maximum(tier, 0), 3)]
+    group[(tier == 3) & (c["scored_at"][rows] - last > LONG_GONE_DAYS * 86400.0)] = 3
+    value = np.maximum(c["spend"][rows] - c["refunds"][rows], 1.0)
+    slip = np.maximum(100.0 - np.clip(score, 0.0, 100.0), 1.0) / 100.0
+    with np.errstate(invalid="ignore"):
+        priority = (np.log(value) + np.log(slip)
+                    + np.maximum(last, 0.0) / (RECENCY_DAYS * 86400.0))
+        rank = np.rint((_RANK_MAX - np.clip(priority, -_RANK_MAX, _RANK_MAX)) * _RANK_STEPS)
+    rank = np.clip(rank, 0, _GROUP_SHIFT - 1)
+    out = (tier * _TIER_SHIFT + np.where(c["high_value"][rows] != 0, 0.0, _STANDARD_SHIFT)
+           + (group * float(_GROUP_SHIFT) + rank))
+    out[np.isnan(score) | (tier < 0)] = np.nan
+    return out
 
 
 def _order_part(tier: int, score: float) -> float:

@@ -95,6 +95,7 @@ from typing import Any
 import msgpack
 import numpy as np
 import zstandard
+from churnwatch.state.base import bucket_of
 
 from churnwatch.core.columns import (
     COLUMNS,
@@ -103,11 +104,12 @@ from churnwatch.core.columns import (
     Column,
     CustomerTable,
     to_state,
+    to_states,
 )
 from churnwatch.core.customer import CustomerState
 
-__all__ = ["FORMAT_VERSION", "LABEL_COLUMNS", "MAGIC", "decode_customer", "decode_rows",
-           "encode_rows"]
+__all__ = ["FORMAT_VERSION", "LABEL_COLUMNS", "MAGIC", "BucketRows", "decode_customer",
+           "decode_rows", "decode_states", "encode_rows"]
 
 #: The first bytes of every bucket checkpoint.
 MAGIC = b"CWCK"
@@ -181,7 +183,7 @@ def encode_rows(table: CustomerTable, rows: np.ndarray, *,
     >>> rows = table.rows_for(["c1", "c2"], first_seen=[1_700_000_000.0, 1_700_000_100.0])
     >>> table["segment"][1] = table.label_code("fashion")
     >>> blob = encode_rows(table, rows)
-    >>> blob[:5], len(blob) < 400
+    >>> blob[:5], len(blob) < 500
     (b'CWCK\\x01', True)
     >>> other = CustomerTable()
     >>> decode_rows(blob, other).tolist(), other.ids, other.label(int(other["segment"][1]))
@@ -236,10 +238,16 @@ def _local_labels(table: CustomerTable, rows: np.ndarray, row_list: list[int],
         raise ValueError(f"checkpoint: {name} of customer {table.ids[row]!r} (row {row}) is "
                          f"label code {int(used[-1])}, but the table has "
                          f"{len(table.labels)} labels")
-    labels = [table.labels[code] for code in used.tolist()]
-    recode = {name: np.where(v >= 0, np.searchsorted(used, v), v).astype(v.dtype)
+    # In the strings' order, not the table's codes: a worker that read its shard back from the
+    # checkpoints interned the labels in another order, and must write the same bytes.
+    strings = [table.labels[code] for code in used.tolist()]
+    order = sorted(range(len(strings)), key=strings.__getitem__)
+    place = np.empty(len(order), dtype=np.int64)
+    place[order] = np.arange(len(order))
+    recode = {name: np.where(v >= 0, place[np.searchsorted(used, v)] if len(order) else v,
+                             v).astype(v.dtype)
               for name, v in values.items()}
-    return labels, recode
+    return [strings[i] for i in order], recode
 
 
 # -- reading -------------------------------------------------------------------------------------
@@ -333,6 +341,64 @@ def decode_customer(blob: bytes, customer_id: str) -> CustomerState | None:
             if j == i:
                 one.sparse[name][0] = value
     return to_state(one, 0)
+
+
+def decode_states(blobs: Sequence[bytes]) -> list[tuple[str, CustomerState]]:
+    """Every customer of some bucket checkpoints, as the reference model's states (the
+    readers: ``export``, the pages, a store's ``commit`` of states)."""
+    table = CustomerTable()
+    rows = [decode_rows(blob, table) for blob in blobs]
+    if not rows:
+        return []
+    every = np.concatenate(rows)
+    return list(zip((table.ids[r] for r in every.tolist()), to_states(table, every),
+                    strict=True))
+
+
+class BucketRows:
+    """Which rows of a shard's table make each bucket (:func:`~churnwatch.state.base.bucket_of`
+    their ids), kept as the table grows: a commit rewrites the checkpoint of every bucket a
+    changed row is in, with all of that bucket's rows.
+
+    >>> table = CustomerTable()
+    >>> rows = table.rows_for([f"c{i}" for i in range(6)], [0.0] * 6)
+    >>> groups = BucketRows(shards=1, buckets=2).groups(table, np.array([4]))
+    >>> [(b, r.tolist()) for b, r in groups] == [
+    ...     (bucket_of("c4", 1, 2), [i for i in range(6) if bucket_of(f"c{i}", 1, 2)
+    ...                              == bucket_of("c4", 1, 2)])]
+    True
+    """
+
+    def __init__(self, shards: int, buckets: int) -> None:
+        self.shards = shards
+        self.buckets = buckets
+        self._table: CustomerTable | None = None
+        self._of_row = np.zeros(0, dtype=np.int64)
+        self._order: np.ndarray | None = None
+        self._bounds = np.zeros(0, dtype=np.int64)
+
+    def of_rows(self, table: CustomerTable) -> np.ndarray:
+        """The bucket of every row of ``table``."""
+        if table is not self._table:
+            self._table, self._of_row, self._order = table, np.zeros(0, dtype=np.int64), None
+        known, count = len(self._of_row), len(table)
+        if known < count:
+            shards, buckets = self.shards, self.buckets
+            new = np.fromiter((bucket_of(cid, shards, buckets) for cid in table.ids[known:count]),
+                              dtype=np.int64, count=count - known)
+            self._of_row = np.concatenate([self._of_row, new])
+            self._order = None
+        return self._of_row
+
+    def groups(self, table: CustomerTable, rows: np.ndarray) -> list[tuple[int, np.ndarray]]:
+        """Each bucket holding one of ``rows``, with every row of the table in it (ascending)."""
+        of_row = self.of_rows(table)
+        if self._order is None:
+            self._order = np.argsort(of_row, kind="stable")
+            self._bounds = np.searchsorted(of_row[self._order], np.arange(self.buckets + 1))
+        order, bounds = self._order, self._bounds
+        return [(bucket, order[bounds[bucket]:bounds[bucket + 1]])
+                for bucket in np.unique(of_row[rows]).tolist()]
 
 
 def _parse(blob: bytes) -> _Bucket:

@@ -1,6 +1,6 @@
 """An in-process state store with the same contract as Redis, for tests and experiments.
 
-It keeps customers as Redis does, in hash buckets named like the Redis store's keys
+It keeps customers as Redis does, as bucket checkpoints named like the Redis store's keys
 (:meth:`MemoryStore.buckets`), with the same history and stream retention
 (:class:`~churnwatch.state.base.StoreLayout`), so a test can check both hold the same bytes.
 """
@@ -12,6 +12,7 @@ from collections import defaultdict, deque
 from collections.abc import Iterator, Mapping, Sequence
 
 import msgpack
+import numpy as np
 from churnwatch.state.base import (
     REFUSED_KEPT,
     SegmentRecord,
@@ -26,24 +27,29 @@ from churnwatch.state.base import (
     shard_of,
     urgency_ranges,
     urgency_score,
+    urgency_scores,
     value_tiers_of,
 )
+from churnwatch.state.checkpoint import BucketRows, decode_rows, decode_states, encode_rows
 
+from churnwatch.core.columns import CustomerTable, set_from_state, to_states
 from churnwatch.core.customer import CustomerState
 from churnwatch.core.records import ShardState, TierTransition
 
 
 class MemoryStore:
-    """Keeps everything in dictionaries; states are copied through the wire format, exactly as
-    they would be through Redis, so both stores behave the same."""
+    """Keeps everything in dictionaries; customers are kept as the same checkpoints as in
+    Redis, so both stores behave the same."""
 
     def __init__(self, shards: int, layout: StoreLayout | None = None, prefix: str = "cw"
                  ) -> None:
         self.shards = shards
         self.layout = layout or StoreLayout()
         self.prefix = prefix
-        # Bucket key (as Redis names it) -> customer id -> stored blob.
-        self._buckets: dict[str, dict[str, bytes]] = defaultdict(dict)
+        # Bucket key (as Redis names it) -> its checkpoint, and how many customers it holds.
+        self._buckets: dict[str, bytes] = {}
+        self._counts: dict[str, int] = {}
+        self._bucket_rows: dict[int, BucketRows] = {}
         self._shards: dict[int, bytes] = {}
         self._positions: dict[int, dict[int, int]] = {}
         self._due: dict[int, dict[str, float]] = defaultdict(dict)
@@ -61,17 +67,18 @@ class MemoryStore:
         self._refused_count = 0
 
     def bucket_key(self, customer_id: str) -> str:
-        """The name the Redis store gives the hash holding this customer."""
+        """The name the Redis store gives the checkpoint holding this customer."""
         shard = shard_of(customer_id, self.shards)
-        return (f"{self.prefix}:{{s{shard}}}:c:"
+        return (f"{self.prefix}:{{s{shard}}}:k:"
                 f"{bucket_of(customer_id, self.shards, self.layout.buckets)}")
 
-    def buckets(self) -> dict[str, dict[str, bytes]]:
-        """Every customer bucket as Redis would hold it: key -> customer id -> blob."""
-        return {key: dict(blobs) for key, blobs in self._buckets.items() if blobs}
+    def buckets(self) -> dict[str, bytes]:
+        """Every customer bucket as Redis would hold it: key -> checkpoint."""
+        return dict(self._buckets)
 
-    def _raw(self, customer_id: str) -> bytes | None:
-        return self._buckets[self.bucket_key(customer_id)].get(customer_id)
+    def _put(self, key: str, table: CustomerTable, rows: np.ndarray) -> None:
+        self._buckets[key] = encode_rows(table, rows)
+        self._counts[key] = len(rows)
 
     def load_shard(self, shard: int) -> ShardState:
         raw = self._shards.get(shard)
@@ -81,12 +88,20 @@ class MemoryStore:
 
     def load_customers(self, shard: int, customer_ids: Sequence[str]
                        ) -> dict[str, CustomerState | None]:
-        out: dict[str, CustomerState | None] = {}
-        for cid in customer_ids:
-            raw = self._raw(cid)
-            out[cid] = (CustomerState.from_wire(msgpack.unpackb(raw, strict_map_key=False))
-                        if raw else None)
-        return out
+        table = CustomerTable()
+        for key in dict.fromkeys(self.bucket_key(cid) for cid in customer_ids):
+            if key in self._buckets:
+                decode_rows(self._buckets[key], table)
+        rows = [table.row(cid) for cid in customer_ids]
+        states = iter(to_states(table, [r for r in rows if r is not None]))
+        return {cid: None if r is None else next(states)
+                for cid, r in zip(customer_ids, rows, strict=True)}
+
+    def load_table(self, shard: int, table: CustomerTable) -> None:
+        tag = f"{self.prefix}:{{s{shard}}}:k:"
+        for key, blob in self._buckets.items():
+            if key.startswith(tag):
+                decode_rows(blob, table)
 
     def due_customers(self, shard: int, until: float, limit: int) -> list[str]:
         due = sorted((t, c) for c, t in self._due[shard].items() if t <= until)
@@ -100,13 +115,45 @@ class MemoryStore:
                transitions: Sequence[TierTransition]) -> None:
         remember_transitions(changed, transitions, self.layout.history_kept,
                              self.layout.history_days)
+        by_bucket: dict[str, list[str]] = {}
         for cid, state in changed.items():
-            self._index(shard, cid, state)
-            self._buckets[self.bucket_key(cid)][cid] = msgpack.packb(state.to_wire())
-            if state.next_review_at is None:
+            self._index(shard, cid, segment_key_part(state.segment), urgency_score(state))
+            by_bucket.setdefault(self.bucket_key(cid), []).append(cid)
+        for key, ids in by_bucket.items():
+            table = CustomerTable()
+            if key in self._buckets:
+                decode_rows(self._buckets[key], table)
+            for cid in ids:
+                state = changed[cid]
+                set_from_state(table, int(table.rows_for([cid], [state.first_seen])[0]), state)
+            self._put(key, table, np.arange(len(table)))
+        self._finish(shard, shard_state,
+                     {cid: state.next_review_at for cid, state in changed.items()}, transitions)
+
+    def commit_rows(self, shard: int, shard_state: ShardState, table: CustomerTable,
+                    rows: np.ndarray, transitions: Sequence[TierTransition]) -> None:
+        groups = self._bucket_rows.setdefault(
+            shard, BucketRows(self.shards, self.layout.buckets)).groups(table, rows)
+        for bucket, members in groups:
+            self._put(f"{self.prefix}:{{s{shard}}}:k:{bucket}", table, members)
+        ids = [table.ids[r] for r in rows.tolist()]
+        scores = urgency_scores(table, rows).tolist()
+        codes = table.columns["segment"][rows].tolist()
+        for cid, code, score in zip(ids, codes, scores, strict=True):
+            self._index(shard, cid, segment_key_part(table.label(code)),
+                        None if score != score else score)
+        reviews = table.columns["next_review_at"][rows].tolist()
+        self._finish(shard, shard_state, {cid: None if at != at else at
+                                          for cid, at in zip(ids, reviews, strict=True)},
+                     transitions)
+
+    def _finish(self, shard: int, shard_state: ShardState, due: Mapping[str, float | None],
+                transitions: Sequence[TierTransition]) -> None:
+        for cid, at in due.items():
+            if at is None:
                 self._due[shard].pop(cid, None)
             else:
-                self._due[shard][cid] = float(state.next_review_at)
+                self._due[shard][cid] = float(at)
         self._shards[shard] = msgpack.packb(shard_state.to_wire())
         self._positions[shard] = dict(shard_state.positions)
         now = time.time()
@@ -116,15 +163,12 @@ class MemoryStore:
         _drop_older(stream, now - self.layout.transitions_max_age
                     if self.layout.transitions_max_age > 0 else None)
 
-    def _index(self, shard: int, cid: str, state: CustomerState) -> None:
-        old = self._raw(cid)
-        if old is not None:
-            old_segment = CustomerState.from_wire(msgpack.unpackb(old,
-                                                                   strict_map_key=False)).segment
-            self._urgency[(shard, segment_key_part(old_segment))].pop(cid, None)
-        score = urgency_score(state)
+    def _index(self, shard: int, cid: str, segment: str, score: float | None) -> None:
+        for (at, _), members in self._urgency.items():
+            if at == shard:
+                members.pop(cid, None)
         if score is not None:
-            self._urgency[(shard, segment_key_part(state.segment))][cid] = score
+            self._urgency[(shard, segment)][cid] = score
 
     def urgency_page(self, selection: UrgencySelection, offset: int, limit: int
                      ) -> tuple[list[tuple[str, CustomerState]], int]:
@@ -166,9 +210,7 @@ class MemoryStore:
             customer_id]
 
     def iter_customers(self) -> Iterator[tuple[str, CustomerState]]:
-        for blobs in list(self._buckets.values()):
-            for cid, raw in list(blobs.items()):
-                yield cid, CustomerState.from_wire(msgpack.unpackb(raw, strict_map_key=False))
+        yield from decode_states(list(self._buckets.values()))
 
     def shard_customers(self, shard: int) -> Iterator[tuple[str, CustomerState]]:
         for cid, state in self.iter_customers():
@@ -208,7 +250,7 @@ class MemoryStore:
         return [record for _, record in reversed(self._dead)][:count]
 
     def customer_count(self) -> int:
-        return sum(len(blobs) for blobs in self._buckets.values())
+        return sum(self._counts.values())
 
     def claim_layout(self) -> None:
         """Nothing to record: a memory store lives and dies with its process."""

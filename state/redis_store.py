@@ -3,12 +3,11 @@
 Key layout (``P`` is ``[state] key_prefix``, ``N`` the shard; the ``{sN}`` hash tag keeps one
 shard's keys in one Redis Cluster slot, so a batch commits in one MULTI/EXEC):
 
-- ``P:{sN}:c:<bucket>``       hash, customer id -> msgpack customer state (see
-  ``CustomerState.to_wire``; its ``history`` holds the customer's newest transitions), the
-  bucket being :func:`~churnwatch.state.base.bucket_of` the id. Buckets of a few dozen
-  customers stay in Redis' compact listpack encoding when ``hash-max-listpack-entries`` and
-  ``hash-max-listpack-value`` allow it (docs/operations.md), about 10 B of overhead per
-  customer instead of about 70 B for a key of their own
+- ``P:{sN}:k:<bucket>``       string, the checkpoint of the bucket's customers: their columns
+  (:data:`~churnwatch.core.columns.SCHEMA`), ids, labels and tier histories as one zstd blob
+  (:mod:`churnwatch.state.checkpoint`), the bucket being
+  :func:`~churnwatch.state.base.bucket_of` the id. A commit rewrites every bucket one of its
+  customers is in
 - ``P:{sN}:shard``            msgpack shard state: learned priors, watermark, aggregates
 - ``P:{sN}:d:<bucket>``       sorted set, customer -> next review time (epoch seconds), for
   the customers of that bucket (small: listpack-encoded, about 20 B a customer against 90 B in
@@ -20,6 +19,9 @@ shard's keys in one Redis Cluster slot, so a batch commits in one MULTI/EXEC):
 - ``P:{sN}:u:<segment>``      sorted set, the urgency index of the customers who declared
   ``segment`` ("" for none): customer -> :func:`~churnwatch.state.base.urgency_score`
 - ``P:{sN}:useg``             set of the declared segments that have an urgency index
+- ``P:layout``                hash: the ``shards`` and ``buckets`` the store is written with,
+  and its ``format`` (2: bucket checkpoints; a store of format 1, one hash field per customer in
+  ``P:{sN}:c:<bucket>``, is converted by its first writer: :meth:`RedisStore.upgrade_format`)
 - ``P:urgency_order``         which order the urgency index holds
   (:data:`~churnwatch.state.base.URGENCY_ORDER`; a writer rebuilds an index of another order)
 - ``P:{segments}``            sorted set of the segment values events declared that are kept
@@ -47,10 +49,11 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple, Protocol, TypeVar
 
 import msgpack
+import numpy as np
 import redis
 from churnwatch.state.base import (
     REFUSED_KEPT,
@@ -69,18 +72,24 @@ from churnwatch.state.base import (
     shard_of,
     urgency_ranges,
     urgency_score,
+    urgency_scores,
     value_tiers_of,
 )
+from churnwatch.state.checkpoint import BucketRows, decode_rows, decode_states, encode_rows
 from churnwatch.state.cluster import NotConnected, RedisTopology, redis_client, topology_of
 from churnwatch.state.connection import TRANSIENT_ERRORS, is_lost_connection
 from redis.cluster import RedisCluster
 
 from churnwatch.core.aggregates import ScoredCustomers
+from churnwatch.core.columns import CustomerTable, set_from_state, to_states
 from churnwatch.core.customer import CustomerState
 from churnwatch.core.records import ShardState, TierTransition
 
 log = logging.getLogger("churnwatch.state")
 T = TypeVar("T")
+
+#: The store's format (``P:layout`` ``format``): 2, customers as bucket checkpoints.
+STORE_FORMAT = 2
 
 #: What the servers churnwatch starts (the embedded one, the benchmark's, the tests') are given
 #: so that customer buckets and their due indexes stay listpack-encoded: up to 512 customers a
@@ -122,27 +131,6 @@ while i <= #ARGV do
 end
 if ARGV[2] ~= "0" then
   redis.call('XTRIM', KEYS[1], 'MINID', ARGV[2])
-end
-return out
-"""
-
-
-# Reads the customers of one shard from their buckets in one command (cheaper than an HMGET per
-# bucket in a pipeline: measured 1.7 against 2.8 us per customer here). Every key carries the
-# shard's hash tag, so the script runs on one Redis Cluster node.
-# KEYS: the buckets. ARGV: per bucket, the number of ids, then the ids. Returns the blobs (or
-# false) in that order.
-_READ_BUCKETS = """
-local out = {}
-local a = 1
-for k = 1, #KEYS do
-  local n = tonumber(ARGV[a])
-  for first = a + 1, a + n, 1000 do  -- Lua unpacks at most about 8,000 values at once
-    local last = math.min(first + 999, a + n)
-    local got = redis.call('HMGET', KEYS[k], unpack(ARGV, first, last))
-    for i = 1, last - first + 1 do out[#out + 1] = got[i] end
-  end
-  a = a + n + 1
 end
 return out
 """
@@ -252,6 +240,8 @@ class RedisStore:
         # stored customer and is kept up to date by commit(), so a customer it does not name is
         # new (in no urgency index yet).
         self._whole_shards: set[int] = set()
+        # Per shard held whole by a worker: which rows of its table make each bucket.
+        self._bucket_rows: dict[int, BucketRows] = {}
 
     def claim_layout(self) -> None:
         """Record the shard and bucket counts the store is written with (``{prefix}:layout``),
@@ -259,10 +249,15 @@ class RedisStore:
         Called by whatever writes (the dataflow); readers only check, at their first call."""
         checked, self._layout_checked = self._layout_checked, True  # one check, not two
         try:
-            self._check_layout(claim=True)
+            stored = self._check_layout(claim=True)
         except BaseException:
             self._layout_checked = checked
             raise
+        if stored.get("format", 1) < STORE_FORMAT:
+            converted = self.upgrade_format()
+            if converted:
+                log.warning("converted %d customers stored by an earlier churnwatch (one hash "
+                            "field each) to bucket checkpoints", converted)
         self._urgency_index_in_order()
 
     def _urgency_index_in_order(self) -> None:
@@ -278,7 +273,7 @@ class RedisStore:
             log.warning("the worklist's urgency index held another order: rebuilt for %d "
                         "customers", indexed)
 
-    def _check_layout(self, claim: bool) -> None:
+    def _check_layout(self, claim: bool) -> dict[str, int]:
         key = f"{self.prefix}:layout"
         mine = {"shards": self.shards, "buckets": self.layout.buckets}
 
@@ -301,20 +296,27 @@ class RedisStore:
                     # Both counts in one transaction, so a reader never sees one without the
                     # other; the first of racing writers wins.
                     pipe = self.topology.node_for(key).pipeline(transaction=True)
-                    for field, value in mine.items():
+                    for field, value in {**mine, "format": STORE_FORMAT}.items():
                         pipe.hsetnx(key, field, value)
                     pipe.execute()
                     stored = self.client.hgetall(key)
             return stored
 
         stored = {k.decode(): int(v) for k, v in self._call("read_state", read).items()}
-        if stored and stored != mine:
+        if stored and {k: stored.get(k) for k in mine} != mine:
             raise LayoutMismatch(
                 f"the Redis store under the key prefix {self.prefix!r} was written with "
                 f"[state] shards = {stored.get('shards')} and customer_buckets = "
                 f"{stored.get('buckets')}; this configuration says {self.shards} and "
                 f"{self.layout.buckets}: use the store's counts (changing them means moving "
                 f"every customer's state) or another key_prefix")
+        if stored and not claim and stored.get("format", 1) < STORE_FORMAT:
+            raise LayoutMismatch(
+                f"the Redis store under the key prefix {self.prefix!r} holds customers in the "
+                f"form of an earlier churnwatch (store format {stored.get('format', 1)}): "
+                f"start the monitor (`churnwatch run`) or `churnwatch upgrade` once, which "
+                f"converts it")
+        return stored
 
     # -- keys ---------------------------------------------------------------------------------
 
@@ -322,30 +324,36 @@ class RedisStore:
         return f"{self.prefix}:{{s{shard}}}"
 
     def customer_bucket(self, customer_id: str, shard: int | None = None) -> str:
-        """The key of the hash holding a customer's state (under the customer's id)."""
+        """The key of the checkpoint holding a customer's state."""
         if shard is None:
             shard = shard_of(customer_id, self.shards)
-        return f"{self._tag(shard)}:c:{bucket_of(customer_id, self.shards, self.layout.buckets)}"
+        return f"{self._tag(shard)}:k:{bucket_of(customer_id, self.shards, self.layout.buckets)}"
 
-    def _read_customers(self, customer_ids: Sequence[str]) -> list[bytes | None]:
-        """The stored blobs of customers of any shards, in order: one HMGET per bucket, all in
-        one pipeline (one round trip)."""
-        by_bucket: dict[str, list[int]] = {}
-        for i, cid in enumerate(customer_ids):
-            by_bucket.setdefault(self.customer_bucket(cid), []).append(i)
+    def _read_blobs(self, keys: Sequence[str]) -> list[bytes | None]:
+        """The checkpoints at ``keys`` (``None``: no such bucket yet), in one round trip."""
+        if not keys:
+            return []
 
         def read() -> list[Any]:
             pipe = self.client.pipeline(transaction=False)
-            for key, places in by_bucket.items():
-                pipe.hmget(key, [customer_ids[i] for i in places])
+            for key in keys:
+                pipe.get(key)
             return pipe.execute()
 
-        out: list[bytes | None] = [None] * len(customer_ids)
-        for places, raws in zip(by_bucket.values(), self._call("read_state", read),
-                                strict=True):
-            for i, raw in zip(places, raws, strict=True):
-                out[i] = raw
-        return out
+        return self._call("read_state", read)
+
+    def _read_customers(self, customer_ids: Sequence[str]) -> list[CustomerState | None]:
+        """The states of customers of any shards, in order: their buckets read in one round
+        trip, each decoded once."""
+        keys = list(dict.fromkeys(self.customer_bucket(cid) for cid in customer_ids))
+        table = CustomerTable()
+        for key, blob in zip(keys, self._read_blobs(keys), strict=True):
+            if blob is not None:
+                _decode_into(blob, table, key)
+        rows = [table.row(cid) for cid in customer_ids]
+        found = [r for r in rows if r is not None]
+        states = iter(to_states(table, found))
+        return [None if r is None else next(states) for r in rows]
 
     # -- resilience ---------------------------------------------------------------------------
 
@@ -431,26 +439,31 @@ class RedisStore:
                        ) -> dict[str, CustomerState | None]:
         if not customer_ids:
             return {}
-        by_bucket: dict[str, list[str]] = {}
-        for cid in customer_ids:
-            by_bucket.setdefault(self.customer_bucket(cid, shard), []).append(cid)
-        args: list[str | int] = []
-        for ids in by_bucket.values():
-            args.append(len(ids))
-            args.extend(ids)
-        script = self.client.register_script(_READ_BUCKETS)
-        blobs = self._call("read_state", lambda: script(keys=list(by_bucket), args=args))
-        found = dict(zip((cid for ids in by_bucket.values() for cid in ids), blobs,
-                         strict=True))
-        raws = [found[cid] for cid in customer_ids]
-        unpack = msgpack.unpackb
-        out = {cid: CustomerState.from_wire(unpack(raw, strict_map_key=False)) if raw else None
-               for cid, raw in zip(customer_ids, raws, strict=True)}
+        out = dict(zip(customer_ids, self._read_customers(customer_ids), strict=True))
         if shard not in self._whole_shards:
             self._loaded_segments[shard] = {cid: (None if state is None else
                                                   segment_key_part(state.segment))
                                             for cid, state in out.items()}
         return out
+
+    def load_table(self, shard: int, table: CustomerTable) -> None:
+        """Put every customer of the shard into ``table`` (the columnar engine's, when a worker
+        takes the shard over): its buckets read 64 per round trip, decoded straight into the
+        columns. The shard is then held whole: :meth:`commit_rows` writes its buckets."""
+        tag = self._tag(shard)
+        keys = [f"{tag}:k:{bucket}" for bucket in range(self.layout.buckets)]
+        for start in range(0, len(keys), 64):
+            chunk = keys[start:start + 64]
+            for key, blob in zip(chunk, self._read_blobs(chunk), strict=True):
+                if blob is not None:
+                    _decode_into(blob, table, key)
+        codes = table["segment"]
+        labels = table.labels
+        self._loaded_segments[shard] = {cid: segment_key_part(labels[code] if code >= 0
+                                                              else None)
+                                        for cid, code in zip(table.ids, codes.tolist(),
+                                                             strict=True)}
+        self._whole_shards.add(shard)
 
     def due_customers(self, shard: int, until: float, limit: int) -> list[str]:
         tag = self._tag(shard)
@@ -476,26 +489,76 @@ class RedisStore:
 
     def commit(self, shard: int, shard_state: ShardState, changed: Mapping[str, CustomerState],
                transitions: Sequence[TierTransition]) -> None:
-        tag = self._tag(shard)
+        """The reference engine's commit: the buckets of ``changed`` are read, the states put
+        in, and written back (whole) with the rest of the batch's effects."""
         layout = self.layout
         remember_transitions(changed, transitions, layout.history_kept, layout.history_days)
-        buckets: dict[str, dict[str, bytes]] = {}
+        by_bucket: dict[str, list[str]] = {}
+        for cid in changed:
+            by_bucket.setdefault(self.customer_bucket(cid, shard), []).append(cid)
+        keys = list(by_bucket)
+        blobs: dict[str, bytes] = {}
+        for key, blob in zip(keys, self._read_blobs(keys), strict=True):
+            table = CustomerTable()
+            if blob is not None:
+                _decode_into(blob, table, key)
+            for cid in by_bucket[key]:
+                state = changed[cid]
+                set_from_state(table, int(table.rows_for([cid], [state.first_seen])[0]), state)
+            blobs[key] = encode_rows(table, np.arange(len(table)))
+        due = {cid: state.next_review_at for cid, state in changed.items()}
+        index = ((cid, segment_key_part(state.segment), urgency_score(state))
+                 for cid, state in changed.items())
+        self._write(shard, shard_state, blobs, due, self._index_changes(shard, index),
+                    transitions)
+
+    def commit_rows(self, shard: int, shard_state: ShardState, table: CustomerTable,
+                    rows: np.ndarray, transitions: Sequence[TierTransition]) -> None:
+        """The columnar engine's commit: ``table`` holds the whole shard (read by
+        :meth:`load_table`, or new) and ``rows`` changed since the last commit, their tier
+        histories already holding ``transitions``. Every bucket one of them is in is written
+        whole, with the due and urgency indexes of ``rows`` and the batch's other effects."""
+        groups = self._bucket_rows.setdefault(
+            shard, BucketRows(self.shards, self.layout.buckets)).groups(table, rows)
+        tag = self._tag(shard)
+        blobs = {f"{tag}:k:{bucket}": encode_rows(table, members) for bucket, members in groups}
+        ids = table.ids
+        changed_ids = [ids[r] for r in rows.tolist()]
+        reviews = table.columns["next_review_at"][rows].tolist()
+        due = {cid: (None if at != at else at) for cid, at in zip(changed_ids, reviews,
+                                                                 strict=True)}
+        scores = urgency_scores(table, rows).tolist()
+        labels = table.labels
+        segments = (segment_key_part(labels[code] if code >= 0 else None)
+                    for code in table.columns["segment"][rows].tolist())
+        index = ((cid, segment, None if score != score else score)
+                 for cid, segment, score in zip(changed_ids, segments, scores, strict=True))
+        self._write(shard, shard_state, blobs, due, self._index_changes(shard, index),
+                    transitions)
+
+    def _write(self, shard: int, shard_state: ShardState, blobs: Mapping[str, bytes],
+               due_at: Mapping[str, float | None],
+               index: tuple[dict[str, dict[str, float]], dict[str, list[str]], set[str]],
+               transitions: Sequence[TierTransition]) -> None:
+        """One MULTI/EXEC: the buckets' checkpoints, the due index of the customers in
+        ``due_at`` (``None``: never due), the urgency index changes, the shard's state and
+        positions, the transitions."""
+        tag = self._tag(shard)
+        layout = self.layout
         # Per bucket number: (time, customer) pairs to add, customers to remove.
         due: dict[int, tuple[list[str], list[str]]] = {}
-        for cid, state in changed.items():
-            bucket = bucket_of(cid, self.shards, layout.buckets)
-            buckets.setdefault(f"{tag}:c:{bucket}", {})[cid] = msgpack.packb(state.to_wire())
-            add, remove = due.setdefault(bucket, ([], []))
-            if state.next_review_at is None:
+        for cid, at in due_at.items():
+            add, remove = due.setdefault(bucket_of(cid, self.shards, layout.buckets), ([], []))
+            if at is None:
                 remove.append(cid)
             else:
-                add += [repr(float(state.next_review_at)), cid]
+                add += [repr(float(at)), cid]
         due_keys = [f"{tag}:due"] + [f"{tag}:d:{bucket}" for bucket in due]
         due_args: list[str | int] = []
         for bucket, (add, remove) in due.items():
             due_args += [bucket, len(add) // 2, *add, len(remove), *remove]
         shard_blob = msgpack.packb(shard_state.to_wire())
-        index_add, index_remove, segments = self._index_changes(shard, changed)
+        index_add, index_remove, segments = index
         positions: dict[str, str] = {str(p): str(o) for p, o in shard_state.positions.items()}
         positions["committed_at"] = repr(time.time())
         transitions_kept = layout.transitions_per_shard(self.shards)
@@ -514,8 +577,8 @@ class RedisStore:
                 return
             pipe = self.topology.node_for(tag).pipeline(transaction=True)
             pipe.set(commit_key, token)
-            for key, blobs in buckets.items():
-                pipe.hset(key, mapping=blobs)  # type: ignore[arg-type]
+            if blobs:
+                pipe.mset(blobs)  # type: ignore[arg-type]
             if due:
                 pipe.eval(_SET_DUE, len(due_keys), *due_keys, *due_args)
             pipe.set(f"{tag}:shard", shard_blob)
@@ -540,27 +603,27 @@ class RedisStore:
 
         self._call("write_state", write)
 
-    def _index_changes(self, shard: int, changed: Mapping[str, CustomerState]
+    def _index_changes(self, shard: int,
+                       changed: Iterable[tuple[str, str, float | None]]
                        ) -> tuple[dict[str, dict[str, float]], dict[str, list[str]], set[str]]:
-        """What the urgency index of a shard needs for a batch: scores to add per segment,
-        members to remove per segment (customers whose segment changed, or lost their score),
-        and the segments in use."""
+        """What the urgency index of a shard needs for a batch whose customers are ``changed``
+        (id, declared segment, index score or ``None``): scores to add per segment, members to
+        remove per segment (customers whose segment changed, or lost their score), and the
+        segments in use."""
         whole = shard in self._whole_shards
         loaded = self._loaded_segments.get(shard, {}) if whole else \
             self._loaded_segments.pop(shard, {})
         add: dict[str, dict[str, float]] = {}
         remove: dict[str, list[str]] = {}
-        unknown: list[str] = []
-        for cid, state in changed.items():
-            segment = segment_key_part(state.segment)
-            score = urgency_score(state)
+        unknown: list[tuple[str, str, bool]] = []
+        for cid, segment, score in changed:
             if score is not None:
                 add.setdefault(segment, {})[cid] = score
             if cid not in loaded:
                 if whole:  # new to the shard: in no index yet
                     loaded[cid] = segment
                 else:
-                    unknown.append(cid)
+                    unknown.append((cid, segment, score is not None))
                 continue
             old = loaded[cid]
             if old is not None and (old != segment or score is None):
@@ -573,10 +636,7 @@ class RedisStore:
             key = f"{self._tag(shard)}:useg"
             known = {m.decode() for m in self._call("read_state",
                                                      lambda: self.client.smembers(key))}
-            for cid in unknown:
-                state = changed[cid]
-                segment = segment_key_part(state.segment)
-                listed = urgency_score(state) is not None
+            for cid, segment, listed in unknown:
                 for other in known:
                     if other != segment or not listed:
                         remove.setdefault(other, []).append(cid)
@@ -632,9 +692,9 @@ class RedisStore:
         ids = merge_ranked(ranked, wanted)[offset:]
         if not ids:
             return [], total
-        blobs = self._read_customers(ids)
-        return [(cid, CustomerState.from_wire(msgpack.unpackb(raw, strict_map_key=False)))
-                for cid, raw in zip(ids, blobs, strict=True) if raw], total
+        states = self._read_customers(ids)
+        return [(cid, state) for cid, state in zip(ids, states, strict=True)
+                if state is not None], total
 
     def rebuild_urgency_index(self) -> int:
         """Write the urgency index of every customer afresh, shard by shard (for state written
@@ -688,19 +748,68 @@ class RedisStore:
                                                           URGENCY_ORDER))
         return indexed
 
-    def _customer_chunks(self, shard: int) -> Iterator[list[tuple[str, bytes]]]:
-        """The shard's stored customers as (id, blob), the buckets read 50 per round trip."""
+    def _customer_chunks(self, shard: int) -> Iterator[list[tuple[str, CustomerState]]]:
+        """The shard's stored customers, their buckets read 64 per round trip."""
         tag = self._tag(shard)
-        keys = [f"{tag}:c:{bucket}" for bucket in range(self.layout.buckets)]
-        for start in range(0, len(keys), 50):
-            def read(chunk: list[str] = keys[start:start + 50]) -> list[Any]:
-                pipe = self.client.pipeline(transaction=False)
-                for key in chunk:
-                    pipe.hgetall(key)
-                return pipe.execute()
+        keys = [f"{tag}:k:{bucket}" for bucket in range(self.layout.buckets)]
+        for start in range(0, len(keys), 64):
+            chunk = keys[start:start + 64]
+            blobs = [(key, blob) for key, blob in zip(chunk, self._read_blobs(chunk),
+                                                      strict=True) if blob is not None]
+            yield _decode_states(blobs)
 
-            yield [(cid.decode(), raw) for bucket in self._call("read_state", read)
-                   for cid, raw in bucket.items()]
+    def upgrade_format(self) -> int:
+        """Convert customers stored by an earlier churnwatch (store format 1: one hash field
+        each, ``P:{sN}:c:<bucket>``) to bucket checkpoints, 64 buckets a transaction (each
+        written and its old hash deleted at once: an interrupted conversion goes on where it
+        stopped), then record format 2. Returns the customers converted. The flow's writers
+        call it through :meth:`claim_layout`; ``churnwatch upgrade`` too."""
+        converted = 0
+        for shard in range(self.shards):
+            tag = self._tag(shard)
+            numbers = list(range(self.layout.buckets))
+            for start in range(0, len(numbers), 64):
+                chunk = numbers[start:start + 64]
+
+                def read(chunk: list[int] = chunk, tag: str = tag) -> list[Any]:
+                    pipe = self.client.pipeline(transaction=False)
+                    for bucket in chunk:
+                        pipe.hgetall(f"{tag}:c:{bucket}")
+                    return pipe.execute()
+
+                blobs: dict[str, bytes] = {}
+                old: list[str] = []
+                for bucket, fields in zip(chunk, self._call("read_state", read), strict=True):
+                    if not fields:
+                        continue
+                    key = f"{tag}:k:{bucket}"
+                    table = CustomerTable()
+                    [existing] = self._read_blobs([key])
+                    if existing is not None:
+                        _decode_into(existing, table, key)
+                    for cid, raw in fields.items():
+                        state = CustomerState.from_wire(msgpack.unpackb(raw,
+                                                                        strict_map_key=False))
+                        name = cid.decode()
+                        set_from_state(table, int(table.rows_for([name],
+                                                                 [state.first_seen])[0]), state)
+                    blobs[key] = encode_rows(table, np.arange(len(table)))
+                    old.append(f"{tag}:c:{bucket}")
+                    converted += len(fields)
+                if not blobs:
+                    continue
+
+                def write(blobs: dict[str, bytes] = blobs, old: list[str] = old,
+                          tag: str = tag) -> None:
+                    pipe = self.topology.node_for(tag).pipeline(transaction=True)
+                    pipe.mset(blobs)  # type: ignore[arg-type]
+                    pipe.delete(*old)
+                    pipe.execute()
+
+                self._call("write_state", write)
+        key = f"{self.prefix}:layout"
+        self._call("write_state", lambda: self.client.hset(key, "format", str(STORE_FORMAT)))
+        return converted
 
     def _segment_keys(self) -> list[str]:
         # One hash tag: one slot of a Redis Cluster, so one script updates all three.
@@ -740,14 +849,12 @@ class RedisStore:
     def iter_customers(self) -> Iterator[tuple[str, CustomerState]]:
         for shard in range(self.shards):
             for chunk in self._customer_chunks(shard):
-                for cid, raw in chunk:
-                    yield cid, CustomerState.from_wire(msgpack.unpackb(raw, strict_map_key=False))
+                yield from chunk
 
     def shard_customers(self, shard: int) -> Iterator[tuple[str, CustomerState]]:
         segments: dict[str, str | None] = {}
         for chunk in self._customer_chunks(shard):
-            for cid, raw in chunk:
-                state = CustomerState.from_wire(msgpack.unpackb(raw, strict_map_key=False))
+            for cid, state in chunk:
                 segments[cid] = segment_key_part(state.segment)
                 yield cid, state
         self._loaded_segments[shard] = segments
@@ -772,9 +879,8 @@ class RedisStore:
         return records[:count]
 
     def customer_transitions(self, customer_id: str, count: int) -> list[dict[str, object]]:
-        [raw] = self._read_customers([customer_id])  # not load_customers: it tells commit
-        state = (None if raw is None else  # what the next commit's customers were
-                 CustomerState.from_wire(msgpack.unpackb(raw, strict_map_key=False)))
+        # Not load_customers: it tells commit what the next commit's customers were.
+        [state] = self._read_customers([customer_id])
         stream = f"{self._tag(shard_of(customer_id, self.shards))}:transitions"
 
         def retained() -> Iterator[dict[str, object]]:
@@ -883,3 +989,20 @@ def _transition_from_fields(fields: Mapping[bytes, bytes]) -> dict[str, object]:
             record[name] = text
     record.setdefault("old_score", None)
     return record
+
+
+def _decode_into(blob: bytes, table: CustomerTable, key: str) -> None:
+    """A bucket's checkpoint into ``table``; a damaged one stops the reader with its key."""
+    try:
+        decode_rows(blob, table)
+    except ValueError as exc:
+        raise ValueError(f"the Redis key {key!r}: {exc}") from exc
+
+
+def _decode_states(blobs: Sequence[tuple[str, bytes]]) -> list[tuple[str, CustomerState]]:
+    try:
+        return decode_states([blob for _, blob in blobs])
+    except ValueError:
+        for key, blob in blobs:  # name the damaged one
+            _decode_into(blob, CustomerTable(), key)
+        raise

@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 import msgpack
 import pytest
 import redis
+from churnwatch.state.checkpoint import decode_states
 from churnwatch.state.redis_store import BUCKET_SERVER_ARGS
 from servers import free_port
 
@@ -247,9 +248,9 @@ def tail(path: Path, lines: int = 40) -> str:
 
 
 def state_snapshot(client: redis.Redis, prefix: str) -> dict[str, Any]:
-    """Every key under ``prefix:`` decoded for comparison: customer states (one entry per
-    customer of each bucket) and shard states (msgpack), the due index and transition streams
-    (without their ids)."""
+    """Every key under ``prefix:`` decoded for comparison: customer states (each bucket's
+    checkpoint, and one entry per customer of it) and shard states (msgpack), the due index
+    and transition streams (without their ids)."""
     out: dict[str, Any] = {}
     for raw_key in client.scan_iter(match=f"{prefix}:*", count=10_000):
         key = raw_key.decode()
@@ -257,7 +258,12 @@ def state_snapshot(client: redis.Redis, prefix: str) -> dict[str, Any]:
         if name.endswith(":commit"):
             continue  # a random token per commit, only there to make retries safe
         kind = client.type(raw_key).decode()
-        if kind == "string":
+        if kind == "string" and ":k:" in name:  # a bucket's checkpoint: one entry a customer
+            blob = client.get(raw_key)
+            out[name] = blob  # the bytes too: a resumed run writes the same
+            for cid, state in decode_states([blob]):
+                out[f"{name}:{cid}"] = state.to_wire()
+        elif kind == "string":
             out[name] = msgpack.unpackb(client.get(raw_key), strict_map_key=False)
         elif kind == "zset":
             out[name] = client.zrange(raw_key, 0, -1, withscores=True)
@@ -267,9 +273,6 @@ def state_snapshot(client: redis.Redis, prefix: str) -> dict[str, Any]:
             out[name] = [fields for _, fields in client.xrange(raw_key)]
         elif kind == "list":
             out[name] = client.lrange(raw_key, 0, -1)
-        elif kind == "hash" and ":c:" in name:  # a bucket of customers: one entry each
-            for cid, blob in client.hgetall(raw_key).items():
-                out[f"{name}:{cid.decode()}"] = msgpack.unpackb(blob, strict_map_key=False)
     return out
 
 

@@ -317,7 +317,7 @@ def test_a_damaged_blob_is_refused_saying_what_is_wrong() -> None:
         blob_of([spec, ids, labels, data[:-1], sparse]): "column data is",
         blob_of([spec, ["c1", "c2", "c1"], labels, data, sparse]): r"\['c1'\] appear more",
         blob_of([spec, ids, ["fashion", "fashion"], data, sparse]): "not distinct",
-        blob_of([spec, ids, labels[:1], data, sparse]): "segment of customer 'c3' is label 1",
+        blob_of([spec, ids, labels[:1], data, sparse]): "segment of customer 'c1' is label 1",
         blob_of([spec, ids, labels, data, {"loyalty": []}]): r"sparse fields \['loyalty'\]",
         blob_of([spec, ids, labels, data, {"history": [[3, []]]}]): "'history' is not a list",
         blob_of([spec.replace("orders:i4", "orders"), ids, labels, data, sparse]):

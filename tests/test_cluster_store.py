@@ -20,6 +20,7 @@ import pytest
 import redis
 import test_store_contract as contract
 from churnwatch.state.base import UrgencySelection, shard_of
+from churnwatch.state.checkpoint import decode_states
 from churnwatch.state.cluster import is_cluster_url, redis_client
 from churnwatch.state.redis_store import RedisStore
 from live_servers import (
@@ -170,11 +171,11 @@ def test_sixty_four_shards_spread_over_every_node_one_shard_per_node(
     for node in redis_cluster.node_clients():
         keys = [k.decode() for k in node.scan_iter(match="cw:{s*}:*", count=1000)]
         tags = {int(k.split("{s", 1)[1].split("}", 1)[0]) for k in keys}
-        customers = [k for k in keys if ":c:" in k]
+        customers = [k for k in keys if ":k:" in k]
         assert customers, f"node {node.connection_pool.connection_kwargs['port']} holds none"
-        for key in customers:  # hash buckets of the shard's customers, keyed by their ids
-            for cid in node.hkeys(key):
-                assert f"{{s{shard_of(cid.decode(), shards)}}}" in key
+        for key in customers:  # the checkpoints of the shard's customers' buckets
+            for cid, _ in decode_states([node.get(key)]):
+                assert f"{{s{shard_of(cid, shards)}}}" in key
         shards_on.append(tags)
         node.close()
     assert all(len(tags) >= 8 for tags in shards_on)
@@ -267,7 +268,8 @@ def test_a_run_on_the_cluster_killed_and_restarted_ends_as_an_uninterrupted_one(
     finish(start_run(killed, log), RUN_TIMEOUT, log)
 
     reference = _without_dead_letters(state_snapshot(client, "ref"))
-    assert sum(":c:" in k for k in reference) > LIVE_CUSTOMERS * 0.9
+    customers = sum(":k:" in k and k.count(":") > 2 for k in reference)  # {sN}:k:<b>:<id>
+    assert customers > LIVE_CUSTOMERS * 0.9
     assert_same(_without_dead_letters(state_snapshot(client, "kill")), reference)
     dead = _dead_positions(client, "ref")
     assert len(dead) == LIVE_EVENTS // 997 and _dead_positions(client, "kill") == dead
@@ -285,7 +287,7 @@ def test_a_run_on_the_cluster_killed_and_restarted_ends_as_an_uninterrupted_one(
                           env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     rows = export.read_text().splitlines()[1:]
-    assert len(rows) == sum(":c:" in k for k in reference)
+    assert len(rows) == customers
 
 
 def test_a_refused_login_or_no_reachable_node_is_one_line_with_exit_status_2(

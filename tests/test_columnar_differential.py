@@ -23,7 +23,7 @@ from itertools import pairwise
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from churnwatch.core.aggregates import WinbackCount
+from churnwatch.core.aggregates import ComponentSum, ScoredCustomers, WinbackCount
 from churnwatch.core.columnar import ColumnarShard
 from churnwatch.core.columns import to_state
 from churnwatch.core.config import ChurnwatchConfig, parse_config
@@ -142,8 +142,11 @@ class Pair:
 
 
 def _transitions(result: BatchResult) -> Counter[tuple[object, ...]]:
+    # The "components: ..." line shows whole points, compared in the states with their
+    # rounding tolerance (a point); every other reason word for word.
     return Counter((t.customer_id, t.segment, t.from_tier, t.to_tier, t.at, t.cause,
-                    round(t.new_score, 1), t.reasons,
+                    round(t.new_score, 1),
+                    tuple(r for r in t.reasons if not r.startswith("components: ")),
                     None if t.suggestion is None else (t.suggestion.playbook,
                                                        t.suggestion.holdout))
                    for t in result.transitions)
@@ -175,8 +178,12 @@ def _shard_differences(expected: ShardState, got: ShardState, everything: bool =
     gauges = [{k: round(v, 6) for k, v in s.gauges.items()} for s in (expected, got)]
     if gauges[0] != gauges[1]:
         keys = sorted(set(gauges[0]) | set(gauges[1]), key=repr)
+        # Sums of whole-point components: each customer's may be a point apart (above).
+        slack = {k: expected.gauges.get(ScoredCustomers(k.segment), 0.0)
+                 for k in keys if isinstance(k, ComponentSum)}
         out += [f"gauge {k}: {gauges[0].get(k)} vs {gauges[1].get(k)}" for k in keys
-                if gauges[0].get(k) != gauges[1].get(k)]
+                if abs((gauges[0].get(k) or 0.0) - (gauges[1].get(k) or 0.0))
+                > slack.get(k, 0.0)]
     if expected.counters != got.counters:
         keys = sorted(set(expected.counters) | set(got.counters), key=repr)
         out += [f"counter {k}: {expected.counters.get(k)} vs {got.counters.get(k)}"
@@ -237,12 +244,18 @@ def _state_differences(want: CustomerState, have: CustomerState
         if not same:
             out.append((name, a, b))
 
-    exact = ("tier", "components", "segment", "declared_value_tier", "high_value",
+    exact = ("tier", "segment", "declared_value_tier", "high_value",
              "outreach", "purchases", "first_seen", "last_event_ts", "tier_since",
              "scored_at", "drop_counted", "peak_at", "recent_ids", "model_fit", "offsets")
     for name in exact:
         a, b = getattr(want, name), getattr(have, name)
         check(name, a, b, a == b)
+    # Components are stored in whole points: a sub-score a rounding error away from a half
+    # point rounds to neighbouring points in the two engines (found by hypothesis: 37 vs 38).
+    check("components", want.components, have.components,
+          len(want.components) == len(have.components) and all(
+              (a < 0) == (b < 0) and abs(a - b) <= 1
+              for a, b in zip(want.components, have.components, strict=True)))
     check("score", want.score, have.score, _both_none_or(want.score, have.score, 0.02))
     check("peak_score", want.peak_score, have.peak_score,
           abs(want.peak_score - have.peak_score) <= 0.02)

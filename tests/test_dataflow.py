@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 
+import msgpack
 import redis
 from bytewax.testing import TestingSource, cluster_main, run_main
 from churnwatch.dataflows.flow import FlowSettings, build_flow
 from churnwatch.dataflows.messages import RawMessage
+from churnwatch.state.checkpoint import decode_states
 from churnwatch.state.redis_store import RedisStore
 from redis_server import redis_server, redis_url  # noqa: F401
 
@@ -35,13 +37,14 @@ def messages(extra_bad: bool = True) -> list[RawMessage]:
 def snapshot(url: str) -> dict[bytes, bytes]:
     client = redis.Redis.from_url(url)
     keys = sorted(k for k in client.keys("cw:*")
-                  if b":c:" in k or b":d:" in k or k.endswith(b":due"))
+                  if b":k:" in k or b":d:" in k or k.endswith(b":due"))
     out = {}
     for key in keys:
         if key.endswith(b":due") or b":d:" in key:  # the due index: summary and buckets
             out[key] = repr(client.zrange(key, 0, -1, withscores=True)).encode()
-        else:  # a bucket of customers
-            out.update({key + b":" + cid: blob for cid, blob in client.hgetall(key).items()})
+        else:  # a bucket's checkpoint: one entry a customer
+            out.update({key + b":" + cid.encode(): msgpack.packb(state.to_wire())
+                        for cid, state in decode_states([client.get(key)])})
     return out
 
 

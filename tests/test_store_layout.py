@@ -7,9 +7,11 @@ import json
 import time
 from collections.abc import Iterator
 
+import msgpack
 import pytest
 import redis
-from churnwatch.state.base import StateStore, StoreLayout, shard_of
+from churnwatch.state.base import LayoutMismatch, StateStore, StoreLayout, bucket_of, shard_of
+from churnwatch.state.checkpoint import decode_states
 from churnwatch.state.memory import MemoryStore
 from churnwatch.state.redis_store import RedisStore
 from redis_server import redis_server, redis_url  # noqa: F401
@@ -73,14 +75,13 @@ def test_both_stores_hold_the_same_buckets_histories_and_streams(
     assert replay_into(store, events) == transitions > 2 * LAYOUT.transitions_kept
 
     # Customers: the same bucket keys, each holding the same customers with the same bytes.
-    in_redis = {key.decode(): {cid.decode(): blob for cid, blob in client.hgetall(key).items()}
-                for key in client.scan_iter(match="lay:*:c:*")}
+    in_redis = {key.decode(): client.get(key) for key in client.scan_iter(match="lay:*:k:*")}
     assert in_redis == memory.buckets()
     assert len(in_redis) == CONFIG.shards * LAYOUT.buckets  # every bucket in use
-    customers = [cid for blobs in in_redis.values() for cid in blobs]
+    customers = [cid for cid, _ in decode_states(list(in_redis.values()))]
     assert len(customers) == len(set(customers)) > 140
-    # Small buckets stay compact (the test servers get BUCKET_SERVER_ARGS, as production must).
-    assert {client.object("encoding", key) for key in in_redis} == {b"listpack"}
+    # Small due indexes stay compact (the test servers get BUCKET_SERVER_ARGS, as production
+    # must).
     due = list(client.scan_iter(match="lay:*:d:*"))
     assert due and {client.object("encoding", key) for key in due} == {b"listpack"}
     for shard in range(CONFIG.shards):  # the same review order in both
@@ -178,3 +179,37 @@ def test_one_bucket_holding_thousands_of_customers_reads_and_reviews(
     store.commit(0, ShardState(), states, [])
     assert store.next_due(0) is None and store.due_customers(0, 2e9, 10) == []
     store.close()
+
+
+def test_a_store_of_the_earlier_format_is_converted_by_its_first_writer(
+        redis_url: str) -> None:  # noqa: F811
+    # What the release before the checkpoints wrote: one hash field per customer, the msgpack
+    # of CustomerState.to_wire, in P:{sN}:c:<bucket>, and a layout record without a format.
+    memory = MemoryStore(CONFIG.shards, LAYOUT, prefix="up")
+    replay_into(memory, simulated_events())
+    want = dict(memory.iter_customers())
+    client = redis.Redis.from_url(redis_url)
+    for cid, state in want.items():
+        key = (f"up:{{s{shard_of(cid, CONFIG.shards)}}}:c:"
+               f"{bucket_of(cid, CONFIG.shards, LAYOUT.buckets)}")
+        client.hset(key, cid, msgpack.packb(state.to_wire()))
+    client.hset("up:layout", mapping={"shards": CONFIG.shards, "buckets": LAYOUT.buckets})
+    reader = RedisStore(redis_url, CONFIG.shards, "up", max_wait=5, layout=LAYOUT)
+    with pytest.raises(LayoutMismatch, match="form of an earlier churnwatch"):
+        reader.customer(next(iter(want)))
+
+    writer = RedisStore(redis_url, CONFIG.shards, "up", max_wait=5, layout=LAYOUT)
+    writer.claim_layout()
+    assert not list(client.scan_iter(match="up:*:c:*"))
+    assert client.hget("up:layout", "format") == b"2"
+    store = RedisStore(redis_url, CONFIG.shards, "up", max_wait=5, layout=LAYOUT)
+    got = dict(store.iter_customers())
+    assert len(got) == len(want) > 140
+    assert {c: s.to_wire() for c, s in got.items()} == {c: s.to_wire() for c, s in want.items()}
+    # The same checkpoints as a store written in the new format from the start.
+    assert {k.decode(): client.get(k) for k in client.scan_iter(match="up:*:k:*")} == \
+        memory.buckets()
+    writer.claim_layout()  # a second start finds nothing to convert
+    assert dict(store.iter_customers()).keys() == want.keys()
+    for each in (reader, writer, store):
+        each.close()

@@ -57,7 +57,7 @@ from churnwatch.core.engine import (
     id_hash,
 )
 from churnwatch.core.event_batch import TYPE_CODES, EventBatch
-from churnwatch.core.history import change_evidence
+from churnwatch.core.history import change_evidence, history_entry, keep_history
 from churnwatch.core.kernels import fold
 from churnwatch.core.kernels.scoring import (
     Assessed,
@@ -314,13 +314,19 @@ class ColumnarShard:
         return dict(zip((ids[r] for r in rows.tolist()), to_states(self.table, rows),
                         strict=True))
 
-    def keep_history(self, states: dict[str, CustomerState]) -> None:
-        """Take back the tier histories a store added to ``states`` when it committed them
-        (:func:`churnwatch.state.base.remember_transitions`)."""
+    def remember(self, transitions: Sequence[TierTransition], kept: int,
+                 keep_days: float) -> None:
+        """Add each transition to the front of its customer's tier history (``sparse
+        ["history"]``), keeping every change within ``keep_days`` of the newest and at least the
+        ``kept`` newest: what the reference's store does in ``commit``
+        (:func:`churnwatch.state.base.remember_transitions`). The flow calls it just before it
+        commits the rows, so the history is committed with them, exactly once."""
         history = self.table.sparse["history"]
-        for cid, state in states.items():
-            if state.history:
-                history[self.table.index[cid]] = state.history
+        index = self.table.index
+        for transition in transitions:
+            row = index[transition.customer_id]
+            history[row] = keep_history([history_entry(transition), *history.get(row, [])],
+                                        transition.at, keep_days, kept)
 
     def _replayed(self, batch: EventColumns) -> np.ndarray:
         """Events at or before the shard's position in their source partition: applied (or

@@ -36,12 +36,15 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from churnwatch.core.config import TIERS, ChurnwatchConfig
 from churnwatch.core.customer import CustomerState
 from churnwatch.core.scoring import ENGAGEMENT, SERVICE, TREND, Assessment
 from churnwatch.core.signals import DAY, MSG_SENT, SENT, answers, decay
+
+if TYPE_CHECKING:
+    from churnwatch.core.records import TierTransition
 
 __all__ = ["REASONS", "Reason", "TierChange", "change_evidence", "decode_change",
            "encode_change", "keep_history", "reason_words"]
@@ -176,6 +179,20 @@ def encode_change(at: float, from_tier: int, to_tier: int, old_score: float | No
     tiers = _TIERS_BASE + 16 * _CAUSES.index(cause) + 4 * from_tier + to_tier
     return [math.floor(at), tiers, round(new_score),
             None if old_score is None else round(old_score), *evidence]
+
+
+def history_entry(transition: TierTransition) -> list[object]:
+    """A transition as a compact history record (:func:`encode_change`).
+
+    >>> from churnwatch.core.records import TierTransition
+    >>> history_entry(TierTransition("c1", "unassigned", "watch", "at_risk", 41.04, 28.96,
+    ...                              1_700_000_000.5, ("no order for 90 days",), "silence",
+    ...                              None, (12, 0, 90, 21, 4)))
+    [1700000000, 54, 29, 41, 12, 0, 90, 21, 4]
+    """
+    return encode_change(transition.at, TIERS.index(transition.from_tier),
+                         TIERS.index(transition.to_tier), transition.old_score,
+                         transition.new_score, transition.cause, transition.evidence)
 
 
 @dataclass(frozen=True, slots=True)
