@@ -226,8 +226,9 @@ def key_family(name: str) -> str:
     if not parts[0].startswith("{"):
         return name  # deadletters, deadletters:offsets
     kind = parts[1] if len(parts) > 1 else "?"
-    return {"k": "customers", "c": "customers", "h": "history", "u": "urgency_index", "due": "due_index",
-            "transitions": "transition_streams", "shard": "shard_blobs"}.get(kind, kind)
+    return {"k": "customers", "c": "customers", "h": "history", "u": "urgency_index",
+            "due": "due_index", "transitions": "transition_streams",
+            "shard": "shard_blobs"}.get(kind, kind)
 
 
 def bench_memory(url: str, config: ChurnwatchConfig, customers: int, baseline: int
