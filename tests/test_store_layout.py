@@ -182,7 +182,9 @@ def test_one_bucket_holding_thousands_of_customers_reads_and_reviews(
 
 
 def test_a_store_of_the_earlier_format_is_converted_by_its_first_writer(
-        redis_url: str) -> None:  # noqa: F811
+        redis_url: str, tmp_path) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    from churnwatch.cli import main
+
     # What the release before the checkpoints wrote: one hash field per customer, the msgpack
     # of CustomerState.to_wire, in P:{sN}:c:<bucket>, and a layout record without a format.
     memory = MemoryStore(CONFIG.shards, LAYOUT, prefix="up")
@@ -198,8 +200,12 @@ def test_a_store_of_the_earlier_format_is_converted_by_its_first_writer(
     with pytest.raises(LayoutMismatch, match="form of an earlier churnwatch"):
         reader.customer(next(iter(want)))
 
+    config = tmp_path / "churnwatch.toml"
+    config.write_text(f"[state]\nshards = {CONFIG.shards}\nkey_prefix = \"up\"\n"
+                      f"customer_buckets = {LAYOUT.buckets}\n"
+                      f"[source]\nstream_partitions = {CONFIG.stream_partitions}\n")
+    assert main(["upgrade", "--redis-url", redis_url, "--config", str(config)]) == 0
     writer = RedisStore(redis_url, CONFIG.shards, "up", max_wait=5, layout=LAYOUT)
-    writer.claim_layout()
     assert not list(client.scan_iter(match="up:*:c:*"))
     assert client.hget("up:layout", "format") == b"2"
     store = RedisStore(redis_url, CONFIG.shards, "up", max_wait=5, layout=LAYOUT)

@@ -31,11 +31,12 @@ from churnwatch.commands import (
     stack,
     status,
     top,
+    upgrade,
 )
 
 #: Every command module, in the order ``churnwatch --help`` lists the commands.
-COMMANDS = (replay, backtest, simulate, demo, run, publish, top, explain, serve, reindex, export,
-            import_csv, status, dead_letters, stack, dashboards)
+COMMANDS = (replay, backtest, simulate, demo, run, publish, top, explain, serve, reindex, upgrade,
+            export, import_csv, status, dead_letters, stack, dashboards)
 
 
 def register_all(sub: argparse._SubParsersAction,  # type: ignore[type-arg]
