@@ -45,13 +45,12 @@ from churnwatch.state.base import (
 
 from churnwatch.core.columnar import ColumnarShard, EventColumns
 from churnwatch.core.config import ChurnwatchConfig
-from churnwatch.core.engine import ShardEngine, partition_id
+from churnwatch.core.engine import partition_id
 from churnwatch.core.event_batch import EventBatch, decode_lines
 from churnwatch.core.events import PROFILE, InvalidEvent
 from churnwatch.core.records import BatchResult, FlowHooks, TierTransition
 
 log = logging.getLogger("churnwatch.flow")
-DUE_BATCH = 2000
 #: The live time rule (docs/operations.md, "One time rule"). A shard whose newest event is
 #: this close to the wall clock is reading live traffic: once its partition is read to the end,
 #: its silent customers follow the clock at once. Producers' clocks and the pipeline's delay
@@ -678,52 +677,32 @@ class _JsonLinesPartition(StatelessSinkPartition[TierTransition]):
 
 def advance_all(store: StateStore, config: ChurnwatchConfig, now: float,
                 hooks: FlowHooks | None = None) -> list[TierTransition]:
-    """Bring every shard's silent customers to ``now`` (``replay --as-of``), through the same
-    engine and commit as the flow."""
+    """Bring every shard's silent customers to ``now`` (``replay --as-of``): what a live
+    shard does when it has caught up (:meth:`ShardLogic.catch_up`), shard by shard, each
+    loaded whole and committed once: refit with every order so far, review the customers due
+    by ``now``, and re-score everyone under a new model."""
     out: list[TierTransition] = []
-    refitted: dict[int, ShardEngine] = {}
     config = config_with_segments(store, config)
+    layout = store.layout
     for shard in range(config.shards):
-        engine = ShardEngine(shard, config, store.load_shard(shard))
-        if engine.refit_at(now):
-            refitted[shard] = engine
-        for _ in range(100_000):
-            due = store.due_customers(shard, now, DUE_BATCH)
-            if not due:
-                break
-            loaded = {c: s for c, s in store.load_customers(shard, due).items() if s}
-            result = engine.review(loaded, now)
-            if now > engine.state.watermark:
-                engine.state.watermark = now
-            store.commit(shard, engine.state, result.changed, result.transitions)
-            out.extend(result.transitions)
-            if hooks and result.transitions:
-                hooks.transitions(result.transitions)
-            if len(due) < DUE_BATCH:
-                break
-        if shard in refitted and not due:
-            # Nothing more was due; the committed shard state still has to hold the refit.
-            store.commit(shard, engine.state, {}, [])
-    if refitted:
-        # The model moved for every customer of those shards: re-score them all under it.
-        for shard, ids in shard_members(store, config.shards, set(refitted)).items():
-            engine = refitted[shard]
-            for start in range(0, len(ids), DUE_BATCH):
-                chunk = ids[start:start + DUE_BATCH]
-                loaded = {c: s for c, s in store.load_customers(shard, chunk).items() if s}
-                result = engine.rescore(loaded, now)
-                store.commit(shard, engine.state, result.changed, result.transitions)
-                out.extend(result.transitions)
-                if hooks and result.transitions:
-                    hooks.transitions(result.transitions)
+        engine = ColumnarShard(shard, config, store.load_shard(shard))
+        store.load_table(shard, engine.table)
+        refitted = engine.refit_at(now)
+        if not len(engine.table) and not refitted:
+            continue  # nobody in the shard: nothing to bring forward
+        if now > engine.state.watermark:
+            engine.state.watermark = now
+        result = engine.review(now)
+        rows = [engine.changed_rows]
+        if refitted:
+            transitions = result.transitions
+            result = engine.rescore(now)
+            result.transitions[:0] = transitions
+            rows.append(engine.changed_rows)
+        engine.remember(result.transitions, layout.history_kept, layout.history_days)
+        store.commit_rows(shard, engine.state, engine.table, np.unique(np.concatenate(rows)),
+                          result.transitions)
+        out.extend(result.transitions)
+        if hooks and result.transitions:
+            hooks.transitions(result.transitions)
     return out
-
-
-def shard_members(store: StateStore, shards: int, wanted: set[int]) -> dict[int, list[str]]:
-    """The customer ids of each shard in ``wanted``, read from the store."""
-    members: dict[int, list[str]] = {shard: [] for shard in wanted}
-    for cid, _ in store.iter_customers():
-        shard = shard_of(cid, shards)
-        if shard in members:
-            members[shard].append(cid)
-    return members
