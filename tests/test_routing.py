@@ -170,9 +170,9 @@ class _SeenStore(RedisStore):
         super().__init__(*args, **kwargs)
         self.seen = seen
 
-    def commit(self, shard: int, *args: Any, **kwargs: Any) -> None:
+    def commit_rows(self, shard: int, *args: Any, **kwargs: Any) -> None:
         self.seen.setdefault(shard, set()).add(threading.get_ident())
-        super().commit(shard, *args, **kwargs)
+        super().commit_rows(shard, *args, **kwargs)
 
 
 class _SeenSource(RedisStreamSource):
