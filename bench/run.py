@@ -50,7 +50,7 @@ from typing import Any
 import msgpack
 import redis
 from churnwatch.state.base import StoreLayout, shard_of
-from churnwatch.state.redis_store import BUCKET_SERVER_ARGS, RedisStore
+from churnwatch.state.redis_store import RedisStore
 
 from bench.polars_batch import batch_job
 from bench.workload import write_jsonl
@@ -91,8 +91,7 @@ def redis_server() -> Iterator[str]:
     workdir = tempfile.mkdtemp(prefix="churnwatch-bench-redis-")
     process = subprocess.Popen(
         [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly",
-         "no", "--dir", workdir, "--daemonize", "no", "--loglevel", "warning",
-         *BUCKET_SERVER_ARGS],
+         "no", "--dir", workdir, "--daemonize", "no", "--loglevel", "warning"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"redis://127.0.0.1:{port}/0"
     try:

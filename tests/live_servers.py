@@ -27,7 +27,6 @@ import msgpack
 import pytest
 import redis
 from churnwatch.state.checkpoint import decode_states
-from churnwatch.state.redis_store import BUCKET_SERVER_ARGS
 from servers import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -84,7 +83,7 @@ class LiveRedis:
         """Start (or restart) the server on the same port and directory; waits until ready."""
         args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
                 "--dir", self.dir, "--daemonize", "no", "--loglevel", "warning",
-                "--logfile", os.path.join(self.dir, "redis.log"), *BUCKET_SERVER_ARGS]
+                "--logfile", os.path.join(self.dir, "redis.log")]
         args += ["--appendonly", "yes", "--appendfsync", "everysec"] if self.persist else \
             ["--appendonly", "no"]
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL,

@@ -36,15 +36,11 @@ def messages(extra_bad: bool = True) -> list[RawMessage]:
 
 def snapshot(url: str) -> dict[bytes, bytes]:
     client = redis.Redis.from_url(url)
-    keys = sorted(k for k in client.keys("cw:*")
-                  if b":k:" in k or b":d:" in k or k.endswith(b":due"))
+    keys = sorted(k for k in client.keys("cw:*") if b":k:" in k)
     out = {}
-    for key in keys:
-        if key.endswith(b":due") or b":d:" in key:  # the due index: summary and buckets
-            out[key] = repr(client.zrange(key, 0, -1, withscores=True)).encode()
-        else:  # a bucket's checkpoint: one entry a customer
-            out.update({key + b":" + cid.encode(): msgpack.packb(state.to_wire())
-                        for cid, state in decode_states([client.get(key)])})
+    for key in keys:  # a bucket's checkpoint: one entry a customer
+        out.update({key + b":" + cid.encode(): msgpack.packb(state.to_wire())
+                    for cid, state in decode_states([client.get(key)])})
     return out
 
 
@@ -79,7 +75,7 @@ def test_two_workers_give_exactly_the_state_of_one(redis_url: str, redis_server)
     redis.Redis.from_url(redis_url).flushall()
     run_flow(redis_url, 2)
     assert snapshot(redis_url) == single
-    assert len(single) > 120
+    assert len(single) > 100  # customers
 
 
 def test_replaying_the_same_input_again_changes_nothing(redis_url: str) -> None:
