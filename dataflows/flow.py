@@ -64,9 +64,11 @@ CURRENT_EVENT_SECONDS = 60.0
 SETTLE_SECONDS = 5.0
 #: While its partition is not caught up, a shard looks again this often.
 CLOCK_CHECK_SECONDS = 1.0
-#: Live: shards commit what they did in the same activation (before Bytewax snapshots the
-#: source positions that read it: a resume after a crash starts from that snapshot).
-COMMIT_SECONDS = 0.0
+#: Live: shards commit what they did at most this long after (a commit rewrites the
+#: checkpoint of every bucket it touches: one a batch would cost most of the worker), and
+#: always when Bytewax closes an epoch (:meth:`ShardLogic.snapshot`), before it records the
+#: source positions of that epoch: a resume never starts past an uncommitted event.
+COMMIT_SECONDS = 0.25
 
 
 @dataclass(frozen=True)
@@ -94,10 +96,10 @@ class FlowSettings:
     progress: SourceProgress | None = None
     current_seconds: float = CURRENT_EVENT_SECONDS
     settle_seconds: float = SETTLE_SECONDS
-    # How long what the shards did may wait to be committed together: live, no wait (a resume
-    # starts from Bytewax's snapshot of the sources, which must not pass an uncommitted
-    # batch); a replay, which restarts from its files, waits longer (the commit holds the
-    # source positions, so a crash redoes at most that much work).
+    # How long what the shards did may wait to be committed together (and at most until the
+    # epoch closes): live, a quarter of a second; a replay, which restarts from its files,
+    # longer (the commit holds the source positions, so a crash redoes at most that much
+    # work).
     commit_seconds: float = COMMIT_SECONDS
 
 
@@ -249,6 +251,9 @@ class ShardLogic(StatefulBatchLogic["ShardBatch | ShardTick", Any, None]):
         self._pending_oldest = math.inf
         self._pending_since: float | None = None
         self._committed_at = time.time()
+        # What a commit made at an epoch's close (:meth:`snapshot`) sends downstream: at the
+        # shard's next activation (at once: :meth:`notify_at`).
+        self._committed_outputs: list[Any] = []
 
     def on_batch(self, values: list[Any]) -> tuple[Iterable[Any], bool]:
         """Called by Bytewax with the shard's items of one activation, in arrival order:
@@ -291,6 +296,8 @@ class ShardLogic(StatefulBatchLogic["ShardBatch | ShardTick", Any, None]):
         has not caught up."""
         commit_at = (self._committed_at + self.settings.commit_seconds
                      if self._pending_since is not None else None)
+        if self._committed_outputs:
+            commit_at = time.time()  # a commit at the epoch's close left outputs to send
         review_at = None
         if self.settings.clock == "wall" and self._next_due is not None:
             now = time.time()
@@ -301,6 +308,11 @@ class ShardLogic(StatefulBatchLogic["ShardBatch | ShardTick", Any, None]):
         return datetime.fromtimestamp(min(times), tz=timezone.utc) if times else None
 
     def snapshot(self) -> None:
+        """Called by Bytewax when an epoch closes, before it records the epoch's source
+        positions: what is pending is committed now (a resume from that record must find
+        every event it passes committed); what that commit sends downstream goes at the next
+        activation. The snapshot itself is ``None``: the store holds the shard."""
+        self._committed_outputs += self._commit_if_due(force=True)
         return None
 
     def wall_clock(self) -> float | None:
@@ -389,11 +401,13 @@ class ShardLogic(StatefulBatchLogic["ShardBatch | ShardTick", Any, None]):
     def _commit_if_due(self, force: bool = False) -> list[Any]:
         """Commit what is pending once :attr:`FlowSettings.commit_seconds` have passed since the
         last commit (or ``force``); returns the outputs of what was committed (transitions and
-        dead letters go downstream only once they are committed)."""
+        dead letters go downstream only once they are committed), with those of a commit made
+        at an epoch's close."""
+        waiting, self._committed_outputs = self._committed_outputs, []
         if self._pending_since is None:
-            return []
+            return waiting
         if not force and time.time() - self._committed_at < self.settings.commit_seconds:
-            return []
+            return waiting
         result = self._pending
         rows = np.unique(np.concatenate(self._pending_rows))
         oldest = self._pending_oldest
@@ -401,7 +415,7 @@ class ShardLogic(StatefulBatchLogic["ShardBatch | ShardTick", Any, None]):
         self._pending_oldest, self._pending_since = math.inf, None
         self._commit(result, rows, oldest)
         self._committed_at = time.time()
-        return self._outputs(result)
+        return waiting + self._outputs(result)
 
     def _commit(self, result: BatchResult, rows: np.ndarray, oldest_received_at: float
                 ) -> None:
@@ -540,7 +554,7 @@ class _LazyShardLogic(StatefulBatchLogic["ShardBatch | ShardTick", Any, None]):
         return None if self.inner is None else self.inner.notify_at()
 
     def snapshot(self) -> None:
-        return None
+        return None if self.inner is None else self.inner.snapshot()
 
 
 class DeadLetterSink(DynamicSink[InvalidEvent]):
