@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 import msgpack
+import numpy as np
 import redis
 from churnwatch.state.base import StoreLayout, shard_of
 from churnwatch.state.redis_store import RedisStore
@@ -525,10 +526,11 @@ def bench_cluster(url: str, path: Path, events: int) -> dict[str, Any]:
 
 
 def bench_worklist(url: str, customers: int, seed: int, pages: int = 1000) -> dict[str, Any]:
-    """Build the urgency index for ``customers`` customers through ``RedisStore.commit`` (in
-    batches per shard, as the dataflow commits), then time worklist pages."""
+    """Build the urgency index for ``customers`` customers through ``RedisStore.commit_rows``
+    (a shard's table, committed 250,000 new customers at a time), then time worklist pages."""
     from churnwatch.web.worklist import parse_worklist_query, worklist_page
 
+    from churnwatch.core.columns import CustomerTable, set_from_state
     from churnwatch.core.customer import DAY, CustomerState
 
     config = ChurnwatchConfig(key_prefix="wl")
@@ -537,8 +539,15 @@ def bench_worklist(url: str, customers: int, seed: int, pages: int = 1000) -> di
     rng = random.Random(seed)
     segments = (None, "fashion", "skincare", "electronics")
     started = time.perf_counter()
-    batch: dict[int, dict[str, CustomerState]] = {}
+    tables = {s: CustomerTable() for s in range(config.shards)}
+    new_rows: dict[int, list[int]] = {s: [] for s in range(config.shards)}
     shard_states = {s: store.load_shard(s) for s in range(config.shards)}
+
+    def commit(shard: int) -> None:
+        rows = np.array(new_rows[shard], dtype=np.int64)
+        store.commit_rows(shard, shard_states[shard], tables[shard], rows, [])
+        new_rows[shard] = []
+
     now = 1_700_000_000.0
     for n in range(customers):
         cid = f"c{n:08d}"
@@ -557,14 +566,15 @@ def bench_worklist(url: str, customers: int, seed: int, pages: int = 1000) -> di
         state.tier_since = now - rng.uniform(0, 200) * DAY
         state.high_value = rng.random() < 0.1
         shard = shard_of(cid, config.shards)
-        pending = batch.setdefault(shard, {})
-        pending[cid] = state
-        if len(pending) >= 5000:
-            store.commit(shard, shard_states[shard], pending, [])
-            batch[shard] = {}
-    for shard, pending in batch.items():
+        table = tables[shard]
+        row = int(table.rows_for([cid], [state.first_seen])[0])
+        set_from_state(table, row, state)
+        new_rows[shard].append(row)
+        if len(new_rows[shard]) >= 250_000:
+            commit(shard)
+    for shard, pending in new_rows.items():
         if pending:
-            store.commit(shard, shard_states[shard], pending, [])
+            commit(shard)
     build_seconds = time.perf_counter() - started
     log(f"worklist: indexed {customers} customers in {build_seconds:.1f} s")
     out: dict[str, Any] = {"customers": customers, "index_build_seconds": round(build_seconds, 1),

@@ -70,13 +70,19 @@ from churnwatch.state.base import (
     urgency_scores,
     value_tiers_of,
 )
-from churnwatch.state.checkpoint import BucketRows, decode_rows, decode_states, encode_rows
+from churnwatch.state.checkpoint import (
+    BucketRows,
+    decode_customers,
+    decode_rows,
+    decode_states,
+    encode_rows,
+)
 from churnwatch.state.cluster import NotConnected, RedisTopology, redis_client, topology_of
 from churnwatch.state.connection import TRANSIENT_ERRORS, is_lost_connection
 from redis.cluster import RedisCluster
 
 from churnwatch.core.aggregates import ScoredCustomers
-from churnwatch.core.columns import CustomerTable, set_from_state, to_states
+from churnwatch.core.columns import CustomerTable, set_from_state
 from churnwatch.core.customer import CustomerState
 from churnwatch.core.records import ShardState, TierTransition
 
@@ -303,16 +309,19 @@ class RedisStore:
 
     def _read_customers(self, customer_ids: Sequence[str]) -> list[CustomerState | None]:
         """The states of customers of any shards, in order: their buckets read in one round
-        trip, each decoded once."""
-        keys = list(dict.fromkeys(self.customer_bucket(cid) for cid in customer_ids))
-        table = CustomerTable()
-        for key, blob in zip(keys, self._read_blobs(keys), strict=True):
+        trip, only their rows decoded."""
+        by_key: dict[str, list[str]] = {}
+        for cid in customer_ids:
+            by_key.setdefault(self.customer_bucket(cid), []).append(cid)
+        found: dict[str, CustomerState] = {}
+        for (key, ids), blob in zip(by_key.items(), self._read_blobs(list(by_key)),
+                                    strict=True):
             if blob is not None:
-                _decode_into(blob, table, key)
-        rows = [table.row(cid) for cid in customer_ids]
-        found = [r for r in rows if r is not None]
-        states = iter(to_states(table, found))
-        return [None if r is None else next(states) for r in rows]
+                try:
+                    found.update(decode_customers(blob, ids))
+                except ValueError as exc:
+                    raise ValueError(f"the Redis key {key!r}: {exc}") from exc
+        return [found.get(cid) for cid in customer_ids]
 
     # -- resilience ---------------------------------------------------------------------------
 
