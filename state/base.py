@@ -5,9 +5,9 @@ Two implementations share one contract test suite (tests/test_store_contract.py)
 :class:`churnwatch.state.redis_store.RedisStore` (the source of truth in production).
 
 Keys are grouped by shard. A shard is owned by one dataflow worker at a time, and everything the
-worker writes for one batch of a shard (customers, the due-time index, the shard's aggregates,
-its transitions) is committed at once, so a batch replayed after a crash either finds all of its
-effects or none.
+worker commits for a shard (its customers' bucket checkpoints, the urgency index, the shard's
+aggregates and positions, its transitions) is committed at once, so a batch replayed after a
+crash either finds all of its effects or none.
 """
 
 from __future__ import annotations
@@ -172,7 +172,7 @@ def dead_letter_position(record: Mapping[str, object]) -> tuple[str, int]:
 
 
 class StateStore(Protocol):
-    """Where customers, shard aggregates and the due-time index live."""
+    """Where customers, shard aggregates and the urgency index live."""
 
     #: How the store lays out and retains what it keeps.
     layout: StoreLayout

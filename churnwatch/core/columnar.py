@@ -308,12 +308,6 @@ class ColumnarShard:
             return None
         return float(np.nanmin(due))
 
-    def states_of(self, rows: np.ndarray) -> dict[str, CustomerState]:
-        """``rows`` as the reference model's states, by customer id."""
-        ids = self.table.ids
-        return dict(zip((ids[r] for r in rows.tolist()), to_states(self.table, rows),
-                        strict=True))
-
     def remember(self, transitions: Sequence[TierTransition], kept: int,
                  keep_days: float) -> None:
         """Add each transition to the front of its customer's tier history (``sparse
