@@ -87,7 +87,7 @@ written with it exist; not used.
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -103,13 +103,14 @@ from churnwatch.core.columns import (
     SPARSE_FIELDS,
     Column,
     CustomerTable,
+    set_from_state,
     to_state,
     to_states,
 )
 from churnwatch.core.customer import CustomerState
 
 __all__ = ["FORMAT_VERSION", "LABEL_COLUMNS", "MAGIC", "BucketRows", "decode_customer",
-           "decode_customers", "decode_rows", "decode_states", "encode_rows"]
+           "decode_customers", "decode_rows", "decode_states", "encode_rows", "with_states"]
 
 #: The first bytes of every bucket checkpoint.
 MAGIC = b"CWCK"
@@ -373,6 +374,24 @@ def decode_customer(blob: bytes, customer_id: str) -> CustomerState | None:
             if j == i:
                 one.sparse[name][0] = value
     return to_state(one, 0)
+
+
+def with_states(blob: bytes | None, states: Iterable[tuple[str, CustomerState]]
+                ) -> tuple[bytes, int]:
+    """The checkpoint of a bucket holding ``blob``'s customers (none for ``None``) with
+    ``states`` put in, and how many customers it holds: a commit of the reference engine's
+    states, and the conversion of a store of the earlier format.
+
+    >>> blob, count = with_states(None, [("c1", CustomerState(5.0))])
+    >>> count, with_states(blob, [("c2", CustomerState(7.0))])[1]
+    (1, 2)
+    """
+    table = CustomerTable()
+    if blob is not None:
+        decode_rows(blob, table)
+    for cid, state in states:
+        set_from_state(table, int(table.rows_for([cid], [state.first_seen])[0]), state)
+    return encode_rows(table, np.arange(len(table))), len(table)
 
 
 def decode_states(blobs: Sequence[bytes]) -> list[tuple[str, CustomerState]]:

@@ -30,9 +30,15 @@ from churnwatch.state.base import (
     urgency_scores,
     value_tiers_of,
 )
-from churnwatch.state.checkpoint import BucketRows, decode_rows, decode_states, encode_rows
+from churnwatch.state.checkpoint import (
+    BucketRows,
+    decode_rows,
+    decode_states,
+    encode_rows,
+    with_states,
+)
 
-from churnwatch.core.columns import CustomerTable, set_from_state, to_states
+from churnwatch.core.columns import CustomerTable, to_states
 from churnwatch.core.customer import CustomerState
 from churnwatch.core.records import ShardState, TierTransition
 
@@ -120,13 +126,8 @@ class MemoryStore:
             self._index(shard, cid, segment_key_part(state.segment), urgency_score(state))
             by_bucket.setdefault(self.bucket_key(cid), []).append(cid)
         for key, ids in by_bucket.items():
-            table = CustomerTable()
-            if key in self._buckets:
-                decode_rows(self._buckets[key], table)
-            for cid in ids:
-                state = changed[cid]
-                set_from_state(table, int(table.rows_for([cid], [state.first_seen])[0]), state)
-            self._put(key, table, np.arange(len(table)))
+            self._buckets[key], self._counts[key] = with_states(
+                self._buckets.get(key), ((cid, changed[cid]) for cid in ids))
         self._finish(shard, shard_state,
                      {cid: state.next_review_at for cid, state in changed.items()}, transitions)
 

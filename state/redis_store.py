@@ -76,13 +76,14 @@ from churnwatch.state.checkpoint import (
     decode_rows,
     decode_states,
     encode_rows,
+    with_states,
 )
 from churnwatch.state.cluster import NotConnected, RedisTopology, redis_client, topology_of
 from churnwatch.state.connection import TRANSIENT_ERRORS, is_lost_connection
 from redis.cluster import RedisCluster
 
 from churnwatch.core.aggregates import ScoredCustomers
-from churnwatch.core.columns import CustomerTable, set_from_state
+from churnwatch.core.columns import CustomerTable
 from churnwatch.core.customer import CustomerState
 from churnwatch.core.records import ShardState, TierTransition
 
@@ -416,22 +417,24 @@ class RedisStore:
 
     def load_table(self, shard: int, table: CustomerTable) -> None:
         """Put every customer of the shard into ``table`` (the columnar engine's, when a worker
-        takes the shard over): its buckets read 64 per round trip, decoded straight into the
-        columns. The shard is then held whole: :meth:`commit_rows` writes its buckets."""
+        takes the shard over), decoded straight into the columns. The shard is then held
+        whole: :meth:`commit_rows` writes its buckets."""
+        for chunk in self._shard_blobs(shard):
+            for key, blob in chunk:
+                _decode_into(blob, table, key)
+        self._loaded_segments[shard] = {
+            cid: segment_key_part(table.label(code))
+            for cid, code in zip(table.ids, table["segment"].tolist(), strict=True)}
+        self._whole_shards.add(shard)
+
+    def _shard_blobs(self, shard: int) -> Iterator[list[tuple[str, bytes]]]:
+        """The shard's checkpoints (key, blob), its buckets read 64 per round trip."""
         tag = self._tag(shard)
         keys = [f"{tag}:k:{bucket}" for bucket in range(self.layout.buckets)]
         for start in range(0, len(keys), 64):
             chunk = keys[start:start + 64]
-            for key, blob in zip(chunk, self._read_blobs(chunk), strict=True):
-                if blob is not None:
-                    _decode_into(blob, table, key)
-        codes = table["segment"]
-        labels = table.labels
-        self._loaded_segments[shard] = {cid: segment_key_part(labels[code] if code >= 0
-                                                              else None)
-                                        for cid, code in zip(table.ids, codes.tolist(),
-                                                             strict=True)}
-        self._whole_shards.add(shard)
+            yield [(key, blob) for key, blob in zip(chunk, self._read_blobs(chunk),
+                                                    strict=True) if blob is not None]
 
     def due_customers(self, shard: int, until: float, limit: int) -> list[str]:
         """Read from the shard's checkpoints (the worker holding the shard has its review times
@@ -452,13 +455,9 @@ class RedisStore:
         """The shard's customers in a fresh table (this store's view of what it holds is left
         as it is)."""
         table = CustomerTable()
-        tag = self._tag(shard)
-        keys = [f"{tag}:k:{bucket}" for bucket in range(self.layout.buckets)]
-        for start in range(0, len(keys), 64):
-            chunk = keys[start:start + 64]
-            for key, blob in zip(chunk, self._read_blobs(chunk), strict=True):
-                if blob is not None:
-                    _decode_into(blob, table, key)
+        for chunk in self._shard_blobs(shard):
+            for key, blob in chunk:
+                _decode_into(blob, table, key)
         return table
 
     def commit(self, shard: int, shard_state: ShardState, changed: Mapping[str, CustomerState],
@@ -471,15 +470,8 @@ class RedisStore:
         for cid in changed:
             by_bucket.setdefault(self.customer_bucket(cid, shard), []).append(cid)
         keys = list(by_bucket)
-        blobs: dict[str, bytes] = {}
-        for key, blob in zip(keys, self._read_blobs(keys), strict=True):
-            table = CustomerTable()
-            if blob is not None:
-                _decode_into(blob, table, key)
-            for cid in by_bucket[key]:
-                state = changed[cid]
-                set_from_state(table, int(table.rows_for([cid], [state.first_seen])[0]), state)
-            blobs[key] = encode_rows(table, np.arange(len(table)))
+        blobs = {key: _merged(key, blob, ((cid, changed[cid]) for cid in by_bucket[key]))
+                 for key, blob in zip(keys, self._read_blobs(keys), strict=True)}
         index = ((cid, segment_key_part(state.segment), urgency_score(state))
                  for cid, state in changed.items())
         self._write(shard, shard_state, blobs, self._index_changes(shard, index), transitions)
@@ -702,13 +694,8 @@ class RedisStore:
 
     def _customer_chunks(self, shard: int) -> Iterator[list[tuple[str, CustomerState]]]:
         """The shard's stored customers, their buckets read 64 per round trip."""
-        tag = self._tag(shard)
-        keys = [f"{tag}:k:{bucket}" for bucket in range(self.layout.buckets)]
-        for start in range(0, len(keys), 64):
-            chunk = keys[start:start + 64]
-            blobs = [(key, blob) for key, blob in zip(chunk, self._read_blobs(chunk),
-                                                      strict=True) if blob is not None]
-            yield _decode_states(blobs)
+        for chunk in self._shard_blobs(shard):
+            yield _decode_states(chunk)
 
     def upgrade_format(self) -> int:
         """Convert customers stored by an earlier churnwatch (store format 1: one hash field
@@ -725,28 +712,24 @@ class RedisStore:
 
                 def read(chunk: list[int] = chunk, tag: str = tag) -> list[Any]:
                     pipe = self.client.pipeline(transaction=False)
-                    for bucket in chunk:
+                    for bucket in chunk:  # the old hash, and a checkpoint already written
                         pipe.hgetall(f"{tag}:c:{bucket}")
+                        pipe.get(f"{tag}:k:{bucket}")
                     return pipe.execute()
 
                 blobs: dict[str, bytes] = {}
                 old: list[str] = []
-                for bucket, fields in zip(chunk, self._call("read_state", read), strict=True):
+                replies = self._call("read_state", read)
+                for bucket, fields, existing in zip(chunk, replies[0::2], replies[1::2],
+                                                    strict=True):
                     if not fields:
                         continue
                     key = f"{tag}:k:{bucket}"
-                    table = CustomerTable()
-                    [existing] = self._read_blobs([key])
-                    if existing is not None:
-                        _decode_into(existing, table, key)
                     # By id: a hash's own order depends on its encoding.
-                    for cid, raw in sorted(fields.items()):
-                        state = CustomerState.from_wire(msgpack.unpackb(raw,
-                                                                        strict_map_key=False))
-                        name = cid.decode()
-                        set_from_state(table, int(table.rows_for([name],
-                                                                 [state.first_seen])[0]), state)
-                    blobs[key] = encode_rows(table, np.arange(len(table)))
+                    states = ((cid.decode(), CustomerState.from_wire(
+                        msgpack.unpackb(raw, strict_map_key=False)))
+                        for cid, raw in sorted(fields.items()))
+                    blobs[key] = _merged(key, existing, states)
                     # The hash, and the bucket's due index (review times are in the columns).
                     old += [f"{tag}:c:{bucket}", f"{tag}:d:{bucket}"]
                     converted += len(fields)
@@ -951,6 +934,15 @@ def _decode_into(blob: bytes, table: CustomerTable, key: str) -> None:
     """A bucket's checkpoint into ``table``; a damaged one stops the reader with its key."""
     try:
         decode_rows(blob, table)
+    except ValueError as exc:
+        raise ValueError(f"the Redis key {key!r}: {exc}") from exc
+
+
+def _merged(key: str, blob: bytes | None, states: Iterable[tuple[str, CustomerState]]
+            ) -> bytes:
+    """:func:`~churnwatch.state.checkpoint.with_states`; a damaged checkpoint named by key."""
+    try:
+        return with_states(blob, states)[0]
     except ValueError as exc:
         raise ValueError(f"the Redis key {key!r}: {exc}") from exc
 
